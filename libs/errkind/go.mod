@@ -1,0 +1,3 @@
+module zlayer.dev/libs/errkind
+
+go 1.26.0

@@ -1,0 +1,7 @@
+module zlayer.dev/libs/obs
+
+go 1.26.0
+
+require go.uber.org/zap v1.28.0
+
+require go.uber.org/multierr v1.10.0 // indirect

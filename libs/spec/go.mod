@@ -1,0 +1,3 @@
+module zlayer.dev/libs/spec
+
+go 1.26.0

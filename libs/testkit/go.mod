@@ -1,0 +1,3 @@
+module zlayer.dev/libs/testkit
+
+go 1.26.0

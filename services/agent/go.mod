@@ -1,0 +1,3 @@
+module zlayer.dev/services/agent
+
+go 1.26.0

@@ -1,0 +1,3 @@
+module zlayer.dev/services/devctl
+
+go 1.26.0

@@ -1,0 +1,3 @@
+module zlayer.dev/services/zlctl
+
+go 1.26.0
