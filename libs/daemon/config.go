@@ -46,19 +46,23 @@ func (c Config) Validate() error {
 }
 
 // parseConfig parses args into cfg and the component's own flags in fs.
-// The config file is YAML whose keys are flag names (without dashes); a
-// repeatable flag takes a list. Unknown keys are errors.
+// Precedence, lowest first: defaults, the --config file, the environment,
+// the command line. The config file is YAML whose keys are flag names; a
+// repeatable flag takes a list; unknown keys are errors. In the environment,
+// every flag --foo-bar of component c can be set as ZLAYER_C_FOO_BAR, and
+// the node-wide ones also as ZLAYER_NODE, ZLAYER_RUN_DIR, ZLAYER_LOG_FORMAT
+// and ZLAYER_LOG_LEVEL (ZLAYER_DATA_DIR is the root of every data dir).
 func parseConfig(fs *flag.FlagSet, args []string, getenv func(string) string, component string, cfg *Config) error {
 	host, _ := os.Hostname()
 	if host == "" {
 		host = "local"
 	}
-	fs.StringVar(&cfg.Node, "node", envOr(getenv, "ZLAYER_NODE", host), "node name (systemd units pass the instance name %i) [$ZLAYER_NODE]")
-	fs.StringVar(&cfg.RunDir, "run-dir", envOr(getenv, "ZLAYER_RUN_DIR", "/run/zlayer"), "directory of the node's sockets [$ZLAYER_RUN_DIR]")
-	fs.StringVar(&cfg.DataDir, "data-dir", envOr(getenv, "ZLAYER_DATA_DIR", "/var/lib/zlayer")+"/"+component, "directory of this daemon's durable state [$ZLAYER_DATA_DIR/"+component+"]")
-	fs.StringVar(&cfg.LogFormat, "log-format", envOr(getenv, "ZLAYER_LOG_FORMAT", "json"), "log format: json or console [$ZLAYER_LOG_FORMAT]")
-	fs.StringVar(&cfg.LogLevel, "log-level", envOr(getenv, "ZLAYER_LOG_LEVEL", "info"), "log level: debug, info, warn or error [$ZLAYER_LOG_LEVEL]")
-	fs.StringVar(&cfg.MetricsAddr, "metrics-addr", getenv("ZLAYER_"+strings.ToUpper(component)+"_METRICS_ADDR"), "serve Prometheus metrics on this host:port (off when empty)")
+	fs.StringVar(&cfg.Node, "node", host, "node name (systemd units pass the instance name %i)")
+	fs.StringVar(&cfg.RunDir, "run-dir", "/run/zlayer", "directory of the node's sockets")
+	fs.StringVar(&cfg.DataDir, "data-dir", envOr(getenv, "ZLAYER_DATA_DIR", "/var/lib/zlayer")+"/"+component, "directory of this daemon's durable state")
+	fs.StringVar(&cfg.LogFormat, "log-format", "json", "log format: json or console")
+	fs.StringVar(&cfg.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.StringVar(&cfg.MetricsAddr, "metrics-addr", "", "serve Prometheus metrics on this host:port (off when empty)")
 	configPath := fs.String("config", "", "YAML config file; keys are flag names")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -66,16 +70,52 @@ func parseConfig(fs *flag.FlagSet, args []string, getenv func(string) string, co
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
-	if *configPath == "" {
-		return cfg.Validate()
-	}
-	// Flags given on the command line win over the file: remember them.
 	explicit := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { explicit[f.Name] = true })
-	if err := applyConfigFile(fs, *configPath, explicit); err != nil {
+	if *configPath != "" {
+		if err := applyConfigFile(fs, *configPath, explicit); err != nil {
+			return err
+		}
+	}
+	if err := applyEnv(fs, getenv, component, explicit); err != nil {
 		return err
 	}
 	return cfg.Validate()
+}
+
+// nodeWide are the flags that every daemon of a node shares, settable with
+// one variable for all of them.
+var nodeWide = map[string]string{
+	"node":       "ZLAYER_NODE",
+	"run-dir":    "ZLAYER_RUN_DIR",
+	"log-format": "ZLAYER_LOG_FORMAT",
+	"log-level":  "ZLAYER_LOG_LEVEL",
+}
+
+// EnvName is the environment variable that sets flag name of component.
+func EnvName(component, name string) string {
+	return "ZLAYER_" + strings.ToUpper(component) + "_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))
+}
+
+func applyEnv(fs *flag.FlagSet, getenv func(string) string, component string, explicit map[string]bool) error {
+	var errs []error
+	fs.VisitAll(func(f *flag.Flag) {
+		if explicit[f.Name] || f.Name == "config" {
+			return
+		}
+		v := getenv(EnvName(component, f.Name))
+		name := EnvName(component, f.Name)
+		if v == "" && nodeWide[f.Name] != "" {
+			v, name = getenv(nodeWide[f.Name]), nodeWide[f.Name]
+		}
+		if v == "" {
+			return
+		}
+		if err := fs.Set(f.Name, v); err != nil {
+			errs = append(errs, fmt.Errorf("$%s: %w", name, err))
+		}
+	})
+	return errors.Join(errs...)
 }
 
 func applyConfigFile(fs *flag.FlagSet, path string, explicit map[string]bool) error {

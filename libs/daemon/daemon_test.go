@@ -151,11 +151,15 @@ func TestConfigPrecedence(t *testing.T) {
 		wantNode string
 		wantRun  string
 		wantErr  string
+		env      map[string]string // overrides of the base environment
 	}{
 		{name: "env", args: nil, wantNode: "from-env", wantRun: "/env/run"},
-		{name: "file over env", args: []string{"--config", file}, wantNode: "from-file", wantRun: "/env/run"},
-		{name: "flag over file", args: []string{"--config", file, "--node", "from-flag"}, wantNode: "from-flag", wantRun: "/env/run"},
+		{name: "env over file", args: []string{"--config", file}, wantNode: "from-env", wantRun: "/env/run"},
+		{name: "component env over node-wide env", args: []string{"--config", file}, env: map[string]string{"ZLAYER_TEST_NODE": "comp"}, wantNode: "comp", wantRun: "/env/run"},
+		{name: "file over default", args: []string{"--config", file}, env: map[string]string{"ZLAYER_NODE": ""}, wantNode: "from-file", wantRun: "/env/run"},
+		{name: "flag over all", args: []string{"--config", file, "--node", "from-flag"}, wantNode: "from-flag", wantRun: "/env/run"},
 		{name: "bad format", args: []string{"--log-format", "xml"}, wantErr: `log-format: "xml" is not one of json, console`},
+		{name: "bad format from env", env: map[string]string{"ZLAYER_LOG_FORMAT": "xml"}, wantErr: `log-format: "xml" is not one of json, console`},
 		{name: "stray argument", args: []string{"oops"}, wantErr: `unexpected argument "oops"`},
 	}
 	for _, tt := range tests {
@@ -164,7 +168,13 @@ func TestConfigPrecedence(t *testing.T) {
 			var extra []string
 			fs.Func("extra", "repeatable", func(s string) error { extra = append(extra, s); return nil })
 			var cfg Config
-			err := parseConfig(fs, tt.args, func(k string) string { return env[k] }, "test", &cfg)
+			getenv := func(k string) string {
+				if v, ok := tt.env[k]; ok {
+					return v
+				}
+				return env[k]
+			}
+			err := parseConfig(fs, tt.args, getenv, "test", &cfg)
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 					t.Fatalf("error = %v, want %q", err, tt.wantErr)

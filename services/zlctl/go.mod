@@ -1,3 +1,33 @@
 module zlayer.dev/services/zlctl
 
 go 1.26.0
+
+require (
+	zlayer.dev/libs/api v0.0.0
+	zlayer.dev/libs/daemon v0.0.0
+	zlayer.dev/libs/errkind v0.0.0
+	zlayer.dev/libs/obs v0.0.0
+	zlayer.dev/libs/rpc v0.0.0
+	zlayer.dev/libs/spec v0.0.0
+)
+
+require (
+	github.com/inconshreveable/mousetrap v1.1.0 // indirect
+	github.com/spf13/cobra v1.10.2 // indirect
+	github.com/spf13/pflag v1.0.9 // indirect
+	golang.org/x/net v0.60.0 // indirect
+	golang.org/x/sys v0.48.0 // indirect
+	golang.org/x/text v0.42.0 // indirect
+	google.golang.org/genproto/googleapis/rpc v0.0.0-20260817212433-ac3dfec99bb1 // indirect
+	google.golang.org/grpc v1.85.0 // indirect
+	google.golang.org/protobuf v1.36.12 // indirect
+)
+
+replace (
+	zlayer.dev/libs/api => ../../libs/api
+	zlayer.dev/libs/daemon => ../../libs/daemon
+	zlayer.dev/libs/errkind => ../../libs/errkind
+	zlayer.dev/libs/obs => ../../libs/obs
+	zlayer.dev/libs/rpc => ../../libs/rpc
+	zlayer.dev/libs/spec => ../../libs/spec
+)

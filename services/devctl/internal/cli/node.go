@@ -1,0 +1,239 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"go.uber.org/zap"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"zlayer.dev/libs/rpc"
+	"zlayer.dev/services/devctl/internal/supervise"
+)
+
+// components are started in this order: the registry and overlay first,
+// since the agent asks them for root filesystems and addresses.
+var components = []string{"registry", "overlay", "agent", "scheduler", "proxy"}
+
+// nodeFlags locate one node's directories.
+type nodeFlags struct {
+	node     string
+	runDir   string
+	dataRoot string
+}
+
+func (n *nodeFlags) register(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&n.node, "node", "", "node name; several named nodes can run on one host (default: the host name, using /run/zlayer)")
+	cmd.Flags().StringVar(&n.runDir, "run-dir", "", "the node's run directory (default /run/zlayer, or /run/zlayer/NODE with --node)")
+	cmd.Flags().StringVar(&n.dataRoot, "data-dir", "", "the node's data root; each daemon uses DIR/<component> (default /var/lib/zlayer, or /var/lib/zlayer/NODE with --node)")
+}
+
+// resolve fills the defaults.
+func (n *nodeFlags) resolve() {
+	if n.runDir == "" {
+		n.runDir = "/run/zlayer"
+		if n.node != "" {
+			n.runDir = filepath.Join(n.runDir, n.node)
+		}
+	}
+	if n.dataRoot == "" {
+		n.dataRoot = "/var/lib/zlayer"
+		if n.node != "" {
+			n.dataRoot = filepath.Join(n.dataRoot, n.node)
+		}
+	}
+	if n.node == "" {
+		n.node, _ = os.Hostname()
+	}
+}
+
+func (n *nodeFlags) pidFile() string { return filepath.Join(n.runDir, "devctl.pid") }
+
+func newUpCmd(g *globals) *cobra.Command {
+	var (
+		nf       nodeFlags
+		binDir   string
+		extra    []string
+		logLevel string
+	)
+	cmd := &cobra.Command{
+		Use:   "up",
+		Short: "Run a local node's five daemons until Ctrl-C or `devctl down`",
+		Long: "Starts zlayer-registry, -overlay, -agent, -scheduler and -proxy as separate\n" +
+			"processes, restarts any that dies (with backoff), and stops them all on\n" +
+			"Ctrl-C, SIGTERM or `devctl down` with the same --node. Daemon logs go to\n" +
+			"RUN_DIR/log/<component>.log.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			nf.resolve()
+			if binDir == "" {
+				exe, err := os.Executable()
+				if err != nil {
+					return fmt.Errorf("find binaries: %w (pass --bin-dir)", err)
+				}
+				binDir = filepath.Dir(exe)
+			}
+			perComponent, err := parseExtra(extra)
+			if err != nil {
+				return err
+			}
+			logDir := filepath.Join(nf.runDir, "log")
+			if err := os.MkdirAll(logDir, 0o755); err != nil {
+				return err
+			}
+			lock, err := rpc.AcquireLock(nf.pidFile())
+			if err != nil {
+				return fmt.Errorf("devctl up: %w", err)
+			}
+			defer func() {
+				lock.Release()
+				os.Remove(nf.pidFile())
+			}()
+			var procs []supervise.Proc
+			for _, c := range components {
+				args := []string{
+					"--node", nf.node, "--run-dir", nf.runDir,
+					"--data-dir", filepath.Join(nf.dataRoot, c),
+					"--log-format", "console", "--log-level", logLevel,
+				}
+				procs = append(procs, supervise.Proc{
+					Name: c,
+					Path: filepath.Join(binDir, "zlayer-"+c),
+					Args: append(args, perComponent[c]...),
+					Log:  filepath.Join(logDir, c+".log"),
+				})
+			}
+			ctx := cmd.Context()
+			log := g.log.With(zap.String("node", nf.node))
+			ready := make(chan struct{})
+			go func() {
+				if waitServing(ctx, nf.runDir, 60*time.Second) == nil {
+					close(ready)
+				}
+			}()
+			go func() {
+				select {
+				case <-ready:
+					fmt.Fprintf(g.stdout, "node %s up: run dir %s, data %s, logs %s\n", nf.node, nf.runDir, nf.dataRoot, logDir)
+					status := exec.CommandContext(ctx, filepath.Join(binDir, "zlctl"), "--run-dir", nf.runDir, "node", "status")
+					status.Stdout, status.Stderr = g.stdout, g.stderr
+					_ = status.Run() // it prints its own verdict
+				case <-ctx.Done():
+				}
+			}()
+			err = supervise.Run(ctx, log, procs, supervise.Options{})
+			if err == nil {
+				fmt.Fprintf(g.stdout, "node %s stopped\n", nf.node)
+			}
+			return err
+		},
+	}
+	nf.register(cmd)
+	cmd.Flags().StringVar(&binDir, "bin-dir", "", "directory of the zlayer-* binaries (default: devctl's own directory)")
+	cmd.Flags().StringArrayVar(&extra, "arg", nil, "extra flag for one daemon, as COMPONENT:--flag=value (repeatable)")
+	cmd.Flags().StringVar(&logLevel, "log-level", "info", "daemons' log level")
+	return cmd
+}
+
+// parseExtra splits --arg values of the form component:--flag=value.
+func parseExtra(extra []string) (map[string][]string, error) {
+	out := map[string][]string{}
+	for _, e := range extra {
+		c, flag, ok := strings.Cut(e, ":")
+		if !ok || !strings.HasPrefix(flag, "-") {
+			return nil, fmt.Errorf("--arg %q: want COMPONENT:--flag=value", e)
+		}
+		known := false
+		for _, k := range components {
+			known = known || k == c
+		}
+		if !known {
+			return nil, fmt.Errorf("--arg %q: unknown component %q (want one of %s)", e, c, strings.Join(components, ", "))
+		}
+		out[c] = append(out[c], flag)
+	}
+	return out, nil
+}
+
+// waitServing polls every daemon's health until all are SERVING.
+func waitServing(ctx context.Context, runDir string, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	for _, c := range components {
+		cc, err := rpc.Dial(rpc.SocketPath(runDir, c))
+		if err != nil {
+			return err
+		}
+		for {
+			cctx, ccancel := context.WithTimeout(ctx, time.Second)
+			r, err := healthpb.NewHealthClient(cc).Check(cctx, &healthpb.HealthCheckRequest{})
+			ccancel()
+			if err == nil && r.GetStatus() == healthpb.HealthCheckResponse_SERVING {
+				break
+			}
+			select {
+			case <-ctx.Done():
+				cc.Close()
+				return fmt.Errorf("%s not serving: %w", c, ctx.Err())
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+		cc.Close()
+	}
+	return nil
+}
+
+func newDownCmd(g *globals) *cobra.Command {
+	var nf nodeFlags
+	cmd := &cobra.Command{
+		Use:   "down",
+		Short: "Stop a node started with `devctl up`",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			nf.resolve()
+			b, err := os.ReadFile(nf.pidFile())
+			if errors.Is(err, os.ErrNotExist) {
+				fmt.Fprintf(g.stdout, "node %s is not running (no %s)\n", nf.node, nf.pidFile())
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+			if err != nil {
+				return fmt.Errorf("%s: bad pid %q", nf.pidFile(), b)
+			}
+			if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
+				if errors.Is(err, syscall.ESRCH) {
+					fmt.Fprintf(g.stdout, "node %s is not running (devctl pid %d is gone)\n", nf.node, pid)
+					return nil
+				}
+				return fmt.Errorf("signal devctl %d: %w", pid, err)
+			}
+			deadline := time.Now().Add(30 * time.Second)
+			for syscall.Kill(pid, 0) == nil {
+				if time.Now().After(deadline) {
+					return fmt.Errorf("devctl %d still running after 30s", pid)
+				}
+				select {
+				case <-cmd.Context().Done():
+					return cmd.Context().Err()
+				case <-time.After(100 * time.Millisecond):
+				}
+			}
+			fmt.Fprintf(g.stdout, "node %s stopped\n", nf.node)
+			return nil
+		},
+	}
+	nf.register(cmd)
+	return cmd
+}

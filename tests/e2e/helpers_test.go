@@ -1,0 +1,170 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"zlayer.dev/libs/rpc"
+)
+
+var components = []string{"scheduler", "agent", "registry", "proxy", "overlay"}
+
+// repoRoot is the repository's top directory.
+func repoRoot(t *testing.T) string {
+	t.Helper()
+	dir, err := filepath.Abs("../..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// binDir is where `make build` put the binaries.
+func binDir(t *testing.T) string {
+	t.Helper()
+	dir := os.Getenv("ZLAYER_BIN_DIR")
+	if dir == "" {
+		dir = filepath.Join(repoRoot(t), "bin")
+	}
+	for _, b := range []string{"devctl", "zlctl", "zlayer-agent"} {
+		if _, err := os.Stat(filepath.Join(dir, b)); err != nil {
+			t.Fatalf("binary %s missing in %s: run `make build` (or set ZLAYER_BIN_DIR): %v", b, dir, err)
+		}
+	}
+	return dir
+}
+
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Fatal("these tests need root (make test runs as root)")
+	}
+}
+
+// node is a local node started by `devctl up` for one test.
+type node struct {
+	name    string
+	runDir  string
+	dataDir string
+	cmd     *exec.Cmd
+	out     *bytes.Buffer
+	done    chan error
+}
+
+// startNode runs `devctl up` on temp dirs and waits until every daemon serves.
+func startNode(t *testing.T, extra ...string) *node {
+	t.Helper()
+	requireRoot(t)
+	bin := binDir(t)
+	n := &node{
+		name:    fmt.Sprintf("t%d", time.Now().UnixNano()%1_000_000),
+		runDir:  t.TempDir(),
+		dataDir: t.TempDir(),
+		out:     &bytes.Buffer{},
+		done:    make(chan error, 1),
+	}
+	args := append([]string{"up", "--node", n.name, "--run-dir", n.runDir, "--data-dir", n.dataDir, "--bin-dir", bin}, extra...)
+	n.cmd = exec.Command(filepath.Join(bin, "devctl"), args...)
+	n.cmd.Stdout, n.cmd.Stderr = n.out, n.out
+	n.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := n.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { n.done <- n.cmd.Wait() }()
+	t.Cleanup(func() { n.stop(t) })
+	for _, c := range components {
+		waitServing(t, rpc.SocketPath(n.runDir, c), 60*time.Second, n)
+	}
+	return n
+}
+
+// stop ends devctl with SIGTERM and waits for it and its daemons.
+func (n *node) stop(t *testing.T) {
+	t.Helper()
+	if n.cmd.ProcessState != nil {
+		return
+	}
+	_ = n.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-n.done:
+	case <-time.After(60 * time.Second):
+		_ = syscall.Kill(-n.cmd.Process.Pid, syscall.SIGKILL)
+		t.Errorf("devctl did not stop within 60s; output:\n%s", n.out.String())
+		<-n.done
+	}
+}
+
+// logs returns the daemons' logs, for failure messages.
+func (n *node) logs() string {
+	var b strings.Builder
+	b.WriteString("devctl:\n" + n.out.String())
+	for _, c := range components {
+		data, _ := os.ReadFile(filepath.Join(n.runDir, "log", c+".log"))
+		fmt.Fprintf(&b, "\n--- %s.log\n%s", c, data)
+	}
+	return b.String()
+}
+
+func waitServing(t *testing.T, sock string, timeout time.Duration, n *node) {
+	t.Helper()
+	cc, err := rpc.Dial(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	deadline := time.Now().Add(timeout)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		r, err := healthpb.NewHealthClient(cc).Check(ctx, &healthpb.HealthCheckRequest{})
+		cancel()
+		if err == nil && r.GetStatus() == healthpb.HealthCheckResponse_SERVING {
+			return
+		}
+		if time.Now().After(deadline) {
+			logs := ""
+			if n != nil {
+				logs = n.logs()
+			}
+			t.Fatalf("%s not SERVING after %s: %v\n%s", sock, timeout, err, logs)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// run runs a command and returns its combined output and exit code.
+func run(t *testing.T, name string, args ...string) (string, int) {
+	t.Helper()
+	cmd := exec.Command(name, args...)
+	out, err := cmd.CombinedOutput()
+	code := 0
+	if err != nil {
+		ee, ok := err.(*exec.ExitError)
+		if !ok {
+			t.Fatalf("%s %v: %v", name, args, err)
+		}
+		code = ee.ExitCode()
+	}
+	return string(out), code
+}
+
+// eventually polls cond until it holds or timeout passes.
+func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
