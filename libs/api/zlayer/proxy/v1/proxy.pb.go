@@ -9,6 +9,8 @@ package proxyv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -21,6 +23,185 @@ const (
 	// Verify that runtime/protoimpl is sufficiently up-to-date.
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
+
+// Protocol is an endpoint's protocol, as in the deployment file.
+type Protocol int32
+
+const (
+	// PROTOCOL_UNSPECIFIED is invalid in a route.
+	Protocol_PROTOCOL_UNSPECIFIED Protocol = 0
+	// PROTOCOL_HTTP is served on the proxy's HTTP and HTTPS listeners.
+	Protocol_PROTOCOL_HTTP Protocol = 1
+	// PROTOCOL_HTTPS is served on the HTTPS listener; the HTTP listener
+	// redirects to it. The proxy terminates TLS and speaks plain HTTP to the
+	// replica.
+	Protocol_PROTOCOL_HTTPS Protocol = 2
+	// PROTOCOL_TCP is served on public_port, one connection to one replica.
+	Protocol_PROTOCOL_TCP Protocol = 3
+	// PROTOCOL_UDP is served on public_port, one client flow to one replica.
+	Protocol_PROTOCOL_UDP Protocol = 4
+	// PROTOCOL_WEBSOCKET is routed like HTTP; upgrades pass through.
+	Protocol_PROTOCOL_WEBSOCKET Protocol = 5
+)
+
+// Enum value maps for Protocol.
+var (
+	Protocol_name = map[int32]string{
+		0: "PROTOCOL_UNSPECIFIED",
+		1: "PROTOCOL_HTTP",
+		2: "PROTOCOL_HTTPS",
+		3: "PROTOCOL_TCP",
+		4: "PROTOCOL_UDP",
+		5: "PROTOCOL_WEBSOCKET",
+	}
+	Protocol_value = map[string]int32{
+		"PROTOCOL_UNSPECIFIED": 0,
+		"PROTOCOL_HTTP":        1,
+		"PROTOCOL_HTTPS":       2,
+		"PROTOCOL_TCP":         3,
+		"PROTOCOL_UDP":         4,
+		"PROTOCOL_WEBSOCKET":   5,
+	}
+)
+
+func (x Protocol) Enum() *Protocol {
+	p := new(Protocol)
+	*p = x
+	return p
+}
+
+func (x Protocol) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Protocol) Descriptor() protoreflect.EnumDescriptor {
+	return file_zlayer_proxy_v1_proxy_proto_enumTypes[0].Descriptor()
+}
+
+func (Protocol) Type() protoreflect.EnumType {
+	return &file_zlayer_proxy_v1_proxy_proto_enumTypes[0]
+}
+
+func (x Protocol) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Protocol.Descriptor instead.
+func (Protocol) EnumDescriptor() ([]byte, []int) {
+	return file_zlayer_proxy_v1_proxy_proto_rawDescGZIP(), []int{0}
+}
+
+// Expose says who reaches an endpoint.
+type Expose int32
+
+const (
+	// EXPOSE_UNSPECIFIED is treated as internal.
+	Expose_EXPOSE_UNSPECIFIED Expose = 0
+	// EXPOSE_PUBLIC endpoints are served on this node's public listeners.
+	Expose_EXPOSE_PUBLIC Expose = 1
+	// EXPOSE_INTERNAL endpoints are reachable only on the overlays; the proxy
+	// keeps them in its table but does not serve them on public listeners.
+	Expose_EXPOSE_INTERNAL Expose = 2
+)
+
+// Enum value maps for Expose.
+var (
+	Expose_name = map[int32]string{
+		0: "EXPOSE_UNSPECIFIED",
+		1: "EXPOSE_PUBLIC",
+		2: "EXPOSE_INTERNAL",
+	}
+	Expose_value = map[string]int32{
+		"EXPOSE_UNSPECIFIED": 0,
+		"EXPOSE_PUBLIC":      1,
+		"EXPOSE_INTERNAL":    2,
+	}
+)
+
+func (x Expose) Enum() *Expose {
+	p := new(Expose)
+	*p = x
+	return p
+}
+
+func (x Expose) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Expose) Descriptor() protoreflect.EnumDescriptor {
+	return file_zlayer_proxy_v1_proxy_proto_enumTypes[1].Descriptor()
+}
+
+func (Expose) Type() protoreflect.EnumType {
+	return &file_zlayer_proxy_v1_proxy_proto_enumTypes[1]
+}
+
+func (x Expose) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Expose.Descriptor instead.
+func (Expose) EnumDescriptor() ([]byte, []int) {
+	return file_zlayer_proxy_v1_proxy_proto_rawDescGZIP(), []int{1}
+}
+
+// ResourceType is the service's rtype.
+type ResourceType int32
+
+const (
+	// RESOURCE_TYPE_UNSPECIFIED is treated as service.
+	ResourceType_RESOURCE_TYPE_UNSPECIFIED ResourceType = 0
+	// RESOURCE_TYPE_SERVICE: long-running, requests are balanced over backends.
+	ResourceType_RESOURCE_TYPE_SERVICE ResourceType = 1
+	// RESOURCE_TYPE_JOB: a request starts a run and answers with its output
+	// and exit code; the route needs no backends.
+	ResourceType_RESOURCE_TYPE_JOB ResourceType = 2
+	// RESOURCE_TYPE_CRON: like a job; a request is a manual trigger.
+	ResourceType_RESOURCE_TYPE_CRON ResourceType = 3
+)
+
+// Enum value maps for ResourceType.
+var (
+	ResourceType_name = map[int32]string{
+		0: "RESOURCE_TYPE_UNSPECIFIED",
+		1: "RESOURCE_TYPE_SERVICE",
+		2: "RESOURCE_TYPE_JOB",
+		3: "RESOURCE_TYPE_CRON",
+	}
+	ResourceType_value = map[string]int32{
+		"RESOURCE_TYPE_UNSPECIFIED": 0,
+		"RESOURCE_TYPE_SERVICE":     1,
+		"RESOURCE_TYPE_JOB":         2,
+		"RESOURCE_TYPE_CRON":        3,
+	}
+)
+
+func (x ResourceType) Enum() *ResourceType {
+	p := new(ResourceType)
+	*p = x
+	return p
+}
+
+func (x ResourceType) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ResourceType) Descriptor() protoreflect.EnumDescriptor {
+	return file_zlayer_proxy_v1_proxy_proto_enumTypes[2].Descriptor()
+}
+
+func (ResourceType) Type() protoreflect.EnumType {
+	return &file_zlayer_proxy_v1_proxy_proto_enumTypes[2]
+}
+
+func (x ResourceType) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ResourceType.Descriptor instead.
+func (ResourceType) EnumDescriptor() ([]byte, []int) {
+	return file_zlayer_proxy_v1_proxy_proto_rawDescGZIP(), []int{2}
+}
 
 // GetInfoRequest is empty: the daemon describes itself.
 type GetInfoRequest struct {
@@ -105,16 +286,919 @@ func (x *GetInfoResponse) GetInfo() *v1.DaemonInfo {
 	return nil
 }
 
+// Route is one endpoint of one service with the replicas that serve it.
+type Route struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// deployment is the deployment's name.
+	Deployment string `protobuf:"bytes,1,opt,name=deployment,proto3" json:"deployment,omitempty"`
+	// service is the service's name in the deployment.
+	Service string `protobuf:"bytes,2,opt,name=service,proto3" json:"service,omitempty"`
+	// endpoint is the endpoint's name in the service.
+	Endpoint string `protobuf:"bytes,3,opt,name=endpoint,proto3" json:"endpoint,omitempty"`
+	// protocol is the endpoint's protocol.
+	Protocol Protocol `protobuf:"varint,4,opt,name=protocol,proto3,enum=zlayer.proxy.v1.Protocol" json:"protocol,omitempty"`
+	// host is the virtual host to route (http, https, websocket); empty = any.
+	Host string `protobuf:"bytes,5,opt,name=host,proto3" json:"host,omitempty"`
+	// path is the path prefix to route (http, https, websocket); empty = "/".
+	Path string `protobuf:"bytes,6,opt,name=path,proto3" json:"path,omitempty"`
+	// public_port is the proxy's listening port for tcp and udp endpoints
+	// (the scheduler resolves the deployment file's default, the endpoint's
+	// port); ignored for the HTTP protocols.
+	PublicPort uint32 `protobuf:"varint,7,opt,name=public_port,json=publicPort,proto3" json:"public_port,omitempty"`
+	// expose says whether the endpoint is served on public listeners.
+	Expose Expose `protobuf:"varint,8,opt,name=expose,proto3,enum=zlayer.proxy.v1.Expose" json:"expose,omitempty"`
+	// rtype is the service's type.
+	Rtype ResourceType `protobuf:"varint,9,opt,name=rtype,proto3,enum=zlayer.proxy.v1.ResourceType" json:"rtype,omitempty"`
+	// backends are the service's replicas for this endpoint, on any node. The
+	// proxy balances only over those both healthy and ready.
+	Backends      []*Backend `protobuf:"bytes,10,rep,name=backends,proto3" json:"backends,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Route) Reset() {
+	*x = Route{}
+	mi := &file_zlayer_proxy_v1_proxy_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Route) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Route) ProtoMessage() {}
+
+func (x *Route) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_proxy_v1_proxy_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Route.ProtoReflect.Descriptor instead.
+func (*Route) Descriptor() ([]byte, []int) {
+	return file_zlayer_proxy_v1_proxy_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *Route) GetDeployment() string {
+	if x != nil {
+		return x.Deployment
+	}
+	return ""
+}
+
+func (x *Route) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *Route) GetEndpoint() string {
+	if x != nil {
+		return x.Endpoint
+	}
+	return ""
+}
+
+func (x *Route) GetProtocol() Protocol {
+	if x != nil {
+		return x.Protocol
+	}
+	return Protocol_PROTOCOL_UNSPECIFIED
+}
+
+func (x *Route) GetHost() string {
+	if x != nil {
+		return x.Host
+	}
+	return ""
+}
+
+func (x *Route) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *Route) GetPublicPort() uint32 {
+	if x != nil {
+		return x.PublicPort
+	}
+	return 0
+}
+
+func (x *Route) GetExpose() Expose {
+	if x != nil {
+		return x.Expose
+	}
+	return Expose_EXPOSE_UNSPECIFIED
+}
+
+func (x *Route) GetRtype() ResourceType {
+	if x != nil {
+		return x.Rtype
+	}
+	return ResourceType_RESOURCE_TYPE_UNSPECIFIED
+}
+
+func (x *Route) GetBackends() []*Backend {
+	if x != nil {
+		return x.Backends
+	}
+	return nil
+}
+
+// Backend is one replica's address for one endpoint.
+type Backend struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// replica_id identifies the replica; load balancing state (outstanding
+	// requests, passive-health ejection) follows it across table updates.
+	ReplicaId string `protobuf:"bytes,1,opt,name=replica_id,json=replicaId,proto3" json:"replica_id,omitempty"`
+	// address is where the replica listens for this endpoint, "ip:port".
+	Address string `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
+	// node is the node running the replica.
+	Node string `protobuf:"bytes,3,opt,name=node,proto3" json:"node,omitempty"`
+	// healthy: the replica's health check passes.
+	Healthy bool `protobuf:"varint,4,opt,name=healthy,proto3" json:"healthy,omitempty"`
+	// ready: the replica may receive traffic (rollouts and drains clear it).
+	Ready         bool `protobuf:"varint,5,opt,name=ready,proto3" json:"ready,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Backend) Reset() {
+	*x = Backend{}
+	mi := &file_zlayer_proxy_v1_proxy_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Backend) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Backend) ProtoMessage() {}
+
+func (x *Backend) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_proxy_v1_proxy_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Backend.ProtoReflect.Descriptor instead.
+func (*Backend) Descriptor() ([]byte, []int) {
+	return file_zlayer_proxy_v1_proxy_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *Backend) GetReplicaId() string {
+	if x != nil {
+		return x.ReplicaId
+	}
+	return ""
+}
+
+func (x *Backend) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *Backend) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *Backend) GetHealthy() bool {
+	if x != nil {
+		return x.Healthy
+	}
+	return false
+}
+
+func (x *Backend) GetReady() bool {
+	if x != nil {
+		return x.Ready
+	}
+	return false
+}
+
+// SetRoutesRequest is this node's full route table.
+type SetRoutesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// generation orders pushes; the scheduler increases it with every change.
+	Generation uint64 `protobuf:"varint,1,opt,name=generation,proto3" json:"generation,omitempty"`
+	// routes are every route of this node; anything absent is removed.
+	Routes        []*Route `protobuf:"bytes,2,rep,name=routes,proto3" json:"routes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetRoutesRequest) Reset() {
+	*x = SetRoutesRequest{}
+	mi := &file_zlayer_proxy_v1_proxy_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetRoutesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetRoutesRequest) ProtoMessage() {}
+
+func (x *SetRoutesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_proxy_v1_proxy_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetRoutesRequest.ProtoReflect.Descriptor instead.
+func (*SetRoutesRequest) Descriptor() ([]byte, []int) {
+	return file_zlayer_proxy_v1_proxy_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *SetRoutesRequest) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+func (x *SetRoutesRequest) GetRoutes() []*Route {
+	if x != nil {
+		return x.Routes
+	}
+	return nil
+}
+
+// SetRoutesResponse confirms the table in force.
+type SetRoutesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// generation is the generation now in force.
+	Generation    uint64 `protobuf:"varint,1,opt,name=generation,proto3" json:"generation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetRoutesResponse) Reset() {
+	*x = SetRoutesResponse{}
+	mi := &file_zlayer_proxy_v1_proxy_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetRoutesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetRoutesResponse) ProtoMessage() {}
+
+func (x *SetRoutesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_proxy_v1_proxy_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetRoutesResponse.ProtoReflect.Descriptor instead.
+func (*SetRoutesResponse) Descriptor() ([]byte, []int) {
+	return file_zlayer_proxy_v1_proxy_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *SetRoutesResponse) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+// ListRoutesRequest is empty: the whole table is returned.
+type ListRoutesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListRoutesRequest) Reset() {
+	*x = ListRoutesRequest{}
+	mi := &file_zlayer_proxy_v1_proxy_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListRoutesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListRoutesRequest) ProtoMessage() {}
+
+func (x *ListRoutesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_proxy_v1_proxy_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListRoutesRequest.ProtoReflect.Descriptor instead.
+func (*ListRoutesRequest) Descriptor() ([]byte, []int) {
+	return file_zlayer_proxy_v1_proxy_proto_rawDescGZIP(), []int{6}
+}
+
+// ListRoutesResponse is the table in force.
+type ListRoutesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// generation is the generation in force (0 before the first push).
+	Generation uint64 `protobuf:"varint,1,opt,name=generation,proto3" json:"generation,omitempty"`
+	// routes are the routes in force, sorted by deployment, service, endpoint.
+	Routes        []*RouteState `protobuf:"bytes,2,rep,name=routes,proto3" json:"routes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListRoutesResponse) Reset() {
+	*x = ListRoutesResponse{}
+	mi := &file_zlayer_proxy_v1_proxy_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListRoutesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListRoutesResponse) ProtoMessage() {}
+
+func (x *ListRoutesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_proxy_v1_proxy_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListRoutesResponse.ProtoReflect.Descriptor instead.
+func (*ListRoutesResponse) Descriptor() ([]byte, []int) {
+	return file_zlayer_proxy_v1_proxy_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *ListRoutesResponse) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+func (x *ListRoutesResponse) GetRoutes() []*RouteState {
+	if x != nil {
+		return x.Routes
+	}
+	return nil
+}
+
+// RouteState is a route with its backends' live state.
+type RouteState struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// route is the route as pushed.
+	Route *Route `protobuf:"bytes,1,opt,name=route,proto3" json:"route,omitempty"`
+	// backends are the route's backends in push order, with their live state.
+	Backends      []*BackendState `protobuf:"bytes,2,rep,name=backends,proto3" json:"backends,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RouteState) Reset() {
+	*x = RouteState{}
+	mi := &file_zlayer_proxy_v1_proxy_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RouteState) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RouteState) ProtoMessage() {}
+
+func (x *RouteState) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_proxy_v1_proxy_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RouteState.ProtoReflect.Descriptor instead.
+func (*RouteState) Descriptor() ([]byte, []int) {
+	return file_zlayer_proxy_v1_proxy_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *RouteState) GetRoute() *Route {
+	if x != nil {
+		return x.Route
+	}
+	return nil
+}
+
+func (x *RouteState) GetBackends() []*BackendState {
+	if x != nil {
+		return x.Backends
+	}
+	return nil
+}
+
+// BackendState is the live load balancing state of one backend.
+type BackendState struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// replica_id identifies the replica.
+	ReplicaId string `protobuf:"bytes,1,opt,name=replica_id,json=replicaId,proto3" json:"replica_id,omitempty"`
+	// address is the replica's address.
+	Address string `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
+	// eligible: healthy, ready and not ejected, so it receives new traffic.
+	Eligible bool `protobuf:"varint,3,opt,name=eligible,proto3" json:"eligible,omitempty"`
+	// ejected_until is set while passive health keeps the backend out after
+	// it refused or reset a connection.
+	EjectedUntil *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=ejected_until,json=ejectedUntil,proto3" json:"ejected_until,omitempty"`
+	// outstanding is the number of requests or connections in flight to it.
+	Outstanding int64 `protobuf:"varint,5,opt,name=outstanding,proto3" json:"outstanding,omitempty"`
+	// requests_total counts requests (or connections, flows) sent to it.
+	RequestsTotal uint64 `protobuf:"varint,6,opt,name=requests_total,json=requestsTotal,proto3" json:"requests_total,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackendState) Reset() {
+	*x = BackendState{}
+	mi := &file_zlayer_proxy_v1_proxy_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackendState) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackendState) ProtoMessage() {}
+
+func (x *BackendState) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_proxy_v1_proxy_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackendState.ProtoReflect.Descriptor instead.
+func (*BackendState) Descriptor() ([]byte, []int) {
+	return file_zlayer_proxy_v1_proxy_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *BackendState) GetReplicaId() string {
+	if x != nil {
+		return x.ReplicaId
+	}
+	return ""
+}
+
+func (x *BackendState) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *BackendState) GetEligible() bool {
+	if x != nil {
+		return x.Eligible
+	}
+	return false
+}
+
+func (x *BackendState) GetEjectedUntil() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EjectedUntil
+	}
+	return nil
+}
+
+func (x *BackendState) GetOutstanding() int64 {
+	if x != nil {
+		return x.Outstanding
+	}
+	return 0
+}
+
+func (x *BackendState) GetRequestsTotal() uint64 {
+	if x != nil {
+		return x.RequestsTotal
+	}
+	return 0
+}
+
+// GetStatsRequest chooses the rate window.
+type GetStatsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// window is the span the request rate is averaged over; unset = 10s; at
+	// most 60s (longer is clamped).
+	Window        *durationpb.Duration `protobuf:"bytes,1,opt,name=window,proto3" json:"window,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetStatsRequest) Reset() {
+	*x = GetStatsRequest{}
+	mi := &file_zlayer_proxy_v1_proxy_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetStatsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetStatsRequest) ProtoMessage() {}
+
+func (x *GetStatsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_proxy_v1_proxy_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetStatsRequest.ProtoReflect.Descriptor instead.
+func (*GetStatsRequest) Descriptor() ([]byte, []int) {
+	return file_zlayer_proxy_v1_proxy_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *GetStatsRequest) GetWindow() *durationpb.Duration {
+	if x != nil {
+		return x.Window
+	}
+	return nil
+}
+
+// GetStatsResponse is a snapshot of the request counters.
+type GetStatsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// at is when the snapshot was taken.
+	At *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=at,proto3" json:"at,omitempty"`
+	// window is the window the rates were averaged over (shorter than asked
+	// right after the proxy started).
+	Window *durationpb.Duration `protobuf:"bytes,2,opt,name=window,proto3" json:"window,omitempty"`
+	// endpoints has one entry per route in force, sorted by deployment,
+	// service, endpoint.
+	Endpoints     []*EndpointStats `protobuf:"bytes,3,rep,name=endpoints,proto3" json:"endpoints,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetStatsResponse) Reset() {
+	*x = GetStatsResponse{}
+	mi := &file_zlayer_proxy_v1_proxy_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetStatsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetStatsResponse) ProtoMessage() {}
+
+func (x *GetStatsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_proxy_v1_proxy_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetStatsResponse.ProtoReflect.Descriptor instead.
+func (*GetStatsResponse) Descriptor() ([]byte, []int) {
+	return file_zlayer_proxy_v1_proxy_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *GetStatsResponse) GetAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.At
+	}
+	return nil
+}
+
+func (x *GetStatsResponse) GetWindow() *durationpb.Duration {
+	if x != nil {
+		return x.Window
+	}
+	return nil
+}
+
+func (x *GetStatsResponse) GetEndpoints() []*EndpointStats {
+	if x != nil {
+		return x.Endpoints
+	}
+	return nil
+}
+
+// EndpointStats are the counters of one endpoint on this node.
+type EndpointStats struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// deployment is the deployment's name.
+	Deployment string `protobuf:"bytes,1,opt,name=deployment,proto3" json:"deployment,omitempty"`
+	// service is the service's name.
+	Service string `protobuf:"bytes,2,opt,name=service,proto3" json:"service,omitempty"`
+	// endpoint is the endpoint's name.
+	Endpoint string `protobuf:"bytes,3,opt,name=endpoint,proto3" json:"endpoint,omitempty"`
+	// rps is requests (tcp: connections; udp: new flows) per second over the window.
+	Rps float64 `protobuf:"fixed64,4,opt,name=rps,proto3" json:"rps,omitempty"`
+	// requests_total counts requests since the proxy started.
+	RequestsTotal uint64 `protobuf:"varint,5,opt,name=requests_total,json=requestsTotal,proto3" json:"requests_total,omitempty"`
+	// responses_1xx .. responses_5xx count responses by status class
+	// (HTTP protocols only).
+	Responses_1Xx uint64 `protobuf:"varint,6,opt,name=responses_1xx,json=responses1xx,proto3" json:"responses_1xx,omitempty"`
+	// responses_2xx counts 2xx responses.
+	Responses_2Xx uint64 `protobuf:"varint,7,opt,name=responses_2xx,json=responses2xx,proto3" json:"responses_2xx,omitempty"`
+	// responses_3xx counts 3xx responses.
+	Responses_3Xx uint64 `protobuf:"varint,8,opt,name=responses_3xx,json=responses3xx,proto3" json:"responses_3xx,omitempty"`
+	// responses_4xx counts 4xx responses.
+	Responses_4Xx uint64 `protobuf:"varint,9,opt,name=responses_4xx,json=responses4xx,proto3" json:"responses_4xx,omitempty"`
+	// responses_5xx counts 5xx responses, the proxy's own 502/503/504 included.
+	Responses_5Xx uint64 `protobuf:"varint,10,opt,name=responses_5xx,json=responses5xx,proto3" json:"responses_5xx,omitempty"`
+	// active is the number of requests or connections in flight now.
+	Active int64 `protobuf:"varint,11,opt,name=active,proto3" json:"active,omitempty"`
+	// eligible_backends is the number of backends receiving new traffic.
+	EligibleBackends uint32 `protobuf:"varint,12,opt,name=eligible_backends,json=eligibleBackends,proto3" json:"eligible_backends,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *EndpointStats) Reset() {
+	*x = EndpointStats{}
+	mi := &file_zlayer_proxy_v1_proxy_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EndpointStats) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EndpointStats) ProtoMessage() {}
+
+func (x *EndpointStats) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_proxy_v1_proxy_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EndpointStats.ProtoReflect.Descriptor instead.
+func (*EndpointStats) Descriptor() ([]byte, []int) {
+	return file_zlayer_proxy_v1_proxy_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *EndpointStats) GetDeployment() string {
+	if x != nil {
+		return x.Deployment
+	}
+	return ""
+}
+
+func (x *EndpointStats) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *EndpointStats) GetEndpoint() string {
+	if x != nil {
+		return x.Endpoint
+	}
+	return ""
+}
+
+func (x *EndpointStats) GetRps() float64 {
+	if x != nil {
+		return x.Rps
+	}
+	return 0
+}
+
+func (x *EndpointStats) GetRequestsTotal() uint64 {
+	if x != nil {
+		return x.RequestsTotal
+	}
+	return 0
+}
+
+func (x *EndpointStats) GetResponses_1Xx() uint64 {
+	if x != nil {
+		return x.Responses_1Xx
+	}
+	return 0
+}
+
+func (x *EndpointStats) GetResponses_2Xx() uint64 {
+	if x != nil {
+		return x.Responses_2Xx
+	}
+	return 0
+}
+
+func (x *EndpointStats) GetResponses_3Xx() uint64 {
+	if x != nil {
+		return x.Responses_3Xx
+	}
+	return 0
+}
+
+func (x *EndpointStats) GetResponses_4Xx() uint64 {
+	if x != nil {
+		return x.Responses_4Xx
+	}
+	return 0
+}
+
+func (x *EndpointStats) GetResponses_5Xx() uint64 {
+	if x != nil {
+		return x.Responses_5Xx
+	}
+	return 0
+}
+
+func (x *EndpointStats) GetActive() int64 {
+	if x != nil {
+		return x.Active
+	}
+	return 0
+}
+
+func (x *EndpointStats) GetEligibleBackends() uint32 {
+	if x != nil {
+		return x.EligibleBackends
+	}
+	return 0
+}
+
 var File_zlayer_proxy_v1_proxy_proto protoreflect.FileDescriptor
 
 const file_zlayer_proxy_v1_proxy_proto_rawDesc = "" +
 	"\n" +
-	"\x1bzlayer/proxy/v1/proxy.proto\x12\x0fzlayer.proxy.v1\x1a\x1bzlayer/types/v1/types.proto\"\x10\n" +
+	"\x1bzlayer/proxy/v1/proxy.proto\x12\x0fzlayer.proxy.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bzlayer/types/v1/types.proto\"\x10\n" +
 	"\x0eGetInfoRequest\"B\n" +
 	"\x0fGetInfoResponse\x12/\n" +
-	"\x04info\x18\x01 \x01(\v2\x1b.zlayer.types.v1.DaemonInfoR\x04info2\\\n" +
+	"\x04info\x18\x01 \x01(\v2\x1b.zlayer.types.v1.DaemonInfoR\x04info\"\xf9\x02\n" +
+	"\x05Route\x12\x1e\n" +
+	"\n" +
+	"deployment\x18\x01 \x01(\tR\n" +
+	"deployment\x12\x18\n" +
+	"\aservice\x18\x02 \x01(\tR\aservice\x12\x1a\n" +
+	"\bendpoint\x18\x03 \x01(\tR\bendpoint\x125\n" +
+	"\bprotocol\x18\x04 \x01(\x0e2\x19.zlayer.proxy.v1.ProtocolR\bprotocol\x12\x12\n" +
+	"\x04host\x18\x05 \x01(\tR\x04host\x12\x12\n" +
+	"\x04path\x18\x06 \x01(\tR\x04path\x12\x1f\n" +
+	"\vpublic_port\x18\a \x01(\rR\n" +
+	"publicPort\x12/\n" +
+	"\x06expose\x18\b \x01(\x0e2\x17.zlayer.proxy.v1.ExposeR\x06expose\x123\n" +
+	"\x05rtype\x18\t \x01(\x0e2\x1d.zlayer.proxy.v1.ResourceTypeR\x05rtype\x124\n" +
+	"\bbackends\x18\n" +
+	" \x03(\v2\x18.zlayer.proxy.v1.BackendR\bbackends\"\x86\x01\n" +
+	"\aBackend\x12\x1d\n" +
+	"\n" +
+	"replica_id\x18\x01 \x01(\tR\treplicaId\x12\x18\n" +
+	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x12\n" +
+	"\x04node\x18\x03 \x01(\tR\x04node\x12\x18\n" +
+	"\ahealthy\x18\x04 \x01(\bR\ahealthy\x12\x14\n" +
+	"\x05ready\x18\x05 \x01(\bR\x05ready\"b\n" +
+	"\x10SetRoutesRequest\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x01 \x01(\x04R\n" +
+	"generation\x12.\n" +
+	"\x06routes\x18\x02 \x03(\v2\x16.zlayer.proxy.v1.RouteR\x06routes\"3\n" +
+	"\x11SetRoutesResponse\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x01 \x01(\x04R\n" +
+	"generation\"\x13\n" +
+	"\x11ListRoutesRequest\"i\n" +
+	"\x12ListRoutesResponse\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x01 \x01(\x04R\n" +
+	"generation\x123\n" +
+	"\x06routes\x18\x02 \x03(\v2\x1b.zlayer.proxy.v1.RouteStateR\x06routes\"u\n" +
+	"\n" +
+	"RouteState\x12,\n" +
+	"\x05route\x18\x01 \x01(\v2\x16.zlayer.proxy.v1.RouteR\x05route\x129\n" +
+	"\bbackends\x18\x02 \x03(\v2\x1d.zlayer.proxy.v1.BackendStateR\bbackends\"\xed\x01\n" +
+	"\fBackendState\x12\x1d\n" +
+	"\n" +
+	"replica_id\x18\x01 \x01(\tR\treplicaId\x12\x18\n" +
+	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x1a\n" +
+	"\beligible\x18\x03 \x01(\bR\beligible\x12?\n" +
+	"\rejected_until\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\fejectedUntil\x12 \n" +
+	"\voutstanding\x18\x05 \x01(\x03R\voutstanding\x12%\n" +
+	"\x0erequests_total\x18\x06 \x01(\x04R\rrequestsTotal\"D\n" +
+	"\x0fGetStatsRequest\x121\n" +
+	"\x06window\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x06window\"\xaf\x01\n" +
+	"\x10GetStatsResponse\x12*\n" +
+	"\x02at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x121\n" +
+	"\x06window\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x06window\x12<\n" +
+	"\tendpoints\x18\x03 \x03(\v2\x1e.zlayer.proxy.v1.EndpointStatsR\tendpoints\"\x9c\x03\n" +
+	"\rEndpointStats\x12\x1e\n" +
+	"\n" +
+	"deployment\x18\x01 \x01(\tR\n" +
+	"deployment\x12\x18\n" +
+	"\aservice\x18\x02 \x01(\tR\aservice\x12\x1a\n" +
+	"\bendpoint\x18\x03 \x01(\tR\bendpoint\x12\x10\n" +
+	"\x03rps\x18\x04 \x01(\x01R\x03rps\x12%\n" +
+	"\x0erequests_total\x18\x05 \x01(\x04R\rrequestsTotal\x12#\n" +
+	"\rresponses_1xx\x18\x06 \x01(\x04R\fresponses1xx\x12#\n" +
+	"\rresponses_2xx\x18\a \x01(\x04R\fresponses2xx\x12#\n" +
+	"\rresponses_3xx\x18\b \x01(\x04R\fresponses3xx\x12#\n" +
+	"\rresponses_4xx\x18\t \x01(\x04R\fresponses4xx\x12#\n" +
+	"\rresponses_5xx\x18\n" +
+	" \x01(\x04R\fresponses5xx\x12\x16\n" +
+	"\x06active\x18\v \x01(\x03R\x06active\x12+\n" +
+	"\x11eligible_backends\x18\f \x01(\rR\x10eligibleBackends*\x87\x01\n" +
+	"\bProtocol\x12\x18\n" +
+	"\x14PROTOCOL_UNSPECIFIED\x10\x00\x12\x11\n" +
+	"\rPROTOCOL_HTTP\x10\x01\x12\x12\n" +
+	"\x0ePROTOCOL_HTTPS\x10\x02\x12\x10\n" +
+	"\fPROTOCOL_TCP\x10\x03\x12\x10\n" +
+	"\fPROTOCOL_UDP\x10\x04\x12\x16\n" +
+	"\x12PROTOCOL_WEBSOCKET\x10\x05*H\n" +
+	"\x06Expose\x12\x16\n" +
+	"\x12EXPOSE_UNSPECIFIED\x10\x00\x12\x11\n" +
+	"\rEXPOSE_PUBLIC\x10\x01\x12\x13\n" +
+	"\x0fEXPOSE_INTERNAL\x10\x02*w\n" +
+	"\fResourceType\x12\x1d\n" +
+	"\x19RESOURCE_TYPE_UNSPECIFIED\x10\x00\x12\x19\n" +
+	"\x15RESOURCE_TYPE_SERVICE\x10\x01\x12\x15\n" +
+	"\x11RESOURCE_TYPE_JOB\x10\x02\x12\x16\n" +
+	"\x12RESOURCE_TYPE_CRON\x10\x032\xd8\x02\n" +
 	"\fProxyService\x12L\n" +
-	"\aGetInfo\x12\x1f.zlayer.proxy.v1.GetInfoRequest\x1a .zlayer.proxy.v1.GetInfoResponseB-Z+zlayer.dev/libs/api/zlayer/proxy/v1;proxyv1b\x06proto3"
+	"\aGetInfo\x12\x1f.zlayer.proxy.v1.GetInfoRequest\x1a .zlayer.proxy.v1.GetInfoResponse\x12R\n" +
+	"\tSetRoutes\x12!.zlayer.proxy.v1.SetRoutesRequest\x1a\".zlayer.proxy.v1.SetRoutesResponse\x12U\n" +
+	"\n" +
+	"ListRoutes\x12\".zlayer.proxy.v1.ListRoutesRequest\x1a#.zlayer.proxy.v1.ListRoutesResponse\x12O\n" +
+	"\bGetStats\x12 .zlayer.proxy.v1.GetStatsRequest\x1a!.zlayer.proxy.v1.GetStatsResponseB-Z+zlayer.dev/libs/api/zlayer/proxy/v1;proxyv1b\x06proto3"
 
 var (
 	file_zlayer_proxy_v1_proxy_proto_rawDescOnce sync.Once
@@ -128,21 +1212,57 @@ func file_zlayer_proxy_v1_proxy_proto_rawDescGZIP() []byte {
 	return file_zlayer_proxy_v1_proxy_proto_rawDescData
 }
 
-var file_zlayer_proxy_v1_proxy_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
+var file_zlayer_proxy_v1_proxy_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_zlayer_proxy_v1_proxy_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_zlayer_proxy_v1_proxy_proto_goTypes = []any{
-	(*GetInfoRequest)(nil),  // 0: zlayer.proxy.v1.GetInfoRequest
-	(*GetInfoResponse)(nil), // 1: zlayer.proxy.v1.GetInfoResponse
-	(*v1.DaemonInfo)(nil),   // 2: zlayer.types.v1.DaemonInfo
+	(Protocol)(0),                 // 0: zlayer.proxy.v1.Protocol
+	(Expose)(0),                   // 1: zlayer.proxy.v1.Expose
+	(ResourceType)(0),             // 2: zlayer.proxy.v1.ResourceType
+	(*GetInfoRequest)(nil),        // 3: zlayer.proxy.v1.GetInfoRequest
+	(*GetInfoResponse)(nil),       // 4: zlayer.proxy.v1.GetInfoResponse
+	(*Route)(nil),                 // 5: zlayer.proxy.v1.Route
+	(*Backend)(nil),               // 6: zlayer.proxy.v1.Backend
+	(*SetRoutesRequest)(nil),      // 7: zlayer.proxy.v1.SetRoutesRequest
+	(*SetRoutesResponse)(nil),     // 8: zlayer.proxy.v1.SetRoutesResponse
+	(*ListRoutesRequest)(nil),     // 9: zlayer.proxy.v1.ListRoutesRequest
+	(*ListRoutesResponse)(nil),    // 10: zlayer.proxy.v1.ListRoutesResponse
+	(*RouteState)(nil),            // 11: zlayer.proxy.v1.RouteState
+	(*BackendState)(nil),          // 12: zlayer.proxy.v1.BackendState
+	(*GetStatsRequest)(nil),       // 13: zlayer.proxy.v1.GetStatsRequest
+	(*GetStatsResponse)(nil),      // 14: zlayer.proxy.v1.GetStatsResponse
+	(*EndpointStats)(nil),         // 15: zlayer.proxy.v1.EndpointStats
+	(*v1.DaemonInfo)(nil),         // 16: zlayer.types.v1.DaemonInfo
+	(*timestamppb.Timestamp)(nil), // 17: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 18: google.protobuf.Duration
 }
 var file_zlayer_proxy_v1_proxy_proto_depIdxs = []int32{
-	2, // 0: zlayer.proxy.v1.GetInfoResponse.info:type_name -> zlayer.types.v1.DaemonInfo
-	0, // 1: zlayer.proxy.v1.ProxyService.GetInfo:input_type -> zlayer.proxy.v1.GetInfoRequest
-	1, // 2: zlayer.proxy.v1.ProxyService.GetInfo:output_type -> zlayer.proxy.v1.GetInfoResponse
-	2, // [2:3] is the sub-list for method output_type
-	1, // [1:2] is the sub-list for method input_type
-	1, // [1:1] is the sub-list for extension type_name
-	1, // [1:1] is the sub-list for extension extendee
-	0, // [0:1] is the sub-list for field type_name
+	16, // 0: zlayer.proxy.v1.GetInfoResponse.info:type_name -> zlayer.types.v1.DaemonInfo
+	0,  // 1: zlayer.proxy.v1.Route.protocol:type_name -> zlayer.proxy.v1.Protocol
+	1,  // 2: zlayer.proxy.v1.Route.expose:type_name -> zlayer.proxy.v1.Expose
+	2,  // 3: zlayer.proxy.v1.Route.rtype:type_name -> zlayer.proxy.v1.ResourceType
+	6,  // 4: zlayer.proxy.v1.Route.backends:type_name -> zlayer.proxy.v1.Backend
+	5,  // 5: zlayer.proxy.v1.SetRoutesRequest.routes:type_name -> zlayer.proxy.v1.Route
+	11, // 6: zlayer.proxy.v1.ListRoutesResponse.routes:type_name -> zlayer.proxy.v1.RouteState
+	5,  // 7: zlayer.proxy.v1.RouteState.route:type_name -> zlayer.proxy.v1.Route
+	12, // 8: zlayer.proxy.v1.RouteState.backends:type_name -> zlayer.proxy.v1.BackendState
+	17, // 9: zlayer.proxy.v1.BackendState.ejected_until:type_name -> google.protobuf.Timestamp
+	18, // 10: zlayer.proxy.v1.GetStatsRequest.window:type_name -> google.protobuf.Duration
+	17, // 11: zlayer.proxy.v1.GetStatsResponse.at:type_name -> google.protobuf.Timestamp
+	18, // 12: zlayer.proxy.v1.GetStatsResponse.window:type_name -> google.protobuf.Duration
+	15, // 13: zlayer.proxy.v1.GetStatsResponse.endpoints:type_name -> zlayer.proxy.v1.EndpointStats
+	3,  // 14: zlayer.proxy.v1.ProxyService.GetInfo:input_type -> zlayer.proxy.v1.GetInfoRequest
+	7,  // 15: zlayer.proxy.v1.ProxyService.SetRoutes:input_type -> zlayer.proxy.v1.SetRoutesRequest
+	9,  // 16: zlayer.proxy.v1.ProxyService.ListRoutes:input_type -> zlayer.proxy.v1.ListRoutesRequest
+	13, // 17: zlayer.proxy.v1.ProxyService.GetStats:input_type -> zlayer.proxy.v1.GetStatsRequest
+	4,  // 18: zlayer.proxy.v1.ProxyService.GetInfo:output_type -> zlayer.proxy.v1.GetInfoResponse
+	8,  // 19: zlayer.proxy.v1.ProxyService.SetRoutes:output_type -> zlayer.proxy.v1.SetRoutesResponse
+	10, // 20: zlayer.proxy.v1.ProxyService.ListRoutes:output_type -> zlayer.proxy.v1.ListRoutesResponse
+	14, // 21: zlayer.proxy.v1.ProxyService.GetStats:output_type -> zlayer.proxy.v1.GetStatsResponse
+	18, // [18:22] is the sub-list for method output_type
+	14, // [14:18] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_zlayer_proxy_v1_proxy_proto_init() }
@@ -155,13 +1275,14 @@ func file_zlayer_proxy_v1_proxy_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_zlayer_proxy_v1_proxy_proto_rawDesc), len(file_zlayer_proxy_v1_proxy_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   2,
+			NumEnums:      3,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_zlayer_proxy_v1_proxy_proto_goTypes,
 		DependencyIndexes: file_zlayer_proxy_v1_proxy_proto_depIdxs,
+		EnumInfos:         file_zlayer_proxy_v1_proxy_proto_enumTypes,
 		MessageInfos:      file_zlayer_proxy_v1_proxy_proto_msgTypes,
 	}.Build()
 	File_zlayer_proxy_v1_proxy_proto = out.File

@@ -19,7 +19,10 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	ProxyService_GetInfo_FullMethodName = "/zlayer.proxy.v1.ProxyService/GetInfo"
+	ProxyService_GetInfo_FullMethodName    = "/zlayer.proxy.v1.ProxyService/GetInfo"
+	ProxyService_SetRoutes_FullMethodName  = "/zlayer.proxy.v1.ProxyService/SetRoutes"
+	ProxyService_ListRoutes_FullMethodName = "/zlayer.proxy.v1.ProxyService/ListRoutes"
+	ProxyService_GetStats_FullMethodName   = "/zlayer.proxy.v1.ProxyService/GetStats"
 )
 
 // ProxyServiceClient is the client API for ProxyService service.
@@ -27,10 +30,29 @@ const (
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
 // ProxyService serves the deployments' public endpoints and balances over healthy replicas.
-// Served by zlayer-proxy on <run_dir>/proxy.sock.
+// Served by zlayer-proxy on <run_dir>/proxy.sock. The local zlayer-scheduler
+// pushes this node's routes with SetRoutes and polls GetStats for
+// request-rate autoscaling; zlctl reads ListRoutes.
 type ProxyServiceClient interface {
 	// GetInfo returns the daemon's version, node and uptime.
 	GetInfo(ctx context.Context, in *GetInfoRequest, opts ...grpc.CallOption) (*GetInfoResponse, error)
+	// SetRoutes replaces this node's whole route table with the one given. It
+	// is idempotent: sending the same table twice changes nothing. The change
+	// applies at once, without restarting listeners that stay and without
+	// dropping in-flight requests or open connections. A table whose
+	// generation is lower than the one in force is refused with
+	// FAILED_PRECONDITION (a late push from an old scheduler term); an invalid
+	// table (unknown protocol, two routes on one public port or one host and
+	// path, a bad backend address) is refused whole with INVALID_ARGUMENT and
+	// the table in force stays.
+	SetRoutes(ctx context.Context, in *SetRoutesRequest, opts ...grpc.CallOption) (*SetRoutesResponse, error)
+	// ListRoutes returns the table in force, with each backend's live load
+	// balancing state.
+	ListRoutes(ctx context.Context, in *ListRoutesRequest, opts ...grpc.CallOption) (*ListRoutesResponse, error)
+	// GetStats returns request counters per deployment, service and endpoint,
+	// and the request rate over a recent window. The scheduler polls it for
+	// `scale.targets.rps`.
+	GetStats(ctx context.Context, in *GetStatsRequest, opts ...grpc.CallOption) (*GetStatsResponse, error)
 }
 
 type proxyServiceClient struct {
@@ -51,15 +73,64 @@ func (c *proxyServiceClient) GetInfo(ctx context.Context, in *GetInfoRequest, op
 	return out, nil
 }
 
+func (c *proxyServiceClient) SetRoutes(ctx context.Context, in *SetRoutesRequest, opts ...grpc.CallOption) (*SetRoutesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SetRoutesResponse)
+	err := c.cc.Invoke(ctx, ProxyService_SetRoutes_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *proxyServiceClient) ListRoutes(ctx context.Context, in *ListRoutesRequest, opts ...grpc.CallOption) (*ListRoutesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListRoutesResponse)
+	err := c.cc.Invoke(ctx, ProxyService_ListRoutes_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *proxyServiceClient) GetStats(ctx context.Context, in *GetStatsRequest, opts ...grpc.CallOption) (*GetStatsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetStatsResponse)
+	err := c.cc.Invoke(ctx, ProxyService_GetStats_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ProxyServiceServer is the server API for ProxyService service.
 // All implementations must embed UnimplementedProxyServiceServer
 // for forward compatibility.
 //
 // ProxyService serves the deployments' public endpoints and balances over healthy replicas.
-// Served by zlayer-proxy on <run_dir>/proxy.sock.
+// Served by zlayer-proxy on <run_dir>/proxy.sock. The local zlayer-scheduler
+// pushes this node's routes with SetRoutes and polls GetStats for
+// request-rate autoscaling; zlctl reads ListRoutes.
 type ProxyServiceServer interface {
 	// GetInfo returns the daemon's version, node and uptime.
 	GetInfo(context.Context, *GetInfoRequest) (*GetInfoResponse, error)
+	// SetRoutes replaces this node's whole route table with the one given. It
+	// is idempotent: sending the same table twice changes nothing. The change
+	// applies at once, without restarting listeners that stay and without
+	// dropping in-flight requests or open connections. A table whose
+	// generation is lower than the one in force is refused with
+	// FAILED_PRECONDITION (a late push from an old scheduler term); an invalid
+	// table (unknown protocol, two routes on one public port or one host and
+	// path, a bad backend address) is refused whole with INVALID_ARGUMENT and
+	// the table in force stays.
+	SetRoutes(context.Context, *SetRoutesRequest) (*SetRoutesResponse, error)
+	// ListRoutes returns the table in force, with each backend's live load
+	// balancing state.
+	ListRoutes(context.Context, *ListRoutesRequest) (*ListRoutesResponse, error)
+	// GetStats returns request counters per deployment, service and endpoint,
+	// and the request rate over a recent window. The scheduler polls it for
+	// `scale.targets.rps`.
+	GetStats(context.Context, *GetStatsRequest) (*GetStatsResponse, error)
 	mustEmbedUnimplementedProxyServiceServer()
 }
 
@@ -72,6 +143,15 @@ type UnimplementedProxyServiceServer struct{}
 
 func (UnimplementedProxyServiceServer) GetInfo(context.Context, *GetInfoRequest) (*GetInfoResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetInfo not implemented")
+}
+func (UnimplementedProxyServiceServer) SetRoutes(context.Context, *SetRoutesRequest) (*SetRoutesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetRoutes not implemented")
+}
+func (UnimplementedProxyServiceServer) ListRoutes(context.Context, *ListRoutesRequest) (*ListRoutesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListRoutes not implemented")
+}
+func (UnimplementedProxyServiceServer) GetStats(context.Context, *GetStatsRequest) (*GetStatsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetStats not implemented")
 }
 func (UnimplementedProxyServiceServer) mustEmbedUnimplementedProxyServiceServer() {}
 func (UnimplementedProxyServiceServer) testEmbeddedByValue()                      {}
@@ -112,6 +192,60 @@ func _ProxyService_GetInfo_Handler(srv interface{}, ctx context.Context, dec fun
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ProxyService_SetRoutes_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetRoutesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ProxyServiceServer).SetRoutes(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ProxyService_SetRoutes_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ProxyServiceServer).SetRoutes(ctx, req.(*SetRoutesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ProxyService_ListRoutes_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListRoutesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ProxyServiceServer).ListRoutes(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ProxyService_ListRoutes_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ProxyServiceServer).ListRoutes(ctx, req.(*ListRoutesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ProxyService_GetStats_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetStatsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ProxyServiceServer).GetStats(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ProxyService_GetStats_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ProxyServiceServer).GetStats(ctx, req.(*GetStatsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ProxyService_ServiceDesc is the grpc.ServiceDesc for ProxyService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -122,6 +256,18 @@ var ProxyService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetInfo",
 			Handler:    _ProxyService_GetInfo_Handler,
+		},
+		{
+			MethodName: "SetRoutes",
+			Handler:    _ProxyService_SetRoutes_Handler,
+		},
+		{
+			MethodName: "ListRoutes",
+			Handler:    _ProxyService_ListRoutes_Handler,
+		},
+		{
+			MethodName: "GetStats",
+			Handler:    _ProxyService_GetStats_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -105,16 +105,1344 @@ func (x *GetInfoResponse) GetInfo() *v1.DaemonInfo {
 	return nil
 }
 
+// DeployRequest carries a deployment file.
+type DeployRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// spec_yaml is the file's content.
+	SpecYaml []byte `protobuf:"bytes,1,opt,name=spec_yaml,json=specYaml,proto3" json:"spec_yaml,omitempty"`
+	// file_name is shown in validation errors (FILE:LINE:COL).
+	FileName      string `protobuf:"bytes,2,opt,name=file_name,json=fileName,proto3" json:"file_name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeployRequest) Reset() {
+	*x = DeployRequest{}
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeployRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeployRequest) ProtoMessage() {}
+
+func (x *DeployRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeployRequest.ProtoReflect.Descriptor instead.
+func (*DeployRequest) Descriptor() ([]byte, []int) {
+	return file_zlayer_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *DeployRequest) GetSpecYaml() []byte {
+	if x != nil {
+		return x.SpecYaml
+	}
+	return nil
+}
+
+func (x *DeployRequest) GetFileName() string {
+	if x != nil {
+		return x.FileName
+	}
+	return ""
+}
+
+// DeployResponse says what the deploy changed.
+type DeployResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// deployment is the deployment's name.
+	Deployment string `protobuf:"bytes,1,opt,name=deployment,proto3" json:"deployment,omitempty"`
+	// version is the version now current.
+	Version uint64 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
+	// changed lists services whose spec changed (all of them on a first deploy).
+	Changed []string `protobuf:"bytes,3,rep,name=changed,proto3" json:"changed,omitempty"`
+	// unchanged is true when the file equals the current version: nothing happens.
+	Unchanged     bool `protobuf:"varint,4,opt,name=unchanged,proto3" json:"unchanged,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeployResponse) Reset() {
+	*x = DeployResponse{}
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeployResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeployResponse) ProtoMessage() {}
+
+func (x *DeployResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeployResponse.ProtoReflect.Descriptor instead.
+func (*DeployResponse) Descriptor() ([]byte, []int) {
+	return file_zlayer_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *DeployResponse) GetDeployment() string {
+	if x != nil {
+		return x.Deployment
+	}
+	return ""
+}
+
+func (x *DeployResponse) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *DeployResponse) GetChanged() []string {
+	if x != nil {
+		return x.Changed
+	}
+	return nil
+}
+
+func (x *DeployResponse) GetUnchanged() bool {
+	if x != nil {
+		return x.Unchanged
+	}
+	return false
+}
+
+// ServiceStatus is one service's desired and observed state.
+type ServiceStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name is the service's name.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// rtype is service, job or cron.
+	Rtype string `protobuf:"bytes,2,opt,name=rtype,proto3" json:"rtype,omitempty"`
+	// desired is how many replicas should run.
+	Desired uint32 `protobuf:"varint,3,opt,name=desired,proto3" json:"desired,omitempty"`
+	// running counts replicas whose process runs.
+	Running uint32 `protobuf:"varint,4,opt,name=running,proto3" json:"running,omitempty"`
+	// healthy counts running replicas that pass health checks.
+	Healthy uint32 `protobuf:"varint,5,opt,name=healthy,proto3" json:"healthy,omitempty"`
+	// updated counts running replicas of the current version.
+	Updated uint32 `protobuf:"varint,6,opt,name=updated,proto3" json:"updated,omitempty"`
+	// endpoints are the service's endpoints, as "name protocol port expose".
+	Endpoints []string `protobuf:"bytes,7,rep,name=endpoints,proto3" json:"endpoints,omitempty"`
+	// image is the service's image reference.
+	Image         string `protobuf:"bytes,8,opt,name=image,proto3" json:"image,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ServiceStatus) Reset() {
+	*x = ServiceStatus{}
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ServiceStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ServiceStatus) ProtoMessage() {}
+
+func (x *ServiceStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ServiceStatus.ProtoReflect.Descriptor instead.
+func (*ServiceStatus) Descriptor() ([]byte, []int) {
+	return file_zlayer_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *ServiceStatus) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ServiceStatus) GetRtype() string {
+	if x != nil {
+		return x.Rtype
+	}
+	return ""
+}
+
+func (x *ServiceStatus) GetDesired() uint32 {
+	if x != nil {
+		return x.Desired
+	}
+	return 0
+}
+
+func (x *ServiceStatus) GetRunning() uint32 {
+	if x != nil {
+		return x.Running
+	}
+	return 0
+}
+
+func (x *ServiceStatus) GetHealthy() uint32 {
+	if x != nil {
+		return x.Healthy
+	}
+	return 0
+}
+
+func (x *ServiceStatus) GetUpdated() uint32 {
+	if x != nil {
+		return x.Updated
+	}
+	return 0
+}
+
+func (x *ServiceStatus) GetEndpoints() []string {
+	if x != nil {
+		return x.Endpoints
+	}
+	return nil
+}
+
+func (x *ServiceStatus) GetImage() string {
+	if x != nil {
+		return x.Image
+	}
+	return ""
+}
+
+// DeploymentStatus is a deployment as seen now.
+type DeploymentStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name is the deployment's name.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// version is the current version.
+	Version uint64 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
+	// outcome is the current version's rollout state.
+	Outcome RolloutOutcome `protobuf:"varint,3,opt,name=outcome,proto3,enum=zlayer.scheduler.v1.RolloutOutcome" json:"outcome,omitempty"`
+	// reason explains a failed rollout.
+	Reason string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	// services are the services, by name.
+	Services []*ServiceStatus `protobuf:"bytes,5,rep,name=services,proto3" json:"services,omitempty"`
+	// replicas are all replicas, by service and index.
+	Replicas []*Replica `protobuf:"bytes,6,rep,name=replicas,proto3" json:"replicas,omitempty"`
+	// deleting is true while a deleted deployment's replicas stop.
+	Deleting      bool `protobuf:"varint,7,opt,name=deleting,proto3" json:"deleting,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeploymentStatus) Reset() {
+	*x = DeploymentStatus{}
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeploymentStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeploymentStatus) ProtoMessage() {}
+
+func (x *DeploymentStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeploymentStatus.ProtoReflect.Descriptor instead.
+func (*DeploymentStatus) Descriptor() ([]byte, []int) {
+	return file_zlayer_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *DeploymentStatus) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *DeploymentStatus) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *DeploymentStatus) GetOutcome() RolloutOutcome {
+	if x != nil {
+		return x.Outcome
+	}
+	return RolloutOutcome_ROLLOUT_OUTCOME_UNSPECIFIED
+}
+
+func (x *DeploymentStatus) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *DeploymentStatus) GetServices() []*ServiceStatus {
+	if x != nil {
+		return x.Services
+	}
+	return nil
+}
+
+func (x *DeploymentStatus) GetReplicas() []*Replica {
+	if x != nil {
+		return x.Replicas
+	}
+	return nil
+}
+
+func (x *DeploymentStatus) GetDeleting() bool {
+	if x != nil {
+		return x.Deleting
+	}
+	return false
+}
+
+// WatchDeploymentRequest names the deployment to watch.
+type WatchDeploymentRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// deployment is the deployment's name.
+	Deployment    string `protobuf:"bytes,1,opt,name=deployment,proto3" json:"deployment,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchDeploymentRequest) Reset() {
+	*x = WatchDeploymentRequest{}
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchDeploymentRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchDeploymentRequest) ProtoMessage() {}
+
+func (x *WatchDeploymentRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchDeploymentRequest.ProtoReflect.Descriptor instead.
+func (*WatchDeploymentRequest) Descriptor() ([]byte, []int) {
+	return file_zlayer_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *WatchDeploymentRequest) GetDeployment() string {
+	if x != nil {
+		return x.Deployment
+	}
+	return ""
+}
+
+// WatchDeploymentResponse is the deployment's status after a change.
+type WatchDeploymentResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// status is the deployment now.
+	Status        *DeploymentStatus `protobuf:"bytes,1,opt,name=status,proto3" json:"status,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchDeploymentResponse) Reset() {
+	*x = WatchDeploymentResponse{}
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchDeploymentResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchDeploymentResponse) ProtoMessage() {}
+
+func (x *WatchDeploymentResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchDeploymentResponse.ProtoReflect.Descriptor instead.
+func (*WatchDeploymentResponse) Descriptor() ([]byte, []int) {
+	return file_zlayer_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *WatchDeploymentResponse) GetStatus() *DeploymentStatus {
+	if x != nil {
+		return x.Status
+	}
+	return nil
+}
+
+// GetStatusRequest names a deployment, or none for all.
+type GetStatusRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// deployment is the deployment's name; empty for all.
+	Deployment    string `protobuf:"bytes,1,opt,name=deployment,proto3" json:"deployment,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetStatusRequest) Reset() {
+	*x = GetStatusRequest{}
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetStatusRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetStatusRequest) ProtoMessage() {}
+
+func (x *GetStatusRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetStatusRequest.ProtoReflect.Descriptor instead.
+func (*GetStatusRequest) Descriptor() ([]byte, []int) {
+	return file_zlayer_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *GetStatusRequest) GetDeployment() string {
+	if x != nil {
+		return x.Deployment
+	}
+	return ""
+}
+
+// GetStatusResponse holds the statuses.
+type GetStatusResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// deployments are the statuses, by name.
+	Deployments   []*DeploymentStatus `protobuf:"bytes,1,rep,name=deployments,proto3" json:"deployments,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetStatusResponse) Reset() {
+	*x = GetStatusResponse{}
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetStatusResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetStatusResponse) ProtoMessage() {}
+
+func (x *GetStatusResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetStatusResponse.ProtoReflect.Descriptor instead.
+func (*GetStatusResponse) Descriptor() ([]byte, []int) {
+	return file_zlayer_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *GetStatusResponse) GetDeployments() []*DeploymentStatus {
+	if x != nil {
+		return x.Deployments
+	}
+	return nil
+}
+
+// ScaleRequest sets a service's replica count.
+type ScaleRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// deployment names the deployment.
+	Deployment string `protobuf:"bytes,1,opt,name=deployment,proto3" json:"deployment,omitempty"`
+	// service names the service.
+	Service string `protobuf:"bytes,2,opt,name=service,proto3" json:"service,omitempty"`
+	// replicas is the new count.
+	Replicas      uint32 `protobuf:"varint,3,opt,name=replicas,proto3" json:"replicas,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ScaleRequest) Reset() {
+	*x = ScaleRequest{}
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ScaleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ScaleRequest) ProtoMessage() {}
+
+func (x *ScaleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ScaleRequest.ProtoReflect.Descriptor instead.
+func (*ScaleRequest) Descriptor() ([]byte, []int) {
+	return file_zlayer_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *ScaleRequest) GetDeployment() string {
+	if x != nil {
+		return x.Deployment
+	}
+	return ""
+}
+
+func (x *ScaleRequest) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *ScaleRequest) GetReplicas() uint32 {
+	if x != nil {
+		return x.Replicas
+	}
+	return 0
+}
+
+// ScaleResponse confirms the new count.
+type ScaleResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// previous is the count before.
+	Previous uint32 `protobuf:"varint,1,opt,name=previous,proto3" json:"previous,omitempty"`
+	// replicas is the count now.
+	Replicas      uint32 `protobuf:"varint,2,opt,name=replicas,proto3" json:"replicas,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ScaleResponse) Reset() {
+	*x = ScaleResponse{}
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ScaleResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ScaleResponse) ProtoMessage() {}
+
+func (x *ScaleResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ScaleResponse.ProtoReflect.Descriptor instead.
+func (*ScaleResponse) Descriptor() ([]byte, []int) {
+	return file_zlayer_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *ScaleResponse) GetPrevious() uint32 {
+	if x != nil {
+		return x.Previous
+	}
+	return 0
+}
+
+func (x *ScaleResponse) GetReplicas() uint32 {
+	if x != nil {
+		return x.Replicas
+	}
+	return 0
+}
+
+// DeleteDeploymentRequest names the deployment to delete.
+type DeleteDeploymentRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// deployment is the deployment's name.
+	Deployment    string `protobuf:"bytes,1,opt,name=deployment,proto3" json:"deployment,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteDeploymentRequest) Reset() {
+	*x = DeleteDeploymentRequest{}
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteDeploymentRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteDeploymentRequest) ProtoMessage() {}
+
+func (x *DeleteDeploymentRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteDeploymentRequest.ProtoReflect.Descriptor instead.
+func (*DeleteDeploymentRequest) Descriptor() ([]byte, []int) {
+	return file_zlayer_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *DeleteDeploymentRequest) GetDeployment() string {
+	if x != nil {
+		return x.Deployment
+	}
+	return ""
+}
+
+// DeleteDeploymentResponse is empty.
+type DeleteDeploymentResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteDeploymentResponse) Reset() {
+	*x = DeleteDeploymentResponse{}
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteDeploymentResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteDeploymentResponse) ProtoMessage() {}
+
+func (x *DeleteDeploymentResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteDeploymentResponse.ProtoReflect.Descriptor instead.
+func (*DeleteDeploymentResponse) Descriptor() ([]byte, []int) {
+	return file_zlayer_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{13}
+}
+
+// RollbackRequest names the deployment and optionally the version.
+type RollbackRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// deployment is the deployment's name.
+	Deployment string `protobuf:"bytes,1,opt,name=deployment,proto3" json:"deployment,omitempty"`
+	// to_version is the version to go back to; 0 means the previous one.
+	ToVersion     uint64 `protobuf:"varint,2,opt,name=to_version,json=toVersion,proto3" json:"to_version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RollbackRequest) Reset() {
+	*x = RollbackRequest{}
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RollbackRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RollbackRequest) ProtoMessage() {}
+
+func (x *RollbackRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RollbackRequest.ProtoReflect.Descriptor instead.
+func (*RollbackRequest) Descriptor() ([]byte, []int) {
+	return file_zlayer_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *RollbackRequest) GetDeployment() string {
+	if x != nil {
+		return x.Deployment
+	}
+	return ""
+}
+
+func (x *RollbackRequest) GetToVersion() uint64 {
+	if x != nil {
+		return x.ToVersion
+	}
+	return 0
+}
+
+// RollbackResponse names the version created by the rollback.
+type RollbackResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// version is the new current version (a copy of the old file).
+	Version uint64 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	// from_version is the version whose file it copies.
+	FromVersion   uint64 `protobuf:"varint,2,opt,name=from_version,json=fromVersion,proto3" json:"from_version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RollbackResponse) Reset() {
+	*x = RollbackResponse{}
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RollbackResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RollbackResponse) ProtoMessage() {}
+
+func (x *RollbackResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RollbackResponse.ProtoReflect.Descriptor instead.
+func (*RollbackResponse) Descriptor() ([]byte, []int) {
+	return file_zlayer_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *RollbackResponse) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *RollbackResponse) GetFromVersion() uint64 {
+	if x != nil {
+		return x.FromVersion
+	}
+	return 0
+}
+
+// GetHistoryRequest names the deployment.
+type GetHistoryRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// deployment is the deployment's name.
+	Deployment    string `protobuf:"bytes,1,opt,name=deployment,proto3" json:"deployment,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetHistoryRequest) Reset() {
+	*x = GetHistoryRequest{}
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetHistoryRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetHistoryRequest) ProtoMessage() {}
+
+func (x *GetHistoryRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetHistoryRequest.ProtoReflect.Descriptor instead.
+func (*GetHistoryRequest) Descriptor() ([]byte, []int) {
+	return file_zlayer_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *GetHistoryRequest) GetDeployment() string {
+	if x != nil {
+		return x.Deployment
+	}
+	return ""
+}
+
+// GetHistoryResponse lists versions, oldest first.
+type GetHistoryResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// versions are the deployment's versions (without their files).
+	Versions []*DeploymentVersion `protobuf:"bytes,1,rep,name=versions,proto3" json:"versions,omitempty"`
+	// current is the current version.
+	Current       uint64 `protobuf:"varint,2,opt,name=current,proto3" json:"current,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetHistoryResponse) Reset() {
+	*x = GetHistoryResponse{}
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetHistoryResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetHistoryResponse) ProtoMessage() {}
+
+func (x *GetHistoryResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetHistoryResponse.ProtoReflect.Descriptor instead.
+func (*GetHistoryResponse) Descriptor() ([]byte, []int) {
+	return file_zlayer_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *GetHistoryResponse) GetVersions() []*DeploymentVersion {
+	if x != nil {
+		return x.Versions
+	}
+	return nil
+}
+
+func (x *GetHistoryResponse) GetCurrent() uint64 {
+	if x != nil {
+		return x.Current
+	}
+	return 0
+}
+
+// ListNodesRequest is empty.
+type ListNodesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListNodesRequest) Reset() {
+	*x = ListNodesRequest{}
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListNodesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListNodesRequest) ProtoMessage() {}
+
+func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
+func (*ListNodesRequest) Descriptor() ([]byte, []int) {
+	return file_zlayer_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{18}
+}
+
+// ListNodesResponse lists the nodes.
+type ListNodesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// nodes are the cluster's nodes, by name.
+	Nodes []*Node `protobuf:"bytes,1,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	// replicas counts live replicas per node.
+	Replicas      map[string]uint32 `protobuf:"bytes,2,rep,name=replicas,proto3" json:"replicas,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListNodesResponse) Reset() {
+	*x = ListNodesResponse{}
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListNodesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListNodesResponse) ProtoMessage() {}
+
+func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
+func (*ListNodesResponse) Descriptor() ([]byte, []int) {
+	return file_zlayer_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *ListNodesResponse) GetNodes() []*Node {
+	if x != nil {
+		return x.Nodes
+	}
+	return nil
+}
+
+func (x *ListNodesResponse) GetReplicas() map[string]uint32 {
+	if x != nil {
+		return x.Replicas
+	}
+	return nil
+}
+
+// ListEventsRequest filters events.
+type ListEventsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// deployment limits events to one deployment; empty for all.
+	Deployment string `protobuf:"bytes,1,opt,name=deployment,proto3" json:"deployment,omitempty"`
+	// follow keeps the stream open and sends new events.
+	Follow bool `protobuf:"varint,2,opt,name=follow,proto3" json:"follow,omitempty"`
+	// limit is how many past events to send (default 100).
+	Limit         uint32 `protobuf:"varint,3,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListEventsRequest) Reset() {
+	*x = ListEventsRequest{}
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListEventsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListEventsRequest) ProtoMessage() {}
+
+func (x *ListEventsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListEventsRequest.ProtoReflect.Descriptor instead.
+func (*ListEventsRequest) Descriptor() ([]byte, []int) {
+	return file_zlayer_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *ListEventsRequest) GetDeployment() string {
+	if x != nil {
+		return x.Deployment
+	}
+	return ""
+}
+
+func (x *ListEventsRequest) GetFollow() bool {
+	if x != nil {
+		return x.Follow
+	}
+	return false
+}
+
+func (x *ListEventsRequest) GetLimit() uint32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+// ListEventsResponse is one event.
+type ListEventsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// event is the event.
+	Event         *Event `protobuf:"bytes,1,opt,name=event,proto3" json:"event,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListEventsResponse) Reset() {
+	*x = ListEventsResponse{}
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListEventsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListEventsResponse) ProtoMessage() {}
+
+func (x *ListEventsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListEventsResponse.ProtoReflect.Descriptor instead.
+func (*ListEventsResponse) Descriptor() ([]byte, []int) {
+	return file_zlayer_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *ListEventsResponse) GetEvent() *Event {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
+// FindReplicaRequest names a replica as deployment/service[/index].
+type FindReplicaRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// target is deployment/service or deployment/service/index, or a replica id.
+	Target        string `protobuf:"bytes,1,opt,name=target,proto3" json:"target,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FindReplicaRequest) Reset() {
+	*x = FindReplicaRequest{}
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FindReplicaRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FindReplicaRequest) ProtoMessage() {}
+
+func (x *FindReplicaRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FindReplicaRequest.ProtoReflect.Descriptor instead.
+func (*FindReplicaRequest) Descriptor() ([]byte, []int) {
+	return file_zlayer_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *FindReplicaRequest) GetTarget() string {
+	if x != nil {
+		return x.Target
+	}
+	return ""
+}
+
+// FindReplicaResponse is the replica found.
+type FindReplicaResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// replica is the replica; with no index, the lowest-index running one.
+	Replica       *Replica `protobuf:"bytes,1,opt,name=replica,proto3" json:"replica,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FindReplicaResponse) Reset() {
+	*x = FindReplicaResponse{}
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FindReplicaResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FindReplicaResponse) ProtoMessage() {}
+
+func (x *FindReplicaResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FindReplicaResponse.ProtoReflect.Descriptor instead.
+func (*FindReplicaResponse) Descriptor() ([]byte, []int) {
+	return file_zlayer_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *FindReplicaResponse) GetReplica() *Replica {
+	if x != nil {
+		return x.Replica
+	}
+	return nil
+}
+
 var File_zlayer_scheduler_v1_scheduler_proto protoreflect.FileDescriptor
 
 const file_zlayer_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\n" +
-	"#zlayer/scheduler/v1/scheduler.proto\x12\x13zlayer.scheduler.v1\x1a\x1bzlayer/types/v1/types.proto\"\x10\n" +
+	"#zlayer/scheduler/v1/scheduler.proto\x12\x13zlayer.scheduler.v1\x1a\x1fzlayer/scheduler/v1/state.proto\x1a\x1bzlayer/types/v1/types.proto\"\x10\n" +
 	"\x0eGetInfoRequest\"B\n" +
 	"\x0fGetInfoResponse\x12/\n" +
-	"\x04info\x18\x01 \x01(\v2\x1b.zlayer.types.v1.DaemonInfoR\x04info2h\n" +
+	"\x04info\x18\x01 \x01(\v2\x1b.zlayer.types.v1.DaemonInfoR\x04info\"I\n" +
+	"\rDeployRequest\x12\x1b\n" +
+	"\tspec_yaml\x18\x01 \x01(\fR\bspecYaml\x12\x1b\n" +
+	"\tfile_name\x18\x02 \x01(\tR\bfileName\"\x82\x01\n" +
+	"\x0eDeployResponse\x12\x1e\n" +
+	"\n" +
+	"deployment\x18\x01 \x01(\tR\n" +
+	"deployment\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\x04R\aversion\x12\x18\n" +
+	"\achanged\x18\x03 \x03(\tR\achanged\x12\x1c\n" +
+	"\tunchanged\x18\x04 \x01(\bR\tunchanged\"\xd5\x01\n" +
+	"\rServiceStatus\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05rtype\x18\x02 \x01(\tR\x05rtype\x12\x18\n" +
+	"\adesired\x18\x03 \x01(\rR\adesired\x12\x18\n" +
+	"\arunning\x18\x04 \x01(\rR\arunning\x12\x18\n" +
+	"\ahealthy\x18\x05 \x01(\rR\ahealthy\x12\x18\n" +
+	"\aupdated\x18\x06 \x01(\rR\aupdated\x12\x1c\n" +
+	"\tendpoints\x18\a \x03(\tR\tendpoints\x12\x14\n" +
+	"\x05image\x18\b \x01(\tR\x05image\"\xad\x02\n" +
+	"\x10DeploymentStatus\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\x04R\aversion\x12=\n" +
+	"\aoutcome\x18\x03 \x01(\x0e2#.zlayer.scheduler.v1.RolloutOutcomeR\aoutcome\x12\x16\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\x12>\n" +
+	"\bservices\x18\x05 \x03(\v2\".zlayer.scheduler.v1.ServiceStatusR\bservices\x128\n" +
+	"\breplicas\x18\x06 \x03(\v2\x1c.zlayer.scheduler.v1.ReplicaR\breplicas\x12\x1a\n" +
+	"\bdeleting\x18\a \x01(\bR\bdeleting\"8\n" +
+	"\x16WatchDeploymentRequest\x12\x1e\n" +
+	"\n" +
+	"deployment\x18\x01 \x01(\tR\n" +
+	"deployment\"X\n" +
+	"\x17WatchDeploymentResponse\x12=\n" +
+	"\x06status\x18\x01 \x01(\v2%.zlayer.scheduler.v1.DeploymentStatusR\x06status\"2\n" +
+	"\x10GetStatusRequest\x12\x1e\n" +
+	"\n" +
+	"deployment\x18\x01 \x01(\tR\n" +
+	"deployment\"\\\n" +
+	"\x11GetStatusResponse\x12G\n" +
+	"\vdeployments\x18\x01 \x03(\v2%.zlayer.scheduler.v1.DeploymentStatusR\vdeployments\"d\n" +
+	"\fScaleRequest\x12\x1e\n" +
+	"\n" +
+	"deployment\x18\x01 \x01(\tR\n" +
+	"deployment\x12\x18\n" +
+	"\aservice\x18\x02 \x01(\tR\aservice\x12\x1a\n" +
+	"\breplicas\x18\x03 \x01(\rR\breplicas\"G\n" +
+	"\rScaleResponse\x12\x1a\n" +
+	"\bprevious\x18\x01 \x01(\rR\bprevious\x12\x1a\n" +
+	"\breplicas\x18\x02 \x01(\rR\breplicas\"9\n" +
+	"\x17DeleteDeploymentRequest\x12\x1e\n" +
+	"\n" +
+	"deployment\x18\x01 \x01(\tR\n" +
+	"deployment\"\x1a\n" +
+	"\x18DeleteDeploymentResponse\"P\n" +
+	"\x0fRollbackRequest\x12\x1e\n" +
+	"\n" +
+	"deployment\x18\x01 \x01(\tR\n" +
+	"deployment\x12\x1d\n" +
+	"\n" +
+	"to_version\x18\x02 \x01(\x04R\ttoVersion\"O\n" +
+	"\x10RollbackResponse\x12\x18\n" +
+	"\aversion\x18\x01 \x01(\x04R\aversion\x12!\n" +
+	"\ffrom_version\x18\x02 \x01(\x04R\vfromVersion\"3\n" +
+	"\x11GetHistoryRequest\x12\x1e\n" +
+	"\n" +
+	"deployment\x18\x01 \x01(\tR\n" +
+	"deployment\"r\n" +
+	"\x12GetHistoryResponse\x12B\n" +
+	"\bversions\x18\x01 \x03(\v2&.zlayer.scheduler.v1.DeploymentVersionR\bversions\x12\x18\n" +
+	"\acurrent\x18\x02 \x01(\x04R\acurrent\"\x12\n" +
+	"\x10ListNodesRequest\"\xd3\x01\n" +
+	"\x11ListNodesResponse\x12/\n" +
+	"\x05nodes\x18\x01 \x03(\v2\x19.zlayer.scheduler.v1.NodeR\x05nodes\x12P\n" +
+	"\breplicas\x18\x02 \x03(\v24.zlayer.scheduler.v1.ListNodesResponse.ReplicasEntryR\breplicas\x1a;\n" +
+	"\rReplicasEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\"a\n" +
+	"\x11ListEventsRequest\x12\x1e\n" +
+	"\n" +
+	"deployment\x18\x01 \x01(\tR\n" +
+	"deployment\x12\x16\n" +
+	"\x06follow\x18\x02 \x01(\bR\x06follow\x12\x14\n" +
+	"\x05limit\x18\x03 \x01(\rR\x05limit\"F\n" +
+	"\x12ListEventsResponse\x120\n" +
+	"\x05event\x18\x01 \x01(\v2\x1a.zlayer.scheduler.v1.EventR\x05event\",\n" +
+	"\x12FindReplicaRequest\x12\x16\n" +
+	"\x06target\x18\x01 \x01(\tR\x06target\"M\n" +
+	"\x13FindReplicaResponse\x126\n" +
+	"\areplica\x18\x01 \x01(\v2\x1c.zlayer.scheduler.v1.ReplicaR\areplica2\x9f\b\n" +
 	"\x10SchedulerService\x12T\n" +
-	"\aGetInfo\x12#.zlayer.scheduler.v1.GetInfoRequest\x1a$.zlayer.scheduler.v1.GetInfoResponseB5Z3zlayer.dev/libs/api/zlayer/scheduler/v1;schedulerv1b\x06proto3"
+	"\aGetInfo\x12#.zlayer.scheduler.v1.GetInfoRequest\x1a$.zlayer.scheduler.v1.GetInfoResponse\x12Q\n" +
+	"\x06Deploy\x12\".zlayer.scheduler.v1.DeployRequest\x1a#.zlayer.scheduler.v1.DeployResponse\x12n\n" +
+	"\x0fWatchDeployment\x12+.zlayer.scheduler.v1.WatchDeploymentRequest\x1a,.zlayer.scheduler.v1.WatchDeploymentResponse0\x01\x12Z\n" +
+	"\tGetStatus\x12%.zlayer.scheduler.v1.GetStatusRequest\x1a&.zlayer.scheduler.v1.GetStatusResponse\x12N\n" +
+	"\x05Scale\x12!.zlayer.scheduler.v1.ScaleRequest\x1a\".zlayer.scheduler.v1.ScaleResponse\x12o\n" +
+	"\x10DeleteDeployment\x12,.zlayer.scheduler.v1.DeleteDeploymentRequest\x1a-.zlayer.scheduler.v1.DeleteDeploymentResponse\x12W\n" +
+	"\bRollback\x12$.zlayer.scheduler.v1.RollbackRequest\x1a%.zlayer.scheduler.v1.RollbackResponse\x12]\n" +
+	"\n" +
+	"GetHistory\x12&.zlayer.scheduler.v1.GetHistoryRequest\x1a'.zlayer.scheduler.v1.GetHistoryResponse\x12Z\n" +
+	"\tListNodes\x12%.zlayer.scheduler.v1.ListNodesRequest\x1a&.zlayer.scheduler.v1.ListNodesResponse\x12_\n" +
+	"\n" +
+	"ListEvents\x12&.zlayer.scheduler.v1.ListEventsRequest\x1a'.zlayer.scheduler.v1.ListEventsResponse0\x01\x12`\n" +
+	"\vFindReplica\x12'.zlayer.scheduler.v1.FindReplicaRequest\x1a(.zlayer.scheduler.v1.FindReplicaResponseB5Z3zlayer.dev/libs/api/zlayer/scheduler/v1;schedulerv1b\x06proto3"
 
 var (
 	file_zlayer_scheduler_v1_scheduler_proto_rawDescOnce sync.Once
@@ -128,21 +1456,79 @@ func file_zlayer_scheduler_v1_scheduler_proto_rawDescGZIP() []byte {
 	return file_zlayer_scheduler_v1_scheduler_proto_rawDescData
 }
 
-var file_zlayer_scheduler_v1_scheduler_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
+var file_zlayer_scheduler_v1_scheduler_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_zlayer_scheduler_v1_scheduler_proto_goTypes = []any{
-	(*GetInfoRequest)(nil),  // 0: zlayer.scheduler.v1.GetInfoRequest
-	(*GetInfoResponse)(nil), // 1: zlayer.scheduler.v1.GetInfoResponse
-	(*v1.DaemonInfo)(nil),   // 2: zlayer.types.v1.DaemonInfo
+	(*GetInfoRequest)(nil),           // 0: zlayer.scheduler.v1.GetInfoRequest
+	(*GetInfoResponse)(nil),          // 1: zlayer.scheduler.v1.GetInfoResponse
+	(*DeployRequest)(nil),            // 2: zlayer.scheduler.v1.DeployRequest
+	(*DeployResponse)(nil),           // 3: zlayer.scheduler.v1.DeployResponse
+	(*ServiceStatus)(nil),            // 4: zlayer.scheduler.v1.ServiceStatus
+	(*DeploymentStatus)(nil),         // 5: zlayer.scheduler.v1.DeploymentStatus
+	(*WatchDeploymentRequest)(nil),   // 6: zlayer.scheduler.v1.WatchDeploymentRequest
+	(*WatchDeploymentResponse)(nil),  // 7: zlayer.scheduler.v1.WatchDeploymentResponse
+	(*GetStatusRequest)(nil),         // 8: zlayer.scheduler.v1.GetStatusRequest
+	(*GetStatusResponse)(nil),        // 9: zlayer.scheduler.v1.GetStatusResponse
+	(*ScaleRequest)(nil),             // 10: zlayer.scheduler.v1.ScaleRequest
+	(*ScaleResponse)(nil),            // 11: zlayer.scheduler.v1.ScaleResponse
+	(*DeleteDeploymentRequest)(nil),  // 12: zlayer.scheduler.v1.DeleteDeploymentRequest
+	(*DeleteDeploymentResponse)(nil), // 13: zlayer.scheduler.v1.DeleteDeploymentResponse
+	(*RollbackRequest)(nil),          // 14: zlayer.scheduler.v1.RollbackRequest
+	(*RollbackResponse)(nil),         // 15: zlayer.scheduler.v1.RollbackResponse
+	(*GetHistoryRequest)(nil),        // 16: zlayer.scheduler.v1.GetHistoryRequest
+	(*GetHistoryResponse)(nil),       // 17: zlayer.scheduler.v1.GetHistoryResponse
+	(*ListNodesRequest)(nil),         // 18: zlayer.scheduler.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),        // 19: zlayer.scheduler.v1.ListNodesResponse
+	(*ListEventsRequest)(nil),        // 20: zlayer.scheduler.v1.ListEventsRequest
+	(*ListEventsResponse)(nil),       // 21: zlayer.scheduler.v1.ListEventsResponse
+	(*FindReplicaRequest)(nil),       // 22: zlayer.scheduler.v1.FindReplicaRequest
+	(*FindReplicaResponse)(nil),      // 23: zlayer.scheduler.v1.FindReplicaResponse
+	nil,                              // 24: zlayer.scheduler.v1.ListNodesResponse.ReplicasEntry
+	(*v1.DaemonInfo)(nil),            // 25: zlayer.types.v1.DaemonInfo
+	(RolloutOutcome)(0),              // 26: zlayer.scheduler.v1.RolloutOutcome
+	(*Replica)(nil),                  // 27: zlayer.scheduler.v1.Replica
+	(*DeploymentVersion)(nil),        // 28: zlayer.scheduler.v1.DeploymentVersion
+	(*Node)(nil),                     // 29: zlayer.scheduler.v1.Node
+	(*Event)(nil),                    // 30: zlayer.scheduler.v1.Event
 }
 var file_zlayer_scheduler_v1_scheduler_proto_depIdxs = []int32{
-	2, // 0: zlayer.scheduler.v1.GetInfoResponse.info:type_name -> zlayer.types.v1.DaemonInfo
-	0, // 1: zlayer.scheduler.v1.SchedulerService.GetInfo:input_type -> zlayer.scheduler.v1.GetInfoRequest
-	1, // 2: zlayer.scheduler.v1.SchedulerService.GetInfo:output_type -> zlayer.scheduler.v1.GetInfoResponse
-	2, // [2:3] is the sub-list for method output_type
-	1, // [1:2] is the sub-list for method input_type
-	1, // [1:1] is the sub-list for extension type_name
-	1, // [1:1] is the sub-list for extension extendee
-	0, // [0:1] is the sub-list for field type_name
+	25, // 0: zlayer.scheduler.v1.GetInfoResponse.info:type_name -> zlayer.types.v1.DaemonInfo
+	26, // 1: zlayer.scheduler.v1.DeploymentStatus.outcome:type_name -> zlayer.scheduler.v1.RolloutOutcome
+	4,  // 2: zlayer.scheduler.v1.DeploymentStatus.services:type_name -> zlayer.scheduler.v1.ServiceStatus
+	27, // 3: zlayer.scheduler.v1.DeploymentStatus.replicas:type_name -> zlayer.scheduler.v1.Replica
+	5,  // 4: zlayer.scheduler.v1.WatchDeploymentResponse.status:type_name -> zlayer.scheduler.v1.DeploymentStatus
+	5,  // 5: zlayer.scheduler.v1.GetStatusResponse.deployments:type_name -> zlayer.scheduler.v1.DeploymentStatus
+	28, // 6: zlayer.scheduler.v1.GetHistoryResponse.versions:type_name -> zlayer.scheduler.v1.DeploymentVersion
+	29, // 7: zlayer.scheduler.v1.ListNodesResponse.nodes:type_name -> zlayer.scheduler.v1.Node
+	24, // 8: zlayer.scheduler.v1.ListNodesResponse.replicas:type_name -> zlayer.scheduler.v1.ListNodesResponse.ReplicasEntry
+	30, // 9: zlayer.scheduler.v1.ListEventsResponse.event:type_name -> zlayer.scheduler.v1.Event
+	27, // 10: zlayer.scheduler.v1.FindReplicaResponse.replica:type_name -> zlayer.scheduler.v1.Replica
+	0,  // 11: zlayer.scheduler.v1.SchedulerService.GetInfo:input_type -> zlayer.scheduler.v1.GetInfoRequest
+	2,  // 12: zlayer.scheduler.v1.SchedulerService.Deploy:input_type -> zlayer.scheduler.v1.DeployRequest
+	6,  // 13: zlayer.scheduler.v1.SchedulerService.WatchDeployment:input_type -> zlayer.scheduler.v1.WatchDeploymentRequest
+	8,  // 14: zlayer.scheduler.v1.SchedulerService.GetStatus:input_type -> zlayer.scheduler.v1.GetStatusRequest
+	10, // 15: zlayer.scheduler.v1.SchedulerService.Scale:input_type -> zlayer.scheduler.v1.ScaleRequest
+	12, // 16: zlayer.scheduler.v1.SchedulerService.DeleteDeployment:input_type -> zlayer.scheduler.v1.DeleteDeploymentRequest
+	14, // 17: zlayer.scheduler.v1.SchedulerService.Rollback:input_type -> zlayer.scheduler.v1.RollbackRequest
+	16, // 18: zlayer.scheduler.v1.SchedulerService.GetHistory:input_type -> zlayer.scheduler.v1.GetHistoryRequest
+	18, // 19: zlayer.scheduler.v1.SchedulerService.ListNodes:input_type -> zlayer.scheduler.v1.ListNodesRequest
+	20, // 20: zlayer.scheduler.v1.SchedulerService.ListEvents:input_type -> zlayer.scheduler.v1.ListEventsRequest
+	22, // 21: zlayer.scheduler.v1.SchedulerService.FindReplica:input_type -> zlayer.scheduler.v1.FindReplicaRequest
+	1,  // 22: zlayer.scheduler.v1.SchedulerService.GetInfo:output_type -> zlayer.scheduler.v1.GetInfoResponse
+	3,  // 23: zlayer.scheduler.v1.SchedulerService.Deploy:output_type -> zlayer.scheduler.v1.DeployResponse
+	7,  // 24: zlayer.scheduler.v1.SchedulerService.WatchDeployment:output_type -> zlayer.scheduler.v1.WatchDeploymentResponse
+	9,  // 25: zlayer.scheduler.v1.SchedulerService.GetStatus:output_type -> zlayer.scheduler.v1.GetStatusResponse
+	11, // 26: zlayer.scheduler.v1.SchedulerService.Scale:output_type -> zlayer.scheduler.v1.ScaleResponse
+	13, // 27: zlayer.scheduler.v1.SchedulerService.DeleteDeployment:output_type -> zlayer.scheduler.v1.DeleteDeploymentResponse
+	15, // 28: zlayer.scheduler.v1.SchedulerService.Rollback:output_type -> zlayer.scheduler.v1.RollbackResponse
+	17, // 29: zlayer.scheduler.v1.SchedulerService.GetHistory:output_type -> zlayer.scheduler.v1.GetHistoryResponse
+	19, // 30: zlayer.scheduler.v1.SchedulerService.ListNodes:output_type -> zlayer.scheduler.v1.ListNodesResponse
+	21, // 31: zlayer.scheduler.v1.SchedulerService.ListEvents:output_type -> zlayer.scheduler.v1.ListEventsResponse
+	23, // 32: zlayer.scheduler.v1.SchedulerService.FindReplica:output_type -> zlayer.scheduler.v1.FindReplicaResponse
+	22, // [22:33] is the sub-list for method output_type
+	11, // [11:22] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_zlayer_scheduler_v1_scheduler_proto_init() }
@@ -150,13 +1536,14 @@ func file_zlayer_scheduler_v1_scheduler_proto_init() {
 	if File_zlayer_scheduler_v1_scheduler_proto != nil {
 		return
 	}
+	file_zlayer_scheduler_v1_state_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_zlayer_scheduler_v1_scheduler_proto_rawDesc), len(file_zlayer_scheduler_v1_scheduler_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   2,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,18 +19,54 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	SchedulerService_GetInfo_FullMethodName = "/zlayer.scheduler.v1.SchedulerService/GetInfo"
+	SchedulerService_GetInfo_FullMethodName          = "/zlayer.scheduler.v1.SchedulerService/GetInfo"
+	SchedulerService_Deploy_FullMethodName           = "/zlayer.scheduler.v1.SchedulerService/Deploy"
+	SchedulerService_WatchDeployment_FullMethodName  = "/zlayer.scheduler.v1.SchedulerService/WatchDeployment"
+	SchedulerService_GetStatus_FullMethodName        = "/zlayer.scheduler.v1.SchedulerService/GetStatus"
+	SchedulerService_Scale_FullMethodName            = "/zlayer.scheduler.v1.SchedulerService/Scale"
+	SchedulerService_DeleteDeployment_FullMethodName = "/zlayer.scheduler.v1.SchedulerService/DeleteDeployment"
+	SchedulerService_Rollback_FullMethodName         = "/zlayer.scheduler.v1.SchedulerService/Rollback"
+	SchedulerService_GetHistory_FullMethodName       = "/zlayer.scheduler.v1.SchedulerService/GetHistory"
+	SchedulerService_ListNodes_FullMethodName        = "/zlayer.scheduler.v1.SchedulerService/ListNodes"
+	SchedulerService_ListEvents_FullMethodName       = "/zlayer.scheduler.v1.SchedulerService/ListEvents"
+	SchedulerService_FindReplica_FullMethodName      = "/zlayer.scheduler.v1.SchedulerService/FindReplica"
 )
 
 // SchedulerServiceClient is the client API for SchedulerService service.
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
-// SchedulerService owns the cluster state (replicated with Raft), placement, rollouts and node membership.
-// Served by zlayer-scheduler on <run_dir>/scheduler.sock.
+// SchedulerService owns the cluster state (replicated with Raft), placement,
+// rollouts and node membership. Served by zlayer-scheduler on
+// <run_dir>/scheduler.sock; called by zlctl and any client.
 type SchedulerServiceClient interface {
 	// GetInfo returns the daemon's version, node and uptime.
 	GetInfo(ctx context.Context, in *GetInfoRequest, opts ...grpc.CallOption) (*GetInfoResponse, error)
+	// Deploy validates a deployment file and makes it the deployment's next
+	// version. Invalid files fail with INVALID_ARGUMENT and every problem;
+	// nothing is proposed then. An unchanged file creates no version.
+	Deploy(ctx context.Context, in *DeployRequest, opts ...grpc.CallOption) (*DeployResponse, error)
+	// WatchDeployment sends the deployment's status now and after each change,
+	// until the client cancels or the deployment is gone.
+	WatchDeployment(ctx context.Context, in *WatchDeploymentRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchDeploymentResponse], error)
+	// GetStatus returns one deployment's status, or all of them. Reads are
+	// linearizable: they see every write committed before the call.
+	GetStatus(ctx context.Context, in *GetStatusRequest, opts ...grpc.CallOption) (*GetStatusResponse, error)
+	// Scale sets the replica count of a fixed or manual service (or an
+	// adaptive one within its min..max).
+	Scale(ctx context.Context, in *ScaleRequest, opts ...grpc.CallOption) (*ScaleResponse, error)
+	// DeleteDeployment stops everything a deployment runs and forgets it.
+	DeleteDeployment(ctx context.Context, in *DeleteDeploymentRequest, opts ...grpc.CallOption) (*DeleteDeploymentResponse, error)
+	// Rollback deploys a previous version again (by default the one before the current).
+	Rollback(ctx context.Context, in *RollbackRequest, opts ...grpc.CallOption) (*RollbackResponse, error)
+	// GetHistory lists a deployment's versions.
+	GetHistory(ctx context.Context, in *GetHistoryRequest, opts ...grpc.CallOption) (*GetHistoryResponse, error)
+	// ListNodes lists the cluster's nodes.
+	ListNodes(ctx context.Context, in *ListNodesRequest, opts ...grpc.CallOption) (*ListNodesResponse, error)
+	// ListEvents sends recent events, then (with follow) new ones as they happen.
+	ListEvents(ctx context.Context, in *ListEventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ListEventsResponse], error)
+	// FindReplica resolves deployment/service[/index] to a replica and its node.
+	FindReplica(ctx context.Context, in *FindReplicaRequest, opts ...grpc.CallOption) (*FindReplicaResponse, error)
 }
 
 type schedulerServiceClient struct {
@@ -51,15 +87,159 @@ func (c *schedulerServiceClient) GetInfo(ctx context.Context, in *GetInfoRequest
 	return out, nil
 }
 
+func (c *schedulerServiceClient) Deploy(ctx context.Context, in *DeployRequest, opts ...grpc.CallOption) (*DeployResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeployResponse)
+	err := c.cc.Invoke(ctx, SchedulerService_Deploy_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *schedulerServiceClient) WatchDeployment(ctx context.Context, in *WatchDeploymentRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchDeploymentResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &SchedulerService_ServiceDesc.Streams[0], SchedulerService_WatchDeployment_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchDeploymentRequest, WatchDeploymentResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type SchedulerService_WatchDeploymentClient = grpc.ServerStreamingClient[WatchDeploymentResponse]
+
+func (c *schedulerServiceClient) GetStatus(ctx context.Context, in *GetStatusRequest, opts ...grpc.CallOption) (*GetStatusResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetStatusResponse)
+	err := c.cc.Invoke(ctx, SchedulerService_GetStatus_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *schedulerServiceClient) Scale(ctx context.Context, in *ScaleRequest, opts ...grpc.CallOption) (*ScaleResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ScaleResponse)
+	err := c.cc.Invoke(ctx, SchedulerService_Scale_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *schedulerServiceClient) DeleteDeployment(ctx context.Context, in *DeleteDeploymentRequest, opts ...grpc.CallOption) (*DeleteDeploymentResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteDeploymentResponse)
+	err := c.cc.Invoke(ctx, SchedulerService_DeleteDeployment_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *schedulerServiceClient) Rollback(ctx context.Context, in *RollbackRequest, opts ...grpc.CallOption) (*RollbackResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RollbackResponse)
+	err := c.cc.Invoke(ctx, SchedulerService_Rollback_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *schedulerServiceClient) GetHistory(ctx context.Context, in *GetHistoryRequest, opts ...grpc.CallOption) (*GetHistoryResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetHistoryResponse)
+	err := c.cc.Invoke(ctx, SchedulerService_GetHistory_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *schedulerServiceClient) ListNodes(ctx context.Context, in *ListNodesRequest, opts ...grpc.CallOption) (*ListNodesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListNodesResponse)
+	err := c.cc.Invoke(ctx, SchedulerService_ListNodes_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *schedulerServiceClient) ListEvents(ctx context.Context, in *ListEventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ListEventsResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &SchedulerService_ServiceDesc.Streams[1], SchedulerService_ListEvents_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ListEventsRequest, ListEventsResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type SchedulerService_ListEventsClient = grpc.ServerStreamingClient[ListEventsResponse]
+
+func (c *schedulerServiceClient) FindReplica(ctx context.Context, in *FindReplicaRequest, opts ...grpc.CallOption) (*FindReplicaResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(FindReplicaResponse)
+	err := c.cc.Invoke(ctx, SchedulerService_FindReplica_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // SchedulerServiceServer is the server API for SchedulerService service.
 // All implementations must embed UnimplementedSchedulerServiceServer
 // for forward compatibility.
 //
-// SchedulerService owns the cluster state (replicated with Raft), placement, rollouts and node membership.
-// Served by zlayer-scheduler on <run_dir>/scheduler.sock.
+// SchedulerService owns the cluster state (replicated with Raft), placement,
+// rollouts and node membership. Served by zlayer-scheduler on
+// <run_dir>/scheduler.sock; called by zlctl and any client.
 type SchedulerServiceServer interface {
 	// GetInfo returns the daemon's version, node and uptime.
 	GetInfo(context.Context, *GetInfoRequest) (*GetInfoResponse, error)
+	// Deploy validates a deployment file and makes it the deployment's next
+	// version. Invalid files fail with INVALID_ARGUMENT and every problem;
+	// nothing is proposed then. An unchanged file creates no version.
+	Deploy(context.Context, *DeployRequest) (*DeployResponse, error)
+	// WatchDeployment sends the deployment's status now and after each change,
+	// until the client cancels or the deployment is gone.
+	WatchDeployment(*WatchDeploymentRequest, grpc.ServerStreamingServer[WatchDeploymentResponse]) error
+	// GetStatus returns one deployment's status, or all of them. Reads are
+	// linearizable: they see every write committed before the call.
+	GetStatus(context.Context, *GetStatusRequest) (*GetStatusResponse, error)
+	// Scale sets the replica count of a fixed or manual service (or an
+	// adaptive one within its min..max).
+	Scale(context.Context, *ScaleRequest) (*ScaleResponse, error)
+	// DeleteDeployment stops everything a deployment runs and forgets it.
+	DeleteDeployment(context.Context, *DeleteDeploymentRequest) (*DeleteDeploymentResponse, error)
+	// Rollback deploys a previous version again (by default the one before the current).
+	Rollback(context.Context, *RollbackRequest) (*RollbackResponse, error)
+	// GetHistory lists a deployment's versions.
+	GetHistory(context.Context, *GetHistoryRequest) (*GetHistoryResponse, error)
+	// ListNodes lists the cluster's nodes.
+	ListNodes(context.Context, *ListNodesRequest) (*ListNodesResponse, error)
+	// ListEvents sends recent events, then (with follow) new ones as they happen.
+	ListEvents(*ListEventsRequest, grpc.ServerStreamingServer[ListEventsResponse]) error
+	// FindReplica resolves deployment/service[/index] to a replica and its node.
+	FindReplica(context.Context, *FindReplicaRequest) (*FindReplicaResponse, error)
 	mustEmbedUnimplementedSchedulerServiceServer()
 }
 
@@ -72,6 +252,36 @@ type UnimplementedSchedulerServiceServer struct{}
 
 func (UnimplementedSchedulerServiceServer) GetInfo(context.Context, *GetInfoRequest) (*GetInfoResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetInfo not implemented")
+}
+func (UnimplementedSchedulerServiceServer) Deploy(context.Context, *DeployRequest) (*DeployResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Deploy not implemented")
+}
+func (UnimplementedSchedulerServiceServer) WatchDeployment(*WatchDeploymentRequest, grpc.ServerStreamingServer[WatchDeploymentResponse]) error {
+	return status.Error(codes.Unimplemented, "method WatchDeployment not implemented")
+}
+func (UnimplementedSchedulerServiceServer) GetStatus(context.Context, *GetStatusRequest) (*GetStatusResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetStatus not implemented")
+}
+func (UnimplementedSchedulerServiceServer) Scale(context.Context, *ScaleRequest) (*ScaleResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Scale not implemented")
+}
+func (UnimplementedSchedulerServiceServer) DeleteDeployment(context.Context, *DeleteDeploymentRequest) (*DeleteDeploymentResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteDeployment not implemented")
+}
+func (UnimplementedSchedulerServiceServer) Rollback(context.Context, *RollbackRequest) (*RollbackResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Rollback not implemented")
+}
+func (UnimplementedSchedulerServiceServer) GetHistory(context.Context, *GetHistoryRequest) (*GetHistoryResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetHistory not implemented")
+}
+func (UnimplementedSchedulerServiceServer) ListNodes(context.Context, *ListNodesRequest) (*ListNodesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListNodes not implemented")
+}
+func (UnimplementedSchedulerServiceServer) ListEvents(*ListEventsRequest, grpc.ServerStreamingServer[ListEventsResponse]) error {
+	return status.Error(codes.Unimplemented, "method ListEvents not implemented")
+}
+func (UnimplementedSchedulerServiceServer) FindReplica(context.Context, *FindReplicaRequest) (*FindReplicaResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method FindReplica not implemented")
 }
 func (UnimplementedSchedulerServiceServer) mustEmbedUnimplementedSchedulerServiceServer() {}
 func (UnimplementedSchedulerServiceServer) testEmbeddedByValue()                          {}
@@ -112,6 +322,172 @@ func _SchedulerService_GetInfo_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _SchedulerService_Deploy_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeployRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SchedulerServiceServer).Deploy(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SchedulerService_Deploy_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SchedulerServiceServer).Deploy(ctx, req.(*DeployRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _SchedulerService_WatchDeployment_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchDeploymentRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(SchedulerServiceServer).WatchDeployment(m, &grpc.GenericServerStream[WatchDeploymentRequest, WatchDeploymentResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type SchedulerService_WatchDeploymentServer = grpc.ServerStreamingServer[WatchDeploymentResponse]
+
+func _SchedulerService_GetStatus_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetStatusRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SchedulerServiceServer).GetStatus(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SchedulerService_GetStatus_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SchedulerServiceServer).GetStatus(ctx, req.(*GetStatusRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _SchedulerService_Scale_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ScaleRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SchedulerServiceServer).Scale(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SchedulerService_Scale_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SchedulerServiceServer).Scale(ctx, req.(*ScaleRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _SchedulerService_DeleteDeployment_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteDeploymentRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SchedulerServiceServer).DeleteDeployment(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SchedulerService_DeleteDeployment_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SchedulerServiceServer).DeleteDeployment(ctx, req.(*DeleteDeploymentRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _SchedulerService_Rollback_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RollbackRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SchedulerServiceServer).Rollback(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SchedulerService_Rollback_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SchedulerServiceServer).Rollback(ctx, req.(*RollbackRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _SchedulerService_GetHistory_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetHistoryRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SchedulerServiceServer).GetHistory(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SchedulerService_GetHistory_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SchedulerServiceServer).GetHistory(ctx, req.(*GetHistoryRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _SchedulerService_ListNodes_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListNodesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SchedulerServiceServer).ListNodes(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SchedulerService_ListNodes_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SchedulerServiceServer).ListNodes(ctx, req.(*ListNodesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _SchedulerService_ListEvents_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(ListEventsRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(SchedulerServiceServer).ListEvents(m, &grpc.GenericServerStream[ListEventsRequest, ListEventsResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type SchedulerService_ListEventsServer = grpc.ServerStreamingServer[ListEventsResponse]
+
+func _SchedulerService_FindReplica_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(FindReplicaRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SchedulerServiceServer).FindReplica(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SchedulerService_FindReplica_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SchedulerServiceServer).FindReplica(ctx, req.(*FindReplicaRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // SchedulerService_ServiceDesc is the grpc.ServiceDesc for SchedulerService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -123,7 +499,50 @@ var SchedulerService_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "GetInfo",
 			Handler:    _SchedulerService_GetInfo_Handler,
 		},
+		{
+			MethodName: "Deploy",
+			Handler:    _SchedulerService_Deploy_Handler,
+		},
+		{
+			MethodName: "GetStatus",
+			Handler:    _SchedulerService_GetStatus_Handler,
+		},
+		{
+			MethodName: "Scale",
+			Handler:    _SchedulerService_Scale_Handler,
+		},
+		{
+			MethodName: "DeleteDeployment",
+			Handler:    _SchedulerService_DeleteDeployment_Handler,
+		},
+		{
+			MethodName: "Rollback",
+			Handler:    _SchedulerService_Rollback_Handler,
+		},
+		{
+			MethodName: "GetHistory",
+			Handler:    _SchedulerService_GetHistory_Handler,
+		},
+		{
+			MethodName: "ListNodes",
+			Handler:    _SchedulerService_ListNodes_Handler,
+		},
+		{
+			MethodName: "FindReplica",
+			Handler:    _SchedulerService_FindReplica_Handler,
+		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "WatchDeployment",
+			Handler:       _SchedulerService_WatchDeployment_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "ListEvents",
+			Handler:       _SchedulerService_ListEvents_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "zlayer/scheduler/v1/scheduler.proto",
 }

@@ -7,7 +7,9 @@ from zlayer.proxy.v1 import proxy_pb2 as zlayer_dot_proxy_dot_v1_dot_proxy__pb2
 
 class ProxyServiceStub(object):
     """ProxyService serves the deployments' public endpoints and balances over healthy replicas.
-    Served by zlayer-proxy on <run_dir>/proxy.sock.
+    Served by zlayer-proxy on <run_dir>/proxy.sock. The local zlayer-scheduler
+    pushes this node's routes with SetRoutes and polls GetStats for
+    request-rate autoscaling; zlctl reads ListRoutes.
     """
 
     def __init__(self, channel):
@@ -21,15 +23,64 @@ class ProxyServiceStub(object):
                 request_serializer=zlayer_dot_proxy_dot_v1_dot_proxy__pb2.GetInfoRequest.SerializeToString,
                 response_deserializer=zlayer_dot_proxy_dot_v1_dot_proxy__pb2.GetInfoResponse.FromString,
                 )
+        self.SetRoutes = channel.unary_unary(
+                '/zlayer.proxy.v1.ProxyService/SetRoutes',
+                request_serializer=zlayer_dot_proxy_dot_v1_dot_proxy__pb2.SetRoutesRequest.SerializeToString,
+                response_deserializer=zlayer_dot_proxy_dot_v1_dot_proxy__pb2.SetRoutesResponse.FromString,
+                )
+        self.ListRoutes = channel.unary_unary(
+                '/zlayer.proxy.v1.ProxyService/ListRoutes',
+                request_serializer=zlayer_dot_proxy_dot_v1_dot_proxy__pb2.ListRoutesRequest.SerializeToString,
+                response_deserializer=zlayer_dot_proxy_dot_v1_dot_proxy__pb2.ListRoutesResponse.FromString,
+                )
+        self.GetStats = channel.unary_unary(
+                '/zlayer.proxy.v1.ProxyService/GetStats',
+                request_serializer=zlayer_dot_proxy_dot_v1_dot_proxy__pb2.GetStatsRequest.SerializeToString,
+                response_deserializer=zlayer_dot_proxy_dot_v1_dot_proxy__pb2.GetStatsResponse.FromString,
+                )
 
 
 class ProxyServiceServicer(object):
     """ProxyService serves the deployments' public endpoints and balances over healthy replicas.
-    Served by zlayer-proxy on <run_dir>/proxy.sock.
+    Served by zlayer-proxy on <run_dir>/proxy.sock. The local zlayer-scheduler
+    pushes this node's routes with SetRoutes and polls GetStats for
+    request-rate autoscaling; zlctl reads ListRoutes.
     """
 
     def GetInfo(self, request, context):
         """GetInfo returns the daemon's version, node and uptime.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetRoutes(self, request, context):
+        """SetRoutes replaces this node's whole route table with the one given. It
+        is idempotent: sending the same table twice changes nothing. The change
+        applies at once, without restarting listeners that stay and without
+        dropping in-flight requests or open connections. A table whose
+        generation is lower than the one in force is refused with
+        FAILED_PRECONDITION (a late push from an old scheduler term); an invalid
+        table (unknown protocol, two routes on one public port or one host and
+        path, a bad backend address) is refused whole with INVALID_ARGUMENT and
+        the table in force stays.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRoutes(self, request, context):
+        """ListRoutes returns the table in force, with each backend's live load
+        balancing state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetStats(self, request, context):
+        """GetStats returns request counters per deployment, service and endpoint,
+        and the request rate over a recent window. The scheduler polls it for
+        `scale.targets.rps`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -43,6 +94,21 @@ def add_ProxyServiceServicer_to_server(servicer, server):
                     request_deserializer=zlayer_dot_proxy_dot_v1_dot_proxy__pb2.GetInfoRequest.FromString,
                     response_serializer=zlayer_dot_proxy_dot_v1_dot_proxy__pb2.GetInfoResponse.SerializeToString,
             ),
+            'SetRoutes': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetRoutes,
+                    request_deserializer=zlayer_dot_proxy_dot_v1_dot_proxy__pb2.SetRoutesRequest.FromString,
+                    response_serializer=zlayer_dot_proxy_dot_v1_dot_proxy__pb2.SetRoutesResponse.SerializeToString,
+            ),
+            'ListRoutes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRoutes,
+                    request_deserializer=zlayer_dot_proxy_dot_v1_dot_proxy__pb2.ListRoutesRequest.FromString,
+                    response_serializer=zlayer_dot_proxy_dot_v1_dot_proxy__pb2.ListRoutesResponse.SerializeToString,
+            ),
+            'GetStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStats,
+                    request_deserializer=zlayer_dot_proxy_dot_v1_dot_proxy__pb2.GetStatsRequest.FromString,
+                    response_serializer=zlayer_dot_proxy_dot_v1_dot_proxy__pb2.GetStatsResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'zlayer.proxy.v1.ProxyService', rpc_method_handlers)
@@ -52,7 +118,9 @@ def add_ProxyServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class ProxyService(object):
     """ProxyService serves the deployments' public endpoints and balances over healthy replicas.
-    Served by zlayer-proxy on <run_dir>/proxy.sock.
+    Served by zlayer-proxy on <run_dir>/proxy.sock. The local zlayer-scheduler
+    pushes this node's routes with SetRoutes and polls GetStats for
+    request-rate autoscaling; zlctl reads ListRoutes.
     """
 
     @staticmethod
@@ -69,5 +137,56 @@ class ProxyService(object):
         return grpc.experimental.unary_unary(request, target, '/zlayer.proxy.v1.ProxyService/GetInfo',
             zlayer_dot_proxy_dot_v1_dot_proxy__pb2.GetInfoRequest.SerializeToString,
             zlayer_dot_proxy_dot_v1_dot_proxy__pb2.GetInfoResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def SetRoutes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/zlayer.proxy.v1.ProxyService/SetRoutes',
+            zlayer_dot_proxy_dot_v1_dot_proxy__pb2.SetRoutesRequest.SerializeToString,
+            zlayer_dot_proxy_dot_v1_dot_proxy__pb2.SetRoutesResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def ListRoutes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/zlayer.proxy.v1.ProxyService/ListRoutes',
+            zlayer_dot_proxy_dot_v1_dot_proxy__pb2.ListRoutesRequest.SerializeToString,
+            zlayer_dot_proxy_dot_v1_dot_proxy__pb2.ListRoutesResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def GetStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/zlayer.proxy.v1.ProxyService/GetStats',
+            zlayer_dot_proxy_dot_v1_dot_proxy__pb2.GetStatsRequest.SerializeToString,
+            zlayer_dot_proxy_dot_v1_dot_proxy__pb2.GetStatsResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)

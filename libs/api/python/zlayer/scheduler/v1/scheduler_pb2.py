@@ -11,10 +11,11 @@ from google.protobuf import symbol_database as _symbol_database
 _sym_db = _symbol_database.Default()
 
 
+from zlayer.scheduler.v1 import state_pb2 as zlayer_dot_scheduler_dot_v1_dot_state__pb2
 from zlayer.types.v1 import types_pb2 as zlayer_dot_types_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#zlayer/scheduler/v1/scheduler.proto\x12\x13zlayer.scheduler.v1\x1a\x1bzlayer/types/v1/types.proto\"\x10\n\x0eGetInfoRequest\"B\n\x0fGetInfoResponse\x12/\n\x04info\x18\x01 \x01(\x0b\x32\x1b.zlayer.types.v1.DaemonInfoR\x04info2h\n\x10SchedulerService\x12T\n\x07GetInfo\x12#.zlayer.scheduler.v1.GetInfoRequest\x1a$.zlayer.scheduler.v1.GetInfoResponseB5Z3zlayer.dev/libs/api/zlayer/scheduler/v1;schedulerv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#zlayer/scheduler/v1/scheduler.proto\x12\x13zlayer.scheduler.v1\x1a\x1fzlayer/scheduler/v1/state.proto\x1a\x1bzlayer/types/v1/types.proto\"\x10\n\x0eGetInfoRequest\"B\n\x0fGetInfoResponse\x12/\n\x04info\x18\x01 \x01(\x0b\x32\x1b.zlayer.types.v1.DaemonInfoR\x04info\"I\n\rDeployRequest\x12\x1b\n\tspec_yaml\x18\x01 \x01(\x0cR\x08specYaml\x12\x1b\n\tfile_name\x18\x02 \x01(\tR\x08\x66ileName\"\x82\x01\n\x0e\x44\x65ployResponse\x12\x1e\n\ndeployment\x18\x01 \x01(\tR\ndeployment\x12\x18\n\x07version\x18\x02 \x01(\x04R\x07version\x12\x18\n\x07\x63hanged\x18\x03 \x03(\tR\x07\x63hanged\x12\x1c\n\tunchanged\x18\x04 \x01(\x08R\tunchanged\"\xd5\x01\n\rServiceStatus\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n\x05rtype\x18\x02 \x01(\tR\x05rtype\x12\x18\n\x07\x64\x65sired\x18\x03 \x01(\rR\x07\x64\x65sired\x12\x18\n\x07running\x18\x04 \x01(\rR\x07running\x12\x18\n\x07healthy\x18\x05 \x01(\rR\x07healthy\x12\x18\n\x07updated\x18\x06 \x01(\rR\x07updated\x12\x1c\n\tendpoints\x18\x07 \x03(\tR\tendpoints\x12\x14\n\x05image\x18\x08 \x01(\tR\x05image\"\xad\x02\n\x10\x44\x65ploymentStatus\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n\x07version\x18\x02 \x01(\x04R\x07version\x12=\n\x07outcome\x18\x03 \x01(\x0e\x32#.zlayer.scheduler.v1.RolloutOutcomeR\x07outcome\x12\x16\n\x06reason\x18\x04 \x01(\tR\x06reason\x12>\n\x08services\x18\x05 \x03(\x0b\x32\".zlayer.scheduler.v1.ServiceStatusR\x08services\x12\x38\n\x08replicas\x18\x06 \x03(\x0b\x32\x1c.zlayer.scheduler.v1.ReplicaR\x08replicas\x12\x1a\n\x08\x64\x65leting\x18\x07 \x01(\x08R\x08\x64\x65leting\"8\n\x16WatchDeploymentRequest\x12\x1e\n\ndeployment\x18\x01 \x01(\tR\ndeployment\"X\n\x17WatchDeploymentResponse\x12=\n\x06status\x18\x01 \x01(\x0b\x32%.zlayer.scheduler.v1.DeploymentStatusR\x06status\"2\n\x10GetStatusRequest\x12\x1e\n\ndeployment\x18\x01 \x01(\tR\ndeployment\"\\\n\x11GetStatusResponse\x12G\n\x0b\x64\x65ployments\x18\x01 \x03(\x0b\x32%.zlayer.scheduler.v1.DeploymentStatusR\x0b\x64\x65ployments\"d\n\x0cScaleRequest\x12\x1e\n\ndeployment\x18\x01 \x01(\tR\ndeployment\x12\x18\n\x07service\x18\x02 \x01(\tR\x07service\x12\x1a\n\x08replicas\x18\x03 \x01(\rR\x08replicas\"G\n\rScaleResponse\x12\x1a\n\x08previous\x18\x01 \x01(\rR\x08previous\x12\x1a\n\x08replicas\x18\x02 \x01(\rR\x08replicas\"9\n\x17\x44\x65leteDeploymentRequest\x12\x1e\n\ndeployment\x18\x01 \x01(\tR\ndeployment\"\x1a\n\x18\x44\x65leteDeploymentResponse\"P\n\x0fRollbackRequest\x12\x1e\n\ndeployment\x18\x01 \x01(\tR\ndeployment\x12\x1d\n\nto_version\x18\x02 \x01(\x04R\ttoVersion\"O\n\x10RollbackResponse\x12\x18\n\x07version\x18\x01 \x01(\x04R\x07version\x12!\n\x0c\x66rom_version\x18\x02 \x01(\x04R\x0b\x66romVersion\"3\n\x11GetHistoryRequest\x12\x1e\n\ndeployment\x18\x01 \x01(\tR\ndeployment\"r\n\x12GetHistoryResponse\x12\x42\n\x08versions\x18\x01 \x03(\x0b\x32&.zlayer.scheduler.v1.DeploymentVersionR\x08versions\x12\x18\n\x07\x63urrent\x18\x02 \x01(\x04R\x07\x63urrent\"\x12\n\x10ListNodesRequest\"\xd3\x01\n\x11ListNodesResponse\x12/\n\x05nodes\x18\x01 \x03(\x0b\x32\x19.zlayer.scheduler.v1.NodeR\x05nodes\x12P\n\x08replicas\x18\x02 \x03(\x0b\x32\x34.zlayer.scheduler.v1.ListNodesResponse.ReplicasEntryR\x08replicas\x1a;\n\rReplicasEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\rR\x05value:\x02\x38\x01\"a\n\x11ListEventsRequest\x12\x1e\n\ndeployment\x18\x01 \x01(\tR\ndeployment\x12\x16\n\x06\x66ollow\x18\x02 \x01(\x08R\x06\x66ollow\x12\x14\n\x05limit\x18\x03 \x01(\rR\x05limit\"F\n\x12ListEventsResponse\x12\x30\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1a.zlayer.scheduler.v1.EventR\x05\x65vent\",\n\x12\x46indReplicaRequest\x12\x16\n\x06target\x18\x01 \x01(\tR\x06target\"M\n\x13\x46indReplicaResponse\x12\x36\n\x07replica\x18\x01 \x01(\x0b\x32\x1c.zlayer.scheduler.v1.ReplicaR\x07replica2\x9f\x08\n\x10SchedulerService\x12T\n\x07GetInfo\x12#.zlayer.scheduler.v1.GetInfoRequest\x1a$.zlayer.scheduler.v1.GetInfoResponse\x12Q\n\x06\x44\x65ploy\x12\".zlayer.scheduler.v1.DeployRequest\x1a#.zlayer.scheduler.v1.DeployResponse\x12n\n\x0fWatchDeployment\x12+.zlayer.scheduler.v1.WatchDeploymentRequest\x1a,.zlayer.scheduler.v1.WatchDeploymentResponse0\x01\x12Z\n\tGetStatus\x12%.zlayer.scheduler.v1.GetStatusRequest\x1a&.zlayer.scheduler.v1.GetStatusResponse\x12N\n\x05Scale\x12!.zlayer.scheduler.v1.ScaleRequest\x1a\".zlayer.scheduler.v1.ScaleResponse\x12o\n\x10\x44\x65leteDeployment\x12,.zlayer.scheduler.v1.DeleteDeploymentRequest\x1a-.zlayer.scheduler.v1.DeleteDeploymentResponse\x12W\n\x08Rollback\x12$.zlayer.scheduler.v1.RollbackRequest\x1a%.zlayer.scheduler.v1.RollbackResponse\x12]\n\nGetHistory\x12&.zlayer.scheduler.v1.GetHistoryRequest\x1a\'.zlayer.scheduler.v1.GetHistoryResponse\x12Z\n\tListNodes\x12%.zlayer.scheduler.v1.ListNodesRequest\x1a&.zlayer.scheduler.v1.ListNodesResponse\x12_\n\nListEvents\x12&.zlayer.scheduler.v1.ListEventsRequest\x1a\'.zlayer.scheduler.v1.ListEventsResponse0\x01\x12`\n\x0b\x46indReplica\x12\'.zlayer.scheduler.v1.FindReplicaRequest\x1a(.zlayer.scheduler.v1.FindReplicaResponseB5Z3zlayer.dev/libs/api/zlayer/scheduler/v1;schedulerv1b\x06proto3')
 
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, globals())
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'zlayer.scheduler.v1.scheduler_pb2', globals())
@@ -22,10 +23,58 @@ if _descriptor._USE_C_DESCRIPTORS == False:
 
   DESCRIPTOR._options = None
   DESCRIPTOR._serialized_options = b'Z3zlayer.dev/libs/api/zlayer/scheduler/v1;schedulerv1'
-  _GETINFOREQUEST._serialized_start=89
-  _GETINFOREQUEST._serialized_end=105
-  _GETINFORESPONSE._serialized_start=107
-  _GETINFORESPONSE._serialized_end=173
-  _SCHEDULERSERVICE._serialized_start=175
-  _SCHEDULERSERVICE._serialized_end=279
+  _LISTNODESRESPONSE_REPLICASENTRY._options = None
+  _LISTNODESRESPONSE_REPLICASENTRY._serialized_options = b'8\001'
+  _GETINFOREQUEST._serialized_start=122
+  _GETINFOREQUEST._serialized_end=138
+  _GETINFORESPONSE._serialized_start=140
+  _GETINFORESPONSE._serialized_end=206
+  _DEPLOYREQUEST._serialized_start=208
+  _DEPLOYREQUEST._serialized_end=281
+  _DEPLOYRESPONSE._serialized_start=284
+  _DEPLOYRESPONSE._serialized_end=414
+  _SERVICESTATUS._serialized_start=417
+  _SERVICESTATUS._serialized_end=630
+  _DEPLOYMENTSTATUS._serialized_start=633
+  _DEPLOYMENTSTATUS._serialized_end=934
+  _WATCHDEPLOYMENTREQUEST._serialized_start=936
+  _WATCHDEPLOYMENTREQUEST._serialized_end=992
+  _WATCHDEPLOYMENTRESPONSE._serialized_start=994
+  _WATCHDEPLOYMENTRESPONSE._serialized_end=1082
+  _GETSTATUSREQUEST._serialized_start=1084
+  _GETSTATUSREQUEST._serialized_end=1134
+  _GETSTATUSRESPONSE._serialized_start=1136
+  _GETSTATUSRESPONSE._serialized_end=1228
+  _SCALEREQUEST._serialized_start=1230
+  _SCALEREQUEST._serialized_end=1330
+  _SCALERESPONSE._serialized_start=1332
+  _SCALERESPONSE._serialized_end=1403
+  _DELETEDEPLOYMENTREQUEST._serialized_start=1405
+  _DELETEDEPLOYMENTREQUEST._serialized_end=1462
+  _DELETEDEPLOYMENTRESPONSE._serialized_start=1464
+  _DELETEDEPLOYMENTRESPONSE._serialized_end=1490
+  _ROLLBACKREQUEST._serialized_start=1492
+  _ROLLBACKREQUEST._serialized_end=1572
+  _ROLLBACKRESPONSE._serialized_start=1574
+  _ROLLBACKRESPONSE._serialized_end=1653
+  _GETHISTORYREQUEST._serialized_start=1655
+  _GETHISTORYREQUEST._serialized_end=1706
+  _GETHISTORYRESPONSE._serialized_start=1708
+  _GETHISTORYRESPONSE._serialized_end=1822
+  _LISTNODESREQUEST._serialized_start=1824
+  _LISTNODESREQUEST._serialized_end=1842
+  _LISTNODESRESPONSE._serialized_start=1845
+  _LISTNODESRESPONSE._serialized_end=2056
+  _LISTNODESRESPONSE_REPLICASENTRY._serialized_start=1997
+  _LISTNODESRESPONSE_REPLICASENTRY._serialized_end=2056
+  _LISTEVENTSREQUEST._serialized_start=2058
+  _LISTEVENTSREQUEST._serialized_end=2155
+  _LISTEVENTSRESPONSE._serialized_start=2157
+  _LISTEVENTSRESPONSE._serialized_end=2227
+  _FINDREPLICAREQUEST._serialized_start=2229
+  _FINDREPLICAREQUEST._serialized_end=2273
+  _FINDREPLICARESPONSE._serialized_start=2275
+  _FINDREPLICARESPONSE._serialized_end=2352
+  _SCHEDULERSERVICE._serialized_start=2355
+  _SCHEDULERSERVICE._serialized_end=3410
 # @@protoc_insertion_point(module_scope)

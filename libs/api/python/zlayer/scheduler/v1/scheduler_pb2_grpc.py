@@ -6,8 +6,9 @@ from zlayer.scheduler.v1 import scheduler_pb2 as zlayer_dot_scheduler_dot_v1_dot
 
 
 class SchedulerServiceStub(object):
-    """SchedulerService owns the cluster state (replicated with Raft), placement, rollouts and node membership.
-    Served by zlayer-scheduler on <run_dir>/scheduler.sock.
+    """SchedulerService owns the cluster state (replicated with Raft), placement,
+    rollouts and node membership. Served by zlayer-scheduler on
+    <run_dir>/scheduler.sock; called by zlctl and any client.
     """
 
     def __init__(self, channel):
@@ -21,15 +22,141 @@ class SchedulerServiceStub(object):
                 request_serializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.GetInfoRequest.SerializeToString,
                 response_deserializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.GetInfoResponse.FromString,
                 )
+        self.Deploy = channel.unary_unary(
+                '/zlayer.scheduler.v1.SchedulerService/Deploy',
+                request_serializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.DeployRequest.SerializeToString,
+                response_deserializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.DeployResponse.FromString,
+                )
+        self.WatchDeployment = channel.unary_stream(
+                '/zlayer.scheduler.v1.SchedulerService/WatchDeployment',
+                request_serializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.WatchDeploymentRequest.SerializeToString,
+                response_deserializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.WatchDeploymentResponse.FromString,
+                )
+        self.GetStatus = channel.unary_unary(
+                '/zlayer.scheduler.v1.SchedulerService/GetStatus',
+                request_serializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.GetStatusRequest.SerializeToString,
+                response_deserializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.GetStatusResponse.FromString,
+                )
+        self.Scale = channel.unary_unary(
+                '/zlayer.scheduler.v1.SchedulerService/Scale',
+                request_serializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.ScaleRequest.SerializeToString,
+                response_deserializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.ScaleResponse.FromString,
+                )
+        self.DeleteDeployment = channel.unary_unary(
+                '/zlayer.scheduler.v1.SchedulerService/DeleteDeployment',
+                request_serializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.DeleteDeploymentRequest.SerializeToString,
+                response_deserializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.DeleteDeploymentResponse.FromString,
+                )
+        self.Rollback = channel.unary_unary(
+                '/zlayer.scheduler.v1.SchedulerService/Rollback',
+                request_serializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.RollbackRequest.SerializeToString,
+                response_deserializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.RollbackResponse.FromString,
+                )
+        self.GetHistory = channel.unary_unary(
+                '/zlayer.scheduler.v1.SchedulerService/GetHistory',
+                request_serializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.GetHistoryRequest.SerializeToString,
+                response_deserializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.GetHistoryResponse.FromString,
+                )
+        self.ListNodes = channel.unary_unary(
+                '/zlayer.scheduler.v1.SchedulerService/ListNodes',
+                request_serializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.ListNodesRequest.SerializeToString,
+                response_deserializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.ListNodesResponse.FromString,
+                )
+        self.ListEvents = channel.unary_stream(
+                '/zlayer.scheduler.v1.SchedulerService/ListEvents',
+                request_serializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.ListEventsRequest.SerializeToString,
+                response_deserializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.ListEventsResponse.FromString,
+                )
+        self.FindReplica = channel.unary_unary(
+                '/zlayer.scheduler.v1.SchedulerService/FindReplica',
+                request_serializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.FindReplicaRequest.SerializeToString,
+                response_deserializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.FindReplicaResponse.FromString,
+                )
 
 
 class SchedulerServiceServicer(object):
-    """SchedulerService owns the cluster state (replicated with Raft), placement, rollouts and node membership.
-    Served by zlayer-scheduler on <run_dir>/scheduler.sock.
+    """SchedulerService owns the cluster state (replicated with Raft), placement,
+    rollouts and node membership. Served by zlayer-scheduler on
+    <run_dir>/scheduler.sock; called by zlctl and any client.
     """
 
     def GetInfo(self, request, context):
         """GetInfo returns the daemon's version, node and uptime.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Deploy(self, request, context):
+        """Deploy validates a deployment file and makes it the deployment's next
+        version. Invalid files fail with INVALID_ARGUMENT and every problem;
+        nothing is proposed then. An unchanged file creates no version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchDeployment(self, request, context):
+        """WatchDeployment sends the deployment's status now and after each change,
+        until the client cancels or the deployment is gone.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetStatus(self, request, context):
+        """GetStatus returns one deployment's status, or all of them. Reads are
+        linearizable: they see every write committed before the call.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Scale(self, request, context):
+        """Scale sets the replica count of a fixed or manual service (or an
+        adaptive one within its min..max).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteDeployment(self, request, context):
+        """DeleteDeployment stops everything a deployment runs and forgets it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Rollback(self, request, context):
+        """Rollback deploys a previous version again (by default the one before the current).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetHistory(self, request, context):
+        """GetHistory lists a deployment's versions.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListNodes(self, request, context):
+        """ListNodes lists the cluster's nodes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListEvents(self, request, context):
+        """ListEvents sends recent events, then (with follow) new ones as they happen.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FindReplica(self, request, context):
+        """FindReplica resolves deployment/service[/index] to a replica and its node.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -43,6 +170,56 @@ def add_SchedulerServiceServicer_to_server(servicer, server):
                     request_deserializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.GetInfoRequest.FromString,
                     response_serializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.GetInfoResponse.SerializeToString,
             ),
+            'Deploy': grpc.unary_unary_rpc_method_handler(
+                    servicer.Deploy,
+                    request_deserializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.DeployRequest.FromString,
+                    response_serializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.DeployResponse.SerializeToString,
+            ),
+            'WatchDeployment': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchDeployment,
+                    request_deserializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.WatchDeploymentRequest.FromString,
+                    response_serializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.WatchDeploymentResponse.SerializeToString,
+            ),
+            'GetStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStatus,
+                    request_deserializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.GetStatusRequest.FromString,
+                    response_serializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.GetStatusResponse.SerializeToString,
+            ),
+            'Scale': grpc.unary_unary_rpc_method_handler(
+                    servicer.Scale,
+                    request_deserializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.ScaleRequest.FromString,
+                    response_serializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.ScaleResponse.SerializeToString,
+            ),
+            'DeleteDeployment': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteDeployment,
+                    request_deserializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.DeleteDeploymentRequest.FromString,
+                    response_serializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.DeleteDeploymentResponse.SerializeToString,
+            ),
+            'Rollback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rollback,
+                    request_deserializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.RollbackRequest.FromString,
+                    response_serializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.RollbackResponse.SerializeToString,
+            ),
+            'GetHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetHistory,
+                    request_deserializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.GetHistoryRequest.FromString,
+                    response_serializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.GetHistoryResponse.SerializeToString,
+            ),
+            'ListNodes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListNodes,
+                    request_deserializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.ListNodesRequest.FromString,
+                    response_serializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.ListNodesResponse.SerializeToString,
+            ),
+            'ListEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.ListEvents,
+                    request_deserializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.ListEventsRequest.FromString,
+                    response_serializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.ListEventsResponse.SerializeToString,
+            ),
+            'FindReplica': grpc.unary_unary_rpc_method_handler(
+                    servicer.FindReplica,
+                    request_deserializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.FindReplicaRequest.FromString,
+                    response_serializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.FindReplicaResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'zlayer.scheduler.v1.SchedulerService', rpc_method_handlers)
@@ -51,8 +228,9 @@ def add_SchedulerServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class SchedulerService(object):
-    """SchedulerService owns the cluster state (replicated with Raft), placement, rollouts and node membership.
-    Served by zlayer-scheduler on <run_dir>/scheduler.sock.
+    """SchedulerService owns the cluster state (replicated with Raft), placement,
+    rollouts and node membership. Served by zlayer-scheduler on
+    <run_dir>/scheduler.sock; called by zlctl and any client.
     """
 
     @staticmethod
@@ -69,5 +247,175 @@ class SchedulerService(object):
         return grpc.experimental.unary_unary(request, target, '/zlayer.scheduler.v1.SchedulerService/GetInfo',
             zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.GetInfoRequest.SerializeToString,
             zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.GetInfoResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def Deploy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/zlayer.scheduler.v1.SchedulerService/Deploy',
+            zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.DeployRequest.SerializeToString,
+            zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.DeployResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def WatchDeployment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(request, target, '/zlayer.scheduler.v1.SchedulerService/WatchDeployment',
+            zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.WatchDeploymentRequest.SerializeToString,
+            zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.WatchDeploymentResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def GetStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/zlayer.scheduler.v1.SchedulerService/GetStatus',
+            zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.GetStatusRequest.SerializeToString,
+            zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.GetStatusResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def Scale(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/zlayer.scheduler.v1.SchedulerService/Scale',
+            zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.ScaleRequest.SerializeToString,
+            zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.ScaleResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def DeleteDeployment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/zlayer.scheduler.v1.SchedulerService/DeleteDeployment',
+            zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.DeleteDeploymentRequest.SerializeToString,
+            zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.DeleteDeploymentResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def Rollback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/zlayer.scheduler.v1.SchedulerService/Rollback',
+            zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.RollbackRequest.SerializeToString,
+            zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.RollbackResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def GetHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/zlayer.scheduler.v1.SchedulerService/GetHistory',
+            zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.GetHistoryRequest.SerializeToString,
+            zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.GetHistoryResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def ListNodes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/zlayer.scheduler.v1.SchedulerService/ListNodes',
+            zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.ListNodesRequest.SerializeToString,
+            zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.ListNodesResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def ListEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(request, target, '/zlayer.scheduler.v1.SchedulerService/ListEvents',
+            zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.ListEventsRequest.SerializeToString,
+            zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.ListEventsResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def FindReplica(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/zlayer.scheduler.v1.SchedulerService/FindReplica',
+            zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.FindReplicaRequest.SerializeToString,
+            zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.FindReplicaResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)

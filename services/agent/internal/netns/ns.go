@@ -1,0 +1,64 @@
+package netns
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+
+	"golang.org/x/sys/unix"
+)
+
+// Create makes a new network namespace and pins it at path (a bind mount
+// of the namespace over an empty file), so it outlives every process in
+// it and can be joined by path.
+func Create(path string) (err error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return fmt.Errorf("create netns %s: %w", path, err)
+	}
+	f, err := os.OpenFile(path, os.O_RDONLY|os.O_CREATE|os.O_EXCL, 0o444)
+	if err != nil {
+		return fmt.Errorf("create netns %s: %w", path, err)
+	}
+	f.Close()
+	defer func() {
+		if err != nil {
+			os.Remove(path)
+		}
+	}()
+	errc := make(chan error, 1)
+	go func() {
+		// The thread that unshares is left locked, so the runtime ends it
+		// when this goroutine returns instead of reusing a thread that sits
+		// in the new namespace.
+		runtime.LockOSThread()
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			errc <- fmt.Errorf("unshare: %w", err)
+			return
+		}
+		tid := unix.Gettid()
+		src := fmt.Sprintf("/proc/%d/task/%d/ns/net", os.Getpid(), tid)
+		if err := unix.Mount(src, path, "none", unix.MS_BIND, ""); err != nil {
+			errc <- fmt.Errorf("bind mount: %w", err)
+			return
+		}
+		errc <- nil
+	}()
+	if err := <-errc; err != nil {
+		return fmt.Errorf("create netns %s: %w", path, err)
+	}
+	return nil
+}
+
+// Remove unpins and deletes the namespace at path. A missing path is not
+// an error, so Remove can finish work a crash interrupted.
+func Remove(path string) error {
+	if err := unix.Unmount(path, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("remove netns %s: unmount: %w", path, err)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove netns %s: %w", path, err)
+	}
+	return nil
+}

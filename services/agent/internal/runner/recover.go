@@ -1,0 +1,153 @@
+package runner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	gorunc "github.com/containerd/go-runc"
+	"go.uber.org/zap"
+
+	"zlayer.dev/libs/obs"
+	"zlayer.dev/services/agent/internal/monitor"
+	"zlayer.dev/services/agent/internal/netns"
+	"zlayer.dev/services/agent/internal/stats"
+)
+
+// Recover re-adopts what an earlier agent of this node left and cleans up
+// what a crash left half-made. For each state file:
+//   - creating: the create was interrupted; everything it may have made is
+//     removed (runc container, address, namespace, rootfs, files);
+//   - running or stopping: if its monitor is alive the container is
+//     watched again; if the monitor exited meanwhile, its exit file gives
+//     the exit code and time; if the monitor was killed but runc still has
+//     the container running, the container is watched without one (its
+//     exit code will be unknown); otherwise it is lost;
+//   - exited or lost: kept for listing until removed.
+//
+// Then anything of this node that no record owns — runc containers,
+// namespace pins, address leases, cgroups — is removed.
+func (rn *Runner) Recover(ctx context.Context) error {
+	dirs, err := os.ReadDir(filepath.Join(rn.cfg.StateDir, "containers"))
+	if err != nil {
+		return fmt.Errorf("recover: %w", err)
+	}
+	known := map[string]bool{}
+	for _, d := range dirs {
+		if !d.IsDir() {
+			continue
+		}
+		id := d.Name()
+		log := rn.log.With(zap.String(obs.KeyContainer, id))
+		rec, err := load(rn.dir(id))
+		if err != nil || rec.State == StateCreating {
+			// A half-made container: the state file itself may be missing
+			// if the crash came right after the directory was made.
+			if rec == nil {
+				rec = &Record{Spec: Spec{ID: id}, Netns: rn.netnsPath(id), Cgroup: rn.cgroupsPath(id)}
+			}
+			if rec.MonitorPid > 0 {
+				if mon, ok := monitor.Adopt(rec.MonitorPid, rec.MonitorT0); ok {
+					rn.runc.Delete(ctx, id, &gorunc.DeleteOpts{Force: true})
+					mon.Wait(ctx)
+				}
+			}
+			if err := rn.teardown(ctx, *rec); err != nil {
+				log.Warn("clean up interrupted create", zap.Error(err))
+				known[id] = true // keep its lease and pin for the next try
+				continue
+			}
+			log.Info("cleaned up interrupted create")
+			continue
+		}
+		known[id] = true
+		c := &container{rec: *rec, done: make(chan struct{})}
+		switch {
+		case rec.State.Terminal():
+			close(c.done)
+		default:
+			rn.adopt(ctx, c, log)
+		}
+		rn.mu.Lock()
+		rn.ctrs[id] = c
+		rn.mu.Unlock()
+	}
+	rn.sweep(ctx, known)
+	return nil
+}
+
+// adopt reattaches to a container that was running when the last agent
+// stopped.
+func (rn *Runner) adopt(ctx context.Context, c *container, log *zap.Logger) {
+	id := c.rec.ID()
+	if mon, ok := monitor.Adopt(c.rec.MonitorPid, c.rec.MonitorT0); ok {
+		c.mon = mon
+		log.Info("container re-adopted", zap.Int("pid", c.rec.Pid), zap.Int("monitor", mon.Pid))
+		rn.watch(c)
+		return
+	}
+	if e, err := monitor.ReadExit(rn.dir(id)); err == nil {
+		c.rec.State, c.rec.Exit = StateExited, &e
+		close(c.done)
+		log.Info("container exited while the agent was down", zap.Int("code", e.Code), zap.Time("at", e.At))
+	} else if st, err := rn.runc.State(ctx, id); err == nil && st.Status == "running" && st.Pid > 0 {
+		c.rec.Pid = st.Pid
+		c.rec.Reason = "monitor lost while the agent was down; exit code will be unknown"
+		log.Warn("container running without its monitor", zap.Int("pid", st.Pid))
+		rn.watch(c)
+		return
+	} else {
+		c.rec.State = StateLost
+		c.rec.Reason = "neither the process nor its monitor survived, and no exit was recorded"
+		close(c.done)
+		log.Warn("container lost")
+	}
+	if err := rn.save(&c.rec); err != nil {
+		log.Warn("save state", zap.Error(err))
+	}
+}
+
+// sweep removes this node's leftovers that no known container owns.
+func (rn *Runner) sweep(ctx context.Context, known map[string]bool) {
+	if list, err := rn.runc.List(ctx); err == nil {
+		for _, c := range list {
+			if !known[c.ID] {
+				rn.log.Info("delete orphan runc container", zap.String(obs.KeyContainer, c.ID))
+				rn.runc.Delete(ctx, c.ID, &gorunc.DeleteOpts{Force: true})
+			}
+		}
+	}
+	if pins, err := os.ReadDir(filepath.Join(rn.cfg.RunDir, "netns")); err == nil {
+		for _, p := range pins {
+			if !known[p.Name()] {
+				rn.log.Info("remove orphan netns", zap.String(obs.KeyContainer, p.Name()))
+				netns.Remove(rn.netnsPath(p.Name()))
+			}
+		}
+	}
+	if leases, err := rn.net.Leases(); err == nil {
+		for id, ip := range leases {
+			if !known[id] {
+				rn.log.Info("release orphan address", zap.String(obs.KeyContainer, id), zap.Stringer("ip", ip))
+				rn.net.Detach(ctx, id, "")
+			}
+		}
+	}
+	for _, ctl := range cgroupControllers {
+		parent := filepath.Join(stats.Root, ctl, rn.cfg.CgroupParent)
+		ents, err := os.ReadDir(parent)
+		if err != nil {
+			continue
+		}
+		for _, e := range ents {
+			if e.IsDir() && !known[e.Name()] {
+				if err := os.Remove(filepath.Join(parent, e.Name())); err != nil && !errors.Is(err, os.ErrNotExist) {
+					rn.log.Warn("remove orphan cgroup", zap.String("path", filepath.Join(parent, e.Name())), zap.Error(err))
+				}
+			}
+		}
+	}
+}
+

@@ -1,0 +1,601 @@
+package runner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	gorunc "github.com/containerd/go-runc"
+	"go.uber.org/zap"
+
+	"zlayer.dev/libs/errkind"
+	"zlayer.dev/libs/obs"
+	"zlayer.dev/services/agent/internal/bundle"
+	"zlayer.dev/services/agent/internal/images"
+	"zlayer.dev/services/agent/internal/monitor"
+	"zlayer.dev/services/agent/internal/netns"
+	"zlayer.dev/services/agent/internal/stats"
+)
+
+// Config is the runner's share of the agent's configuration.
+type Config struct {
+	Node         string
+	StateDir     string        // durable: <data-dir>/agent
+	RunDir       string        // per boot: <run-dir>/agent (runc state, netns pins)
+	Runc         string        // runc binary
+	Monitor      string        // zlayer-monitor binary
+	CgroupParent string        // e.g. zlayer/<node>
+	StopGrace    time.Duration // SIGTERM → SIGKILL
+	LogMax       int64         // per log file
+	LogKeep      int           // rotated files kept
+	// LookupEnv resolves $E: references (the agent's environment).
+	LookupEnv func(string) (string, bool)
+	// ResolvConf is the host resolv.conf containers derive theirs from.
+	ResolvConf string
+}
+
+// Runner owns the containers of one node.
+type Runner struct {
+	cfg    Config
+	log    *zap.Logger
+	images images.Images
+	net    *netns.Network
+	runc   *gorunc.Runc
+	stats  *stats.Tracker
+
+	mu     sync.Mutex
+	ctrs   map[string]*container
+	subs   map[*Subscription]struct{}
+	bg     sync.WaitGroup // watchers
+	ctx    context.Context
+	cancel context.CancelFunc
+}
+
+// container is one container's record and its lock. rec is changed only
+// with mu held, and saved before the change is visible.
+type container struct {
+	mu   sync.Mutex
+	rec  Record
+	mon  *monitor.Process
+	done chan struct{} // closed when the process has ended (Exited or Lost)
+}
+
+// New makes a runner. It checks that runc and the monitor exist; Recover
+// must be called before the runner is used.
+func New(cfg Config, log *zap.Logger, img images.Images, nw *netns.Network) (*Runner, error) {
+	rp, err := exec.LookPath(cfg.Runc)
+	if err != nil {
+		return nil, fmt.Errorf("runc %q: %v: %w", cfg.Runc, err, errkind.Unavailable)
+	}
+	mp, err := exec.LookPath(cfg.Monitor)
+	if err != nil {
+		return nil, fmt.Errorf("monitor %q: %v: %w", cfg.Monitor, err, errkind.Unavailable)
+	}
+	cfg.Runc, cfg.Monitor = rp, mp
+	if cfg.StopGrace <= 0 {
+		cfg.StopGrace = 10 * time.Second
+	}
+	if cfg.LogMax <= 0 {
+		cfg.LogMax = 10 << 20
+	}
+	if cfg.LookupEnv == nil {
+		cfg.LookupEnv = func(string) (string, bool) { return "", false }
+	}
+	if cfg.ResolvConf == "" {
+		cfg.ResolvConf = "/etc/resolv.conf"
+	}
+	for _, d := range []string{filepath.Join(cfg.StateDir, "containers"), filepath.Join(cfg.RunDir, "runc"), filepath.Join(cfg.RunDir, "netns")} {
+		if err := os.MkdirAll(d, 0o711); err != nil {
+			return nil, fmt.Errorf("runner dirs: %w", err)
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Runner{
+		cfg:    cfg,
+		log:    log.Named("runner"),
+		images: img,
+		net:    nw,
+		runc:   &gorunc.Runc{Command: cfg.Runc, Root: filepath.Join(cfg.RunDir, "runc")},
+		stats:  stats.NewTracker(),
+		ctrs:   map[string]*container{},
+		subs:   map[*Subscription]struct{}{},
+		ctx:    ctx,
+		cancel: cancel,
+	}, nil
+}
+
+// Close stops watching containers. The containers keep running.
+func (rn *Runner) Close() {
+	rn.cancel()
+	rn.bg.Wait()
+	rn.mu.Lock()
+	for s := range rn.subs {
+		s.close()
+	}
+	rn.mu.Unlock()
+}
+
+var idRe = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}$`)
+
+func (rn *Runner) cgroupsPath(id string) string {
+	return "/" + path.Join(strings.Trim(rn.cfg.CgroupParent, "/"), id)
+}
+
+func (rn *Runner) netnsPath(id string) string { return filepath.Join(rn.cfg.RunDir, "netns", id) }
+
+func hostname(s Spec) string {
+	if s.Identity.Service != "" {
+		return fmt.Sprintf("%s-%d", s.Identity.Service, s.Identity.Index)
+	}
+	if len(s.ID) > 63 {
+		return s.ID[:63]
+	}
+	return s.ID
+}
+
+// Run creates and starts a container. It is idempotent: a second call
+// with the same id returns the existing container. On error nothing of the
+// container is left: not its rootfs, namespace, address, cgroup, runc
+// state, files or monitor.
+func (rn *Runner) Run(ctx context.Context, s Spec) (rec Record, err error) {
+	if !idRe.MatchString(s.ID) {
+		return rec, fmt.Errorf("container id %q: want 1-64 of [a-zA-Z0-9_.-], starting alphanumeric: %w", s.ID, errkind.Invalid)
+	}
+	if s.Image == "" {
+		return rec, fmt.Errorf("container %s: image: required: %w", s.ID, errkind.Invalid)
+	}
+	env, err := resolveEnv(s.Env, rn.cfg.LookupEnv)
+	if err != nil {
+		return rec, fmt.Errorf("container %s: %w", s.ID, err)
+	}
+	limits := bundle.Limits{CPU: s.CPU, Memory: s.Memory}
+	if err := bundle.ValidateLimits(limits, stats.HostCPUs()); err != nil {
+		return rec, fmt.Errorf("container %s: %w", s.ID, err)
+	}
+	if _, err := os.Stat(rn.cfg.Runc); err != nil {
+		return rec, fmt.Errorf("container %s: runc %s: %v: %w", s.ID, rn.cfg.Runc, err, errkind.Unavailable)
+	}
+
+	c := &container{done: make(chan struct{}), rec: Record{
+		Spec: s, State: StateCreating, CreatedAt: time.Now().UTC(),
+		Cgroup: rn.cgroupsPath(s.ID), Netns: rn.netnsPath(s.ID),
+	}}
+	rn.mu.Lock()
+	if old, ok := rn.ctrs[s.ID]; ok {
+		rn.mu.Unlock()
+		old.mu.Lock()
+		defer old.mu.Unlock()
+		if old.rec.State == StateCreating {
+			return old.rec, fmt.Errorf("container %s: being created by another call: %w", s.ID, errkind.Conflict)
+		}
+		return old.rec, nil
+	}
+	rn.ctrs[s.ID] = c
+	rn.mu.Unlock()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+
+	log := rn.log.With(zap.String(obs.KeyContainer, s.ID), zap.String(obs.KeyImage, s.Image))
+	var undo []func()
+	defer func() {
+		if err == nil {
+			return
+		}
+		for i := len(undo) - 1; i >= 0; i-- {
+			undo[i]()
+		}
+		rn.mu.Lock()
+		delete(rn.ctrs, s.ID)
+		rn.mu.Unlock()
+		log.Info("container create failed", zap.Error(err))
+	}()
+	// Cleanup must run even when the caller's ctx is what failed.
+	cctx := context.WithoutCancel(ctx)
+
+	dir := rn.dir(s.ID)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return rec, fmt.Errorf("container %s: %w", s.ID, err)
+	}
+	undo = append(undo, func() { os.RemoveAll(dir) })
+	// The intent goes to disk first: whatever a crash interrupts below is
+	// found and cleaned up by Recover.
+	if err := rn.save(&c.rec); err != nil {
+		return rec, fmt.Errorf("container %s: %w", s.ID, err)
+	}
+
+	root, err := rn.images.Prepare(ctx, s.Image, s.Pull, s.ID)
+	undo = append(undo, func() {
+		if err := rn.images.Release(cctx, s.ID); err != nil {
+			log.Warn("release rootfs", zap.Error(err))
+		}
+	})
+	if err != nil {
+		return rec, fmt.Errorf("container %s: %w", s.ID, err)
+	}
+	c.rec.ImageDigest = root.Digest
+
+	bcfg := bundle.Config{
+		Rootfs:      root.Path,
+		Hostname:    hostname(s),
+		Image:       root.Config,
+		Command:     s.Command,
+		Args:        s.Args,
+		Env:         env,
+		Limits:      limits,
+		CgroupsPath: c.rec.Cgroup,
+		NetnsPath:   c.rec.Netns,
+		Files: map[string]string{
+			"/etc/hosts":       filepath.Join(dir, "hosts"),
+			"/etc/resolv.conf": filepath.Join(dir, "resolv.conf"),
+			"/etc/hostname":    filepath.Join(dir, "hostname"),
+		},
+	}
+	spec, err := bundle.Spec(bcfg)
+	if err != nil {
+		return rec, fmt.Errorf("container %s: %w", s.ID, err)
+	}
+	hostResolv, _ := os.ReadFile(rn.cfg.ResolvConf)
+	for name, b := range map[string][]byte{
+		"hosts":       bundle.Hosts(bcfg.Hostname, nil),
+		"resolv.conf": bundle.ResolvConf(hostResolv),
+		"hostname":    []byte(bcfg.Hostname + "\n"),
+	} {
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
+			return rec, fmt.Errorf("container %s: %w", s.ID, err)
+		}
+	}
+	if err := bundle.Write(dir, spec); err != nil {
+		return rec, fmt.Errorf("container %s: %w", s.ID, err)
+	}
+
+	if err := netns.Create(c.rec.Netns); err != nil {
+		return rec, fmt.Errorf("container %s: %w", s.ID, err)
+	}
+	undo = append(undo, func() {
+		if err := netns.Remove(c.rec.Netns); err != nil {
+			log.Warn("remove netns", zap.Error(err))
+		}
+	})
+
+	// The network and the runc container are made at the same time: CNI
+	// only needs the namespace, runc create only needs the bundle.
+	type attached struct {
+		a   netns.Attachment
+		err error
+	}
+	ac := make(chan attached, 1)
+	go func() {
+		a, err := rn.net.Attach(ctx, s.ID, c.rec.Netns)
+		ac <- attached{a, err}
+	}()
+	undo = append(undo, func() {
+		if err := rn.net.Detach(cctx, s.ID, c.rec.Netns); err != nil {
+			log.Warn("cni del", zap.Error(err))
+		}
+	})
+	mon, pid, merr := monitor.Spawn(ctx, rn.cfg.Monitor, monitor.Options{
+		ID: s.ID, Bundle: dir, Runc: rn.cfg.Runc, RuncRoot: rn.runc.Root, Dir: dir,
+		Log: filepath.Join(dir, LogFile), LogMax: rn.cfg.LogMax, LogKeep: rn.cfg.LogKeep,
+		MemCgroup: stats.MemoryCgroup(c.rec.Cgroup),
+	})
+	if mon != nil {
+		undo = append(undo, func() {
+			rn.runc.Delete(cctx, s.ID, &gorunc.DeleteOpts{Force: true})
+			wctx, cancel := context.WithTimeout(cctx, 10*time.Second)
+			defer cancel()
+			mon.Wait(wctx)
+		})
+	} else {
+		// runc create failed; runc may still have left state behind.
+		undo = append(undo, func() { rn.runc.Delete(cctx, s.ID, &gorunc.DeleteOpts{Force: true}) })
+	}
+	at := <-ac
+	if merr != nil {
+		return rec, fmt.Errorf("container %s: %w", s.ID, merr)
+	}
+	if at.err != nil {
+		return rec, fmt.Errorf("container %s: %w", s.ID, at.err)
+	}
+	c.mon, c.rec.Pid, c.rec.MonitorPid, c.rec.MonitorT0 = mon, pid, mon.Pid, mon.Start
+	c.rec.IP = at.a.IP.String()
+	// Written in place: the file is already bind-mounted by runc create.
+	if err := os.WriteFile(filepath.Join(dir, "hosts"), bundle.Hosts(bcfg.Hostname, at.a.IP), 0o644); err != nil {
+		return rec, fmt.Errorf("container %s: %w", s.ID, err)
+	}
+	if err := rn.save(&c.rec); err != nil {
+		return rec, fmt.Errorf("container %s: %w", s.ID, err)
+	}
+	if err := rn.runc.Start(ctx, s.ID); err != nil {
+		return rec, fmt.Errorf("container %s: runc start: %w", s.ID, err)
+	}
+	c.rec.State, c.rec.StartedAt = StateRunning, time.Now().UTC()
+	if err := rn.save(&c.rec); err != nil {
+		return rec, fmt.Errorf("container %s: %w", s.ID, err)
+	}
+	log.Info("container started", zap.Int("pid", pid), zap.String("ip", c.rec.IP))
+	rn.publish(c.rec, false)
+	rn.watch(c)
+	return c.rec, nil
+}
+
+// LogFile is the container's log, in its state directory.
+const LogFile = "container.log"
+
+// watch waits in the background for c's monitor to exit, then records how
+// the container ended.
+func (rn *Runner) watch(c *container) {
+	mon := c.mon
+	rn.bg.Add(1)
+	go func() {
+		defer rn.bg.Done()
+		var err error
+		if mon != nil {
+			err = mon.Wait(rn.ctx)
+		} else {
+			// No monitor (it was killed while the agent was down): watch
+			// the container's init directly; its exit code is lost.
+			err = monitor.WaitPid(rn.ctx, c.rec.Pid)
+		}
+		if err != nil {
+			return // the runner is closing; the next agent re-adopts
+		}
+		rn.ended(c)
+	}()
+}
+
+// ended records the end of c's process from its monitor's exit file.
+func (rn *Runner) ended(c *container) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.rec.State.Terminal() {
+		return
+	}
+	e, err := monitor.ReadExit(rn.dir(c.rec.ID()))
+	if err == nil {
+		c.rec.State, c.rec.Exit = StateExited, &e
+	} else {
+		c.rec.State = StateLost
+		if c.rec.Reason == "" {
+			c.rec.Reason = "monitor ended without an exit record"
+		}
+	}
+	if err := rn.save(&c.rec); err != nil {
+		rn.log.Warn("save state", zap.String(obs.KeyContainer, c.rec.ID()), zap.Error(err))
+	}
+	close(c.done)
+	fields := []zap.Field{zap.String(obs.KeyContainer, c.rec.ID()), zap.Stringer("state", c.rec.State)}
+	if c.rec.Exit != nil {
+		fields = append(fields, zap.Int("code", c.rec.Exit.Code), zap.Bool("oom", c.rec.Exit.OOMKilled))
+	}
+	rn.log.Info("container ended", fields...)
+	rn.publish(c.rec, false)
+}
+
+func (rn *Runner) get(id string) (*container, error) {
+	rn.mu.Lock()
+	defer rn.mu.Unlock()
+	c, ok := rn.ctrs[id]
+	if !ok {
+		return nil, fmt.Errorf("container %s: %w", id, errkind.NotFound)
+	}
+	return c, nil
+}
+
+// Get returns one container's record.
+func (rn *Runner) Get(id string) (Record, error) {
+	c, err := rn.get(id)
+	if err != nil {
+		return Record{}, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.rec, nil
+}
+
+// List returns every container's record, by id.
+func (rn *Runner) List() []Record {
+	rn.mu.Lock()
+	cs := make([]*container, 0, len(rn.ctrs))
+	for _, c := range rn.ctrs {
+		cs = append(cs, c)
+	}
+	rn.mu.Unlock()
+	out := make([]Record, 0, len(cs))
+	for _, c := range cs {
+		c.mu.Lock()
+		if c.rec.State != StateCreating {
+			out = append(out, c.rec)
+		}
+		c.mu.Unlock()
+	}
+	slices.SortFunc(out, func(a, b Record) int { return strings.Compare(a.ID(), b.ID()) })
+	return out
+}
+
+// Stop sends SIGTERM, waits up to grace (the configured one when grace is
+// negative), then SIGKILL, and returns once the process has ended. A
+// container that has already ended is not an error.
+func (rn *Runner) Stop(ctx context.Context, id string, grace time.Duration) (Record, error) {
+	c, err := rn.get(id)
+	if err != nil {
+		return Record{}, err
+	}
+	if grace < 0 {
+		grace = rn.cfg.StopGrace
+	}
+	c.mu.Lock()
+	switch c.rec.State {
+	case StateCreating:
+		c.mu.Unlock()
+		return Record{}, fmt.Errorf("container %s: still being created: %w", id, errkind.Conflict)
+	case StateRunning:
+		c.rec.State = StateStopping
+		if err := rn.save(&c.rec); err != nil {
+			c.mu.Unlock()
+			return Record{}, err
+		}
+		rn.publish(c.rec, false)
+	}
+	done := c.done
+	terminal := c.rec.State.Terminal()
+	c.mu.Unlock()
+	if !terminal {
+		if grace > 0 {
+			if err := rn.runc.Kill(ctx, id, int(syscall.SIGTERM), nil); err != nil && !rn.gone(ctx, id) {
+				return Record{}, fmt.Errorf("container %s: runc kill: %w", id, err)
+			}
+			t := time.NewTimer(grace)
+			select {
+			case <-done:
+			case <-t.C:
+			case <-ctx.Done():
+			}
+			t.Stop()
+		}
+		select {
+		case <-done:
+		default:
+			if err := rn.runc.Kill(ctx, id, int(syscall.SIGKILL), &gorunc.KillOpts{All: true}); err != nil && !rn.gone(ctx, id) {
+				return Record{}, fmt.Errorf("container %s: runc kill: %w", id, err)
+			}
+			select {
+			case <-done:
+			case <-ctx.Done():
+				return Record{}, fmt.Errorf("container %s: wait for exit: %w", id, ctx.Err())
+			}
+		}
+	}
+	return rn.Get(id)
+}
+
+// gone reports whether runc no longer has a live process for id, so a
+// failed kill raced with an exit rather than failed.
+func (rn *Runner) gone(ctx context.Context, id string) bool {
+	st, err := rn.runc.State(ctx, id)
+	return err != nil || st.Status == "stopped"
+}
+
+// Remove deletes a container and everything made for it. A running
+// container is errkind.Conflict unless force, which stops it without a
+// grace period first. Removing an unknown id is errkind.NotFound.
+func (rn *Runner) Remove(ctx context.Context, id string, force bool) error {
+	c, err := rn.get(id)
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	st := c.rec.State
+	c.mu.Unlock()
+	if !st.Terminal() {
+		if !force {
+			return fmt.Errorf("container %s: %s; stop it first or force: %w", id, st, errkind.Conflict)
+		}
+		if _, err := rn.Stop(ctx, id, 0); err != nil {
+			return err
+		}
+	}
+	c.mu.Lock()
+	rec := c.rec
+	c.mu.Unlock()
+	if err := rn.teardown(ctx, rec); err != nil {
+		return err
+	}
+	rn.mu.Lock()
+	delete(rn.ctrs, id)
+	rn.mu.Unlock()
+	rn.stats.Forget(id)
+	rn.log.Info("container removed", zap.String(obs.KeyContainer, id))
+	rn.publish(rec, true)
+	return nil
+}
+
+// teardown removes everything of rec: runc state and cgroup, address,
+// namespace, root filesystem and files. Each step tolerates that its part
+// is already gone, so it also finishes what a crash interrupted.
+func (rn *Runner) teardown(ctx context.Context, rec Record) error {
+	id := rec.ID()
+	var errs []error
+	if err := rn.runc.Delete(ctx, id, &gorunc.DeleteOpts{Force: true}); err != nil {
+		if _, serr := rn.runc.State(ctx, id); serr == nil {
+			errs = append(errs, fmt.Errorf("runc delete: %w", err))
+		}
+	}
+	if err := rn.net.Detach(ctx, id, rec.Netns); err != nil {
+		errs = append(errs, err)
+	}
+	if err := netns.Remove(rn.netnsPath(id)); err != nil {
+		errs = append(errs, err)
+	}
+	if err := rn.images.Release(ctx, id); err != nil {
+		errs = append(errs, err)
+	}
+	removeCgroups(rn.cgroupsPath(id))
+	if len(errs) == 0 {
+		if err := os.RemoveAll(rn.dir(id)); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("remove container %s: %w", id, err)
+	}
+	return nil
+}
+
+// cgroupControllers are the v1 hierarchies runc makes a container's
+// cgroup in.
+var cgroupControllers = []string{"blkio", "cpu", "cpuacct", "cpuset", "devices", "freezer", "memory", "pids", "systemd", "unified", "net_cls", "net_prio", "perf_event", "hugetlb"}
+
+// removeCgroups removes what runc delete left of a cgroup (it cannot when
+// the container was never started, or after a crash).
+func removeCgroups(p string) {
+	for _, c := range cgroupControllers {
+		os.Remove(filepath.Join(stats.Root, c, p))
+	}
+}
+
+// Done returns a channel closed when the container's process has ended.
+func (rn *Runner) Done(id string) (<-chan struct{}, error) {
+	c, err := rn.get(id)
+	if err != nil {
+		return nil, err
+	}
+	return c.done, nil
+}
+
+// LogPath returns the container's log file.
+func (rn *Runner) LogPath(id string) (string, error) {
+	if _, err := rn.get(id); err != nil {
+		return "", err
+	}
+	return filepath.Join(rn.dir(id), LogFile), nil
+}
+
+// Stats reads a container's resource use.
+func (rn *Runner) Stats(id string) (stats.Usage, error) {
+	rec, err := rn.Get(id)
+	if err != nil {
+		return stats.Usage{}, err
+	}
+	if rec.State.Terminal() {
+		return stats.Usage{}, fmt.Errorf("container %s: %s: %w", id, rec.State, errkind.Precondition)
+	}
+	u, err := rn.stats.Read(id, rec.Cgroup)
+	if err != nil {
+		return u, fmt.Errorf("container %s: stats: %w", id, err)
+	}
+	return u, nil
+}
+
+// IP parses a record's address.
+func (r Record) Addr() net.IP { return net.ParseIP(r.IP) }

@@ -1,0 +1,352 @@
+package reconcile
+
+import (
+	"fmt"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	schedulerv1 "zlayer.dev/libs/api/zlayer/scheduler/v1"
+	"zlayer.dev/services/scheduler/internal/fsm"
+	"zlayer.dev/services/scheduler/internal/placement"
+)
+
+// sim drives the real FSM and the real planner, with agents simulated at
+// the edge: a test cannot run nodes here cheaply, and what an agent reports
+// is exactly what this package reacts to.
+type sim struct {
+	t     *testing.T
+	f     *fsm.FSM
+	index uint64
+	now   time.Time
+	cfg   Config
+	// specs: deployment file text → services. The "file" is a short key
+	// such as "web:h1:3" (service:hash:replicas, comma-separated).
+	failing map[string]bool // spec hashes whose replicas fail on start
+	down    map[string]bool // nodes whose agents do not answer
+}
+
+func newSim(t *testing.T, nodes ...string) *sim {
+	t.Helper()
+	f, err := fsm.Open(filepath.Join(t.TempDir(), "state.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	s := &sim{t: t, f: f, now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC),
+		cfg:     Config{NodeTimeout: 5 * time.Second, MaxRolloutRestarts: 3, ReplaceFailedAfter: 10 * time.Second},
+		failing: map[string]bool{}, down: map[string]bool{}}
+	for _, n := range nodes {
+		s.apply(&schedulerv1.Command{Kind: &schedulerv1.Command_RegisterNode{RegisterNode: &schedulerv1.RegisterNodeCommand{
+			Node: &schedulerv1.Node{Name: n, Cpu: 4, MemoryBytes: 8 << 30},
+		}}})
+	}
+	return s
+}
+
+func (s *sim) apply(c *schedulerv1.Command) fsm.Result {
+	s.t.Helper()
+	if c.ProposedAt == nil {
+		c.ProposedAt = timestamppb.New(s.now)
+	}
+	data, err := proto.Marshal(c)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	s.index++
+	return s.f.Apply(s.index, data).(fsm.Result)
+}
+
+// specs parses the test's tiny deployment format.
+func specs(d *schedulerv1.Deployment, v *schedulerv1.DeploymentVersion) (map[string]Service, error) {
+	out := map[string]Service{}
+	for _, part := range strings.Split(string(v.SpecYaml), ",") {
+		f := strings.Split(part, ":")
+		out[f[0]] = Service{Name: f[0], Hash: f[1], RType: "service", Demand: placement.Demand{CPU: 0.5}}
+	}
+	return out, nil
+}
+
+func (s *sim) deploy(name, file string) uint64 {
+	s.t.Helper()
+	svcs, _ := specs(nil, &schedulerv1.DeploymentVersion{SpecYaml: []byte(file)})
+	hashes, scale := map[string]string{}, map[string]uint32{}
+	for _, part := range strings.Split(file, ",") {
+		f := strings.Split(part, ":")
+		var n uint32
+		fmt.Sscan(f[2], &n)
+		scale[f[0]] = n
+	}
+	for n, svc := range svcs {
+		hashes[n] = svc.Hash
+	}
+	r := s.apply(&schedulerv1.Command{Kind: &schedulerv1.Command_PutDeployment{PutDeployment: &schedulerv1.PutDeploymentCommand{
+		Name: name, SpecYaml: []byte(file), FileName: "test.yaml", ServiceHashes: hashes, InitialScale: scale,
+	}}})
+	if r.Err != nil {
+		s.t.Fatal(r.Err)
+	}
+	return r.Version
+}
+
+// step: one reconcile round, then every live agent reports.
+func (s *sim) step() {
+	s.t.Helper()
+	s.now = s.now.Add(time.Second)
+	for _, c := range Plan(s.f.Copy(), specs, s.now, s.cfg) {
+		if r := s.apply(c); r.Err != nil {
+			s.t.Logf("command rejected: %v", r.Err)
+		}
+	}
+	st := s.f.Copy()
+	byNode := map[string][]*schedulerv1.ReplicaStatus{}
+	for _, r := range st.Replicas {
+		if r.Node == "" || s.down[r.Node] {
+			continue
+		}
+		var out *schedulerv1.ReplicaStatus
+		switch {
+		case r.Phase == schedulerv1.ReplicaPhase_REPLICA_PHASE_STOPPING:
+			out = &schedulerv1.ReplicaStatus{Id: r.Id, Phase: schedulerv1.ReplicaPhase_REPLICA_PHASE_STOPPED}
+		case r.Phase == schedulerv1.ReplicaPhase_REPLICA_PHASE_ASSIGNED && s.failing[r.SpecHash]:
+			out = &schedulerv1.ReplicaStatus{Id: r.Id, Phase: schedulerv1.ReplicaPhase_REPLICA_PHASE_FAILED, ExitCode: 3, Reason: "exited"}
+		case r.Phase == schedulerv1.ReplicaPhase_REPLICA_PHASE_ASSIGNED:
+			out = &schedulerv1.ReplicaStatus{Id: r.Id, Phase: schedulerv1.ReplicaPhase_REPLICA_PHASE_RUNNING,
+				Health: schedulerv1.Health_HEALTH_HEALTHY, Ip: "10.0.0.1"}
+		}
+		if out != nil {
+			byNode[r.Node] = append(byNode[r.Node], out)
+		}
+	}
+	for _, n := range sortedKeys(s.f.Copy().Nodes) {
+		if s.down[n] {
+			continue
+		}
+		s.apply(&schedulerv1.Command{Kind: &schedulerv1.Command_Heartbeat{Heartbeat: &schedulerv1.HeartbeatCommand{Node: n, Statuses: byNode[n]}}})
+	}
+}
+
+func (s *sim) run(steps int) {
+	for range steps {
+		s.step()
+	}
+}
+
+// summary: service → sorted "index:hash:phase@node" of replicas not stopped.
+func (s *sim) summary(dep string) string {
+	var parts []string
+	for _, r := range s.f.Copy().ReplicasOf(dep) {
+		if r.Phase == schedulerv1.ReplicaPhase_REPLICA_PHASE_STOPPED {
+			continue
+		}
+		phase := strings.ToLower(strings.TrimPrefix(r.Phase.String(), "REPLICA_PHASE_"))
+		parts = append(parts, fmt.Sprintf("%s/%d:%s:%s@%s", r.Service, r.Index, r.SpecHash, phase, r.Node))
+	}
+	return strings.Join(parts, " ")
+}
+
+func (s *sim) outcome(dep string) (uint64, schedulerv1.RolloutOutcome, string) {
+	d := s.f.Copy().Deployments[dep]
+	if d == nil {
+		return 0, 0, "gone"
+	}
+	v := fsm.Version(d, d.Current)
+	return d.Current, v.Outcome, v.Reason
+}
+
+const complete = schedulerv1.RolloutOutcome_ROLLOUT_OUTCOME_COMPLETE
+
+func TestDeployScaleDelete(t *testing.T) {
+	s := newSim(t, "n1", "n2")
+	s.deploy("app", "web:h1:3")
+	s.run(3)
+	if got, want := s.summary("app"), "web/0:h1:running@n1 web/1:h1:running@n2 web/2:h1:running@n1"; got != want {
+		t.Fatalf("after deploy:\n got %s\nwant %s", got, want)
+	}
+	if v, o, _ := s.outcome("app"); v != 1 || o != complete {
+		t.Fatalf("outcome = %d %v, want 1 complete", v, o)
+	}
+	s.apply(&schedulerv1.Command{Kind: &schedulerv1.Command_Scale{Scale: &schedulerv1.ScaleCommand{Deployment: "app", Service: "web", Replicas: 1}}})
+	s.run(3)
+	if got, want := s.summary("app"), "web/0:h1:running@n1"; got != want {
+		t.Fatalf("after scale to 1:\n got %s\nwant %s", got, want)
+	}
+	if n := len(s.f.Copy().Replicas); n != 1 {
+		t.Fatalf("%d replicas in state after scale-down, want the stopped ones forgotten", n)
+	}
+	s.apply(&schedulerv1.Command{Kind: &schedulerv1.Command_DeleteDeployment{DeleteDeployment: &schedulerv1.DeleteDeploymentCommand{Name: "app"}}})
+	s.run(3)
+	st := s.f.Copy()
+	if len(st.Replicas) != 0 || st.Deployments["app"] != nil {
+		t.Fatalf("after delete: %d replicas, deployment %v; want nothing", len(st.Replicas), st.Deployments["app"])
+	}
+}
+
+func TestRollingUpdateOneAtATime(t *testing.T) {
+	s := newSim(t, "n1", "n2")
+	s.deploy("app", "web:h1:3")
+	s.run(3)
+	s.deploy("app", "web:h2:3")
+	var newHealthySeen []int
+	for i := 0; i < 20; i++ {
+		s.step()
+		st := s.f.Copy()
+		oldLive, newUnhealthy, newHealthy := 0, 0, 0
+		for _, r := range st.Replicas {
+			if r.DesiredStop || r.Phase == schedulerv1.ReplicaPhase_REPLICA_PHASE_STOPPED {
+				continue
+			}
+			switch {
+			case r.SpecHash == "h1":
+				oldLive++
+			case r.Phase == schedulerv1.ReplicaPhase_REPLICA_PHASE_RUNNING:
+				newHealthy++
+			default:
+				newUnhealthy++
+			}
+		}
+		if newUnhealthy > 1 {
+			t.Fatalf("step %d: %d new replicas starting at once, want one at a time", i, newUnhealthy)
+		}
+		if oldLive+newHealthy < 2 {
+			t.Fatalf("step %d: only %d serving replicas during the rollout", i, oldLive+newHealthy)
+		}
+		newHealthySeen = append(newHealthySeen, newHealthy)
+	}
+	if got, want := s.summary("app"), "web/0:h2:running@n2 web/1:h2:running@n1 web/2:h2:running@n1"; got != want {
+		t.Fatalf("after rollout:\n got %s\nwant %s", got, want)
+	}
+	if v, o, _ := s.outcome("app"); v != 2 || o != complete {
+		t.Fatalf("outcome = %d %v, want 2 complete", v, o)
+	}
+	// Redeploying the same spec changes nothing on the nodes.
+	before := s.summary("app")
+	s.deploy("app", "web:h2:3")
+	s.run(3)
+	if s.summary("app") != before {
+		t.Fatalf("unchanged service was replaced: %s → %s", before, s.summary("app"))
+	}
+}
+
+func TestBrokenVersionRollsBack(t *testing.T) {
+	s := newSim(t, "n1")
+	s.deploy("app", "web:good:2,db:d1:1")
+	s.run(3)
+	s.failing["bad"] = true
+	s.deploy("app", "web:bad:2,db:d1:1")
+	s.run(8)
+	d := s.f.Copy().Deployments["app"]
+	v2 := fsm.Version(d, 2)
+	if v2.Outcome != schedulerv1.RolloutOutcome_ROLLOUT_OUTCOME_FAILED || !strings.Contains(v2.Reason, "failed (exit code 3)") {
+		t.Fatalf("version 2 = %v %q, want failed with the replica's exit code", v2.Outcome, v2.Reason)
+	}
+	v, o, _ := s.outcome("app")
+	if v != 3 || o != complete || fsm.Version(d, 3).RolledBackFrom != 2 {
+		t.Fatalf("current = %d %v, want 3 (a rollback of 2) complete; replicas %s", v, o, s.summary("app"))
+	}
+	if got, want := s.summary("app"), "db/0:d1:running@n1 web/0:good:running@n1 web/1:good:running@n1"; got != want {
+		t.Fatalf("after rollback:\n got %s\nwant %s", got, want)
+	}
+}
+
+func TestLostNodeReplicasMove(t *testing.T) {
+	s := newSim(t, "n1", "n2")
+	s.deploy("app", "web:h1:2")
+	s.run(3)
+	s.down["n2"] = true
+	s.run(8) // past the 5s node timeout
+	st := s.f.Copy()
+	if st.Nodes["n2"].State != schedulerv1.NodeState_NODE_STATE_DOWN {
+		t.Fatalf("n2 state %v, want down", st.Nodes["n2"].State)
+	}
+	if got, want := s.summary("app"), "web/0:h1:running@n1 web/1:h1:running@n1"; got != want {
+		t.Fatalf("after losing n2:\n got %s\nwant %s", got, want)
+	}
+}
+
+func TestPendingUntilCapacity(t *testing.T) {
+	s := newSim(t) // no nodes yet
+	s.deploy("app", "web:h1:1")
+	s.run(2)
+	st := s.f.Copy()
+	var r *schedulerv1.Replica
+	for _, x := range st.Replicas {
+		r = x
+	}
+	if r == nil || r.Phase != schedulerv1.ReplicaPhase_REPLICA_PHASE_PENDING || r.Reason != "no nodes in the cluster" {
+		t.Fatalf("replica = %v, want pending with a reason", r)
+	}
+	s.apply(&schedulerv1.Command{Kind: &schedulerv1.Command_RegisterNode{RegisterNode: &schedulerv1.RegisterNodeCommand{
+		Node: &schedulerv1.Node{Name: "late", Cpu: 1, MemoryBytes: 1 << 30},
+	}}})
+	s.run(3)
+	if got, want := s.summary("app"), "web/0:h1:running@late"; got != want {
+		t.Fatalf("got %s, want %s", got, want)
+	}
+}
+
+func TestStateSurvivesRestartAndSnapshot(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "state.db")
+	f, err := fsm.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &sim{t: t, f: f, now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), cfg: Config{NodeTimeout: 5 * time.Second},
+		failing: map[string]bool{}, down: map[string]bool{}}
+	s.apply(&schedulerv1.Command{Kind: &schedulerv1.Command_RegisterNode{RegisterNode: &schedulerv1.RegisterNodeCommand{Node: &schedulerv1.Node{Name: "n1", Cpu: 2, MemoryBytes: 1 << 30}}}})
+	s.deploy("app", "web:h1:2")
+	s.run(3)
+	snap, err := f.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	applied := f.AppliedIndex()
+	f.Close()
+
+	g, err := fsm.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	if g.AppliedIndex() != applied {
+		t.Fatalf("applied index %d after reopen, want %d", g.AppliedIndex(), applied)
+	}
+	snap2, err := g.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !proto.Equal(unmarshalSnap(t, snap), unmarshalSnap(t, snap2)) {
+		t.Fatal("state after reopen differs from before")
+	}
+	// A replayed entry is skipped.
+	if r := g.Apply(applied, []byte("garbage")).(fsm.Result); r.Err == nil {
+		t.Fatal("replayed index was applied again")
+	}
+	// Restore into a fresh state file gives the same state.
+	h, err := fsm.Open(filepath.Join(dir, "other.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	if err := h.Restore(applied, snap); err != nil {
+		t.Fatal(err)
+	}
+	snap3, _ := h.Snapshot()
+	if !proto.Equal(unmarshalSnap(t, snap), unmarshalSnap(t, snap3)) || h.AppliedIndex() != applied {
+		t.Fatal("restored state differs")
+	}
+}
+
+func unmarshalSnap(t *testing.T, b []byte) *schedulerv1.Snapshot {
+	t.Helper()
+	s := &schedulerv1.Snapshot{}
+	if err := proto.Unmarshal(b, s); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
