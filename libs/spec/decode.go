@@ -252,11 +252,15 @@ func (d *decoder) value(n *yaml.Node, v reflect.Value, path string) {
 		}
 		v.Set(s)
 	case reflect.String:
-		if n.Kind != yaml.ScalarNode {
+		_, isEnum := v.Interface().(enum)
+		switch {
+		case n.Kind != yaml.ScalarNode:
 			d.fail(n, path, "expected a string, got "+kindName(n))
-			return
+		case n.Tag != "!!str" && !isEnum && !looseString(path):
+			d.fail(n, path, fmt.Sprintf("expected a string, got %s (quote it: %q)", kindName(n), n.Value))
+		default:
+			v.SetString(n.Value)
 		}
-		v.SetString(n.Value)
 	case reflect.Int:
 		var i int64
 		if n.Kind != yaml.ScalarNode || n.Tag != "!!int" || n.Decode(&i) != nil || i > math.MaxInt32 || i < math.MinInt32 {
@@ -293,12 +297,15 @@ func (d *decoder) field(p pair, v reflect.Value, path string) {
 	null := isNull(val)
 	d.pos[path] = nodePos{Key: posOf(p.key), Val: posOf(p.val), Null: null}
 	if null {
-		if v.Kind() == reflect.String {
-			return // env: {A: } is the empty string
-		}
-		return
+		return // absent; in env, the empty string
 	}
 	d.value(val, v, path)
+}
+
+// looseString reports whether path is an env value, where numbers and
+// booleans are taken as written (PORT: 8080).
+func looseString(path string) bool {
+	return strings.HasSuffix(parentPath(path), ".env")
 }
 
 // structHint suggests the mapping form when a scalar is given where an

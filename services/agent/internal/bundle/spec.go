@@ -165,7 +165,6 @@ func Spec(c Config) (*specs.Spec, error) {
 			Capabilities: &specs.LinuxCapabilities{
 				Bounding: caps, Effective: caps, Permitted: caps,
 			},
-			Rlimits:         []specs.POSIXRlimit{{Type: "RLIMIT_NOFILE", Hard: 1 << 20, Soft: 1 << 20}},
 			NoNewPrivileges: true,
 		},
 		Mounts: defaultMounts(),
@@ -247,4 +246,3 @@ func Write(dir string, s *specs.Spec) error {
 	}
 	return atomicfile.Write(filepath.Join(dir, "config.json"), b, 0o600)
 }
-

@@ -85,4 +85,3 @@ func ReadExit(dir string) (Exit, error) {
 	}
 	return e, nil
 }
-

@@ -150,4 +150,3 @@ func (rn *Runner) sweep(ctx context.Context, known map[string]bool) {
 		}
 	}
 }
-

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -378,6 +379,7 @@ func TestPullCorruptBlob(t *testing.T) {
 	if !errors.Is(err, store.ErrDigestMismatch) || !strings.Contains(err.Error(), layer.String()) {
 		t.Fatalf("pull of a corrupt blob = %v; want a digest mismatch naming %s", err, layer)
 	}
+	t.Logf("the error a user sees: %v", err)
 	if e2.st.HasBlob(layer) || e2.st.HasLayer(probe.Layers[0].DiffID) || len(e2.st.List()) != 0 {
 		t.Error("the corrupt layer (or its image) was stored")
 	}
@@ -400,7 +402,7 @@ func newCountingProxy(t *testing.T, target string, wrap func(path string, body i
 	}
 	p := &countingProxy{blobs: map[string]int{}}
 	rp := httputil.NewSingleHostReverseProxy(u)
-	rp.ErrorLog = nil
+	rp.ErrorLog = log.New(io.Discard, "", 0) // the kill test breaks connections on purpose
 	rp.ModifyResponse = func(r *http.Response) error {
 		if r.Request.Method == http.MethodGet && strings.Contains(r.Request.URL.Path, "/blobs/") {
 			p.mu.Lock()
@@ -543,6 +545,7 @@ func TestPullDiskFull(t *testing.T) {
 	if !errors.Is(err, store.ErrDiskFull) || !errors.Is(err, errkind.Exhausted) || !strings.Contains(err.Error(), "disk full") {
 		t.Fatalf("pull onto a full disk = %v, want disk full", err)
 	}
+	t.Logf("the error a user sees: %v", err)
 	if len(e.st.List()) != 0 || countDir(t, filepath.Join(e.st.Root(), "layers/sha256")) != 0 {
 		t.Error("something was registered")
 	}
@@ -615,10 +618,16 @@ func TestKillDuringPull(t *testing.T) {
 	case <-time.After(time.Minute):
 		t.Fatal("the helper never reached the middle of the layer")
 	}
-	// Half a layer is on disk in tmp/ now, and the other layers may be done.
-	if n := countDir(t, filepath.Join(data, "store/tmp")); n == 0 {
-		t.Error("expected a partial layer in tmp before the kill")
-	}
+	// Wait until part of the layer is on disk in tmp/.
+	eventually(t, time.Minute, func() bool {
+		ms, _ := filepath.Glob(filepath.Join(data, "store/tmp/layer-*/blob"))
+		for _, m := range ms {
+			if fi, err := os.Stat(m); err == nil && fi.Size() > 0 {
+				return true
+			}
+		}
+		return false
+	}, "a partial layer in tmp before the kill")
 	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
@@ -672,3 +681,17 @@ func (s *stallingBody) Read(p []byte) (int, error) {
 }
 
 func (s *stallingBody) Close() error { return s.rc.Close() }
+
+// eventually polls cond until it holds or the deadline passes.
+func eventually(t *testing.T, within time.Duration, cond func() bool, what string) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("waited %s for %s", within, what)
+		}
+		<-tick.C
+	}
+}

@@ -140,7 +140,7 @@ func newNodeCmd(g *globals) *cobra.Command {
 		},
 	}
 	statusCmd.Flags().StringVarP(&output, "output", "o", "table", "output format: table or json")
-	node.AddCommand(statusCmd)
+	node.AddCommand(statusCmd, newNodeLsCmd(g))
 	return node
 }
 
@@ -149,4 +149,37 @@ func orDash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+func newNodeLsCmd(g *globals) *cobra.Command {
+	var output string
+	cmd := &cobra.Command{
+		Use:   "ls",
+		Short: "List the cluster's nodes",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			client, closeFn, err := g.scheduler()
+			if err != nil {
+				return err
+			}
+			defer closeFn()
+			resp, err := client.ListNodes(cmd.Context(), &schedulerv1.ListNodesRequest{})
+			if err != nil {
+				return g.rpcError("scheduler", err)
+			}
+			out := cmd.OutOrStdout()
+			if output == "json" {
+				return printJSON(out, resp)
+			}
+			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NODE\tSTATE\tCPUS\tMEMORY\tREPLICAS\tLAST HEARTBEAT")
+			for _, n := range resp.Nodes {
+				fmt.Fprintf(tw, "%s\t%s\t%.1f\t%dMiB\t%d\t%s ago\n", n.Name, enumWord(n.State, "NODE_STATE_"), n.Cpu, n.MemoryBytes>>20,
+					resp.Replicas[n.Name], time.Since(n.LastHeartbeat.AsTime()).Truncate(100*time.Millisecond))
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().StringVarP(&output, "output", "o", "table", "output format: table or json")
+	return cmd
 }

@@ -75,6 +75,13 @@ func newRootCmd(getenv func(string) string) *cobra.Command {
 		newNodeCmd(g),
 		newValidateCmd(),
 		newSpecCmd(),
+		newDeployCmd(g),
+		newStatusCmd(g),
+		newScaleCmd(g),
+		newDeleteCmd(g),
+		newRollbackCmd(g),
+		newHistoryCmd(g),
+		newEventsCmd(g),
 	)
 	return root
 }

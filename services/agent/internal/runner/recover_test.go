@@ -1,0 +1,172 @@
+package runner
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"zlayer.dev/services/agent/internal/netns"
+	"zlayer.dev/services/agent/internal/stats"
+)
+
+// A new runner on the same node re-adopts running containers, reports one
+// that exited while no runner watched with its exit code, and cleans up a
+// create that a crash interrupted.
+func TestRecover(t *testing.T) {
+	tn := newTestNode(t, 24)
+	ctx := context.Background()
+	for _, id := range []string{"a", "b", "c"} {
+		if _, err := tn.rn.Run(ctx, Spec{ID: id, Image: "busybox", Command: []string{"sh", "-c", `trap "exit 42" USR1; sleep 1000 & wait`}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tn.rn.Close() // the agent goes away; containers and monitors stay
+
+	if err := tn.rn.runc.Kill(ctx, "b", int(syscall.SIGUSR1), nil); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "b's exit file", func() bool {
+		_, err := os.Stat(filepath.Join(tn.rn.dir("b"), "exit.json"))
+		return err == nil
+	})
+	// An interrupted create: intent recorded, namespace pinned, address
+	// leased, runc container created, then the agent died.
+	half := Record{Spec: Spec{ID: "half", Image: "busybox"}, State: StateCreating, Netns: tn.rn.netnsPath("half"), Cgroup: tn.rn.cgroupsPath("half")}
+	os.MkdirAll(tn.rn.dir("half"), 0o700)
+	if err := tn.rn.save(&half); err != nil {
+		t.Fatal(err)
+	}
+	if err := netns.Create(half.Netns); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tn.net.Attach(ctx, "half", half.Netns); err != nil {
+		t.Fatal(err)
+	}
+	// Orphans with no record at all.
+	if err := netns.Create(tn.rn.netnsPath("orphan")); err != nil {
+		t.Fatal(err)
+	}
+	os.MkdirAll(filepath.Join(stats.Root, "memory", tn.cfg.CgroupParent, "orphan"), 0o755)
+
+	tn.start(t)
+	for id, want := range map[string]State{"a": StateRunning, "b": StateExited, "c": StateRunning} {
+		rec, err := tn.rn.Get(id)
+		if err != nil || rec.State != want {
+			t.Fatalf("%s: %v %v, want %v", id, rec.State, err, want)
+		}
+	}
+	rec, _ := tn.rn.Get("b")
+	if rec.Exit == nil || rec.Exit.Code != 42 || rec.Exit.At.IsZero() {
+		t.Fatalf("b's exit: %+v", rec.Exit)
+	}
+	if _, err := tn.rn.Get("half"); err == nil {
+		t.Fatal("half-made container still listed")
+	}
+	// The re-adopted containers are watched: an exit now is seen.
+	if err := tn.rn.runc.Kill(ctx, "a", int(syscall.SIGUSR1), nil); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "a exited", func() bool {
+		r, _ := tn.rn.Get("a")
+		return r.State == StateExited && r.Exit != nil && r.Exit.Code == 42
+	})
+	// And stopped.
+	if r, err := tn.rn.Stop(ctx, "c", time.Second); err != nil || !r.State.Terminal() {
+		t.Fatalf("stop c: %v %v", r.State, err)
+	}
+	for _, id := range []string{"a", "b", "c"} {
+		if err := tn.rn.Remove(ctx, id, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tn.assertClean(t)
+}
+
+// A process allocating past its memory limit is OOM-killed and reported
+// as such.
+func TestOOMKill(t *testing.T) {
+	tn := newTestNode(t, 24)
+	ctx := context.Background()
+	if _, err := tn.rn.Run(ctx, Spec{ID: "oom", Image: "busybox", Memory: 16 << 20,
+		Command: []string{"dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"}}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 20*time.Second, "oom exit", func() bool {
+		r, _ := tn.rn.Get("oom")
+		return r.State == StateExited
+	})
+	r, _ := tn.rn.Get("oom")
+	if !r.Exit.OOMKilled || r.Exit.Signal != int(syscall.SIGKILL) || r.Exit.Code != 137 {
+		t.Fatalf("exit %+v, want OOM kill", r.Exit)
+	}
+	// An exec'd process past the limit is killed too; the container lives
+	// and its stats count the kill.
+	if _, err := tn.rn.Run(ctx, Spec{ID: "oom2", Image: "busybox", Memory: 16 << 20, Command: []string{"sleep", "1000"}}); err != nil {
+		t.Fatal(err)
+	}
+	code, err := tn.rn.Exec(ctx, "oom2", ExecSpec{Args: []string{"dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"}}, ExecIO{Stdout: os.Stderr, Stderr: os.Stderr})
+	if err != nil || code != 137 {
+		t.Fatalf("exec: %d %v", code, err)
+	}
+	u, err := tn.rn.Stats("oom2")
+	if err != nil || u.OOMKills < 1 {
+		t.Fatalf("stats %+v %v", u, err)
+	}
+}
+
+// Create, start, stop and remove 100 times: nothing accumulates.
+func TestLeak(t *testing.T) {
+	tn := newTestNode(t, 24)
+	ctx := context.Background()
+	before := tn.leftovers(t)
+	fdsBefore := countFDs(t)
+	for i := range 100 {
+		id := "leak-" + strings.Repeat("x", i%3)
+		if _, err := tn.rn.Run(ctx, Spec{ID: id, Image: "busybox", Command: []string{"sleep", "1000"}, Memory: 32 << 20, CPU: 0.5}); err != nil {
+			t.Fatalf("cycle %d: %v", i, err)
+		}
+		if _, err := tn.rn.Stop(ctx, id, 0); err != nil {
+			t.Fatalf("cycle %d: %v", i, err)
+		}
+		if err := tn.rn.Remove(ctx, id, false); err != nil {
+			t.Fatalf("cycle %d: %v", i, err)
+		}
+	}
+	if len(before) != 0 {
+		t.Fatalf("leftovers before: %v", before)
+	}
+	tn.assertClean(t)
+	if after := countFDs(t); after > fdsBefore+2 {
+		t.Fatalf("file descriptors: %d before, %d after", fdsBefore, after)
+	}
+	if z := zombies(t); len(z) > 0 {
+		t.Fatalf("zombie children: %v", z)
+	}
+}
+
+func countFDs(t *testing.T) int {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
+
+// zombies lists this process's unreaped children.
+func zombies(t *testing.T) []string {
+	var out []string
+	procs, _ := filepath.Glob("/proc/[0-9]*/stat")
+	self := ") Z " + strconv.Itoa(os.Getpid()) + " "
+	for _, p := range procs {
+		b, _ := os.ReadFile(p)
+		if strings.Contains(string(b), self) {
+			out = append(out, string(b))
+		}
+	}
+	return out
+}

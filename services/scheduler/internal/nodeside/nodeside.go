@@ -1,0 +1,257 @@
+// Package nodeside is the scheduler's work for its own node: it registers
+// the node, makes the local agent run exactly the replicas the cluster state
+// assigns to this node, and reports the agent's view back through batched
+// heartbeats — one Raft entry per heartbeat interval, carrying only the
+// replicas whose status changed, so status churn never floods the log.
+package nodeside
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"go.uber.org/zap"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	schedulerv1 "zlayer.dev/libs/api/zlayer/scheduler/v1"
+	"zlayer.dev/libs/obs"
+	"zlayer.dev/services/scheduler/internal/fsm"
+	"zlayer.dev/services/scheduler/internal/specinfo"
+)
+
+// Observed is the agent's view of one replica.
+type Observed struct {
+	ID       string
+	Status   *schedulerv1.ReplicaStatus
+	Removed  bool // the agent has no such replica
+	Starting bool
+}
+
+// Agent is the local agent as the node side uses it.
+type Agent interface {
+	// Run starts the replica if the agent does not have it yet (idempotent).
+	Run(ctx context.Context, r *schedulerv1.Replica, deployment *specinfo.Deployment, svc specinfo.Service) error
+	// Remove stops and removes the replica; a replica the agent does not
+	// have is not an error.
+	Remove(ctx context.Context, id string) error
+	// List returns the status of every replica the agent has.
+	List(ctx context.Context) (map[string]*schedulerv1.ReplicaStatus, error)
+}
+
+// Proposer commits a command.
+type Proposer interface {
+	Propose(ctx context.Context, data []byte) (any, error)
+}
+
+// Config tunes the node side.
+type Config struct {
+	Node      *schedulerv1.Node // the node as it registers itself
+	Heartbeat time.Duration     // default 1s
+}
+
+// Runner keeps this node's agent in line with the state.
+type Runner struct {
+	cfg   Config
+	log   *zap.Logger
+	state *fsm.FSM
+	raft  Proposer
+	agent Agent
+	specs *specinfo.Cache
+
+	reported map[string]*schedulerv1.ReplicaStatus // last status sent per replica
+	started  map[string]time.Time                  // replicas asked to start, to avoid asking twice at once
+	failures chan failure                          // start failures, for the next heartbeat
+}
+
+// New returns a Runner.
+func New(cfg Config, log *zap.Logger, state *fsm.FSM, raft Proposer, agent Agent, specs *specinfo.Cache) *Runner {
+	if cfg.Heartbeat <= 0 {
+		cfg.Heartbeat = time.Second
+	}
+	return &Runner{cfg: cfg, log: log.Named("nodeside"), state: state, raft: raft, agent: agent, specs: specs,
+		reported: map[string]*schedulerv1.ReplicaStatus{}, started: map[string]time.Time{}, failures: make(chan failure, 128)}
+}
+
+func (r *Runner) propose(ctx context.Context, c *schedulerv1.Command) error {
+	c.ProposedAt = timestamppb.Now()
+	data, err := proto.Marshal(c)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	res, err := r.raft.Propose(ctx, data)
+	if err != nil {
+		return err
+	}
+	if fr, ok := res.(fsm.Result); ok && fr.Err != nil {
+		return fr.Err
+	}
+	return nil
+}
+
+// Run registers the node, then syncs and heartbeats until ctx is done.
+func (r *Runner) Run(ctx context.Context) error {
+	for {
+		err := r.propose(ctx, &schedulerv1.Command{Kind: &schedulerv1.Command_RegisterNode{RegisterNode: &schedulerv1.RegisterNodeCommand{Node: r.cfg.Node}}})
+		if err == nil {
+			break
+		}
+		r.log.Info("node registration waits for the cluster", zap.Error(err))
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(r.cfg.Heartbeat):
+		}
+	}
+	r.log.Info("node registered", zap.String(obs.KeyNode, r.cfg.Node.Name))
+	tick := time.NewTicker(r.cfg.Heartbeat)
+	defer tick.Stop()
+	for {
+		changed := r.state.Changed()
+		r.sync(ctx)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+			if err := r.heartbeat(ctx); err != nil {
+				r.log.Warn("heartbeat not committed", zap.Error(err))
+			}
+		case <-changed:
+		}
+	}
+}
+
+// sync starts assigned replicas the agent lacks and removes replicas the
+// state no longer wants here.
+func (r *Runner) sync(ctx context.Context) {
+	st := r.state.Copy()
+	if n := st.Nodes[r.cfg.Node.Name]; n == nil {
+		return
+	}
+	have, err := r.agent.List(ctx)
+	if err != nil {
+		r.log.Warn("agent unreachable", zap.Error(err))
+		return
+	}
+	for id, rep := range st.Replicas {
+		if rep.Node != r.cfg.Node.Name {
+			continue
+		}
+		log := r.log.With(zap.String(obs.KeyDeployment, rep.Deployment), zap.String(obs.KeyService, rep.Service), zap.String(obs.KeyReplica, id))
+		_, onAgent := have[id]
+		switch {
+		case rep.DesiredStop || rep.Phase == schedulerv1.ReplicaPhase_REPLICA_PHASE_LOST:
+			if onAgent {
+				if err := r.agent.Remove(ctx, id); err != nil {
+					log.Warn("remove replica", zap.Error(err))
+				}
+			}
+		case rep.Phase == schedulerv1.ReplicaPhase_REPLICA_PHASE_ASSIGNED && !onAgent:
+			if t, ok := r.started[id]; ok && time.Since(t) < 30*time.Second {
+				continue
+			}
+			d := st.Deployments[rep.Deployment]
+			v := fsm.Version(d, rep.Version)
+			if v == nil {
+				continue
+			}
+			parsed, err := r.specs.Get(v.FileName, v.SpecYaml)
+			if err != nil {
+				log.Error("stored deployment file does not parse", zap.Error(err))
+				continue
+			}
+			r.started[id] = time.Now()
+			svc := parsed.Services[rep.Service]
+			go func() {
+				// Starting includes the image pull: never block the loop on it.
+				if err := r.agent.Run(ctx, proto.CloneOf(rep), parsed, svc); err != nil {
+					log.Warn("start replica", zap.Error(err))
+					r.reportFailure(id, err)
+				}
+			}()
+		}
+	}
+	// Replicas the agent runs that the state does not place here.
+	for id := range have {
+		rep := st.Replicas[id]
+		if rep == nil || rep.Node != r.cfg.Node.Name {
+			if err := r.agent.Remove(ctx, id); err != nil {
+				r.log.Warn("remove unknown replica", zap.String(obs.KeyReplica, id), zap.Error(err))
+			}
+		}
+	}
+	for id, t := range r.started {
+		if _, ok := st.Replicas[id]; !ok || time.Since(t) > time.Minute {
+			delete(r.started, id)
+		}
+	}
+}
+
+// failure is a replica that could not be started, reported at the next
+// heartbeat.
+type failure struct {
+	id  string
+	err error
+}
+
+func (r *Runner) reportFailure(id string, err error) {
+	select {
+	case r.failures <- failure{id, err}:
+	default:
+	}
+}
+
+// heartbeat proposes the node's liveness and every status change since
+// the last heartbeat.
+func (r *Runner) heartbeat(ctx context.Context) error {
+	st := r.state.Copy()
+	have, err := r.agent.List(ctx)
+	if err != nil {
+		// The node lives but its agent does not answer: say nothing of the
+		// replicas, keep the node alive.
+		have = nil
+	}
+	var changes []*schedulerv1.ReplicaStatus
+	for id, rep := range st.Replicas {
+		if rep.Node != r.cfg.Node.Name {
+			continue
+		}
+		var cur *schedulerv1.ReplicaStatus
+		if s, ok := have[id]; ok {
+			cur = s
+		} else if have != nil && (rep.DesiredStop || rep.Phase == schedulerv1.ReplicaPhase_REPLICA_PHASE_STOPPING) {
+			cur = &schedulerv1.ReplicaStatus{Id: id, Phase: schedulerv1.ReplicaPhase_REPLICA_PHASE_STOPPED}
+		}
+		if cur == nil {
+			continue
+		}
+		if prev := r.reported[id]; prev == nil || !proto.Equal(prev, cur) || rep.Phase != cur.Phase {
+			changes = append(changes, cur)
+		}
+	}
+drain:
+	for {
+		select {
+		case f := <-r.failures:
+			changes = append(changes, &schedulerv1.ReplicaStatus{Id: f.id, Phase: schedulerv1.ReplicaPhase_REPLICA_PHASE_FAILED, Reason: f.err.Error(), ExitCode: -1})
+		default:
+			break drain
+		}
+	}
+	if err := r.propose(ctx, &schedulerv1.Command{Kind: &schedulerv1.Command_Heartbeat{Heartbeat: &schedulerv1.HeartbeatCommand{
+		Node: r.cfg.Node.Name, Statuses: changes,
+	}}}); err != nil {
+		return fmt.Errorf("heartbeat: %w", err)
+	}
+	for _, c := range changes {
+		r.reported[c.Id] = c
+	}
+	for id := range r.reported {
+		if _, ok := st.Replicas[id]; !ok {
+			delete(r.reported, id)
+		}
+	}
+	return nil
+}
