@@ -73,7 +73,7 @@ fuzz: ## each fuzz target for FUZZTIME (default 20s)
 	done
 
 run: build ## start a local node (Ctrl-C stops it)
-	$(BIN)/devctl up
+	$(BIN)/devctl up --demo --demo-file deploy/examples/demo.yaml
 
 bench: build ## run every benchmark script in scripts/bench
 	@for s in scripts/bench/*.sh; do echo "== $$s"; bash $$s || exit 1; done

@@ -9,6 +9,7 @@ import (
 	"reflect"
 	"slices"
 	"strconv"
+	"strings"
 
 	"gopkg.in/yaml.v3"
 )
@@ -142,7 +143,12 @@ func encodeValue(d *Deployment, v reflect.Value, parent reflect.Value) *yaml.Nod
 	case reflect.Int:
 		return &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!int", Value: strconv.FormatInt(v.Int(), 10)}
 	case reflect.Float64:
-		return &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!float", Value: strconv.FormatFloat(v.Float(), 'f', -1, 64)}
+		s := strconv.FormatFloat(v.Float(), 'f', -1, 64)
+		tag := "!!float"
+		if !strings.Contains(s, ".") {
+			tag = "!!int" // cpu: 2, not cpu: !!float 2
+		}
+		return &yaml.Node{Kind: yaml.ScalarNode, Tag: tag, Value: s}
 	case reflect.Bool:
 		return &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!bool", Value: strconv.FormatBool(v.Bool())}
 	}

@@ -486,9 +486,9 @@ func (rn *Runner) gone(ctx context.Context, id string) bool {
 	return err != nil || st.Status == "stopped"
 }
 
-// Remove deletes a container and everything made for it. A running
-// container is errkind.Conflict unless force, which stops it without a
-// grace period first. Removing an unknown id is errkind.NotFound.
+// Remove deletes a container and everything made for it; force stops a
+// running one without a grace period first. Removing an unknown id is errkind.NotFound.
+// A running container is errkind.Precondition without force.
 func (rn *Runner) Remove(ctx context.Context, id string, force bool) error {
 	c, err := rn.get(id)
 	if err != nil {
@@ -499,7 +499,7 @@ func (rn *Runner) Remove(ctx context.Context, id string, force bool) error {
 	c.mu.Unlock()
 	if !st.Terminal() {
 		if !force {
-			return fmt.Errorf("container %s: %s; stop it first or force: %w", id, st, errkind.Conflict)
+			return fmt.Errorf("container %s: %s; stop it first or force: %w", id, st, errkind.Precondition)
 		}
 		if _, err := rn.Stop(ctx, id, 0); err != nil {
 			return err

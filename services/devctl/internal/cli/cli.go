@@ -42,7 +42,7 @@ func Main(ctx context.Context, args []string, getenv func(string) string, stdout
 	root.SetArgs(args)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.AddCommand(newUpCmd(g), newDownCmd(g))
+	root.AddCommand(newUpCmd(g), newDownCmd(g), newImageCmd(g), newRegistryCmd(g))
 	err = root.ExecuteContext(ctx)
 	if err == nil {
 		return 0

@@ -64,6 +64,7 @@ func newUpCmd(g *globals) *cobra.Command {
 		binDir   string
 		extra    []string
 		logLevel string
+		demo     demoFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "up",
@@ -81,6 +82,15 @@ func newUpCmd(g *globals) *cobra.Command {
 					return fmt.Errorf("find binaries: %w (pass --bin-dir)", err)
 				}
 				binDir = filepath.Dir(exe)
+			}
+			ctx := cmd.Context()
+			if demo.enabled {
+				stop, err := demo.prepare(ctx, g, &nf)
+				if err != nil {
+					return err
+				}
+				defer stop()
+				extra = append(extra, "registry:--insecure-registry="+demo.registry)
 			}
 			perComponent, err := parseExtra(extra)
 			if err != nil {
@@ -112,7 +122,6 @@ func newUpCmd(g *globals) *cobra.Command {
 					Log:  filepath.Join(logDir, c+".log"),
 				})
 			}
-			ctx := cmd.Context()
 			log := g.log.With(zap.String("node", nf.node))
 			ready := make(chan struct{})
 			go func() {
@@ -120,17 +129,32 @@ func newUpCmd(g *globals) *cobra.Command {
 					close(ready)
 				}
 			}()
+			// The daemons stop when supCtx ends: after the demo is cleaned up.
+			supCtx, stopDaemons := context.WithCancel(context.WithoutCancel(ctx))
+			defer stopDaemons()
+			zlctl := func(args ...string) error {
+				c := exec.CommandContext(supCtx, filepath.Join(binDir, "zlctl"), append([]string{"--run-dir", nf.runDir}, args...)...)
+				c.Stdout, c.Stderr = g.stdout, g.stderr
+				return c.Run()
+			}
 			go func() {
+				defer stopDaemons()
 				select {
 				case <-ready:
-					fmt.Fprintf(g.stdout, "node %s up: run dir %s, data %s, logs %s\n", nf.node, nf.runDir, nf.dataRoot, logDir)
-					status := exec.CommandContext(ctx, filepath.Join(binDir, "zlctl"), "--run-dir", nf.runDir, "node", "status")
-					status.Stdout, status.Stderr = g.stdout, g.stderr
-					_ = status.Run() // it prints its own verdict
 				case <-ctx.Done():
+					return
+				}
+				fmt.Fprintf(g.stdout, "node %s up: run dir %s, data %s, logs %s\n", nf.node, nf.runDir, nf.dataRoot, logDir)
+				_ = zlctl("node", "status") // it prints its own verdict
+				if demo.enabled {
+					demo.run(g, zlctl)
+				}
+				<-ctx.Done()
+				if demo.enabled {
+					demo.cleanup(g, zlctl)
 				}
 			}()
-			err = supervise.Run(ctx, log, procs, supervise.Options{})
+			err = supervise.Run(supCtx, log, procs, supervise.Options{})
 			if err == nil {
 				fmt.Fprintf(g.stdout, "node %s stopped\n", nf.node)
 			}
@@ -141,6 +165,7 @@ func newUpCmd(g *globals) *cobra.Command {
 	cmd.Flags().StringVar(&binDir, "bin-dir", "", "directory of the zlayer-* binaries (default: devctl's own directory)")
 	cmd.Flags().StringArrayVar(&extra, "arg", nil, "extra flag for one daemon, as COMPONENT:--flag=value (repeatable)")
 	cmd.Flags().StringVar(&logLevel, "log-level", "info", "daemons' log level")
+	demo.register(cmd)
 	return cmd
 }
 

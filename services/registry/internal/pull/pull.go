@@ -100,7 +100,7 @@ type Puller struct {
 	opts Options
 
 	mu     sync.Mutex
-	ops    map[string]*op                // by normalized name
+	ops    map[string]*op               // by normalized name
 	layers map[digest.Digest]*layerCall // by blob digest
 }
 

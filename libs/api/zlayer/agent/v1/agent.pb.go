@@ -9,6 +9,8 @@ package agentv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -21,6 +23,182 @@ const (
 	// Verify that runtime/protoimpl is sufficiently up-to-date.
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
+
+// ReplicaState is where a replica is in its life on this node.
+type ReplicaState int32
+
+const (
+	// REPLICA_STATE_UNSPECIFIED is never sent.
+	ReplicaState_REPLICA_STATE_UNSPECIFIED ReplicaState = 0
+	// REPLICA_STATE_CREATING: being made (rootfs, network, runc create).
+	ReplicaState_REPLICA_STATE_CREATING ReplicaState = 1
+	// REPLICA_STATE_RUNNING: the process runs.
+	ReplicaState_REPLICA_STATE_RUNNING ReplicaState = 2
+	// REPLICA_STATE_STOPPING: SIGTERM sent, waiting for the exit.
+	ReplicaState_REPLICA_STATE_STOPPING ReplicaState = 3
+	// REPLICA_STATE_EXITED: the process ended; exit says how.
+	ReplicaState_REPLICA_STATE_EXITED ReplicaState = 4
+	// REPLICA_STATE_LOST: the process ended while nothing recorded how
+	// (its monitor was killed too); reason says more.
+	ReplicaState_REPLICA_STATE_LOST ReplicaState = 5
+)
+
+// Enum value maps for ReplicaState.
+var (
+	ReplicaState_name = map[int32]string{
+		0: "REPLICA_STATE_UNSPECIFIED",
+		1: "REPLICA_STATE_CREATING",
+		2: "REPLICA_STATE_RUNNING",
+		3: "REPLICA_STATE_STOPPING",
+		4: "REPLICA_STATE_EXITED",
+		5: "REPLICA_STATE_LOST",
+	}
+	ReplicaState_value = map[string]int32{
+		"REPLICA_STATE_UNSPECIFIED": 0,
+		"REPLICA_STATE_CREATING":    1,
+		"REPLICA_STATE_RUNNING":     2,
+		"REPLICA_STATE_STOPPING":    3,
+		"REPLICA_STATE_EXITED":      4,
+		"REPLICA_STATE_LOST":        5,
+	}
+)
+
+func (x ReplicaState) Enum() *ReplicaState {
+	p := new(ReplicaState)
+	*p = x
+	return p
+}
+
+func (x ReplicaState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ReplicaState) Descriptor() protoreflect.EnumDescriptor {
+	return file_zlayer_agent_v1_agent_proto_enumTypes[0].Descriptor()
+}
+
+func (ReplicaState) Type() protoreflect.EnumType {
+	return &file_zlayer_agent_v1_agent_proto_enumTypes[0]
+}
+
+func (x ReplicaState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ReplicaState.Descriptor instead.
+func (ReplicaState) EnumDescriptor() ([]byte, []int) {
+	return file_zlayer_agent_v1_agent_proto_rawDescGZIP(), []int{0}
+}
+
+// PullPolicy says when the node pulls the image (SPEC.md image.pull_policy).
+type PullPolicy int32
+
+const (
+	// PULL_POLICY_UNSPECIFIED behaves as IF_NOT_PRESENT.
+	PullPolicy_PULL_POLICY_UNSPECIFIED PullPolicy = 0
+	// PULL_POLICY_ALWAYS asks the image's registry every time.
+	PullPolicy_PULL_POLICY_ALWAYS PullPolicy = 1
+	// PULL_POLICY_IF_NOT_PRESENT pulls only when the image is not on the node.
+	PullPolicy_PULL_POLICY_IF_NOT_PRESENT PullPolicy = 2
+	// PULL_POLICY_NEVER uses only images already on the node.
+	PullPolicy_PULL_POLICY_NEVER PullPolicy = 3
+)
+
+// Enum value maps for PullPolicy.
+var (
+	PullPolicy_name = map[int32]string{
+		0: "PULL_POLICY_UNSPECIFIED",
+		1: "PULL_POLICY_ALWAYS",
+		2: "PULL_POLICY_IF_NOT_PRESENT",
+		3: "PULL_POLICY_NEVER",
+	}
+	PullPolicy_value = map[string]int32{
+		"PULL_POLICY_UNSPECIFIED":    0,
+		"PULL_POLICY_ALWAYS":         1,
+		"PULL_POLICY_IF_NOT_PRESENT": 2,
+		"PULL_POLICY_NEVER":          3,
+	}
+)
+
+func (x PullPolicy) Enum() *PullPolicy {
+	p := new(PullPolicy)
+	*p = x
+	return p
+}
+
+func (x PullPolicy) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (PullPolicy) Descriptor() protoreflect.EnumDescriptor {
+	return file_zlayer_agent_v1_agent_proto_enumTypes[1].Descriptor()
+}
+
+func (PullPolicy) Type() protoreflect.EnumType {
+	return &file_zlayer_agent_v1_agent_proto_enumTypes[1]
+}
+
+func (x PullPolicy) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use PullPolicy.Descriptor instead.
+func (PullPolicy) EnumDescriptor() ([]byte, []int) {
+	return file_zlayer_agent_v1_agent_proto_rawDescGZIP(), []int{1}
+}
+
+// LogStream is the standard stream a line came from.
+type LogStream int32
+
+const (
+	// LOG_STREAM_UNSPECIFIED is never sent.
+	LogStream_LOG_STREAM_UNSPECIFIED LogStream = 0
+	// LOG_STREAM_STDOUT is standard output.
+	LogStream_LOG_STREAM_STDOUT LogStream = 1
+	// LOG_STREAM_STDERR is standard error.
+	LogStream_LOG_STREAM_STDERR LogStream = 2
+)
+
+// Enum value maps for LogStream.
+var (
+	LogStream_name = map[int32]string{
+		0: "LOG_STREAM_UNSPECIFIED",
+		1: "LOG_STREAM_STDOUT",
+		2: "LOG_STREAM_STDERR",
+	}
+	LogStream_value = map[string]int32{
+		"LOG_STREAM_UNSPECIFIED": 0,
+		"LOG_STREAM_STDOUT":      1,
+		"LOG_STREAM_STDERR":      2,
+	}
+)
+
+func (x LogStream) Enum() *LogStream {
+	p := new(LogStream)
+	*p = x
+	return p
+}
+
+func (x LogStream) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (LogStream) Descriptor() protoreflect.EnumDescriptor {
+	return file_zlayer_agent_v1_agent_proto_enumTypes[2].Descriptor()
+}
+
+func (LogStream) Type() protoreflect.EnumType {
+	return &file_zlayer_agent_v1_agent_proto_enumTypes[2]
+}
+
+func (x LogStream) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use LogStream.Descriptor instead.
+func (LogStream) EnumDescriptor() ([]byte, []int) {
+	return file_zlayer_agent_v1_agent_proto_rawDescGZIP(), []int{2}
+}
 
 // GetInfoRequest is empty: the daemon describes itself.
 type GetInfoRequest struct {
@@ -105,16 +283,2051 @@ func (x *GetInfoResponse) GetInfo() *v1.DaemonInfo {
 	return nil
 }
 
+// ReplicaIdentity says which replica of which service a container is.
+type ReplicaIdentity struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// deployment is the deployment's name.
+	Deployment string `protobuf:"bytes,1,opt,name=deployment,proto3" json:"deployment,omitempty"`
+	// service is the service's name in the deployment.
+	Service string `protobuf:"bytes,2,opt,name=service,proto3" json:"service,omitempty"`
+	// index is the replica's number within the service.
+	Index         int32 `protobuf:"varint,3,opt,name=index,proto3" json:"index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplicaIdentity) Reset() {
+	*x = ReplicaIdentity{}
+	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplicaIdentity) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplicaIdentity) ProtoMessage() {}
+
+func (x *ReplicaIdentity) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplicaIdentity.ProtoReflect.Descriptor instead.
+func (*ReplicaIdentity) Descriptor() ([]byte, []int) {
+	return file_zlayer_agent_v1_agent_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ReplicaIdentity) GetDeployment() string {
+	if x != nil {
+		return x.Deployment
+	}
+	return ""
+}
+
+func (x *ReplicaIdentity) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *ReplicaIdentity) GetIndex() int32 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+// Argv is a list of strings whose presence matters: an absent Argv means
+// "the image's", an empty one means "none".
+type Argv struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// values are the strings.
+	Values        []string `protobuf:"bytes,1,rep,name=values,proto3" json:"values,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Argv) Reset() {
+	*x = Argv{}
+	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Argv) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Argv) ProtoMessage() {}
+
+func (x *Argv) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Argv.ProtoReflect.Descriptor instead.
+func (*Argv) Descriptor() ([]byte, []int) {
+	return file_zlayer_agent_v1_agent_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *Argv) GetValues() []string {
+	if x != nil {
+		return x.Values
+	}
+	return nil
+}
+
+// Resources bound a replica (SPEC.md resources).
+type Resources struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// cpu is the upper bound in CPUs (0.5 = half a core); 0 means unlimited.
+	Cpu float64 `protobuf:"fixed64,1,opt,name=cpu,proto3" json:"cpu,omitempty"`
+	// memory_bytes is the upper bound in bytes; 0 means unlimited.
+	MemoryBytes   int64 `protobuf:"varint,2,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Resources) Reset() {
+	*x = Resources{}
+	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Resources) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Resources) ProtoMessage() {}
+
+func (x *Resources) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Resources.ProtoReflect.Descriptor instead.
+func (*Resources) Descriptor() ([]byte, []int) {
+	return file_zlayer_agent_v1_agent_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *Resources) GetCpu() float64 {
+	if x != nil {
+		return x.Cpu
+	}
+	return 0
+}
+
+func (x *Resources) GetMemoryBytes() int64 {
+	if x != nil {
+		return x.MemoryBytes
+	}
+	return 0
+}
+
+// Endpoint is a port the replica listens on (SPEC.md endpoints).
+type Endpoint struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name is the endpoint's name.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// protocol is http, https, tcp, udp or websocket.
+	Protocol string `protobuf:"bytes,2,opt,name=protocol,proto3" json:"protocol,omitempty"`
+	// port is the container port.
+	Port          uint32 `protobuf:"varint,3,opt,name=port,proto3" json:"port,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Endpoint) Reset() {
+	*x = Endpoint{}
+	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Endpoint) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Endpoint) ProtoMessage() {}
+
+func (x *Endpoint) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Endpoint.ProtoReflect.Descriptor instead.
+func (*Endpoint) Descriptor() ([]byte, []int) {
+	return file_zlayer_agent_v1_agent_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *Endpoint) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Endpoint) GetProtocol() string {
+	if x != nil {
+		return x.Protocol
+	}
+	return ""
+}
+
+func (x *Endpoint) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+// ReplicaSpec is what to run: the parts of a SPEC.md service the agent
+// needs, plus the replica's identity.
+type ReplicaSpec struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// id names the container on this node: 1-64 of [a-zA-Z0-9_.-].
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// identity says which replica this is.
+	Identity *ReplicaIdentity `protobuf:"bytes,2,opt,name=identity,proto3" json:"identity,omitempty"`
+	// image is an image reference, pulled through the node's registry daemon.
+	Image string `protobuf:"bytes,3,opt,name=image,proto3" json:"image,omitempty"`
+	// pull_policy says when to pull.
+	PullPolicy PullPolicy `protobuf:"varint,4,opt,name=pull_policy,json=pullPolicy,proto3,enum=zlayer.agent.v1.PullPolicy" json:"pull_policy,omitempty"`
+	// command replaces the image's ENTRYPOINT (and drops its CMD) when set.
+	Command *Argv `protobuf:"bytes,5,opt,name=command,proto3" json:"command,omitempty"`
+	// args replaces the image's CMD when set.
+	Args *Argv `protobuf:"bytes,6,opt,name=args,proto3" json:"args,omitempty"`
+	// env is added to the image's environment; a value "$E:NAME" is read
+	// from the agent's environment, and a missing NAME fails the call.
+	Env map[string]string `protobuf:"bytes,7,rep,name=env,proto3" json:"env,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// resources are the limits.
+	Resources *Resources `protobuf:"bytes,8,opt,name=resources,proto3" json:"resources,omitempty"`
+	// endpoints are the ports the replica serves.
+	Endpoints     []*Endpoint `protobuf:"bytes,9,rep,name=endpoints,proto3" json:"endpoints,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplicaSpec) Reset() {
+	*x = ReplicaSpec{}
+	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplicaSpec) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplicaSpec) ProtoMessage() {}
+
+func (x *ReplicaSpec) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplicaSpec.ProtoReflect.Descriptor instead.
+func (*ReplicaSpec) Descriptor() ([]byte, []int) {
+	return file_zlayer_agent_v1_agent_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *ReplicaSpec) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ReplicaSpec) GetIdentity() *ReplicaIdentity {
+	if x != nil {
+		return x.Identity
+	}
+	return nil
+}
+
+func (x *ReplicaSpec) GetImage() string {
+	if x != nil {
+		return x.Image
+	}
+	return ""
+}
+
+func (x *ReplicaSpec) GetPullPolicy() PullPolicy {
+	if x != nil {
+		return x.PullPolicy
+	}
+	return PullPolicy_PULL_POLICY_UNSPECIFIED
+}
+
+func (x *ReplicaSpec) GetCommand() *Argv {
+	if x != nil {
+		return x.Command
+	}
+	return nil
+}
+
+func (x *ReplicaSpec) GetArgs() *Argv {
+	if x != nil {
+		return x.Args
+	}
+	return nil
+}
+
+func (x *ReplicaSpec) GetEnv() map[string]string {
+	if x != nil {
+		return x.Env
+	}
+	return nil
+}
+
+func (x *ReplicaSpec) GetResources() *Resources {
+	if x != nil {
+		return x.Resources
+	}
+	return nil
+}
+
+func (x *ReplicaSpec) GetEndpoints() []*Endpoint {
+	if x != nil {
+		return x.Endpoints
+	}
+	return nil
+}
+
+// ExitStatus is how a replica's process ended.
+type ExitStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// code is the exit code; 128+n when killed by signal n.
+	Code int32 `protobuf:"varint,1,opt,name=code,proto3" json:"code,omitempty"`
+	// signal is the signal that killed it, 0 if it exited.
+	Signal int32 `protobuf:"varint,2,opt,name=signal,proto3" json:"signal,omitempty"`
+	// exited_at is when it ended (recorded by its monitor, also while the
+	// agent was down).
+	ExitedAt *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=exited_at,json=exitedAt,proto3" json:"exited_at,omitempty"`
+	// oom_killed is set when the kernel killed it for exceeding its memory
+	// limit.
+	OomKilled     bool `protobuf:"varint,4,opt,name=oom_killed,json=oomKilled,proto3" json:"oom_killed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExitStatus) Reset() {
+	*x = ExitStatus{}
+	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExitStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExitStatus) ProtoMessage() {}
+
+func (x *ExitStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExitStatus.ProtoReflect.Descriptor instead.
+func (*ExitStatus) Descriptor() ([]byte, []int) {
+	return file_zlayer_agent_v1_agent_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *ExitStatus) GetCode() int32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+func (x *ExitStatus) GetSignal() int32 {
+	if x != nil {
+		return x.Signal
+	}
+	return 0
+}
+
+func (x *ExitStatus) GetExitedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExitedAt
+	}
+	return nil
+}
+
+func (x *ExitStatus) GetOomKilled() bool {
+	if x != nil {
+		return x.OomKilled
+	}
+	return false
+}
+
+// Replica is one container on this node.
+type Replica struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// spec is what was asked for.
+	Spec *ReplicaSpec `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
+	// state is where it is.
+	State ReplicaState `protobuf:"varint,2,opt,name=state,proto3,enum=zlayer.agent.v1.ReplicaState" json:"state,omitempty"`
+	// image_digest is the digest the image reference resolved to.
+	ImageDigest string `protobuf:"bytes,3,opt,name=image_digest,json=imageDigest,proto3" json:"image_digest,omitempty"`
+	// ip is its address on the node's container network.
+	Ip string `protobuf:"bytes,4,opt,name=ip,proto3" json:"ip,omitempty"`
+	// pid is its init process on the host.
+	Pid int32 `protobuf:"varint,5,opt,name=pid,proto3" json:"pid,omitempty"`
+	// created_at is when the agent was asked to run it.
+	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	// started_at is when its process started.
+	StartedAt *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
+	// exit is set once it has exited.
+	Exit *ExitStatus `protobuf:"bytes,8,opt,name=exit,proto3" json:"exit,omitempty"`
+	// reason explains a LOST state.
+	Reason        string `protobuf:"bytes,9,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Replica) Reset() {
+	*x = Replica{}
+	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Replica) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Replica) ProtoMessage() {}
+
+func (x *Replica) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Replica.ProtoReflect.Descriptor instead.
+func (*Replica) Descriptor() ([]byte, []int) {
+	return file_zlayer_agent_v1_agent_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *Replica) GetSpec() *ReplicaSpec {
+	if x != nil {
+		return x.Spec
+	}
+	return nil
+}
+
+func (x *Replica) GetState() ReplicaState {
+	if x != nil {
+		return x.State
+	}
+	return ReplicaState_REPLICA_STATE_UNSPECIFIED
+}
+
+func (x *Replica) GetImageDigest() string {
+	if x != nil {
+		return x.ImageDigest
+	}
+	return ""
+}
+
+func (x *Replica) GetIp() string {
+	if x != nil {
+		return x.Ip
+	}
+	return ""
+}
+
+func (x *Replica) GetPid() int32 {
+	if x != nil {
+		return x.Pid
+	}
+	return 0
+}
+
+func (x *Replica) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+func (x *Replica) GetStartedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartedAt
+	}
+	return nil
+}
+
+func (x *Replica) GetExit() *ExitStatus {
+	if x != nil {
+		return x.Exit
+	}
+	return nil
+}
+
+func (x *Replica) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// RunReplicaRequest asks for one replica.
+type RunReplicaRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// spec is what to run.
+	Spec          *ReplicaSpec `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RunReplicaRequest) Reset() {
+	*x = RunReplicaRequest{}
+	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RunReplicaRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RunReplicaRequest) ProtoMessage() {}
+
+func (x *RunReplicaRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RunReplicaRequest.ProtoReflect.Descriptor instead.
+func (*RunReplicaRequest) Descriptor() ([]byte, []int) {
+	return file_zlayer_agent_v1_agent_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *RunReplicaRequest) GetSpec() *ReplicaSpec {
+	if x != nil {
+		return x.Spec
+	}
+	return nil
+}
+
+// RunReplicaResponse is the running replica.
+type RunReplicaResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// replica is the replica.
+	Replica       *Replica `protobuf:"bytes,1,opt,name=replica,proto3" json:"replica,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RunReplicaResponse) Reset() {
+	*x = RunReplicaResponse{}
+	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RunReplicaResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RunReplicaResponse) ProtoMessage() {}
+
+func (x *RunReplicaResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RunReplicaResponse.ProtoReflect.Descriptor instead.
+func (*RunReplicaResponse) Descriptor() ([]byte, []int) {
+	return file_zlayer_agent_v1_agent_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *RunReplicaResponse) GetReplica() *Replica {
+	if x != nil {
+		return x.Replica
+	}
+	return nil
+}
+
+// StopReplicaRequest names the replica to stop.
+type StopReplicaRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// id is the replica's id.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// grace is how long to wait after SIGTERM; absent means the agent's
+	// --stop-grace, zero means SIGKILL at once.
+	Grace         *durationpb.Duration `protobuf:"bytes,2,opt,name=grace,proto3" json:"grace,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StopReplicaRequest) Reset() {
+	*x = StopReplicaRequest{}
+	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StopReplicaRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StopReplicaRequest) ProtoMessage() {}
+
+func (x *StopReplicaRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StopReplicaRequest.ProtoReflect.Descriptor instead.
+func (*StopReplicaRequest) Descriptor() ([]byte, []int) {
+	return file_zlayer_agent_v1_agent_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *StopReplicaRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *StopReplicaRequest) GetGrace() *durationpb.Duration {
+	if x != nil {
+		return x.Grace
+	}
+	return nil
+}
+
+// StopReplicaResponse is the stopped replica.
+type StopReplicaResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// replica is the replica, ended.
+	Replica       *Replica `protobuf:"bytes,1,opt,name=replica,proto3" json:"replica,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StopReplicaResponse) Reset() {
+	*x = StopReplicaResponse{}
+	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StopReplicaResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StopReplicaResponse) ProtoMessage() {}
+
+func (x *StopReplicaResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StopReplicaResponse.ProtoReflect.Descriptor instead.
+func (*StopReplicaResponse) Descriptor() ([]byte, []int) {
+	return file_zlayer_agent_v1_agent_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *StopReplicaResponse) GetReplica() *Replica {
+	if x != nil {
+		return x.Replica
+	}
+	return nil
+}
+
+// RemoveReplicaRequest names the replica to remove.
+type RemoveReplicaRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// id is the replica's id.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// force stops a running replica (SIGKILL) before removing it.
+	Force         bool `protobuf:"varint,2,opt,name=force,proto3" json:"force,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveReplicaRequest) Reset() {
+	*x = RemoveReplicaRequest{}
+	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveReplicaRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveReplicaRequest) ProtoMessage() {}
+
+func (x *RemoveReplicaRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveReplicaRequest.ProtoReflect.Descriptor instead.
+func (*RemoveReplicaRequest) Descriptor() ([]byte, []int) {
+	return file_zlayer_agent_v1_agent_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *RemoveReplicaRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *RemoveReplicaRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
+}
+
+// RemoveReplicaResponse is empty: the replica is gone.
+type RemoveReplicaResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveReplicaResponse) Reset() {
+	*x = RemoveReplicaResponse{}
+	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveReplicaResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveReplicaResponse) ProtoMessage() {}
+
+func (x *RemoveReplicaResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveReplicaResponse.ProtoReflect.Descriptor instead.
+func (*RemoveReplicaResponse) Descriptor() ([]byte, []int) {
+	return file_zlayer_agent_v1_agent_proto_rawDescGZIP(), []int{14}
+}
+
+// GetReplicaRequest names a replica.
+type GetReplicaRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// id is the replica's id.
+	Id            string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetReplicaRequest) Reset() {
+	*x = GetReplicaRequest{}
+	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetReplicaRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetReplicaRequest) ProtoMessage() {}
+
+func (x *GetReplicaRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetReplicaRequest.ProtoReflect.Descriptor instead.
+func (*GetReplicaRequest) Descriptor() ([]byte, []int) {
+	return file_zlayer_agent_v1_agent_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *GetReplicaRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+// GetReplicaResponse is the replica.
+type GetReplicaResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// replica is the replica.
+	Replica       *Replica `protobuf:"bytes,1,opt,name=replica,proto3" json:"replica,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetReplicaResponse) Reset() {
+	*x = GetReplicaResponse{}
+	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetReplicaResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetReplicaResponse) ProtoMessage() {}
+
+func (x *GetReplicaResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetReplicaResponse.ProtoReflect.Descriptor instead.
+func (*GetReplicaResponse) Descriptor() ([]byte, []int) {
+	return file_zlayer_agent_v1_agent_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *GetReplicaResponse) GetReplica() *Replica {
+	if x != nil {
+		return x.Replica
+	}
+	return nil
+}
+
+// ListReplicasRequest is empty: every replica is listed.
+type ListReplicasRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListReplicasRequest) Reset() {
+	*x = ListReplicasRequest{}
+	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListReplicasRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListReplicasRequest) ProtoMessage() {}
+
+func (x *ListReplicasRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListReplicasRequest.ProtoReflect.Descriptor instead.
+func (*ListReplicasRequest) Descriptor() ([]byte, []int) {
+	return file_zlayer_agent_v1_agent_proto_rawDescGZIP(), []int{17}
+}
+
+// ListReplicasResponse lists the node's replicas, by id.
+type ListReplicasResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// replicas are the replicas.
+	Replicas      []*Replica `protobuf:"bytes,1,rep,name=replicas,proto3" json:"replicas,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListReplicasResponse) Reset() {
+	*x = ListReplicasResponse{}
+	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListReplicasResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListReplicasResponse) ProtoMessage() {}
+
+func (x *ListReplicasResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListReplicasResponse.ProtoReflect.Descriptor instead.
+func (*ListReplicasResponse) Descriptor() ([]byte, []int) {
+	return file_zlayer_agent_v1_agent_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *ListReplicasResponse) GetReplicas() []*Replica {
+	if x != nil {
+		return x.Replicas
+	}
+	return nil
+}
+
+// WatchReplicasRequest is empty: every replica is watched.
+type WatchReplicasRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchReplicasRequest) Reset() {
+	*x = WatchReplicasRequest{}
+	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchReplicasRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchReplicasRequest) ProtoMessage() {}
+
+func (x *WatchReplicasRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchReplicasRequest.ProtoReflect.Descriptor instead.
+func (*WatchReplicasRequest) Descriptor() ([]byte, []int) {
+	return file_zlayer_agent_v1_agent_proto_rawDescGZIP(), []int{19}
+}
+
+// WatchReplicasResponse is one replica's state, or the end of the initial
+// list.
+type WatchReplicasResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// replica is the replica's current state (unset when synced is).
+	Replica *Replica `protobuf:"bytes,1,opt,name=replica,proto3" json:"replica,omitempty"`
+	// removed is set when the replica has been removed; replica is its last
+	// state.
+	Removed bool `protobuf:"varint,2,opt,name=removed,proto3" json:"removed,omitempty"`
+	// synced marks the end of the initial list.
+	Synced        bool `protobuf:"varint,3,opt,name=synced,proto3" json:"synced,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchReplicasResponse) Reset() {
+	*x = WatchReplicasResponse{}
+	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchReplicasResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchReplicasResponse) ProtoMessage() {}
+
+func (x *WatchReplicasResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchReplicasResponse.ProtoReflect.Descriptor instead.
+func (*WatchReplicasResponse) Descriptor() ([]byte, []int) {
+	return file_zlayer_agent_v1_agent_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *WatchReplicasResponse) GetReplica() *Replica {
+	if x != nil {
+		return x.Replica
+	}
+	return nil
+}
+
+func (x *WatchReplicasResponse) GetRemoved() bool {
+	if x != nil {
+		return x.Removed
+	}
+	return false
+}
+
+func (x *WatchReplicasResponse) GetSynced() bool {
+	if x != nil {
+		return x.Synced
+	}
+	return false
+}
+
+// LogEntry is one line of output.
+type LogEntry struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// time is when the agent's monitor read it.
+	Time *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=time,proto3" json:"time,omitempty"`
+	// stream is where it came from.
+	Stream LogStream `protobuf:"varint,2,opt,name=stream,proto3,enum=zlayer.agent.v1.LogStream" json:"stream,omitempty"`
+	// text is the line without its newline.
+	Text []byte `protobuf:"bytes,3,opt,name=text,proto3" json:"text,omitempty"`
+	// partial is set when the line had no newline (too long, or the last
+	// bytes before the stream closed).
+	Partial       bool `protobuf:"varint,4,opt,name=partial,proto3" json:"partial,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LogEntry) Reset() {
+	*x = LogEntry{}
+	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LogEntry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LogEntry) ProtoMessage() {}
+
+func (x *LogEntry) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LogEntry.ProtoReflect.Descriptor instead.
+func (*LogEntry) Descriptor() ([]byte, []int) {
+	return file_zlayer_agent_v1_agent_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *LogEntry) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+func (x *LogEntry) GetStream() LogStream {
+	if x != nil {
+		return x.Stream
+	}
+	return LogStream_LOG_STREAM_UNSPECIFIED
+}
+
+func (x *LogEntry) GetText() []byte {
+	if x != nil {
+		return x.Text
+	}
+	return nil
+}
+
+func (x *LogEntry) GetPartial() bool {
+	if x != nil {
+		return x.Partial
+	}
+	return false
+}
+
+// StreamLogsRequest selects a replica's output.
+type StreamLogsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// id is the replica's id.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// follow keeps the stream open for new lines.
+	Follow bool `protobuf:"varint,2,opt,name=follow,proto3" json:"follow,omitempty"`
+	// since skips lines before this time.
+	Since *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=since,proto3" json:"since,omitempty"`
+	// tail sends only the last tail lines before following; absent means all.
+	Tail          *int32 `protobuf:"varint,4,opt,name=tail,proto3,oneof" json:"tail,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StreamLogsRequest) Reset() {
+	*x = StreamLogsRequest{}
+	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StreamLogsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StreamLogsRequest) ProtoMessage() {}
+
+func (x *StreamLogsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StreamLogsRequest.ProtoReflect.Descriptor instead.
+func (*StreamLogsRequest) Descriptor() ([]byte, []int) {
+	return file_zlayer_agent_v1_agent_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *StreamLogsRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *StreamLogsRequest) GetFollow() bool {
+	if x != nil {
+		return x.Follow
+	}
+	return false
+}
+
+func (x *StreamLogsRequest) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
+func (x *StreamLogsRequest) GetTail() int32 {
+	if x != nil && x.Tail != nil {
+		return *x.Tail
+	}
+	return 0
+}
+
+// StreamLogsResponse carries lines, in order.
+type StreamLogsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// entries are the lines.
+	Entries       []*LogEntry `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StreamLogsResponse) Reset() {
+	*x = StreamLogsResponse{}
+	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StreamLogsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StreamLogsResponse) ProtoMessage() {}
+
+func (x *StreamLogsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StreamLogsResponse.ProtoReflect.Descriptor instead.
+func (*StreamLogsResponse) Descriptor() ([]byte, []int) {
+	return file_zlayer_agent_v1_agent_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *StreamLogsResponse) GetEntries() []*LogEntry {
+	if x != nil {
+		return x.Entries
+	}
+	return nil
+}
+
+// TerminalSize is a terminal's size in characters.
+type TerminalSize struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// rows is the height.
+	Rows uint32 `protobuf:"varint,1,opt,name=rows,proto3" json:"rows,omitempty"`
+	// cols is the width.
+	Cols          uint32 `protobuf:"varint,2,opt,name=cols,proto3" json:"cols,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TerminalSize) Reset() {
+	*x = TerminalSize{}
+	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TerminalSize) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TerminalSize) ProtoMessage() {}
+
+func (x *TerminalSize) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TerminalSize.ProtoReflect.Descriptor instead.
+func (*TerminalSize) Descriptor() ([]byte, []int) {
+	return file_zlayer_agent_v1_agent_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *TerminalSize) GetRows() uint32 {
+	if x != nil {
+		return x.Rows
+	}
+	return 0
+}
+
+func (x *TerminalSize) GetCols() uint32 {
+	if x != nil {
+		return x.Cols
+	}
+	return 0
+}
+
+// ExecStart describes the process to run.
+type ExecStart struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// id is the replica's id.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// args is the command and its arguments.
+	Args []string `protobuf:"bytes,2,rep,name=args,proto3" json:"args,omitempty"`
+	// env is added to the replica's environment, "KEY=value".
+	Env []string `protobuf:"bytes,3,rep,name=env,proto3" json:"env,omitempty"`
+	// cwd is the working directory; "" means the replica's.
+	Cwd string `protobuf:"bytes,4,opt,name=cwd,proto3" json:"cwd,omitempty"`
+	// tty gives the process a terminal; output then comes as stdout only.
+	Tty bool `protobuf:"varint,5,opt,name=tty,proto3" json:"tty,omitempty"`
+	// size is the terminal's initial size.
+	Size          *TerminalSize `protobuf:"bytes,6,opt,name=size,proto3" json:"size,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExecStart) Reset() {
+	*x = ExecStart{}
+	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExecStart) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExecStart) ProtoMessage() {}
+
+func (x *ExecStart) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExecStart.ProtoReflect.Descriptor instead.
+func (*ExecStart) Descriptor() ([]byte, []int) {
+	return file_zlayer_agent_v1_agent_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *ExecStart) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ExecStart) GetArgs() []string {
+	if x != nil {
+		return x.Args
+	}
+	return nil
+}
+
+func (x *ExecStart) GetEnv() []string {
+	if x != nil {
+		return x.Env
+	}
+	return nil
+}
+
+func (x *ExecStart) GetCwd() string {
+	if x != nil {
+		return x.Cwd
+	}
+	return ""
+}
+
+func (x *ExecStart) GetTty() bool {
+	if x != nil {
+		return x.Tty
+	}
+	return false
+}
+
+func (x *ExecStart) GetSize() *TerminalSize {
+	if x != nil {
+		return x.Size
+	}
+	return nil
+}
+
+// ExecRequest is one message from the caller of Exec.
+type ExecRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// input is what the message carries.
+	//
+	// Types that are valid to be assigned to Input:
+	//
+	//	*ExecRequest_Start
+	//	*ExecRequest_Stdin
+	//	*ExecRequest_Resize
+	//	*ExecRequest_CloseStdin
+	Input         isExecRequest_Input `protobuf_oneof:"input"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExecRequest) Reset() {
+	*x = ExecRequest{}
+	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExecRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExecRequest) ProtoMessage() {}
+
+func (x *ExecRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExecRequest.ProtoReflect.Descriptor instead.
+func (*ExecRequest) Descriptor() ([]byte, []int) {
+	return file_zlayer_agent_v1_agent_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *ExecRequest) GetInput() isExecRequest_Input {
+	if x != nil {
+		return x.Input
+	}
+	return nil
+}
+
+func (x *ExecRequest) GetStart() *ExecStart {
+	if x != nil {
+		if x, ok := x.Input.(*ExecRequest_Start); ok {
+			return x.Start
+		}
+	}
+	return nil
+}
+
+func (x *ExecRequest) GetStdin() []byte {
+	if x != nil {
+		if x, ok := x.Input.(*ExecRequest_Stdin); ok {
+			return x.Stdin
+		}
+	}
+	return nil
+}
+
+func (x *ExecRequest) GetResize() *TerminalSize {
+	if x != nil {
+		if x, ok := x.Input.(*ExecRequest_Resize); ok {
+			return x.Resize
+		}
+	}
+	return nil
+}
+
+func (x *ExecRequest) GetCloseStdin() bool {
+	if x != nil {
+		if x, ok := x.Input.(*ExecRequest_CloseStdin); ok {
+			return x.CloseStdin
+		}
+	}
+	return false
+}
+
+type isExecRequest_Input interface {
+	isExecRequest_Input()
+}
+
+type ExecRequest_Start struct {
+	// start must be the first message, and only the first.
+	Start *ExecStart `protobuf:"bytes,1,opt,name=start,proto3,oneof"`
+}
+
+type ExecRequest_Stdin struct {
+	// stdin is bytes for the process's standard input.
+	Stdin []byte `protobuf:"bytes,2,opt,name=stdin,proto3,oneof"`
+}
+
+type ExecRequest_Resize struct {
+	// resize changes the terminal's size.
+	Resize *TerminalSize `protobuf:"bytes,3,opt,name=resize,proto3,oneof"`
+}
+
+type ExecRequest_CloseStdin struct {
+	// close_stdin closes the process's standard input.
+	CloseStdin bool `protobuf:"varint,4,opt,name=close_stdin,json=closeStdin,proto3,oneof"`
+}
+
+func (*ExecRequest_Start) isExecRequest_Input() {}
+
+func (*ExecRequest_Stdin) isExecRequest_Input() {}
+
+func (*ExecRequest_Resize) isExecRequest_Input() {}
+
+func (*ExecRequest_CloseStdin) isExecRequest_Input() {}
+
+// ExecResponse is one message to the caller of Exec.
+type ExecResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// output is what the message carries.
+	//
+	// Types that are valid to be assigned to Output:
+	//
+	//	*ExecResponse_Stdout
+	//	*ExecResponse_Stderr
+	//	*ExecResponse_ExitCode
+	Output        isExecResponse_Output `protobuf_oneof:"output"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExecResponse) Reset() {
+	*x = ExecResponse{}
+	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExecResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExecResponse) ProtoMessage() {}
+
+func (x *ExecResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExecResponse.ProtoReflect.Descriptor instead.
+func (*ExecResponse) Descriptor() ([]byte, []int) {
+	return file_zlayer_agent_v1_agent_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *ExecResponse) GetOutput() isExecResponse_Output {
+	if x != nil {
+		return x.Output
+	}
+	return nil
+}
+
+func (x *ExecResponse) GetStdout() []byte {
+	if x != nil {
+		if x, ok := x.Output.(*ExecResponse_Stdout); ok {
+			return x.Stdout
+		}
+	}
+	return nil
+}
+
+func (x *ExecResponse) GetStderr() []byte {
+	if x != nil {
+		if x, ok := x.Output.(*ExecResponse_Stderr); ok {
+			return x.Stderr
+		}
+	}
+	return nil
+}
+
+func (x *ExecResponse) GetExitCode() int32 {
+	if x != nil {
+		if x, ok := x.Output.(*ExecResponse_ExitCode); ok {
+			return x.ExitCode
+		}
+	}
+	return 0
+}
+
+type isExecResponse_Output interface {
+	isExecResponse_Output()
+}
+
+type ExecResponse_Stdout struct {
+	// stdout is bytes the process wrote to standard output (or its terminal).
+	Stdout []byte `protobuf:"bytes,1,opt,name=stdout,proto3,oneof"`
+}
+
+type ExecResponse_Stderr struct {
+	// stderr is bytes the process wrote to standard error.
+	Stderr []byte `protobuf:"bytes,2,opt,name=stderr,proto3,oneof"`
+}
+
+type ExecResponse_ExitCode struct {
+	// exit_code is the process's exit code; it is the last message.
+	ExitCode int32 `protobuf:"varint,3,opt,name=exit_code,json=exitCode,proto3,oneof"`
+}
+
+func (*ExecResponse_Stdout) isExecResponse_Output() {}
+
+func (*ExecResponse_Stderr) isExecResponse_Output() {}
+
+func (*ExecResponse_ExitCode) isExecResponse_Output() {}
+
+// GetStatsRequest selects replicas.
+type GetStatsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// ids are the replicas; empty means every running one.
+	Ids           []string `protobuf:"bytes,1,rep,name=ids,proto3" json:"ids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetStatsRequest) Reset() {
+	*x = GetStatsRequest{}
+	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetStatsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetStatsRequest) ProtoMessage() {}
+
+func (x *GetStatsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetStatsRequest.ProtoReflect.Descriptor instead.
+func (*GetStatsRequest) Descriptor() ([]byte, []int) {
+	return file_zlayer_agent_v1_agent_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *GetStatsRequest) GetIds() []string {
+	if x != nil {
+		return x.Ids
+	}
+	return nil
+}
+
+// ReplicaStats is one replica's resource use.
+type ReplicaStats struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// id is the replica's id.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// sampled_at is when the cgroup was read.
+	SampledAt *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=sampled_at,json=sampledAt,proto3" json:"sampled_at,omitempty"`
+	// cpu_usage is the CPU time used since start.
+	CpuUsage *durationpb.Duration `protobuf:"bytes,3,opt,name=cpu_usage,json=cpuUsage,proto3" json:"cpu_usage,omitempty"`
+	// cpu_limit is the limit in CPUs; 0 when unlimited.
+	CpuLimit float64 `protobuf:"fixed64,4,opt,name=cpu_limit,json=cpuLimit,proto3" json:"cpu_limit,omitempty"`
+	// cpu_percent is the use since the previous reading, in percent of the
+	// limit (of one CPU when unlimited).
+	CpuPercent float64 `protobuf:"fixed64,5,opt,name=cpu_percent,json=cpuPercent,proto3" json:"cpu_percent,omitempty"`
+	// memory_bytes is the memory in use, without reclaimable file cache.
+	MemoryBytes uint64 `protobuf:"varint,6,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
+	// memory_limit_bytes is the limit; 0 when unlimited.
+	MemoryLimitBytes uint64 `protobuf:"varint,7,opt,name=memory_limit_bytes,json=memoryLimitBytes,proto3" json:"memory_limit_bytes,omitempty"`
+	// memory_percent is memory_bytes in percent of the limit.
+	MemoryPercent float64 `protobuf:"fixed64,8,opt,name=memory_percent,json=memoryPercent,proto3" json:"memory_percent,omitempty"`
+	// oom_kills counts processes the kernel killed for exceeding the limit.
+	OomKills      uint64 `protobuf:"varint,9,opt,name=oom_kills,json=oomKills,proto3" json:"oom_kills,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplicaStats) Reset() {
+	*x = ReplicaStats{}
+	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplicaStats) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplicaStats) ProtoMessage() {}
+
+func (x *ReplicaStats) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplicaStats.ProtoReflect.Descriptor instead.
+func (*ReplicaStats) Descriptor() ([]byte, []int) {
+	return file_zlayer_agent_v1_agent_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *ReplicaStats) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ReplicaStats) GetSampledAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.SampledAt
+	}
+	return nil
+}
+
+func (x *ReplicaStats) GetCpuUsage() *durationpb.Duration {
+	if x != nil {
+		return x.CpuUsage
+	}
+	return nil
+}
+
+func (x *ReplicaStats) GetCpuLimit() float64 {
+	if x != nil {
+		return x.CpuLimit
+	}
+	return 0
+}
+
+func (x *ReplicaStats) GetCpuPercent() float64 {
+	if x != nil {
+		return x.CpuPercent
+	}
+	return 0
+}
+
+func (x *ReplicaStats) GetMemoryBytes() uint64 {
+	if x != nil {
+		return x.MemoryBytes
+	}
+	return 0
+}
+
+func (x *ReplicaStats) GetMemoryLimitBytes() uint64 {
+	if x != nil {
+		return x.MemoryLimitBytes
+	}
+	return 0
+}
+
+func (x *ReplicaStats) GetMemoryPercent() float64 {
+	if x != nil {
+		return x.MemoryPercent
+	}
+	return 0
+}
+
+func (x *ReplicaStats) GetOomKills() uint64 {
+	if x != nil {
+		return x.OomKills
+	}
+	return 0
+}
+
+// GetStatsResponse carries the readings.
+type GetStatsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// stats are the readings, by id.
+	Stats         []*ReplicaStats `protobuf:"bytes,1,rep,name=stats,proto3" json:"stats,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetStatsResponse) Reset() {
+	*x = GetStatsResponse{}
+	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetStatsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetStatsResponse) ProtoMessage() {}
+
+func (x *GetStatsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetStatsResponse.ProtoReflect.Descriptor instead.
+func (*GetStatsResponse) Descriptor() ([]byte, []int) {
+	return file_zlayer_agent_v1_agent_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *GetStatsResponse) GetStats() []*ReplicaStats {
+	if x != nil {
+		return x.Stats
+	}
+	return nil
+}
+
 var File_zlayer_agent_v1_agent_proto protoreflect.FileDescriptor
 
 const file_zlayer_agent_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x1bzlayer/agent/v1/agent.proto\x12\x0fzlayer.agent.v1\x1a\x1bzlayer/types/v1/types.proto\"\x10\n" +
+	"\x1bzlayer/agent/v1/agent.proto\x12\x0fzlayer.agent.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bzlayer/types/v1/types.proto\"\x10\n" +
 	"\x0eGetInfoRequest\"B\n" +
 	"\x0fGetInfoResponse\x12/\n" +
-	"\x04info\x18\x01 \x01(\v2\x1b.zlayer.types.v1.DaemonInfoR\x04info2\\\n" +
+	"\x04info\x18\x01 \x01(\v2\x1b.zlayer.types.v1.DaemonInfoR\x04info\"a\n" +
+	"\x0fReplicaIdentity\x12\x1e\n" +
+	"\n" +
+	"deployment\x18\x01 \x01(\tR\n" +
+	"deployment\x12\x18\n" +
+	"\aservice\x18\x02 \x01(\tR\aservice\x12\x14\n" +
+	"\x05index\x18\x03 \x01(\x05R\x05index\"\x1e\n" +
+	"\x04Argv\x12\x16\n" +
+	"\x06values\x18\x01 \x03(\tR\x06values\"@\n" +
+	"\tResources\x12\x10\n" +
+	"\x03cpu\x18\x01 \x01(\x01R\x03cpu\x12!\n" +
+	"\fmemory_bytes\x18\x02 \x01(\x03R\vmemoryBytes\"N\n" +
+	"\bEndpoint\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
+	"\bprotocol\x18\x02 \x01(\tR\bprotocol\x12\x12\n" +
+	"\x04port\x18\x03 \x01(\rR\x04port\"\xef\x03\n" +
+	"\vReplicaSpec\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12<\n" +
+	"\bidentity\x18\x02 \x01(\v2 .zlayer.agent.v1.ReplicaIdentityR\bidentity\x12\x14\n" +
+	"\x05image\x18\x03 \x01(\tR\x05image\x12<\n" +
+	"\vpull_policy\x18\x04 \x01(\x0e2\x1b.zlayer.agent.v1.PullPolicyR\n" +
+	"pullPolicy\x12/\n" +
+	"\acommand\x18\x05 \x01(\v2\x15.zlayer.agent.v1.ArgvR\acommand\x12)\n" +
+	"\x04args\x18\x06 \x01(\v2\x15.zlayer.agent.v1.ArgvR\x04args\x127\n" +
+	"\x03env\x18\a \x03(\v2%.zlayer.agent.v1.ReplicaSpec.EnvEntryR\x03env\x128\n" +
+	"\tresources\x18\b \x01(\v2\x1a.zlayer.agent.v1.ResourcesR\tresources\x127\n" +
+	"\tendpoints\x18\t \x03(\v2\x19.zlayer.agent.v1.EndpointR\tendpoints\x1a6\n" +
+	"\bEnvEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x90\x01\n" +
+	"\n" +
+	"ExitStatus\x12\x12\n" +
+	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x16\n" +
+	"\x06signal\x18\x02 \x01(\x05R\x06signal\x127\n" +
+	"\texited_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\bexitedAt\x12\x1d\n" +
+	"\n" +
+	"oom_killed\x18\x04 \x01(\bR\toomKilled\"\xf4\x02\n" +
+	"\aReplica\x120\n" +
+	"\x04spec\x18\x01 \x01(\v2\x1c.zlayer.agent.v1.ReplicaSpecR\x04spec\x123\n" +
+	"\x05state\x18\x02 \x01(\x0e2\x1d.zlayer.agent.v1.ReplicaStateR\x05state\x12!\n" +
+	"\fimage_digest\x18\x03 \x01(\tR\vimageDigest\x12\x0e\n" +
+	"\x02ip\x18\x04 \x01(\tR\x02ip\x12\x10\n" +
+	"\x03pid\x18\x05 \x01(\x05R\x03pid\x129\n" +
+	"\n" +
+	"created_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n" +
+	"\n" +
+	"started_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\tstartedAt\x12/\n" +
+	"\x04exit\x18\b \x01(\v2\x1b.zlayer.agent.v1.ExitStatusR\x04exit\x12\x16\n" +
+	"\x06reason\x18\t \x01(\tR\x06reason\"E\n" +
+	"\x11RunReplicaRequest\x120\n" +
+	"\x04spec\x18\x01 \x01(\v2\x1c.zlayer.agent.v1.ReplicaSpecR\x04spec\"H\n" +
+	"\x12RunReplicaResponse\x122\n" +
+	"\areplica\x18\x01 \x01(\v2\x18.zlayer.agent.v1.ReplicaR\areplica\"U\n" +
+	"\x12StopReplicaRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12/\n" +
+	"\x05grace\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x05grace\"I\n" +
+	"\x13StopReplicaResponse\x122\n" +
+	"\areplica\x18\x01 \x01(\v2\x18.zlayer.agent.v1.ReplicaR\areplica\"<\n" +
+	"\x14RemoveReplicaRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
+	"\x05force\x18\x02 \x01(\bR\x05force\"\x17\n" +
+	"\x15RemoveReplicaResponse\"#\n" +
+	"\x11GetReplicaRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"H\n" +
+	"\x12GetReplicaResponse\x122\n" +
+	"\areplica\x18\x01 \x01(\v2\x18.zlayer.agent.v1.ReplicaR\areplica\"\x15\n" +
+	"\x13ListReplicasRequest\"L\n" +
+	"\x14ListReplicasResponse\x124\n" +
+	"\breplicas\x18\x01 \x03(\v2\x18.zlayer.agent.v1.ReplicaR\breplicas\"\x16\n" +
+	"\x14WatchReplicasRequest\"}\n" +
+	"\x15WatchReplicasResponse\x122\n" +
+	"\areplica\x18\x01 \x01(\v2\x18.zlayer.agent.v1.ReplicaR\areplica\x12\x18\n" +
+	"\aremoved\x18\x02 \x01(\bR\aremoved\x12\x16\n" +
+	"\x06synced\x18\x03 \x01(\bR\x06synced\"\x9c\x01\n" +
+	"\bLogEntry\x12.\n" +
+	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x122\n" +
+	"\x06stream\x18\x02 \x01(\x0e2\x1a.zlayer.agent.v1.LogStreamR\x06stream\x12\x12\n" +
+	"\x04text\x18\x03 \x01(\fR\x04text\x12\x18\n" +
+	"\apartial\x18\x04 \x01(\bR\apartial\"\x8f\x01\n" +
+	"\x11StreamLogsRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
+	"\x06follow\x18\x02 \x01(\bR\x06follow\x120\n" +
+	"\x05since\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12\x17\n" +
+	"\x04tail\x18\x04 \x01(\x05H\x00R\x04tail\x88\x01\x01B\a\n" +
+	"\x05_tail\"I\n" +
+	"\x12StreamLogsResponse\x123\n" +
+	"\aentries\x18\x01 \x03(\v2\x19.zlayer.agent.v1.LogEntryR\aentries\"6\n" +
+	"\fTerminalSize\x12\x12\n" +
+	"\x04rows\x18\x01 \x01(\rR\x04rows\x12\x12\n" +
+	"\x04cols\x18\x02 \x01(\rR\x04cols\"\x98\x01\n" +
+	"\tExecStart\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04args\x18\x02 \x03(\tR\x04args\x12\x10\n" +
+	"\x03env\x18\x03 \x03(\tR\x03env\x12\x10\n" +
+	"\x03cwd\x18\x04 \x01(\tR\x03cwd\x12\x10\n" +
+	"\x03tty\x18\x05 \x01(\bR\x03tty\x121\n" +
+	"\x04size\x18\x06 \x01(\v2\x1d.zlayer.agent.v1.TerminalSizeR\x04size\"\xbe\x01\n" +
+	"\vExecRequest\x122\n" +
+	"\x05start\x18\x01 \x01(\v2\x1a.zlayer.agent.v1.ExecStartH\x00R\x05start\x12\x16\n" +
+	"\x05stdin\x18\x02 \x01(\fH\x00R\x05stdin\x127\n" +
+	"\x06resize\x18\x03 \x01(\v2\x1d.zlayer.agent.v1.TerminalSizeH\x00R\x06resize\x12!\n" +
+	"\vclose_stdin\x18\x04 \x01(\bH\x00R\n" +
+	"closeStdinB\a\n" +
+	"\x05input\"k\n" +
+	"\fExecResponse\x12\x18\n" +
+	"\x06stdout\x18\x01 \x01(\fH\x00R\x06stdout\x12\x18\n" +
+	"\x06stderr\x18\x02 \x01(\fH\x00R\x06stderr\x12\x1d\n" +
+	"\texit_code\x18\x03 \x01(\x05H\x00R\bexitCodeB\b\n" +
+	"\x06output\"#\n" +
+	"\x0fGetStatsRequest\x12\x10\n" +
+	"\x03ids\x18\x01 \x03(\tR\x03ids\"\xe4\x02\n" +
+	"\fReplicaStats\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x129\n" +
+	"\n" +
+	"sampled_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\tsampledAt\x126\n" +
+	"\tcpu_usage\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\bcpuUsage\x12\x1b\n" +
+	"\tcpu_limit\x18\x04 \x01(\x01R\bcpuLimit\x12\x1f\n" +
+	"\vcpu_percent\x18\x05 \x01(\x01R\n" +
+	"cpuPercent\x12!\n" +
+	"\fmemory_bytes\x18\x06 \x01(\x04R\vmemoryBytes\x12,\n" +
+	"\x12memory_limit_bytes\x18\a \x01(\x04R\x10memoryLimitBytes\x12%\n" +
+	"\x0ememory_percent\x18\b \x01(\x01R\rmemoryPercent\x12\x1b\n" +
+	"\toom_kills\x18\t \x01(\x04R\boomKills\"G\n" +
+	"\x10GetStatsResponse\x123\n" +
+	"\x05stats\x18\x01 \x03(\v2\x1d.zlayer.agent.v1.ReplicaStatsR\x05stats*\xb2\x01\n" +
+	"\fReplicaState\x12\x1d\n" +
+	"\x19REPLICA_STATE_UNSPECIFIED\x10\x00\x12\x1a\n" +
+	"\x16REPLICA_STATE_CREATING\x10\x01\x12\x19\n" +
+	"\x15REPLICA_STATE_RUNNING\x10\x02\x12\x1a\n" +
+	"\x16REPLICA_STATE_STOPPING\x10\x03\x12\x18\n" +
+	"\x14REPLICA_STATE_EXITED\x10\x04\x12\x16\n" +
+	"\x12REPLICA_STATE_LOST\x10\x05*x\n" +
+	"\n" +
+	"PullPolicy\x12\x1b\n" +
+	"\x17PULL_POLICY_UNSPECIFIED\x10\x00\x12\x16\n" +
+	"\x12PULL_POLICY_ALWAYS\x10\x01\x12\x1e\n" +
+	"\x1aPULL_POLICY_IF_NOT_PRESENT\x10\x02\x12\x15\n" +
+	"\x11PULL_POLICY_NEVER\x10\x03*U\n" +
+	"\tLogStream\x12\x1a\n" +
+	"\x16LOG_STREAM_UNSPECIFIED\x10\x00\x12\x15\n" +
+	"\x11LOG_STREAM_STDOUT\x10\x01\x12\x15\n" +
+	"\x11LOG_STREAM_STDERR\x10\x022\xf6\x06\n" +
 	"\fAgentService\x12L\n" +
-	"\aGetInfo\x12\x1f.zlayer.agent.v1.GetInfoRequest\x1a .zlayer.agent.v1.GetInfoResponseB-Z+zlayer.dev/libs/api/zlayer/agent/v1;agentv1b\x06proto3"
+	"\aGetInfo\x12\x1f.zlayer.agent.v1.GetInfoRequest\x1a .zlayer.agent.v1.GetInfoResponse\x12U\n" +
+	"\n" +
+	"RunReplica\x12\".zlayer.agent.v1.RunReplicaRequest\x1a#.zlayer.agent.v1.RunReplicaResponse\x12X\n" +
+	"\vStopReplica\x12#.zlayer.agent.v1.StopReplicaRequest\x1a$.zlayer.agent.v1.StopReplicaResponse\x12^\n" +
+	"\rRemoveReplica\x12%.zlayer.agent.v1.RemoveReplicaRequest\x1a&.zlayer.agent.v1.RemoveReplicaResponse\x12U\n" +
+	"\n" +
+	"GetReplica\x12\".zlayer.agent.v1.GetReplicaRequest\x1a#.zlayer.agent.v1.GetReplicaResponse\x12[\n" +
+	"\fListReplicas\x12$.zlayer.agent.v1.ListReplicasRequest\x1a%.zlayer.agent.v1.ListReplicasResponse\x12`\n" +
+	"\rWatchReplicas\x12%.zlayer.agent.v1.WatchReplicasRequest\x1a&.zlayer.agent.v1.WatchReplicasResponse0\x01\x12W\n" +
+	"\n" +
+	"StreamLogs\x12\".zlayer.agent.v1.StreamLogsRequest\x1a#.zlayer.agent.v1.StreamLogsResponse0\x01\x12G\n" +
+	"\x04Exec\x12\x1c.zlayer.agent.v1.ExecRequest\x1a\x1d.zlayer.agent.v1.ExecResponse(\x010\x01\x12O\n" +
+	"\bGetStats\x12 .zlayer.agent.v1.GetStatsRequest\x1a!.zlayer.agent.v1.GetStatsResponseB-Z+zlayer.dev/libs/api/zlayer/agent/v1;agentv1b\x06proto3"
 
 var (
 	file_zlayer_agent_v1_agent_proto_rawDescOnce sync.Once
@@ -128,21 +2341,105 @@ func file_zlayer_agent_v1_agent_proto_rawDescGZIP() []byte {
 	return file_zlayer_agent_v1_agent_proto_rawDescData
 }
 
-var file_zlayer_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
+var file_zlayer_agent_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_zlayer_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
 var file_zlayer_agent_v1_agent_proto_goTypes = []any{
-	(*GetInfoRequest)(nil),  // 0: zlayer.agent.v1.GetInfoRequest
-	(*GetInfoResponse)(nil), // 1: zlayer.agent.v1.GetInfoResponse
-	(*v1.DaemonInfo)(nil),   // 2: zlayer.types.v1.DaemonInfo
+	(ReplicaState)(0),             // 0: zlayer.agent.v1.ReplicaState
+	(PullPolicy)(0),               // 1: zlayer.agent.v1.PullPolicy
+	(LogStream)(0),                // 2: zlayer.agent.v1.LogStream
+	(*GetInfoRequest)(nil),        // 3: zlayer.agent.v1.GetInfoRequest
+	(*GetInfoResponse)(nil),       // 4: zlayer.agent.v1.GetInfoResponse
+	(*ReplicaIdentity)(nil),       // 5: zlayer.agent.v1.ReplicaIdentity
+	(*Argv)(nil),                  // 6: zlayer.agent.v1.Argv
+	(*Resources)(nil),             // 7: zlayer.agent.v1.Resources
+	(*Endpoint)(nil),              // 8: zlayer.agent.v1.Endpoint
+	(*ReplicaSpec)(nil),           // 9: zlayer.agent.v1.ReplicaSpec
+	(*ExitStatus)(nil),            // 10: zlayer.agent.v1.ExitStatus
+	(*Replica)(nil),               // 11: zlayer.agent.v1.Replica
+	(*RunReplicaRequest)(nil),     // 12: zlayer.agent.v1.RunReplicaRequest
+	(*RunReplicaResponse)(nil),    // 13: zlayer.agent.v1.RunReplicaResponse
+	(*StopReplicaRequest)(nil),    // 14: zlayer.agent.v1.StopReplicaRequest
+	(*StopReplicaResponse)(nil),   // 15: zlayer.agent.v1.StopReplicaResponse
+	(*RemoveReplicaRequest)(nil),  // 16: zlayer.agent.v1.RemoveReplicaRequest
+	(*RemoveReplicaResponse)(nil), // 17: zlayer.agent.v1.RemoveReplicaResponse
+	(*GetReplicaRequest)(nil),     // 18: zlayer.agent.v1.GetReplicaRequest
+	(*GetReplicaResponse)(nil),    // 19: zlayer.agent.v1.GetReplicaResponse
+	(*ListReplicasRequest)(nil),   // 20: zlayer.agent.v1.ListReplicasRequest
+	(*ListReplicasResponse)(nil),  // 21: zlayer.agent.v1.ListReplicasResponse
+	(*WatchReplicasRequest)(nil),  // 22: zlayer.agent.v1.WatchReplicasRequest
+	(*WatchReplicasResponse)(nil), // 23: zlayer.agent.v1.WatchReplicasResponse
+	(*LogEntry)(nil),              // 24: zlayer.agent.v1.LogEntry
+	(*StreamLogsRequest)(nil),     // 25: zlayer.agent.v1.StreamLogsRequest
+	(*StreamLogsResponse)(nil),    // 26: zlayer.agent.v1.StreamLogsResponse
+	(*TerminalSize)(nil),          // 27: zlayer.agent.v1.TerminalSize
+	(*ExecStart)(nil),             // 28: zlayer.agent.v1.ExecStart
+	(*ExecRequest)(nil),           // 29: zlayer.agent.v1.ExecRequest
+	(*ExecResponse)(nil),          // 30: zlayer.agent.v1.ExecResponse
+	(*GetStatsRequest)(nil),       // 31: zlayer.agent.v1.GetStatsRequest
+	(*ReplicaStats)(nil),          // 32: zlayer.agent.v1.ReplicaStats
+	(*GetStatsResponse)(nil),      // 33: zlayer.agent.v1.GetStatsResponse
+	nil,                           // 34: zlayer.agent.v1.ReplicaSpec.EnvEntry
+	(*v1.DaemonInfo)(nil),         // 35: zlayer.types.v1.DaemonInfo
+	(*timestamppb.Timestamp)(nil), // 36: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 37: google.protobuf.Duration
 }
 var file_zlayer_agent_v1_agent_proto_depIdxs = []int32{
-	2, // 0: zlayer.agent.v1.GetInfoResponse.info:type_name -> zlayer.types.v1.DaemonInfo
-	0, // 1: zlayer.agent.v1.AgentService.GetInfo:input_type -> zlayer.agent.v1.GetInfoRequest
-	1, // 2: zlayer.agent.v1.AgentService.GetInfo:output_type -> zlayer.agent.v1.GetInfoResponse
-	2, // [2:3] is the sub-list for method output_type
-	1, // [1:2] is the sub-list for method input_type
-	1, // [1:1] is the sub-list for extension type_name
-	1, // [1:1] is the sub-list for extension extendee
-	0, // [0:1] is the sub-list for field type_name
+	35, // 0: zlayer.agent.v1.GetInfoResponse.info:type_name -> zlayer.types.v1.DaemonInfo
+	5,  // 1: zlayer.agent.v1.ReplicaSpec.identity:type_name -> zlayer.agent.v1.ReplicaIdentity
+	1,  // 2: zlayer.agent.v1.ReplicaSpec.pull_policy:type_name -> zlayer.agent.v1.PullPolicy
+	6,  // 3: zlayer.agent.v1.ReplicaSpec.command:type_name -> zlayer.agent.v1.Argv
+	6,  // 4: zlayer.agent.v1.ReplicaSpec.args:type_name -> zlayer.agent.v1.Argv
+	34, // 5: zlayer.agent.v1.ReplicaSpec.env:type_name -> zlayer.agent.v1.ReplicaSpec.EnvEntry
+	7,  // 6: zlayer.agent.v1.ReplicaSpec.resources:type_name -> zlayer.agent.v1.Resources
+	8,  // 7: zlayer.agent.v1.ReplicaSpec.endpoints:type_name -> zlayer.agent.v1.Endpoint
+	36, // 8: zlayer.agent.v1.ExitStatus.exited_at:type_name -> google.protobuf.Timestamp
+	9,  // 9: zlayer.agent.v1.Replica.spec:type_name -> zlayer.agent.v1.ReplicaSpec
+	0,  // 10: zlayer.agent.v1.Replica.state:type_name -> zlayer.agent.v1.ReplicaState
+	36, // 11: zlayer.agent.v1.Replica.created_at:type_name -> google.protobuf.Timestamp
+	36, // 12: zlayer.agent.v1.Replica.started_at:type_name -> google.protobuf.Timestamp
+	10, // 13: zlayer.agent.v1.Replica.exit:type_name -> zlayer.agent.v1.ExitStatus
+	9,  // 14: zlayer.agent.v1.RunReplicaRequest.spec:type_name -> zlayer.agent.v1.ReplicaSpec
+	11, // 15: zlayer.agent.v1.RunReplicaResponse.replica:type_name -> zlayer.agent.v1.Replica
+	37, // 16: zlayer.agent.v1.StopReplicaRequest.grace:type_name -> google.protobuf.Duration
+	11, // 17: zlayer.agent.v1.StopReplicaResponse.replica:type_name -> zlayer.agent.v1.Replica
+	11, // 18: zlayer.agent.v1.GetReplicaResponse.replica:type_name -> zlayer.agent.v1.Replica
+	11, // 19: zlayer.agent.v1.ListReplicasResponse.replicas:type_name -> zlayer.agent.v1.Replica
+	11, // 20: zlayer.agent.v1.WatchReplicasResponse.replica:type_name -> zlayer.agent.v1.Replica
+	36, // 21: zlayer.agent.v1.LogEntry.time:type_name -> google.protobuf.Timestamp
+	2,  // 22: zlayer.agent.v1.LogEntry.stream:type_name -> zlayer.agent.v1.LogStream
+	36, // 23: zlayer.agent.v1.StreamLogsRequest.since:type_name -> google.protobuf.Timestamp
+	24, // 24: zlayer.agent.v1.StreamLogsResponse.entries:type_name -> zlayer.agent.v1.LogEntry
+	27, // 25: zlayer.agent.v1.ExecStart.size:type_name -> zlayer.agent.v1.TerminalSize
+	28, // 26: zlayer.agent.v1.ExecRequest.start:type_name -> zlayer.agent.v1.ExecStart
+	27, // 27: zlayer.agent.v1.ExecRequest.resize:type_name -> zlayer.agent.v1.TerminalSize
+	36, // 28: zlayer.agent.v1.ReplicaStats.sampled_at:type_name -> google.protobuf.Timestamp
+	37, // 29: zlayer.agent.v1.ReplicaStats.cpu_usage:type_name -> google.protobuf.Duration
+	32, // 30: zlayer.agent.v1.GetStatsResponse.stats:type_name -> zlayer.agent.v1.ReplicaStats
+	3,  // 31: zlayer.agent.v1.AgentService.GetInfo:input_type -> zlayer.agent.v1.GetInfoRequest
+	12, // 32: zlayer.agent.v1.AgentService.RunReplica:input_type -> zlayer.agent.v1.RunReplicaRequest
+	14, // 33: zlayer.agent.v1.AgentService.StopReplica:input_type -> zlayer.agent.v1.StopReplicaRequest
+	16, // 34: zlayer.agent.v1.AgentService.RemoveReplica:input_type -> zlayer.agent.v1.RemoveReplicaRequest
+	18, // 35: zlayer.agent.v1.AgentService.GetReplica:input_type -> zlayer.agent.v1.GetReplicaRequest
+	20, // 36: zlayer.agent.v1.AgentService.ListReplicas:input_type -> zlayer.agent.v1.ListReplicasRequest
+	22, // 37: zlayer.agent.v1.AgentService.WatchReplicas:input_type -> zlayer.agent.v1.WatchReplicasRequest
+	25, // 38: zlayer.agent.v1.AgentService.StreamLogs:input_type -> zlayer.agent.v1.StreamLogsRequest
+	29, // 39: zlayer.agent.v1.AgentService.Exec:input_type -> zlayer.agent.v1.ExecRequest
+	31, // 40: zlayer.agent.v1.AgentService.GetStats:input_type -> zlayer.agent.v1.GetStatsRequest
+	4,  // 41: zlayer.agent.v1.AgentService.GetInfo:output_type -> zlayer.agent.v1.GetInfoResponse
+	13, // 42: zlayer.agent.v1.AgentService.RunReplica:output_type -> zlayer.agent.v1.RunReplicaResponse
+	15, // 43: zlayer.agent.v1.AgentService.StopReplica:output_type -> zlayer.agent.v1.StopReplicaResponse
+	17, // 44: zlayer.agent.v1.AgentService.RemoveReplica:output_type -> zlayer.agent.v1.RemoveReplicaResponse
+	19, // 45: zlayer.agent.v1.AgentService.GetReplica:output_type -> zlayer.agent.v1.GetReplicaResponse
+	21, // 46: zlayer.agent.v1.AgentService.ListReplicas:output_type -> zlayer.agent.v1.ListReplicasResponse
+	23, // 47: zlayer.agent.v1.AgentService.WatchReplicas:output_type -> zlayer.agent.v1.WatchReplicasResponse
+	26, // 48: zlayer.agent.v1.AgentService.StreamLogs:output_type -> zlayer.agent.v1.StreamLogsResponse
+	30, // 49: zlayer.agent.v1.AgentService.Exec:output_type -> zlayer.agent.v1.ExecResponse
+	33, // 50: zlayer.agent.v1.AgentService.GetStats:output_type -> zlayer.agent.v1.GetStatsResponse
+	41, // [41:51] is the sub-list for method output_type
+	31, // [31:41] is the sub-list for method input_type
+	31, // [31:31] is the sub-list for extension type_name
+	31, // [31:31] is the sub-list for extension extendee
+	0,  // [0:31] is the sub-list for field type_name
 }
 
 func init() { file_zlayer_agent_v1_agent_proto_init() }
@@ -150,18 +2447,31 @@ func file_zlayer_agent_v1_agent_proto_init() {
 	if File_zlayer_agent_v1_agent_proto != nil {
 		return
 	}
+	file_zlayer_agent_v1_agent_proto_msgTypes[22].OneofWrappers = []any{}
+	file_zlayer_agent_v1_agent_proto_msgTypes[26].OneofWrappers = []any{
+		(*ExecRequest_Start)(nil),
+		(*ExecRequest_Stdin)(nil),
+		(*ExecRequest_Resize)(nil),
+		(*ExecRequest_CloseStdin)(nil),
+	}
+	file_zlayer_agent_v1_agent_proto_msgTypes[27].OneofWrappers = []any{
+		(*ExecResponse_Stdout)(nil),
+		(*ExecResponse_Stderr)(nil),
+		(*ExecResponse_ExitCode)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_zlayer_agent_v1_agent_proto_rawDesc), len(file_zlayer_agent_v1_agent_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   2,
+			NumEnums:      3,
+			NumMessages:   32,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_zlayer_agent_v1_agent_proto_goTypes,
 		DependencyIndexes: file_zlayer_agent_v1_agent_proto_depIdxs,
+		EnumInfos:         file_zlayer_agent_v1_agent_proto_enumTypes,
 		MessageInfos:      file_zlayer_agent_v1_agent_proto_msgTypes,
 	}.Build()
 	File_zlayer_agent_v1_agent_proto = out.File

@@ -19,7 +19,16 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	AgentService_GetInfo_FullMethodName = "/zlayer.agent.v1.AgentService/GetInfo"
+	AgentService_GetInfo_FullMethodName       = "/zlayer.agent.v1.AgentService/GetInfo"
+	AgentService_RunReplica_FullMethodName    = "/zlayer.agent.v1.AgentService/RunReplica"
+	AgentService_StopReplica_FullMethodName   = "/zlayer.agent.v1.AgentService/StopReplica"
+	AgentService_RemoveReplica_FullMethodName = "/zlayer.agent.v1.AgentService/RemoveReplica"
+	AgentService_GetReplica_FullMethodName    = "/zlayer.agent.v1.AgentService/GetReplica"
+	AgentService_ListReplicas_FullMethodName  = "/zlayer.agent.v1.AgentService/ListReplicas"
+	AgentService_WatchReplicas_FullMethodName = "/zlayer.agent.v1.AgentService/WatchReplicas"
+	AgentService_StreamLogs_FullMethodName    = "/zlayer.agent.v1.AgentService/StreamLogs"
+	AgentService_Exec_FullMethodName          = "/zlayer.agent.v1.AgentService/Exec"
+	AgentService_GetStats_FullMethodName      = "/zlayer.agent.v1.AgentService/GetStats"
 )
 
 // AgentServiceClient is the client API for AgentService service.
@@ -27,10 +36,45 @@ const (
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
 // AgentService runs replicas on one node: OCI bundles, runc, cgroups, container networks, logs, exec and stats.
-// Served by zlayer-agent on <run_dir>/agent.sock.
+// Served by zlayer-agent on <run_dir>/agent.sock; called by the local
+// zlayer-scheduler and by zlctl. Replicas are containers: they keep running
+// when the agent stops, and the agent re-adopts them when it starts.
 type AgentServiceClient interface {
 	// GetInfo returns the daemon's version, node and uptime.
 	GetInfo(ctx context.Context, in *GetInfoRequest, opts ...grpc.CallOption) (*GetInfoResponse, error)
+	// RunReplica creates and starts one replica: root filesystem from the
+	// registry, network namespace and address, runc container under its
+	// monitor. Idempotent: a second call with the same id returns the existing
+	// replica. Errors: NOT_FOUND (image), INVALID_ARGUMENT (spec, limits, a
+	// process that cannot start), RESOURCE_EXHAUSTED (no free address),
+	// UNAVAILABLE (runc or the registry missing); on any error nothing of the
+	// replica is left.
+	RunReplica(ctx context.Context, in *RunReplicaRequest, opts ...grpc.CallOption) (*RunReplicaResponse, error)
+	// StopReplica sends SIGTERM, waits for the grace period, then SIGKILL,
+	// and returns once the process has ended. Stopping an ended replica
+	// succeeds.
+	StopReplica(ctx context.Context, in *StopReplicaRequest, opts ...grpc.CallOption) (*StopReplicaResponse, error)
+	// RemoveReplica deletes a replica and everything made for it (rootfs,
+	// cgroup, namespace, veth, address, logs). FAILED_PRECONDITION if it
+	// still runs and force is not set.
+	RemoveReplica(ctx context.Context, in *RemoveReplicaRequest, opts ...grpc.CallOption) (*RemoveReplicaResponse, error)
+	// GetReplica returns one replica.
+	GetReplica(ctx context.Context, in *GetReplicaRequest, opts ...grpc.CallOption) (*GetReplicaResponse, error)
+	// ListReplicas returns every replica on the node.
+	ListReplicas(ctx context.Context, in *ListReplicasRequest, opts ...grpc.CallOption) (*ListReplicasResponse, error)
+	// WatchReplicas sends the current state of every replica, then a message
+	// with synced set, then each change as it happens.
+	WatchReplicas(ctx context.Context, in *WatchReplicasRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchReplicasResponse], error)
+	// StreamLogs sends a replica's stdout and stderr lines, with their times;
+	// with follow, it keeps sending until the replica has exited and its
+	// output is drained, or the caller cancels.
+	StreamLogs(ctx context.Context, in *StreamLogsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[StreamLogsResponse], error)
+	// Exec runs a process inside a running replica. The first request
+	// carries start; later ones carry stdin, resize or close_stdin. The last
+	// response carries the exit code.
+	Exec(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ExecRequest, ExecResponse], error)
+	// GetStats reads replicas' resource use from their cgroups.
+	GetStats(ctx context.Context, in *GetStatsRequest, opts ...grpc.CallOption) (*GetStatsResponse, error)
 }
 
 type agentServiceClient struct {
@@ -51,15 +95,161 @@ func (c *agentServiceClient) GetInfo(ctx context.Context, in *GetInfoRequest, op
 	return out, nil
 }
 
+func (c *agentServiceClient) RunReplica(ctx context.Context, in *RunReplicaRequest, opts ...grpc.CallOption) (*RunReplicaResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RunReplicaResponse)
+	err := c.cc.Invoke(ctx, AgentService_RunReplica_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *agentServiceClient) StopReplica(ctx context.Context, in *StopReplicaRequest, opts ...grpc.CallOption) (*StopReplicaResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(StopReplicaResponse)
+	err := c.cc.Invoke(ctx, AgentService_StopReplica_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *agentServiceClient) RemoveReplica(ctx context.Context, in *RemoveReplicaRequest, opts ...grpc.CallOption) (*RemoveReplicaResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RemoveReplicaResponse)
+	err := c.cc.Invoke(ctx, AgentService_RemoveReplica_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *agentServiceClient) GetReplica(ctx context.Context, in *GetReplicaRequest, opts ...grpc.CallOption) (*GetReplicaResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetReplicaResponse)
+	err := c.cc.Invoke(ctx, AgentService_GetReplica_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *agentServiceClient) ListReplicas(ctx context.Context, in *ListReplicasRequest, opts ...grpc.CallOption) (*ListReplicasResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListReplicasResponse)
+	err := c.cc.Invoke(ctx, AgentService_ListReplicas_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *agentServiceClient) WatchReplicas(ctx context.Context, in *WatchReplicasRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchReplicasResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &AgentService_ServiceDesc.Streams[0], AgentService_WatchReplicas_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchReplicasRequest, WatchReplicasResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AgentService_WatchReplicasClient = grpc.ServerStreamingClient[WatchReplicasResponse]
+
+func (c *agentServiceClient) StreamLogs(ctx context.Context, in *StreamLogsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[StreamLogsResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &AgentService_ServiceDesc.Streams[1], AgentService_StreamLogs_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[StreamLogsRequest, StreamLogsResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AgentService_StreamLogsClient = grpc.ServerStreamingClient[StreamLogsResponse]
+
+func (c *agentServiceClient) Exec(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ExecRequest, ExecResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &AgentService_ServiceDesc.Streams[2], AgentService_Exec_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ExecRequest, ExecResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AgentService_ExecClient = grpc.BidiStreamingClient[ExecRequest, ExecResponse]
+
+func (c *agentServiceClient) GetStats(ctx context.Context, in *GetStatsRequest, opts ...grpc.CallOption) (*GetStatsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetStatsResponse)
+	err := c.cc.Invoke(ctx, AgentService_GetStats_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AgentServiceServer is the server API for AgentService service.
 // All implementations must embed UnimplementedAgentServiceServer
 // for forward compatibility.
 //
 // AgentService runs replicas on one node: OCI bundles, runc, cgroups, container networks, logs, exec and stats.
-// Served by zlayer-agent on <run_dir>/agent.sock.
+// Served by zlayer-agent on <run_dir>/agent.sock; called by the local
+// zlayer-scheduler and by zlctl. Replicas are containers: they keep running
+// when the agent stops, and the agent re-adopts them when it starts.
 type AgentServiceServer interface {
 	// GetInfo returns the daemon's version, node and uptime.
 	GetInfo(context.Context, *GetInfoRequest) (*GetInfoResponse, error)
+	// RunReplica creates and starts one replica: root filesystem from the
+	// registry, network namespace and address, runc container under its
+	// monitor. Idempotent: a second call with the same id returns the existing
+	// replica. Errors: NOT_FOUND (image), INVALID_ARGUMENT (spec, limits, a
+	// process that cannot start), RESOURCE_EXHAUSTED (no free address),
+	// UNAVAILABLE (runc or the registry missing); on any error nothing of the
+	// replica is left.
+	RunReplica(context.Context, *RunReplicaRequest) (*RunReplicaResponse, error)
+	// StopReplica sends SIGTERM, waits for the grace period, then SIGKILL,
+	// and returns once the process has ended. Stopping an ended replica
+	// succeeds.
+	StopReplica(context.Context, *StopReplicaRequest) (*StopReplicaResponse, error)
+	// RemoveReplica deletes a replica and everything made for it (rootfs,
+	// cgroup, namespace, veth, address, logs). FAILED_PRECONDITION if it
+	// still runs and force is not set.
+	RemoveReplica(context.Context, *RemoveReplicaRequest) (*RemoveReplicaResponse, error)
+	// GetReplica returns one replica.
+	GetReplica(context.Context, *GetReplicaRequest) (*GetReplicaResponse, error)
+	// ListReplicas returns every replica on the node.
+	ListReplicas(context.Context, *ListReplicasRequest) (*ListReplicasResponse, error)
+	// WatchReplicas sends the current state of every replica, then a message
+	// with synced set, then each change as it happens.
+	WatchReplicas(*WatchReplicasRequest, grpc.ServerStreamingServer[WatchReplicasResponse]) error
+	// StreamLogs sends a replica's stdout and stderr lines, with their times;
+	// with follow, it keeps sending until the replica has exited and its
+	// output is drained, or the caller cancels.
+	StreamLogs(*StreamLogsRequest, grpc.ServerStreamingServer[StreamLogsResponse]) error
+	// Exec runs a process inside a running replica. The first request
+	// carries start; later ones carry stdin, resize or close_stdin. The last
+	// response carries the exit code.
+	Exec(grpc.BidiStreamingServer[ExecRequest, ExecResponse]) error
+	// GetStats reads replicas' resource use from their cgroups.
+	GetStats(context.Context, *GetStatsRequest) (*GetStatsResponse, error)
 	mustEmbedUnimplementedAgentServiceServer()
 }
 
@@ -72,6 +262,33 @@ type UnimplementedAgentServiceServer struct{}
 
 func (UnimplementedAgentServiceServer) GetInfo(context.Context, *GetInfoRequest) (*GetInfoResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetInfo not implemented")
+}
+func (UnimplementedAgentServiceServer) RunReplica(context.Context, *RunReplicaRequest) (*RunReplicaResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RunReplica not implemented")
+}
+func (UnimplementedAgentServiceServer) StopReplica(context.Context, *StopReplicaRequest) (*StopReplicaResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method StopReplica not implemented")
+}
+func (UnimplementedAgentServiceServer) RemoveReplica(context.Context, *RemoveReplicaRequest) (*RemoveReplicaResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RemoveReplica not implemented")
+}
+func (UnimplementedAgentServiceServer) GetReplica(context.Context, *GetReplicaRequest) (*GetReplicaResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetReplica not implemented")
+}
+func (UnimplementedAgentServiceServer) ListReplicas(context.Context, *ListReplicasRequest) (*ListReplicasResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListReplicas not implemented")
+}
+func (UnimplementedAgentServiceServer) WatchReplicas(*WatchReplicasRequest, grpc.ServerStreamingServer[WatchReplicasResponse]) error {
+	return status.Error(codes.Unimplemented, "method WatchReplicas not implemented")
+}
+func (UnimplementedAgentServiceServer) StreamLogs(*StreamLogsRequest, grpc.ServerStreamingServer[StreamLogsResponse]) error {
+	return status.Error(codes.Unimplemented, "method StreamLogs not implemented")
+}
+func (UnimplementedAgentServiceServer) Exec(grpc.BidiStreamingServer[ExecRequest, ExecResponse]) error {
+	return status.Error(codes.Unimplemented, "method Exec not implemented")
+}
+func (UnimplementedAgentServiceServer) GetStats(context.Context, *GetStatsRequest) (*GetStatsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetStats not implemented")
 }
 func (UnimplementedAgentServiceServer) mustEmbedUnimplementedAgentServiceServer() {}
 func (UnimplementedAgentServiceServer) testEmbeddedByValue()                      {}
@@ -112,6 +329,143 @@ func _AgentService_GetInfo_Handler(srv interface{}, ctx context.Context, dec fun
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AgentService_RunReplica_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RunReplicaRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServiceServer).RunReplica(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AgentService_RunReplica_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServiceServer).RunReplica(ctx, req.(*RunReplicaRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AgentService_StopReplica_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(StopReplicaRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServiceServer).StopReplica(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AgentService_StopReplica_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServiceServer).StopReplica(ctx, req.(*StopReplicaRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AgentService_RemoveReplica_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RemoveReplicaRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServiceServer).RemoveReplica(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AgentService_RemoveReplica_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServiceServer).RemoveReplica(ctx, req.(*RemoveReplicaRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AgentService_GetReplica_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetReplicaRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServiceServer).GetReplica(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AgentService_GetReplica_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServiceServer).GetReplica(ctx, req.(*GetReplicaRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AgentService_ListReplicas_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListReplicasRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServiceServer).ListReplicas(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AgentService_ListReplicas_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServiceServer).ListReplicas(ctx, req.(*ListReplicasRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AgentService_WatchReplicas_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchReplicasRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(AgentServiceServer).WatchReplicas(m, &grpc.GenericServerStream[WatchReplicasRequest, WatchReplicasResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AgentService_WatchReplicasServer = grpc.ServerStreamingServer[WatchReplicasResponse]
+
+func _AgentService_StreamLogs_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(StreamLogsRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(AgentServiceServer).StreamLogs(m, &grpc.GenericServerStream[StreamLogsRequest, StreamLogsResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AgentService_StreamLogsServer = grpc.ServerStreamingServer[StreamLogsResponse]
+
+func _AgentService_Exec_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(AgentServiceServer).Exec(&grpc.GenericServerStream[ExecRequest, ExecResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AgentService_ExecServer = grpc.BidiStreamingServer[ExecRequest, ExecResponse]
+
+func _AgentService_GetStats_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetStatsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServiceServer).GetStats(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AgentService_GetStats_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServiceServer).GetStats(ctx, req.(*GetStatsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AgentService_ServiceDesc is the grpc.ServiceDesc for AgentService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -123,7 +477,48 @@ var AgentService_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "GetInfo",
 			Handler:    _AgentService_GetInfo_Handler,
 		},
+		{
+			MethodName: "RunReplica",
+			Handler:    _AgentService_RunReplica_Handler,
+		},
+		{
+			MethodName: "StopReplica",
+			Handler:    _AgentService_StopReplica_Handler,
+		},
+		{
+			MethodName: "RemoveReplica",
+			Handler:    _AgentService_RemoveReplica_Handler,
+		},
+		{
+			MethodName: "GetReplica",
+			Handler:    _AgentService_GetReplica_Handler,
+		},
+		{
+			MethodName: "ListReplicas",
+			Handler:    _AgentService_ListReplicas_Handler,
+		},
+		{
+			MethodName: "GetStats",
+			Handler:    _AgentService_GetStats_Handler,
+		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "WatchReplicas",
+			Handler:       _AgentService_WatchReplicas_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "StreamLogs",
+			Handler:       _AgentService_StreamLogs_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "Exec",
+			Handler:       _AgentService_Exec_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+	},
 	Metadata: "zlayer/agent/v1/agent.proto",
 }

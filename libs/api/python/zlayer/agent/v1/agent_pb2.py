@@ -11,10 +11,12 @@ from google.protobuf import symbol_database as _symbol_database
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from zlayer.types.v1 import types_pb2 as zlayer_dot_types_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bzlayer/agent/v1/agent.proto\x12\x0fzlayer.agent.v1\x1a\x1bzlayer/types/v1/types.proto\"\x10\n\x0eGetInfoRequest\"B\n\x0fGetInfoResponse\x12/\n\x04info\x18\x01 \x01(\x0b\x32\x1b.zlayer.types.v1.DaemonInfoR\x04info2\\\n\x0c\x41gentService\x12L\n\x07GetInfo\x12\x1f.zlayer.agent.v1.GetInfoRequest\x1a .zlayer.agent.v1.GetInfoResponseB-Z+zlayer.dev/libs/api/zlayer/agent/v1;agentv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bzlayer/agent/v1/agent.proto\x12\x0fzlayer.agent.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bzlayer/types/v1/types.proto\"\x10\n\x0eGetInfoRequest\"B\n\x0fGetInfoResponse\x12/\n\x04info\x18\x01 \x01(\x0b\x32\x1b.zlayer.types.v1.DaemonInfoR\x04info\"a\n\x0fReplicaIdentity\x12\x1e\n\ndeployment\x18\x01 \x01(\tR\ndeployment\x12\x18\n\x07service\x18\x02 \x01(\tR\x07service\x12\x14\n\x05index\x18\x03 \x01(\x05R\x05index\"\x1e\n\x04\x41rgv\x12\x16\n\x06values\x18\x01 \x03(\tR\x06values\"@\n\tResources\x12\x10\n\x03\x63pu\x18\x01 \x01(\x01R\x03\x63pu\x12!\n\x0cmemory_bytes\x18\x02 \x01(\x03R\x0bmemoryBytes\"N\n\x08\x45ndpoint\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n\x08protocol\x18\x02 \x01(\tR\x08protocol\x12\x12\n\x04port\x18\x03 \x01(\rR\x04port\"\xef\x03\n\x0bReplicaSpec\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12<\n\x08identity\x18\x02 \x01(\x0b\x32 .zlayer.agent.v1.ReplicaIdentityR\x08identity\x12\x14\n\x05image\x18\x03 \x01(\tR\x05image\x12<\n\x0bpull_policy\x18\x04 \x01(\x0e\x32\x1b.zlayer.agent.v1.PullPolicyR\npullPolicy\x12/\n\x07\x63ommand\x18\x05 \x01(\x0b\x32\x15.zlayer.agent.v1.ArgvR\x07\x63ommand\x12)\n\x04\x61rgs\x18\x06 \x01(\x0b\x32\x15.zlayer.agent.v1.ArgvR\x04\x61rgs\x12\x37\n\x03\x65nv\x18\x07 \x03(\x0b\x32%.zlayer.agent.v1.ReplicaSpec.EnvEntryR\x03\x65nv\x12\x38\n\tresources\x18\x08 \x01(\x0b\x32\x1a.zlayer.agent.v1.ResourcesR\tresources\x12\x37\n\tendpoints\x18\t \x03(\x0b\x32\x19.zlayer.agent.v1.EndpointR\tendpoints\x1a\x36\n\x08\x45nvEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01\"\x90\x01\n\nExitStatus\x12\x12\n\x04\x63ode\x18\x01 \x01(\x05R\x04\x63ode\x12\x16\n\x06signal\x18\x02 \x01(\x05R\x06signal\x12\x37\n\texited_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x08\x65xitedAt\x12\x1d\n\noom_killed\x18\x04 \x01(\x08R\toomKilled\"\xf4\x02\n\x07Replica\x12\x30\n\x04spec\x18\x01 \x01(\x0b\x32\x1c.zlayer.agent.v1.ReplicaSpecR\x04spec\x12\x33\n\x05state\x18\x02 \x01(\x0e\x32\x1d.zlayer.agent.v1.ReplicaStateR\x05state\x12!\n\x0cimage_digest\x18\x03 \x01(\tR\x0bimageDigest\x12\x0e\n\x02ip\x18\x04 \x01(\tR\x02ip\x12\x10\n\x03pid\x18\x05 \x01(\x05R\x03pid\x12\x39\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x39\n\nstarted_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tstartedAt\x12/\n\x04\x65xit\x18\x08 \x01(\x0b\x32\x1b.zlayer.agent.v1.ExitStatusR\x04\x65xit\x12\x16\n\x06reason\x18\t \x01(\tR\x06reason\"E\n\x11RunReplicaRequest\x12\x30\n\x04spec\x18\x01 \x01(\x0b\x32\x1c.zlayer.agent.v1.ReplicaSpecR\x04spec\"H\n\x12RunReplicaResponse\x12\x32\n\x07replica\x18\x01 \x01(\x0b\x32\x18.zlayer.agent.v1.ReplicaR\x07replica\"U\n\x12StopReplicaRequest\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12/\n\x05grace\x18\x02 \x01(\x0b\x32\x19.google.protobuf.DurationR\x05grace\"I\n\x13StopReplicaResponse\x12\x32\n\x07replica\x18\x01 \x01(\x0b\x32\x18.zlayer.agent.v1.ReplicaR\x07replica\"<\n\x14RemoveReplicaRequest\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n\x05\x66orce\x18\x02 \x01(\x08R\x05\x66orce\"\x17\n\x15RemoveReplicaResponse\"#\n\x11GetReplicaRequest\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\"H\n\x12GetReplicaResponse\x12\x32\n\x07replica\x18\x01 \x01(\x0b\x32\x18.zlayer.agent.v1.ReplicaR\x07replica\"\x15\n\x13ListReplicasRequest\"L\n\x14ListReplicasResponse\x12\x34\n\x08replicas\x18\x01 \x03(\x0b\x32\x18.zlayer.agent.v1.ReplicaR\x08replicas\"\x16\n\x14WatchReplicasRequest\"}\n\x15WatchReplicasResponse\x12\x32\n\x07replica\x18\x01 \x01(\x0b\x32\x18.zlayer.agent.v1.ReplicaR\x07replica\x12\x18\n\x07removed\x18\x02 \x01(\x08R\x07removed\x12\x16\n\x06synced\x18\x03 \x01(\x08R\x06synced\"\x9c\x01\n\x08LogEntry\x12.\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x04time\x12\x32\n\x06stream\x18\x02 \x01(\x0e\x32\x1a.zlayer.agent.v1.LogStreamR\x06stream\x12\x12\n\x04text\x18\x03 \x01(\x0cR\x04text\x12\x18\n\x07partial\x18\x04 \x01(\x08R\x07partial\"\x8f\x01\n\x11StreamLogsRequest\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n\x06\x66ollow\x18\x02 \x01(\x08R\x06\x66ollow\x12\x30\n\x05since\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x05since\x12\x17\n\x04tail\x18\x04 \x01(\x05H\x00R\x04tail\x88\x01\x01\x42\x07\n\x05_tail\"I\n\x12StreamLogsResponse\x12\x33\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x19.zlayer.agent.v1.LogEntryR\x07\x65ntries\"6\n\x0cTerminalSize\x12\x12\n\x04rows\x18\x01 \x01(\rR\x04rows\x12\x12\n\x04\x63ols\x18\x02 \x01(\rR\x04\x63ols\"\x98\x01\n\tExecStart\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n\x04\x61rgs\x18\x02 \x03(\tR\x04\x61rgs\x12\x10\n\x03\x65nv\x18\x03 \x03(\tR\x03\x65nv\x12\x10\n\x03\x63wd\x18\x04 \x01(\tR\x03\x63wd\x12\x10\n\x03tty\x18\x05 \x01(\x08R\x03tty\x12\x31\n\x04size\x18\x06 \x01(\x0b\x32\x1d.zlayer.agent.v1.TerminalSizeR\x04size\"\xbe\x01\n\x0b\x45xecRequest\x12\x32\n\x05start\x18\x01 \x01(\x0b\x32\x1a.zlayer.agent.v1.ExecStartH\x00R\x05start\x12\x16\n\x05stdin\x18\x02 \x01(\x0cH\x00R\x05stdin\x12\x37\n\x06resize\x18\x03 \x01(\x0b\x32\x1d.zlayer.agent.v1.TerminalSizeH\x00R\x06resize\x12!\n\x0b\x63lose_stdin\x18\x04 \x01(\x08H\x00R\ncloseStdinB\x07\n\x05input\"k\n\x0c\x45xecResponse\x12\x18\n\x06stdout\x18\x01 \x01(\x0cH\x00R\x06stdout\x12\x18\n\x06stderr\x18\x02 \x01(\x0cH\x00R\x06stderr\x12\x1d\n\texit_code\x18\x03 \x01(\x05H\x00R\x08\x65xitCodeB\x08\n\x06output\"#\n\x0fGetStatsRequest\x12\x10\n\x03ids\x18\x01 \x03(\tR\x03ids\"\xe4\x02\n\x0cReplicaStats\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x39\n\nsampled_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tsampledAt\x12\x36\n\tcpu_usage\x18\x03 \x01(\x0b\x32\x19.google.protobuf.DurationR\x08\x63puUsage\x12\x1b\n\tcpu_limit\x18\x04 \x01(\x01R\x08\x63puLimit\x12\x1f\n\x0b\x63pu_percent\x18\x05 \x01(\x01R\ncpuPercent\x12!\n\x0cmemory_bytes\x18\x06 \x01(\x04R\x0bmemoryBytes\x12,\n\x12memory_limit_bytes\x18\x07 \x01(\x04R\x10memoryLimitBytes\x12%\n\x0ememory_percent\x18\x08 \x01(\x01R\rmemoryPercent\x12\x1b\n\toom_kills\x18\t \x01(\x04R\x08oomKills\"G\n\x10GetStatsResponse\x12\x33\n\x05stats\x18\x01 \x03(\x0b\x32\x1d.zlayer.agent.v1.ReplicaStatsR\x05stats*\xb2\x01\n\x0cReplicaState\x12\x1d\n\x19REPLICA_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16REPLICA_STATE_CREATING\x10\x01\x12\x19\n\x15REPLICA_STATE_RUNNING\x10\x02\x12\x1a\n\x16REPLICA_STATE_STOPPING\x10\x03\x12\x18\n\x14REPLICA_STATE_EXITED\x10\x04\x12\x16\n\x12REPLICA_STATE_LOST\x10\x05*x\n\nPullPolicy\x12\x1b\n\x17PULL_POLICY_UNSPECIFIED\x10\x00\x12\x16\n\x12PULL_POLICY_ALWAYS\x10\x01\x12\x1e\n\x1aPULL_POLICY_IF_NOT_PRESENT\x10\x02\x12\x15\n\x11PULL_POLICY_NEVER\x10\x03*U\n\tLogStream\x12\x1a\n\x16LOG_STREAM_UNSPECIFIED\x10\x00\x12\x15\n\x11LOG_STREAM_STDOUT\x10\x01\x12\x15\n\x11LOG_STREAM_STDERR\x10\x02\x32\xf6\x06\n\x0c\x41gentService\x12L\n\x07GetInfo\x12\x1f.zlayer.agent.v1.GetInfoRequest\x1a .zlayer.agent.v1.GetInfoResponse\x12U\n\nRunReplica\x12\".zlayer.agent.v1.RunReplicaRequest\x1a#.zlayer.agent.v1.RunReplicaResponse\x12X\n\x0bStopReplica\x12#.zlayer.agent.v1.StopReplicaRequest\x1a$.zlayer.agent.v1.StopReplicaResponse\x12^\n\rRemoveReplica\x12%.zlayer.agent.v1.RemoveReplicaRequest\x1a&.zlayer.agent.v1.RemoveReplicaResponse\x12U\n\nGetReplica\x12\".zlayer.agent.v1.GetReplicaRequest\x1a#.zlayer.agent.v1.GetReplicaResponse\x12[\n\x0cListReplicas\x12$.zlayer.agent.v1.ListReplicasRequest\x1a%.zlayer.agent.v1.ListReplicasResponse\x12`\n\rWatchReplicas\x12%.zlayer.agent.v1.WatchReplicasRequest\x1a&.zlayer.agent.v1.WatchReplicasResponse0\x01\x12W\n\nStreamLogs\x12\".zlayer.agent.v1.StreamLogsRequest\x1a#.zlayer.agent.v1.StreamLogsResponse0\x01\x12G\n\x04\x45xec\x12\x1c.zlayer.agent.v1.ExecRequest\x1a\x1d.zlayer.agent.v1.ExecResponse(\x01\x30\x01\x12O\n\x08GetStats\x12 .zlayer.agent.v1.GetStatsRequest\x1a!.zlayer.agent.v1.GetStatsResponseB-Z+zlayer.dev/libs/api/zlayer/agent/v1;agentv1b\x06proto3')
 
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, globals())
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'zlayer.agent.v1.agent_pb2', globals())
@@ -22,10 +24,78 @@ if _descriptor._USE_C_DESCRIPTORS == False:
 
   DESCRIPTOR._options = None
   DESCRIPTOR._serialized_options = b'Z+zlayer.dev/libs/api/zlayer/agent/v1;agentv1'
-  _GETINFOREQUEST._serialized_start=77
-  _GETINFOREQUEST._serialized_end=93
-  _GETINFORESPONSE._serialized_start=95
-  _GETINFORESPONSE._serialized_end=161
-  _AGENTSERVICE._serialized_start=163
-  _AGENTSERVICE._serialized_end=255
+  _REPLICASPEC_ENVENTRY._options = None
+  _REPLICASPEC_ENVENTRY._serialized_options = b'8\001'
+  _REPLICASTATE._serialized_start=3645
+  _REPLICASTATE._serialized_end=3823
+  _PULLPOLICY._serialized_start=3825
+  _PULLPOLICY._serialized_end=3945
+  _LOGSTREAM._serialized_start=3947
+  _LOGSTREAM._serialized_end=4032
+  _GETINFOREQUEST._serialized_start=142
+  _GETINFOREQUEST._serialized_end=158
+  _GETINFORESPONSE._serialized_start=160
+  _GETINFORESPONSE._serialized_end=226
+  _REPLICAIDENTITY._serialized_start=228
+  _REPLICAIDENTITY._serialized_end=325
+  _ARGV._serialized_start=327
+  _ARGV._serialized_end=357
+  _RESOURCES._serialized_start=359
+  _RESOURCES._serialized_end=423
+  _ENDPOINT._serialized_start=425
+  _ENDPOINT._serialized_end=503
+  _REPLICASPEC._serialized_start=506
+  _REPLICASPEC._serialized_end=1001
+  _REPLICASPEC_ENVENTRY._serialized_start=947
+  _REPLICASPEC_ENVENTRY._serialized_end=1001
+  _EXITSTATUS._serialized_start=1004
+  _EXITSTATUS._serialized_end=1148
+  _REPLICA._serialized_start=1151
+  _REPLICA._serialized_end=1523
+  _RUNREPLICAREQUEST._serialized_start=1525
+  _RUNREPLICAREQUEST._serialized_end=1594
+  _RUNREPLICARESPONSE._serialized_start=1596
+  _RUNREPLICARESPONSE._serialized_end=1668
+  _STOPREPLICAREQUEST._serialized_start=1670
+  _STOPREPLICAREQUEST._serialized_end=1755
+  _STOPREPLICARESPONSE._serialized_start=1757
+  _STOPREPLICARESPONSE._serialized_end=1830
+  _REMOVEREPLICAREQUEST._serialized_start=1832
+  _REMOVEREPLICAREQUEST._serialized_end=1892
+  _REMOVEREPLICARESPONSE._serialized_start=1894
+  _REMOVEREPLICARESPONSE._serialized_end=1917
+  _GETREPLICAREQUEST._serialized_start=1919
+  _GETREPLICAREQUEST._serialized_end=1954
+  _GETREPLICARESPONSE._serialized_start=1956
+  _GETREPLICARESPONSE._serialized_end=2028
+  _LISTREPLICASREQUEST._serialized_start=2030
+  _LISTREPLICASREQUEST._serialized_end=2051
+  _LISTREPLICASRESPONSE._serialized_start=2053
+  _LISTREPLICASRESPONSE._serialized_end=2129
+  _WATCHREPLICASREQUEST._serialized_start=2131
+  _WATCHREPLICASREQUEST._serialized_end=2153
+  _WATCHREPLICASRESPONSE._serialized_start=2155
+  _WATCHREPLICASRESPONSE._serialized_end=2280
+  _LOGENTRY._serialized_start=2283
+  _LOGENTRY._serialized_end=2439
+  _STREAMLOGSREQUEST._serialized_start=2442
+  _STREAMLOGSREQUEST._serialized_end=2585
+  _STREAMLOGSRESPONSE._serialized_start=2587
+  _STREAMLOGSRESPONSE._serialized_end=2660
+  _TERMINALSIZE._serialized_start=2662
+  _TERMINALSIZE._serialized_end=2716
+  _EXECSTART._serialized_start=2719
+  _EXECSTART._serialized_end=2871
+  _EXECREQUEST._serialized_start=2874
+  _EXECREQUEST._serialized_end=3064
+  _EXECRESPONSE._serialized_start=3066
+  _EXECRESPONSE._serialized_end=3173
+  _GETSTATSREQUEST._serialized_start=3175
+  _GETSTATSREQUEST._serialized_end=3210
+  _REPLICASTATS._serialized_start=3213
+  _REPLICASTATS._serialized_end=3569
+  _GETSTATSRESPONSE._serialized_start=3571
+  _GETSTATSRESPONSE._serialized_end=3642
+  _AGENTSERVICE._serialized_start=4035
+  _AGENTSERVICE._serialized_end=4921
 # @@protoc_insertion_point(module_scope)

@@ -7,7 +7,9 @@ from zlayer.agent.v1 import agent_pb2 as zlayer_dot_agent_dot_v1_dot_agent__pb2
 
 class AgentServiceStub(object):
     """AgentService runs replicas on one node: OCI bundles, runc, cgroups, container networks, logs, exec and stats.
-    Served by zlayer-agent on <run_dir>/agent.sock.
+    Served by zlayer-agent on <run_dir>/agent.sock; called by the local
+    zlayer-scheduler and by zlctl. Replicas are containers: they keep running
+    when the agent stops, and the agent re-adopts them when it starts.
     """
 
     def __init__(self, channel):
@@ -21,15 +23,140 @@ class AgentServiceStub(object):
                 request_serializer=zlayer_dot_agent_dot_v1_dot_agent__pb2.GetInfoRequest.SerializeToString,
                 response_deserializer=zlayer_dot_agent_dot_v1_dot_agent__pb2.GetInfoResponse.FromString,
                 )
+        self.RunReplica = channel.unary_unary(
+                '/zlayer.agent.v1.AgentService/RunReplica',
+                request_serializer=zlayer_dot_agent_dot_v1_dot_agent__pb2.RunReplicaRequest.SerializeToString,
+                response_deserializer=zlayer_dot_agent_dot_v1_dot_agent__pb2.RunReplicaResponse.FromString,
+                )
+        self.StopReplica = channel.unary_unary(
+                '/zlayer.agent.v1.AgentService/StopReplica',
+                request_serializer=zlayer_dot_agent_dot_v1_dot_agent__pb2.StopReplicaRequest.SerializeToString,
+                response_deserializer=zlayer_dot_agent_dot_v1_dot_agent__pb2.StopReplicaResponse.FromString,
+                )
+        self.RemoveReplica = channel.unary_unary(
+                '/zlayer.agent.v1.AgentService/RemoveReplica',
+                request_serializer=zlayer_dot_agent_dot_v1_dot_agent__pb2.RemoveReplicaRequest.SerializeToString,
+                response_deserializer=zlayer_dot_agent_dot_v1_dot_agent__pb2.RemoveReplicaResponse.FromString,
+                )
+        self.GetReplica = channel.unary_unary(
+                '/zlayer.agent.v1.AgentService/GetReplica',
+                request_serializer=zlayer_dot_agent_dot_v1_dot_agent__pb2.GetReplicaRequest.SerializeToString,
+                response_deserializer=zlayer_dot_agent_dot_v1_dot_agent__pb2.GetReplicaResponse.FromString,
+                )
+        self.ListReplicas = channel.unary_unary(
+                '/zlayer.agent.v1.AgentService/ListReplicas',
+                request_serializer=zlayer_dot_agent_dot_v1_dot_agent__pb2.ListReplicasRequest.SerializeToString,
+                response_deserializer=zlayer_dot_agent_dot_v1_dot_agent__pb2.ListReplicasResponse.FromString,
+                )
+        self.WatchReplicas = channel.unary_stream(
+                '/zlayer.agent.v1.AgentService/WatchReplicas',
+                request_serializer=zlayer_dot_agent_dot_v1_dot_agent__pb2.WatchReplicasRequest.SerializeToString,
+                response_deserializer=zlayer_dot_agent_dot_v1_dot_agent__pb2.WatchReplicasResponse.FromString,
+                )
+        self.StreamLogs = channel.unary_stream(
+                '/zlayer.agent.v1.AgentService/StreamLogs',
+                request_serializer=zlayer_dot_agent_dot_v1_dot_agent__pb2.StreamLogsRequest.SerializeToString,
+                response_deserializer=zlayer_dot_agent_dot_v1_dot_agent__pb2.StreamLogsResponse.FromString,
+                )
+        self.Exec = channel.stream_stream(
+                '/zlayer.agent.v1.AgentService/Exec',
+                request_serializer=zlayer_dot_agent_dot_v1_dot_agent__pb2.ExecRequest.SerializeToString,
+                response_deserializer=zlayer_dot_agent_dot_v1_dot_agent__pb2.ExecResponse.FromString,
+                )
+        self.GetStats = channel.unary_unary(
+                '/zlayer.agent.v1.AgentService/GetStats',
+                request_serializer=zlayer_dot_agent_dot_v1_dot_agent__pb2.GetStatsRequest.SerializeToString,
+                response_deserializer=zlayer_dot_agent_dot_v1_dot_agent__pb2.GetStatsResponse.FromString,
+                )
 
 
 class AgentServiceServicer(object):
     """AgentService runs replicas on one node: OCI bundles, runc, cgroups, container networks, logs, exec and stats.
-    Served by zlayer-agent on <run_dir>/agent.sock.
+    Served by zlayer-agent on <run_dir>/agent.sock; called by the local
+    zlayer-scheduler and by zlctl. Replicas are containers: they keep running
+    when the agent stops, and the agent re-adopts them when it starts.
     """
 
     def GetInfo(self, request, context):
         """GetInfo returns the daemon's version, node and uptime.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RunReplica(self, request, context):
+        """RunReplica creates and starts one replica: root filesystem from the
+        registry, network namespace and address, runc container under its
+        monitor. Idempotent: a second call with the same id returns the existing
+        replica. Errors: NOT_FOUND (image), INVALID_ARGUMENT (spec, limits, a
+        process that cannot start), RESOURCE_EXHAUSTED (no free address),
+        UNAVAILABLE (runc or the registry missing); on any error nothing of the
+        replica is left.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StopReplica(self, request, context):
+        """StopReplica sends SIGTERM, waits for the grace period, then SIGKILL,
+        and returns once the process has ended. Stopping an ended replica
+        succeeds.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveReplica(self, request, context):
+        """RemoveReplica deletes a replica and everything made for it (rootfs,
+        cgroup, namespace, veth, address, logs). FAILED_PRECONDITION if it
+        still runs and force is not set.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetReplica(self, request, context):
+        """GetReplica returns one replica.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListReplicas(self, request, context):
+        """ListReplicas returns every replica on the node.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchReplicas(self, request, context):
+        """WatchReplicas sends the current state of every replica, then a message
+        with synced set, then each change as it happens.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamLogs(self, request, context):
+        """StreamLogs sends a replica's stdout and stderr lines, with their times;
+        with follow, it keeps sending until the replica has exited and its
+        output is drained, or the caller cancels.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Exec(self, request_iterator, context):
+        """Exec runs a process inside a running replica. The first request
+        carries start; later ones carry stdin, resize or close_stdin. The last
+        response carries the exit code.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetStats(self, request, context):
+        """GetStats reads replicas' resource use from their cgroups.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -43,6 +170,51 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     request_deserializer=zlayer_dot_agent_dot_v1_dot_agent__pb2.GetInfoRequest.FromString,
                     response_serializer=zlayer_dot_agent_dot_v1_dot_agent__pb2.GetInfoResponse.SerializeToString,
             ),
+            'RunReplica': grpc.unary_unary_rpc_method_handler(
+                    servicer.RunReplica,
+                    request_deserializer=zlayer_dot_agent_dot_v1_dot_agent__pb2.RunReplicaRequest.FromString,
+                    response_serializer=zlayer_dot_agent_dot_v1_dot_agent__pb2.RunReplicaResponse.SerializeToString,
+            ),
+            'StopReplica': grpc.unary_unary_rpc_method_handler(
+                    servicer.StopReplica,
+                    request_deserializer=zlayer_dot_agent_dot_v1_dot_agent__pb2.StopReplicaRequest.FromString,
+                    response_serializer=zlayer_dot_agent_dot_v1_dot_agent__pb2.StopReplicaResponse.SerializeToString,
+            ),
+            'RemoveReplica': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveReplica,
+                    request_deserializer=zlayer_dot_agent_dot_v1_dot_agent__pb2.RemoveReplicaRequest.FromString,
+                    response_serializer=zlayer_dot_agent_dot_v1_dot_agent__pb2.RemoveReplicaResponse.SerializeToString,
+            ),
+            'GetReplica': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetReplica,
+                    request_deserializer=zlayer_dot_agent_dot_v1_dot_agent__pb2.GetReplicaRequest.FromString,
+                    response_serializer=zlayer_dot_agent_dot_v1_dot_agent__pb2.GetReplicaResponse.SerializeToString,
+            ),
+            'ListReplicas': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListReplicas,
+                    request_deserializer=zlayer_dot_agent_dot_v1_dot_agent__pb2.ListReplicasRequest.FromString,
+                    response_serializer=zlayer_dot_agent_dot_v1_dot_agent__pb2.ListReplicasResponse.SerializeToString,
+            ),
+            'WatchReplicas': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchReplicas,
+                    request_deserializer=zlayer_dot_agent_dot_v1_dot_agent__pb2.WatchReplicasRequest.FromString,
+                    response_serializer=zlayer_dot_agent_dot_v1_dot_agent__pb2.WatchReplicasResponse.SerializeToString,
+            ),
+            'StreamLogs': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamLogs,
+                    request_deserializer=zlayer_dot_agent_dot_v1_dot_agent__pb2.StreamLogsRequest.FromString,
+                    response_serializer=zlayer_dot_agent_dot_v1_dot_agent__pb2.StreamLogsResponse.SerializeToString,
+            ),
+            'Exec': grpc.stream_stream_rpc_method_handler(
+                    servicer.Exec,
+                    request_deserializer=zlayer_dot_agent_dot_v1_dot_agent__pb2.ExecRequest.FromString,
+                    response_serializer=zlayer_dot_agent_dot_v1_dot_agent__pb2.ExecResponse.SerializeToString,
+            ),
+            'GetStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStats,
+                    request_deserializer=zlayer_dot_agent_dot_v1_dot_agent__pb2.GetStatsRequest.FromString,
+                    response_serializer=zlayer_dot_agent_dot_v1_dot_agent__pb2.GetStatsResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'zlayer.agent.v1.AgentService', rpc_method_handlers)
@@ -52,7 +224,9 @@ def add_AgentServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class AgentService(object):
     """AgentService runs replicas on one node: OCI bundles, runc, cgroups, container networks, logs, exec and stats.
-    Served by zlayer-agent on <run_dir>/agent.sock.
+    Served by zlayer-agent on <run_dir>/agent.sock; called by the local
+    zlayer-scheduler and by zlctl. Replicas are containers: they keep running
+    when the agent stops, and the agent re-adopts them when it starts.
     """
 
     @staticmethod
@@ -69,5 +243,158 @@ class AgentService(object):
         return grpc.experimental.unary_unary(request, target, '/zlayer.agent.v1.AgentService/GetInfo',
             zlayer_dot_agent_dot_v1_dot_agent__pb2.GetInfoRequest.SerializeToString,
             zlayer_dot_agent_dot_v1_dot_agent__pb2.GetInfoResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def RunReplica(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/zlayer.agent.v1.AgentService/RunReplica',
+            zlayer_dot_agent_dot_v1_dot_agent__pb2.RunReplicaRequest.SerializeToString,
+            zlayer_dot_agent_dot_v1_dot_agent__pb2.RunReplicaResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def StopReplica(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/zlayer.agent.v1.AgentService/StopReplica',
+            zlayer_dot_agent_dot_v1_dot_agent__pb2.StopReplicaRequest.SerializeToString,
+            zlayer_dot_agent_dot_v1_dot_agent__pb2.StopReplicaResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def RemoveReplica(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/zlayer.agent.v1.AgentService/RemoveReplica',
+            zlayer_dot_agent_dot_v1_dot_agent__pb2.RemoveReplicaRequest.SerializeToString,
+            zlayer_dot_agent_dot_v1_dot_agent__pb2.RemoveReplicaResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def GetReplica(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/zlayer.agent.v1.AgentService/GetReplica',
+            zlayer_dot_agent_dot_v1_dot_agent__pb2.GetReplicaRequest.SerializeToString,
+            zlayer_dot_agent_dot_v1_dot_agent__pb2.GetReplicaResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def ListReplicas(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/zlayer.agent.v1.AgentService/ListReplicas',
+            zlayer_dot_agent_dot_v1_dot_agent__pb2.ListReplicasRequest.SerializeToString,
+            zlayer_dot_agent_dot_v1_dot_agent__pb2.ListReplicasResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def WatchReplicas(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(request, target, '/zlayer.agent.v1.AgentService/WatchReplicas',
+            zlayer_dot_agent_dot_v1_dot_agent__pb2.WatchReplicasRequest.SerializeToString,
+            zlayer_dot_agent_dot_v1_dot_agent__pb2.WatchReplicasResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def StreamLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(request, target, '/zlayer.agent.v1.AgentService/StreamLogs',
+            zlayer_dot_agent_dot_v1_dot_agent__pb2.StreamLogsRequest.SerializeToString,
+            zlayer_dot_agent_dot_v1_dot_agent__pb2.StreamLogsResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def Exec(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(request_iterator, target, '/zlayer.agent.v1.AgentService/Exec',
+            zlayer_dot_agent_dot_v1_dot_agent__pb2.ExecRequest.SerializeToString,
+            zlayer_dot_agent_dot_v1_dot_agent__pb2.ExecResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def GetStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/zlayer.agent.v1.AgentService/GetStats',
+            zlayer_dot_agent_dot_v1_dot_agent__pb2.GetStatsRequest.SerializeToString,
+            zlayer_dot_agent_dot_v1_dot_agent__pb2.GetStatsResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
