@@ -73,6 +73,7 @@ require (
 	zlayer.dev/libs/errkind v0.0.0 // indirect
 	zlayer.dev/libs/obs v0.0.0 // indirect
 	zlayer.dev/libs/rpc v0.0.0 // indirect
+	zlayer.dev/libs/spec v0.0.0
 )
 
 replace (
@@ -82,3 +83,5 @@ replace (
 	zlayer.dev/libs/obs => ../../libs/obs
 	zlayer.dev/libs/rpc => ../../libs/rpc
 )
+
+replace zlayer.dev/libs/spec => ../../libs/spec

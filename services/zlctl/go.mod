@@ -22,6 +22,7 @@ require (
 	google.golang.org/genproto/googleapis/rpc v0.0.0-20260817212433-ac3dfec99bb1 // indirect
 	google.golang.org/grpc v1.85.0 // indirect
 	google.golang.org/protobuf v1.36.12 // indirect
+	zlayer.dev/libs/testkit v0.0.0
 )
 
 replace (
@@ -32,3 +33,5 @@ replace (
 	zlayer.dev/libs/rpc => ../../libs/rpc
 	zlayer.dev/libs/spec => ../../libs/spec
 )
+
+replace zlayer.dev/libs/testkit => ../../libs/testkit

@@ -29,7 +29,7 @@ func TestFiveDaemonsAnswer(t *testing.T) {
 	for _, c := range components {
 		t.Run(c, func(t *testing.T) {
 			sock := rpc.SocketPath(n.runDir, c)
-			out, code := run(t, "grpcurl", "-plaintext", "-unix", sock, "list")
+			out, code := run(t, "grpcurl", "-plaintext", "unix://"+sock, "list")
 			if code != 0 {
 				t.Fatalf("grpcurl list: exit %d: %s", code, out)
 			}
@@ -38,11 +38,11 @@ func TestFiveDaemonsAnswer(t *testing.T) {
 					t.Errorf("grpcurl list on %s lacks %s:\n%s", sock, want, out)
 				}
 			}
-			out, code = run(t, "grpcurl", "-plaintext", "-unix", sock, "grpc.health.v1.Health/Check")
+			out, code = run(t, "grpcurl", "-plaintext", "unix://"+sock, "grpc.health.v1.Health/Check")
 			if code != 0 || !strings.Contains(out, `"status": "SERVING"`) {
 				t.Errorf("health check: exit %d: %s", code, out)
 			}
-			out, code = run(t, "grpcurl", "-plaintext", "-unix", sock, ownService(c)+"/GetInfo")
+			out, code = run(t, "grpcurl", "-plaintext", "unix://"+sock, ownService(c)+"/GetInfo")
 			if code != 0 {
 				t.Fatalf("GetInfo: exit %d: %s", code, out)
 			}

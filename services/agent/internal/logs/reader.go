@@ -31,6 +31,9 @@ type ReadOptions struct {
 	Done func() bool
 	// Poll is how often a follower looks for new data; 0 means 100ms.
 	Poll time.Duration
+	// Idle, if set, is called whenever Read has sent everything there is
+	// so far and is about to wait (a caller batching entries flushes).
+	Idle func() error
 }
 
 // ParseLine parses one on-disk line (without its newline).
@@ -143,6 +146,11 @@ func Read(ctx context.Context, path string, o ReadOptions, emit func(Entry) erro
 		}
 		if done {
 			return nil
+		}
+		if o.Idle != nil {
+			if err := o.Idle(); err != nil {
+				return err
+			}
 		}
 		select {
 		case <-ctx.Done():

@@ -59,9 +59,10 @@ type Runner struct {
 	agent Agent
 	specs *specinfo.Cache
 
-	reported map[string]*schedulerv1.ReplicaStatus // last status sent per replica
-	started  map[string]time.Time                  // replicas asked to start, to avoid asking twice at once
-	failures chan failure                          // start failures, for the next heartbeat
+	reported  map[string]*schedulerv1.ReplicaStatus // last status sent per replica
+	started   map[string]time.Time                  // replicas asked to start, to avoid asking twice at once
+	failures  chan failure                          // start failures, for the next heartbeat
+	agentDown bool                                  // last sync could not reach the agent
 }
 
 // New returns a Runner.
@@ -132,8 +133,15 @@ func (r *Runner) sync(ctx context.Context) {
 	}
 	have, err := r.agent.List(ctx)
 	if err != nil {
-		r.log.Warn("agent unreachable", zap.Error(err))
+		if !r.agentDown {
+			r.log.Warn("agent unreachable; retrying", zap.Error(err))
+			r.agentDown = true
+		}
 		return
+	}
+	if r.agentDown {
+		r.log.Info("agent reachable again")
+		r.agentDown = false
 	}
 	for id, rep := range st.Replicas {
 		if rep.Node != r.cfg.Node.Name {

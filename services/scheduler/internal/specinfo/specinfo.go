@@ -45,7 +45,7 @@ func Parse(fileName string, data []byte) (*Deployment, error) {
 		svc := Service{
 			Service: reconcile.Service{
 				Name:   name,
-				Hash:   spec.ServiceHash(s),
+				Hash:   s.Hash(),
 				RType:  string(s.RType),
 				Demand: placement.Demand{CPU: s.Resources.CPU, Memory: s.Resources.Memory.Bytes()},
 			},

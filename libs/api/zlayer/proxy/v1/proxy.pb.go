@@ -891,8 +891,9 @@ type GetStatsResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// at is when the snapshot was taken.
 	At *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=at,proto3" json:"at,omitempty"`
-	// window is the window the rates were averaged over (shorter than asked
-	// right after the proxy started).
+	// window is the window the rates were averaged over: the one asked for,
+	// clamped to 60s (an endpoint routed for less time is averaged over its
+	// lifetime).
 	Window *durationpb.Duration `protobuf:"bytes,2,opt,name=window,proto3" json:"window,omitempty"`
 	// endpoints has one entry per route in force, sorted by deployment,
 	// service, endpoint.
@@ -963,23 +964,15 @@ type EndpointStats struct {
 	Endpoint string `protobuf:"bytes,3,opt,name=endpoint,proto3" json:"endpoint,omitempty"`
 	// rps is requests (tcp: connections; udp: new flows) per second over the window.
 	Rps float64 `protobuf:"fixed64,4,opt,name=rps,proto3" json:"rps,omitempty"`
-	// requests_total counts requests since the proxy started.
+	// requests_total counts requests since the endpoint was first routed here.
 	RequestsTotal uint64 `protobuf:"varint,5,opt,name=requests_total,json=requestsTotal,proto3" json:"requests_total,omitempty"`
-	// responses_1xx .. responses_5xx count responses by status class
-	// (HTTP protocols only).
-	Responses_1Xx uint64 `protobuf:"varint,6,opt,name=responses_1xx,json=responses1xx,proto3" json:"responses_1xx,omitempty"`
-	// responses_2xx counts 2xx responses.
-	Responses_2Xx uint64 `protobuf:"varint,7,opt,name=responses_2xx,json=responses2xx,proto3" json:"responses_2xx,omitempty"`
-	// responses_3xx counts 3xx responses.
-	Responses_3Xx uint64 `protobuf:"varint,8,opt,name=responses_3xx,json=responses3xx,proto3" json:"responses_3xx,omitempty"`
-	// responses_4xx counts 4xx responses.
-	Responses_4Xx uint64 `protobuf:"varint,9,opt,name=responses_4xx,json=responses4xx,proto3" json:"responses_4xx,omitempty"`
-	// responses_5xx counts 5xx responses, the proxy's own 502/503/504 included.
-	Responses_5Xx uint64 `protobuf:"varint,10,opt,name=responses_5xx,json=responses5xx,proto3" json:"responses_5xx,omitempty"`
+	// responses counts responses by status class (HTTP protocols only), the
+	// proxy's own 502/503/504 included.
+	Responses *StatusClasses `protobuf:"bytes,6,opt,name=responses,proto3" json:"responses,omitempty"`
 	// active is the number of requests or connections in flight now.
-	Active int64 `protobuf:"varint,11,opt,name=active,proto3" json:"active,omitempty"`
+	Active int64 `protobuf:"varint,7,opt,name=active,proto3" json:"active,omitempty"`
 	// eligible_backends is the number of backends receiving new traffic.
-	EligibleBackends uint32 `protobuf:"varint,12,opt,name=eligible_backends,json=eligibleBackends,proto3" json:"eligible_backends,omitempty"`
+	EligibleBackends uint32 `protobuf:"varint,8,opt,name=eligible_backends,json=eligibleBackends,proto3" json:"eligible_backends,omitempty"`
 	unknownFields    protoimpl.UnknownFields
 	sizeCache        protoimpl.SizeCache
 }
@@ -1049,39 +1042,11 @@ func (x *EndpointStats) GetRequestsTotal() uint64 {
 	return 0
 }
 
-func (x *EndpointStats) GetResponses_1Xx() uint64 {
+func (x *EndpointStats) GetResponses() *StatusClasses {
 	if x != nil {
-		return x.Responses_1Xx
+		return x.Responses
 	}
-	return 0
-}
-
-func (x *EndpointStats) GetResponses_2Xx() uint64 {
-	if x != nil {
-		return x.Responses_2Xx
-	}
-	return 0
-}
-
-func (x *EndpointStats) GetResponses_3Xx() uint64 {
-	if x != nil {
-		return x.Responses_3Xx
-	}
-	return 0
-}
-
-func (x *EndpointStats) GetResponses_4Xx() uint64 {
-	if x != nil {
-		return x.Responses_4Xx
-	}
-	return 0
-}
-
-func (x *EndpointStats) GetResponses_5Xx() uint64 {
-	if x != nil {
-		return x.Responses_5Xx
-	}
-	return 0
+	return nil
 }
 
 func (x *EndpointStats) GetActive() int64 {
@@ -1094,6 +1059,88 @@ func (x *EndpointStats) GetActive() int64 {
 func (x *EndpointStats) GetEligibleBackends() uint32 {
 	if x != nil {
 		return x.EligibleBackends
+	}
+	return 0
+}
+
+// StatusClasses counts HTTP responses by status class.
+type StatusClasses struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// informational counts 1xx responses (101 for websocket upgrades).
+	Informational uint64 `protobuf:"varint,1,opt,name=informational,proto3" json:"informational,omitempty"`
+	// success counts 2xx responses.
+	Success uint64 `protobuf:"varint,2,opt,name=success,proto3" json:"success,omitempty"`
+	// redirection counts 3xx responses.
+	Redirection uint64 `protobuf:"varint,3,opt,name=redirection,proto3" json:"redirection,omitempty"`
+	// client_error counts 4xx responses.
+	ClientError uint64 `protobuf:"varint,4,opt,name=client_error,json=clientError,proto3" json:"client_error,omitempty"`
+	// server_error counts 5xx responses.
+	ServerError   uint64 `protobuf:"varint,5,opt,name=server_error,json=serverError,proto3" json:"server_error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StatusClasses) Reset() {
+	*x = StatusClasses{}
+	mi := &file_zlayer_proxy_v1_proxy_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StatusClasses) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StatusClasses) ProtoMessage() {}
+
+func (x *StatusClasses) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_proxy_v1_proxy_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StatusClasses.ProtoReflect.Descriptor instead.
+func (*StatusClasses) Descriptor() ([]byte, []int) {
+	return file_zlayer_proxy_v1_proxy_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *StatusClasses) GetInformational() uint64 {
+	if x != nil {
+		return x.Informational
+	}
+	return 0
+}
+
+func (x *StatusClasses) GetSuccess() uint64 {
+	if x != nil {
+		return x.Success
+	}
+	return 0
+}
+
+func (x *StatusClasses) GetRedirection() uint64 {
+	if x != nil {
+		return x.Redirection
+	}
+	return 0
+}
+
+func (x *StatusClasses) GetClientError() uint64 {
+	if x != nil {
+		return x.ClientError
+	}
+	return 0
+}
+
+func (x *StatusClasses) GetServerError() uint64 {
+	if x != nil {
+		return x.ServerError
 	}
 	return 0
 }
@@ -1160,7 +1207,7 @@ const file_zlayer_proxy_v1_proxy_proto_rawDesc = "" +
 	"\x10GetStatsResponse\x12*\n" +
 	"\x02at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x121\n" +
 	"\x06window\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x06window\x12<\n" +
-	"\tendpoints\x18\x03 \x03(\v2\x1e.zlayer.proxy.v1.EndpointStatsR\tendpoints\"\x9c\x03\n" +
+	"\tendpoints\x18\x03 \x03(\v2\x1e.zlayer.proxy.v1.EndpointStatsR\tendpoints\"\xa1\x02\n" +
 	"\rEndpointStats\x12\x1e\n" +
 	"\n" +
 	"deployment\x18\x01 \x01(\tR\n" +
@@ -1168,15 +1215,16 @@ const file_zlayer_proxy_v1_proxy_proto_rawDesc = "" +
 	"\aservice\x18\x02 \x01(\tR\aservice\x12\x1a\n" +
 	"\bendpoint\x18\x03 \x01(\tR\bendpoint\x12\x10\n" +
 	"\x03rps\x18\x04 \x01(\x01R\x03rps\x12%\n" +
-	"\x0erequests_total\x18\x05 \x01(\x04R\rrequestsTotal\x12#\n" +
-	"\rresponses_1xx\x18\x06 \x01(\x04R\fresponses1xx\x12#\n" +
-	"\rresponses_2xx\x18\a \x01(\x04R\fresponses2xx\x12#\n" +
-	"\rresponses_3xx\x18\b \x01(\x04R\fresponses3xx\x12#\n" +
-	"\rresponses_4xx\x18\t \x01(\x04R\fresponses4xx\x12#\n" +
-	"\rresponses_5xx\x18\n" +
-	" \x01(\x04R\fresponses5xx\x12\x16\n" +
-	"\x06active\x18\v \x01(\x03R\x06active\x12+\n" +
-	"\x11eligible_backends\x18\f \x01(\rR\x10eligibleBackends*\x87\x01\n" +
+	"\x0erequests_total\x18\x05 \x01(\x04R\rrequestsTotal\x12<\n" +
+	"\tresponses\x18\x06 \x01(\v2\x1e.zlayer.proxy.v1.StatusClassesR\tresponses\x12\x16\n" +
+	"\x06active\x18\a \x01(\x03R\x06active\x12+\n" +
+	"\x11eligible_backends\x18\b \x01(\rR\x10eligibleBackends\"\xb7\x01\n" +
+	"\rStatusClasses\x12$\n" +
+	"\rinformational\x18\x01 \x01(\x04R\rinformational\x12\x18\n" +
+	"\asuccess\x18\x02 \x01(\x04R\asuccess\x12 \n" +
+	"\vredirection\x18\x03 \x01(\x04R\vredirection\x12!\n" +
+	"\fclient_error\x18\x04 \x01(\x04R\vclientError\x12!\n" +
+	"\fserver_error\x18\x05 \x01(\x04R\vserverError*\x87\x01\n" +
 	"\bProtocol\x12\x18\n" +
 	"\x14PROTOCOL_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rPROTOCOL_HTTP\x10\x01\x12\x12\n" +
@@ -1213,7 +1261,7 @@ func file_zlayer_proxy_v1_proxy_proto_rawDescGZIP() []byte {
 }
 
 var file_zlayer_proxy_v1_proxy_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_zlayer_proxy_v1_proxy_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_zlayer_proxy_v1_proxy_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_zlayer_proxy_v1_proxy_proto_goTypes = []any{
 	(Protocol)(0),                 // 0: zlayer.proxy.v1.Protocol
 	(Expose)(0),                   // 1: zlayer.proxy.v1.Expose
@@ -1231,12 +1279,13 @@ var file_zlayer_proxy_v1_proxy_proto_goTypes = []any{
 	(*GetStatsRequest)(nil),       // 13: zlayer.proxy.v1.GetStatsRequest
 	(*GetStatsResponse)(nil),      // 14: zlayer.proxy.v1.GetStatsResponse
 	(*EndpointStats)(nil),         // 15: zlayer.proxy.v1.EndpointStats
-	(*v1.DaemonInfo)(nil),         // 16: zlayer.types.v1.DaemonInfo
-	(*timestamppb.Timestamp)(nil), // 17: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 18: google.protobuf.Duration
+	(*StatusClasses)(nil),         // 16: zlayer.proxy.v1.StatusClasses
+	(*v1.DaemonInfo)(nil),         // 17: zlayer.types.v1.DaemonInfo
+	(*timestamppb.Timestamp)(nil), // 18: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 19: google.protobuf.Duration
 }
 var file_zlayer_proxy_v1_proxy_proto_depIdxs = []int32{
-	16, // 0: zlayer.proxy.v1.GetInfoResponse.info:type_name -> zlayer.types.v1.DaemonInfo
+	17, // 0: zlayer.proxy.v1.GetInfoResponse.info:type_name -> zlayer.types.v1.DaemonInfo
 	0,  // 1: zlayer.proxy.v1.Route.protocol:type_name -> zlayer.proxy.v1.Protocol
 	1,  // 2: zlayer.proxy.v1.Route.expose:type_name -> zlayer.proxy.v1.Expose
 	2,  // 3: zlayer.proxy.v1.Route.rtype:type_name -> zlayer.proxy.v1.ResourceType
@@ -1245,24 +1294,25 @@ var file_zlayer_proxy_v1_proxy_proto_depIdxs = []int32{
 	11, // 6: zlayer.proxy.v1.ListRoutesResponse.routes:type_name -> zlayer.proxy.v1.RouteState
 	5,  // 7: zlayer.proxy.v1.RouteState.route:type_name -> zlayer.proxy.v1.Route
 	12, // 8: zlayer.proxy.v1.RouteState.backends:type_name -> zlayer.proxy.v1.BackendState
-	17, // 9: zlayer.proxy.v1.BackendState.ejected_until:type_name -> google.protobuf.Timestamp
-	18, // 10: zlayer.proxy.v1.GetStatsRequest.window:type_name -> google.protobuf.Duration
-	17, // 11: zlayer.proxy.v1.GetStatsResponse.at:type_name -> google.protobuf.Timestamp
-	18, // 12: zlayer.proxy.v1.GetStatsResponse.window:type_name -> google.protobuf.Duration
+	18, // 9: zlayer.proxy.v1.BackendState.ejected_until:type_name -> google.protobuf.Timestamp
+	19, // 10: zlayer.proxy.v1.GetStatsRequest.window:type_name -> google.protobuf.Duration
+	18, // 11: zlayer.proxy.v1.GetStatsResponse.at:type_name -> google.protobuf.Timestamp
+	19, // 12: zlayer.proxy.v1.GetStatsResponse.window:type_name -> google.protobuf.Duration
 	15, // 13: zlayer.proxy.v1.GetStatsResponse.endpoints:type_name -> zlayer.proxy.v1.EndpointStats
-	3,  // 14: zlayer.proxy.v1.ProxyService.GetInfo:input_type -> zlayer.proxy.v1.GetInfoRequest
-	7,  // 15: zlayer.proxy.v1.ProxyService.SetRoutes:input_type -> zlayer.proxy.v1.SetRoutesRequest
-	9,  // 16: zlayer.proxy.v1.ProxyService.ListRoutes:input_type -> zlayer.proxy.v1.ListRoutesRequest
-	13, // 17: zlayer.proxy.v1.ProxyService.GetStats:input_type -> zlayer.proxy.v1.GetStatsRequest
-	4,  // 18: zlayer.proxy.v1.ProxyService.GetInfo:output_type -> zlayer.proxy.v1.GetInfoResponse
-	8,  // 19: zlayer.proxy.v1.ProxyService.SetRoutes:output_type -> zlayer.proxy.v1.SetRoutesResponse
-	10, // 20: zlayer.proxy.v1.ProxyService.ListRoutes:output_type -> zlayer.proxy.v1.ListRoutesResponse
-	14, // 21: zlayer.proxy.v1.ProxyService.GetStats:output_type -> zlayer.proxy.v1.GetStatsResponse
-	18, // [18:22] is the sub-list for method output_type
-	14, // [14:18] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	16, // 14: zlayer.proxy.v1.EndpointStats.responses:type_name -> zlayer.proxy.v1.StatusClasses
+	3,  // 15: zlayer.proxy.v1.ProxyService.GetInfo:input_type -> zlayer.proxy.v1.GetInfoRequest
+	7,  // 16: zlayer.proxy.v1.ProxyService.SetRoutes:input_type -> zlayer.proxy.v1.SetRoutesRequest
+	9,  // 17: zlayer.proxy.v1.ProxyService.ListRoutes:input_type -> zlayer.proxy.v1.ListRoutesRequest
+	13, // 18: zlayer.proxy.v1.ProxyService.GetStats:input_type -> zlayer.proxy.v1.GetStatsRequest
+	4,  // 19: zlayer.proxy.v1.ProxyService.GetInfo:output_type -> zlayer.proxy.v1.GetInfoResponse
+	8,  // 20: zlayer.proxy.v1.ProxyService.SetRoutes:output_type -> zlayer.proxy.v1.SetRoutesResponse
+	10, // 21: zlayer.proxy.v1.ProxyService.ListRoutes:output_type -> zlayer.proxy.v1.ListRoutesResponse
+	14, // 22: zlayer.proxy.v1.ProxyService.GetStats:output_type -> zlayer.proxy.v1.GetStatsResponse
+	19, // [19:23] is the sub-list for method output_type
+	15, // [15:19] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_zlayer_proxy_v1_proxy_proto_init() }
@@ -1276,7 +1326,7 @@ func file_zlayer_proxy_v1_proxy_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_zlayer_proxy_v1_proxy_proto_rawDesc), len(file_zlayer_proxy_v1_proxy_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   13,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
