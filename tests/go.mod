@@ -17,6 +17,7 @@ require (
 	google.golang.org/genproto/googleapis/rpc v0.0.0-20260817212433-ac3dfec99bb1 // indirect
 	google.golang.org/protobuf v1.36.12 // indirect
 	zlayer.dev/libs/errkind v0.0.0 // indirect
+	zlayer.dev/libs/testkit v0.0.0
 )
 
 replace (
@@ -24,3 +25,5 @@ replace (
 	zlayer.dev/libs/errkind => ../libs/errkind
 	zlayer.dev/libs/rpc => ../libs/rpc
 )
+
+replace zlayer.dev/libs/testkit => ../libs/testkit

@@ -179,8 +179,14 @@ func whenMsg(f *fieldInfo, cd cond, val string, v, parent reflect.Value) string 
 		return fmt.Sprintf("%s does not take %s (it takes: %s)", val, f.name, strings.Join(takes, ", "))
 	}
 	msg := fmt.Sprintf("not allowed when %s is %s", cd.field, val)
-	if f.alt != "" {
-		msg += " (" + f.alt + ")"
+	// alt holds one fix per condition, separated by |.
+	alts := strings.Split(f.alt, "|")
+	alt := alts[0]
+	if i := slices.IndexFunc(f.when, func(w cond) bool { return w.field == cd.field }); i > 0 && i < len(alts) {
+		alt = alts[i]
+	}
+	if alt != "" {
+		msg += " (" + alt + ")"
 	}
 	return msg
 }

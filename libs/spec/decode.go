@@ -107,6 +107,7 @@ func decodeFile(file string, data []byte) (dep *Deployment, errs Errors) {
 	if root.Kind != yaml.MappingNode {
 		return nil, Errors{{File: file, Line: root.Line, Col: root.Column, Msg: "expected a mapping with version, deployment and services, got " + kindName(root)}}
 	}
+	d.pos[""] = nodePos{Key: posOf(root), Val: posOf(root)}
 	dep = &Deployment{file: file}
 	d.value(root, reflect.ValueOf(dep).Elem(), "")
 	dep.pos, dep.bad = d.pos, d.bad
@@ -163,6 +164,9 @@ func (d *decoder) pairs(n *yaml.Node, path string, depth int) []pair {
 		out = append(out, pair{k, v})
 	}
 	for _, m := range merges {
+		if d.overflow {
+			break
+		}
 		m = d.resolve(m)
 		if m == nil {
 			continue
@@ -173,6 +177,9 @@ func (d *decoder) pairs(n *yaml.Node, path string, depth int) []pair {
 		}
 		for _, src := range srcs {
 			src = d.resolve(src)
+			if d.overflow {
+				break
+			}
 			if src == nil || src.Kind != yaml.MappingNode || depth > 10 {
 				d.errAt(posOf(m), path, "a merge key (<<) needs a mapping or a list of mappings")
 				continue
@@ -189,14 +196,17 @@ func (d *decoder) pairs(n *yaml.Node, path string, depth int) []pair {
 }
 
 // value decodes n into v (addressable), reporting problems under path.
-func (d *decoder) value(n *yaml.Node, v reflect.Value, path string) {
-	n = d.resolve(n)
+func (d *decoder) value(at *yaml.Node, v reflect.Value, path string) {
+	if d.overflow {
+		return
+	}
+	n := d.resolve(at) // at is where the value was written: an alias, perhaps
 	if n == nil {
 		return
 	}
 	if s, ok := v.Addr().Interface().(scalar); ok {
 		if msg := s.decodeNode(n); msg != "" {
-			d.fail(n, path, msg)
+			d.fail(at, path, msg)
 		}
 		return
 	}
@@ -208,7 +218,7 @@ func (d *decoder) value(n *yaml.Node, v reflect.Value, path string) {
 		v.Set(e)
 	case reflect.Struct:
 		if n.Kind != yaml.MappingNode {
-			d.fail(n, path, "expected a mapping, got "+kindName(n)+structHint(t, n))
+			d.fail(at, path, "expected a mapping, got "+kindName(n)+structHint(t, n))
 			return
 		}
 		for _, p := range d.pairs(n, path, 0) {
@@ -221,7 +231,7 @@ func (d *decoder) value(n *yaml.Node, v reflect.Value, path string) {
 		}
 	case reflect.Map:
 		if n.Kind != yaml.MappingNode {
-			d.fail(n, path, "expected a mapping, got "+kindName(n))
+			d.fail(at, path, "expected a mapping, got "+kindName(n))
 			return
 		}
 		m := reflect.MakeMap(t)
@@ -237,7 +247,7 @@ func (d *decoder) value(n *yaml.Node, v reflect.Value, path string) {
 		v.Set(m)
 	case reflect.Slice:
 		if n.Kind != yaml.SequenceNode {
-			d.fail(n, path, "expected a list, got "+kindName(n))
+			d.fail(at, path, "expected a list, got "+kindName(n)+listHint(t, n))
 			return
 		}
 		s := reflect.MakeSlice(t, len(n.Content), len(n.Content))
@@ -255,30 +265,30 @@ func (d *decoder) value(n *yaml.Node, v reflect.Value, path string) {
 		_, isEnum := v.Interface().(enum)
 		switch {
 		case n.Kind != yaml.ScalarNode:
-			d.fail(n, path, "expected a string, got "+kindName(n))
+			d.fail(at, path, "expected a string, got "+kindName(n))
 		case n.Tag != "!!str" && !isEnum && !looseString(path):
-			d.fail(n, path, fmt.Sprintf("expected a string, got %s (quote it: %q)", kindName(n), n.Value))
+			d.fail(at, path, fmt.Sprintf("expected a string, got %s (quote it: %q)", kindName(n), n.Value))
 		default:
 			v.SetString(n.Value)
 		}
 	case reflect.Int:
 		var i int64
 		if n.Kind != yaml.ScalarNode || n.Tag != "!!int" || n.Decode(&i) != nil || i > math.MaxInt32 || i < math.MinInt32 {
-			d.fail(n, path, "expected an integer, got "+kindName(n))
+			d.fail(at, path, "expected an integer, got "+kindName(n))
 			return
 		}
 		v.SetInt(i)
 	case reflect.Float64:
 		var f float64
 		if n.Kind != yaml.ScalarNode || (n.Tag != "!!int" && n.Tag != "!!float") || n.Decode(&f) != nil || math.IsNaN(f) || math.IsInf(f, 0) {
-			d.fail(n, path, "expected a number, got "+kindName(n))
+			d.fail(at, path, "expected a number, got "+kindName(n))
 			return
 		}
 		v.SetFloat(f)
 	case reflect.Bool:
 		var b bool
 		if n.Kind != yaml.ScalarNode || n.Tag != "!!bool" || n.Decode(&b) != nil {
-			d.fail(n, path, "expected true or false, got "+kindName(n))
+			d.fail(at, path, "expected true or false, got "+kindName(n))
 			return
 		}
 		v.SetBool(b)
@@ -320,4 +330,18 @@ func structHint(t reflect.Type, n *yaml.Node) string {
 		}
 	}
 	return ""
+}
+
+// listHint suggests the list form when a string is given where a list of
+// strings is expected (command: /bin/app --flag).
+func listHint(t reflect.Type, n *yaml.Node) string {
+	if t.Elem().Kind() != reflect.String || n.Kind != yaml.ScalarNode || n.Tag != "!!str" {
+		return ""
+	}
+	words := strings.Fields(n.Value)
+	q := make([]string, len(words))
+	for i, w := range words {
+		q[i] = strconv.Quote(w)
+	}
+	return " (write a list: [" + strings.Join(q, ", ") + "])"
 }

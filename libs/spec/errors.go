@@ -52,13 +52,15 @@ func (l Errors) Error() string {
 	return strings.Join(lines, "\n")
 }
 
-// sortErrors puts l in file order; problems without a place go last, in the
-// order they were found.
+// sort puts l in file order; problems without a place go last, by path.
 func (l Errors) sort() {
 	sort.SliceStable(l, func(i, j int) bool {
 		a, b := l[i], l[j]
 		if (a.Line == 0) != (b.Line == 0) {
 			return b.Line == 0
+		}
+		if a.Line == 0 {
+			return a.Path < b.Path
 		}
 		if a.Line != b.Line {
 			return a.Line < b.Line

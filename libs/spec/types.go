@@ -103,7 +103,7 @@ type Endpoint struct {
 	Path       string   `yaml:"path" when:"protocol=http,https,websocket" default:"/" format:"path" alt:"only http, https and websocket endpoints route by path" alias:"prefix" doc:"Path prefix to route (http, https, websocket)."`
 	Host       string   `yaml:"host" when:"protocol=http,https,websocket" format:"host" alt:"only http, https and websocket endpoints route by host" alias:"hostname,domain" doc:"Virtual host to route (http, https, websocket); any host when absent."`
 	Expose     Expose   `yaml:"expose" default:"internal" alias:"visibility" doc:"public: served by the proxy on every node; internal: only on the overlays."`
-	PublicPort int      `yaml:"public_port" when:"protocol=tcp,udp;expose=public" min:"1" max:"65535" alt:"http, https and websocket share the proxy's listeners; public_port is for public tcp and udp endpoints" alias:"published,host_port" doc:"The proxy's listening port for a public tcp/udp endpoint; defaults to port."`
+	PublicPort int      `yaml:"public_port" when:"protocol=tcp,udp;expose=public" min:"1" max:"65535" alt:"http, https and websocket share the proxy's listeners; public_port is for public tcp and udp endpoints|only a public endpoint has a public port; set expose: public" alias:"published,host_port" doc:"The proxy's listening port for a public tcp/udp endpoint; defaults to port."`
 }
 
 // Scale says how many replicas of a service run.

@@ -43,3 +43,7 @@ replace (
 	zlayer.dev/libs/obs => ../../libs/obs
 	zlayer.dev/libs/rpc => ../../libs/rpc
 )
+
+require zlayer.dev/libs/testkit v0.0.0
+
+replace zlayer.dev/libs/testkit => ../../libs/testkit

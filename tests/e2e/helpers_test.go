@@ -51,6 +51,9 @@ func requireRoot(t *testing.T) {
 	}
 }
 
+// nodeSeq numbers the nodes this test binary starts.
+var nodeSeq int
+
 // node is a local node started by `devctl up` for one test.
 type node struct {
 	name    string
@@ -73,7 +76,12 @@ func startNode(t *testing.T, extra ...string) *node {
 		out:     &bytes.Buffer{},
 		done:    make(chan error, 1),
 	}
-	args := append([]string{"up", "--node", n.name, "--run-dir", n.runDir, "--data-dir", n.dataDir, "--bin-dir", bin}, extra...)
+	nodeSeq++
+	args := []string{"up", "--node", n.name, "--run-dir", n.runDir, "--data-dir", n.dataDir, "--bin-dir", bin,
+		// Several test nodes must not share proxy ports or a container subnet.
+		"--arg", "proxy:--http-addr=127.0.0.1:0", "--arg", "proxy:--https-addr=127.0.0.1:0",
+		"--arg", fmt.Sprintf("agent:--container-cidr=10.%d.0.0/16", 200+nodeSeq%50)}
+	args = append(args, extra...)
 	n.cmd = exec.Command(filepath.Join(bin, "devctl"), args...)
 	n.cmd.Stdout, n.cmd.Stderr = n.out, n.out
 	n.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}

@@ -14,6 +14,7 @@ import (
 
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
+	"go.etcd.io/raft/v3/tracker"
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/protobuf/proto"
@@ -871,7 +872,9 @@ func (n *Node) promoteLearners(ctx context.Context) error {
 		commit := st.HardState.GetCommit()
 		for id := range st.Config.Learners {
 			pr, ok := st.Progress[id]
-			if !ok || !pr.RecentActive || pr.Match+16 < commit {
+			// Replicate state means the learner has acknowledged appends;
+			// probing learners (unreachable, or refusing us) stay learners.
+			if !ok || !pr.RecentActive || pr.State != tracker.StateReplicate || pr.Match+16 < commit {
 				continue
 			}
 			n.mu.Lock()

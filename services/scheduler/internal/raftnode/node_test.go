@@ -556,8 +556,10 @@ func TestSnapshotCatchUp(t *testing.T) {
 		t.Fatalf("log not compacted: first index %d", fi)
 	}
 	snaps, _ := filepath.Glob(filepath.Join(first.cfg.DataDir, "snap", "*.snap"))
-	if len(snaps) == 0 || len(snaps) > keepSnapFiles {
-		t.Fatalf("snapshot files = %v, want 1..%d", snaps, keepSnapFiles)
+	// One more than kept may exist for a moment: the Ready loop may be
+	// between writing a snapshot and purging the oldest.
+	if len(snaps) == 0 || len(snaps) > keepSnapFiles+1 {
+		t.Fatalf("snapshot files = %v, want 1..%d", snaps, keepSnapFiles+1)
 	}
 	m := c.add()
 	c.converged(want)

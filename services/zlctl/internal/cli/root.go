@@ -82,6 +82,7 @@ func newRootCmd(getenv func(string) string) *cobra.Command {
 		newRollbackCmd(g),
 		newHistoryCmd(g),
 		newEventsCmd(g),
+		newImageCmd(g),
 	)
 	return root
 }

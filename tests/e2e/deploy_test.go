@@ -1,0 +1,229 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"zlayer.dev/libs/testkit/fixtures"
+	"zlayer.dev/libs/testkit/registry"
+)
+
+// demoRegistry starts a registry holding the demo images.
+func demoRegistry(t *testing.T) *registry.Registry {
+	t.Helper()
+	reg := registry.StartT(t, registry.Options{Dir: t.TempDir()})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	if _, err := fixtures.BuildAndPush(ctx, t.TempDir(), reg.Addr); err != nil {
+		t.Fatalf("build demo images: %v", err)
+	}
+	return reg
+}
+
+// demoFile writes a deployment of the demo image; extra is appended to the
+// web service's YAML (indented by 4).
+func demoFile(t *testing.T, reg *registry.Registry, name, extra string) string {
+	t.Helper()
+	text := fmt.Sprintf(`version: v1
+deployment: %s
+services:
+  web:
+    image:
+      name: %s/demo-http:latest
+    endpoints:
+      - name: http
+        protocol: http
+        port: 80
+        expose: public
+    scale:
+      mode: adaptive
+      min: 1
+      max: 5
+    health:
+      check:
+        type: http
+        url: /health
+%s`, name, reg.Addr, extra)
+	path := filepath.Join(t.TempDir(), name+".yaml")
+	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+type replicaJSON struct {
+	ID      string `json:"id"`
+	Service string `json:"service"`
+	Index   int    `json:"index"`
+	Version string `json:"version"`
+	Node    string `json:"node"`
+	Phase   string `json:"phase"`
+	Health  string `json:"health"`
+	IP      string `json:"ip"`
+	Stop    bool   `json:"desiredStop"`
+}
+
+type statusJSON struct {
+	Deployments []struct {
+		Name     string `json:"name"`
+		Version  string `json:"version"`
+		Outcome  string `json:"outcome"`
+		Services []struct {
+			Name    string `json:"name"`
+			Desired int    `json:"desired"`
+			Running int    `json:"running"`
+			Healthy int    `json:"healthy"`
+		} `json:"services"`
+		Replicas []replicaJSON `json:"replicas"`
+	} `json:"deployments"`
+}
+
+func (n *node) zlctl(t *testing.T, args ...string) (string, int) {
+	t.Helper()
+	return run(t, filepath.Join(binDir(t), "zlctl"), append([]string{"--run-dir", n.runDir}, args...)...)
+}
+
+func (n *node) status(t *testing.T, dep string) statusJSON {
+	t.Helper()
+	out, code := n.zlctl(t, "status", dep, "-o", "json")
+	var st statusJSON
+	if code != 0 {
+		t.Fatalf("zlctl status: exit %d: %s", code, out)
+	}
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		t.Fatalf("status json: %v\n%s", err, out)
+	}
+	return st
+}
+
+// running returns the deployment's running, not-stopping replicas.
+func (n *node) running(t *testing.T, dep string) []replicaJSON {
+	var out []replicaJSON
+	for _, d := range n.status(t, dep).Deployments {
+		for _, r := range d.Replicas {
+			if r.Phase == "REPLICA_PHASE_RUNNING" && !r.Stop {
+				out = append(out, r)
+			}
+		}
+	}
+	return out
+}
+
+func fetch(url string) (string, error) {
+	c := http.Client{Timeout: 3 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 {
+		return string(b), fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	return string(b), err
+}
+
+func TestDeployServesPage(t *testing.T) {
+	reg := demoRegistry(t)
+	n := startNode(t, "--arg", "registry:--insecure-registry="+reg.Addr)
+
+	// Deploy: the rollout completes and the page is served from the replica.
+	file := demoFile(t, reg, "web1", "")
+	out, code := n.zlctl(t, "deploy", file)
+	if code != 0 || !strings.Contains(out, "rolled out") {
+		t.Fatalf("deploy: exit %d\n%s\n%s", code, out, n.logs())
+	}
+	reps := n.running(t, "web1")
+	if len(reps) != 1 || reps[0].IP == "" || reps[0].Health != "HEALTH_HEALTHY" {
+		t.Fatalf("replicas after deploy: %+v", reps)
+	}
+	page, err := fetch("http://" + reps[0].IP + "/")
+	if err != nil || !strings.Contains(page, "ZLayer") {
+		t.Fatalf("page from %s: %q, %v", reps[0].IP, page, err)
+	}
+
+	// Scale up and down.
+	if out, code := n.zlctl(t, "scale", "web1/web", "3"); code != 0 {
+		t.Fatalf("scale: %s", out)
+	}
+	eventually(t, 60*time.Second, "3 running replicas", func() bool { return len(n.running(t, "web1")) == 3 })
+	if out, code := n.zlctl(t, "scale", "web1/web", "9"); code == 0 || !strings.Contains(out, "between 1 and 5") {
+		t.Fatalf("scale beyond max: exit %d: %s", code, out)
+	}
+	if out, code := n.zlctl(t, "scale", "web1/web", "1"); code != 0 {
+		t.Fatalf("scale: %s", out)
+	}
+	eventually(t, 60*time.Second, "1 replica left", func() bool {
+		st := n.status(t, "web1")
+		return len(st.Deployments[0].Replicas) == 1
+	})
+
+	// A changed spec rolls out; an unchanged one does nothing.
+	file2 := demoFile(t, reg, "web1", "    env:\n      GREETING: hello\n")
+	if out, code := n.zlctl(t, "deploy", file2); code != 0 || !strings.Contains(out, "version 2 deployed (changed: web)") {
+		t.Fatalf("redeploy: exit %d\n%s", code, out)
+	}
+	if out, code := n.zlctl(t, "deploy", file2); code != 0 || !strings.Contains(out, "unchanged") {
+		t.Fatalf("deploy of the same file: exit %d\n%s", code, out)
+	}
+
+	// A version whose process exits at once rolls back.
+	bad := demoFile(t, reg, "web1", "    command: [\"/bin/busybox\", \"false\"]\n")
+	out, code = n.zlctl(t, "deploy", bad)
+	if code == 0 || !strings.Contains(out, "failed") || !strings.Contains(out, "rolled back") {
+		t.Fatalf("broken deploy: exit %d (want 1)\n%s", code, out)
+	}
+	eventually(t, 60*time.Second, "the good version serving again", func() bool {
+		r := n.running(t, "web1")
+		if len(r) != 1 {
+			return false
+		}
+		_, err := fetch("http://" + r[0].IP + "/health")
+		return err == nil
+	})
+	out, _ = n.zlctl(t, "history", "web1")
+	for _, want := range []string{"complete", "failed", "rollback from version 3"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("history lacks %q:\n%s", want, out)
+		}
+	}
+
+	// Invalid files are refused before anything is proposed.
+	badFile := filepath.Join(t.TempDir(), "bad.yaml")
+	os.WriteFile(badFile, []byte("version: v1\ndeployment: web1\nservices:\n  web:\n    image: {name: x}\n    scale: {mode: fixed}\n"), 0o644)
+	out, code = n.zlctl(t, "deploy", badFile)
+	if code != 1 || !strings.Contains(out, "bad.yaml:6:") {
+		t.Errorf("invalid deploy: exit %d, want 1 with file:line errors\n%s", code, out)
+	}
+	out, _ = n.zlctl(t, "history", "web1")
+	if strings.Contains(out, "bad.yaml") {
+		t.Errorf("an invalid file became a version:\n%s", out)
+	}
+
+	// Events tell the story in order.
+	out, _ = n.zlctl(t, "events", "web1")
+	if i, j := strings.Index(out, "deployed"), strings.Index(out, "rollback"); i < 0 || j < i {
+		t.Errorf("events out of order or missing:\n%s", out)
+	}
+
+	// Delete stops everything.
+	if out, code := n.zlctl(t, "delete", "web1"); code != 0 || !strings.Contains(out, "deleted") {
+		t.Fatalf("delete: exit %d: %s", code, out)
+	}
+	out, _ = n.zlctl(t, "status")
+	if !strings.Contains(out, "no deployments") {
+		t.Errorf("status after delete:\n%s", out)
+	}
+	out, _ = n.zlctl(t, "ps")
+	if strings.Contains(out, "web1") {
+		t.Errorf("containers left after delete:\n%s", out)
+	}
+}
