@@ -194,7 +194,7 @@ func whenMsg(f *fieldInfo, cd cond, val string, v, parent reflect.Value) string 
 var plainYAML = regexp.MustCompile(`^[A-Za-z0-9_./-][A-Za-z0-9_./:-]*$`)
 
 func yamlQuote(s string) string {
-	if plainYAML.MatchString(s) {
+	if plainYAML.MatchString(s) || strings.HasPrefix(s, "{") {
 		return s
 	}
 	return strconv.Quote(s)

@@ -190,7 +190,8 @@ func (c Cron) Every() time.Duration { return c.every }
 // runs, evaluating the fields in loc (nil means UTC). An @every schedule runs
 // every interval from after. Next returns the zero time for an unset Cron.
 // When both day-of-month and day-of-week are restricted, a day matching
-// either runs (as in Vixie cron).
+// either runs (as in Vixie cron). A wall-clock time that a daylight-saving
+// change skips does not run that day; one it repeats runs once.
 func (c Cron) Next(after time.Time, loc *time.Location) time.Time {
 	if loc == nil {
 		loc = time.UTC

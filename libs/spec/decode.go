@@ -244,11 +244,16 @@ func (d *decoder) value(at *yaml.Node, v reflect.Value, path string) {
 			}
 			m.SetMapIndex(reflect.ValueOf(p.key.Value), e)
 		}
-		v.Set(m)
+		if m.Len() > 0 { // env: {} is no env, as in the printed form
+			v.Set(m)
+		}
 	case reflect.Slice:
 		if n.Kind != yaml.SequenceNode {
 			d.fail(at, path, "expected a list, got "+kindName(n)+listHint(t, n))
 			return
+		}
+		if len(n.Content) == 0 {
+			return // endpoints: [] is no endpoints, as in the printed form
 		}
 		s := reflect.MakeSlice(t, len(n.Content), len(n.Content))
 		for i, it := range n.Content {
@@ -309,7 +314,7 @@ func (d *decoder) field(p pair, v reflect.Value, path string) {
 	if null {
 		return // absent; in env, the empty string
 	}
-	d.value(val, v, path)
+	d.value(p.val, v, path)
 }
 
 // looseString reports whether path is an env value, where numbers and

@@ -69,12 +69,20 @@ func (l Errors) sort() {
 	})
 }
 
+// orNil sorts l, drops repeats (a mapping merged in twice reports its
+// problems twice) and returns nil for no problems.
 func (l Errors) orNil() error {
 	if len(l) == 0 {
 		return nil
 	}
 	l.sort()
-	return l
+	out := l[:1]
+	for _, e := range l[1:] {
+		if *e != *out[len(out)-1] {
+			out = append(out, e)
+		}
+	}
+	return out
 }
 
 // Pos is a place in a file.

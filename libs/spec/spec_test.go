@@ -79,10 +79,9 @@ func TestValidFiles(t *testing.T) {
 	}
 }
 
-// TestQuickStartUnchanged keeps deploy/examples/quickstart.yaml identical to
-// the quick-start file in SPEC.md when SPEC.md is next to the repository
-// (it is in the shared folder, not in the repository, so its absence is not
-// an error).
+// TestQuickStartIsSpecs keeps deploy/examples/quickstart.yaml byte for byte
+// the quick-start file of SPEC.md (copied below), which must stay valid
+// unchanged.
 func TestQuickStartIsSpecs(t *testing.T) {
 	got, err := os.ReadFile("../../deploy/examples/quickstart.yaml")
 	if err != nil {

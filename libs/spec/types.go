@@ -38,7 +38,7 @@ type Service struct {
 
 	RType     RType             `yaml:"rtype" default:"service" alias:"type,kind" doc:"service: long-running and load-balanced; job: runs to completion on a trigger; cron: runs to completion on a schedule."`
 	Schedule  Cron              `yaml:"schedule" when:"rtype=cron" required:"rtype=cron" alt:"only rtype: cron takes a schedule" eg:"0 3 * * *" doc:"When a cron job runs: five cron fields, @hourly, @daily, @weekly or @every <duration>."`
-	Image     Image             `yaml:"image" required:"" doc:"The container image."`
+	Image     Image             `yaml:"image" required:"" eg:"{name: nginx:latest}" doc:"The container image."`
 	Command   []string          `yaml:"command" alias:"entrypoint" doc:"Replaces the image's ENTRYPOINT."`
 	Args      []string          `yaml:"args" alias:"cmd,arguments" doc:"Replaces the image's CMD."`
 	Resources Resources         `yaml:"resources" alias:"limits,resource" doc:"Upper bounds on CPU and memory; unlimited when absent."`
@@ -138,7 +138,7 @@ type Health struct {
 	Interval   Duration `yaml:"interval" default:"10s" gt:"0" alias:"period" doc:"Time between two checks."`
 	Timeout    Duration `yaml:"timeout" default:"5s" gt:"0" doc:"How long one check may take."`
 	Retries    int      `yaml:"retries" default:"3" min:"1" alias:"failure_threshold" doc:"Consecutive failures before the replica is unhealthy."`
-	Check      Check    `yaml:"check" required:"" doc:"What is checked."`
+	Check      Check    `yaml:"check" required:"" eg:"{type: http, url: /health}" doc:"What is checked."`
 }
 
 // Check is what a health check probes.

@@ -11,6 +11,8 @@ require (
 	zlayer.dev/libs/spec v0.0.0
 )
 
+require gopkg.in/yaml.v3 v3.0.1
+
 require (
 	github.com/inconshreveable/mousetrap v1.1.0 // indirect
 	github.com/spf13/cobra v1.10.2 // indirect

@@ -214,6 +214,11 @@ func TestDeployServesPage(t *testing.T) {
 		t.Errorf("events out of order or missing:\n%s", out)
 	}
 
+	// A healthy single node is never declared down.
+	if out, _ := n.zlctl(t, "events", "--limit", "500"); strings.Contains(out, "node-down") {
+		t.Errorf("the node was marked down during the test:\n%s", out)
+	}
+
 	// Delete stops everything.
 	if out, code := n.zlctl(t, "delete", "web1"); code != 0 || !strings.Contains(out, "deleted") {
 		t.Fatalf("delete: exit %d: %s", code, out)
@@ -222,8 +227,8 @@ func TestDeployServesPage(t *testing.T) {
 	if !strings.Contains(out, "no deployments") {
 		t.Errorf("status after delete:\n%s", out)
 	}
-	out, _ = n.zlctl(t, "ps")
-	if strings.Contains(out, "web1") {
-		t.Errorf("containers left after delete:\n%s", out)
-	}
+	eventually(t, 30*time.Second, "the agent to have no replica left", func() bool {
+		out, code := run(t, "grpcurl", "-plaintext", "unix://"+n.runDir+"/agent.sock", "zlayer.agent.v1.AgentService/ListReplicas")
+		return code == 0 && !strings.Contains(out, "web1")
+	})
 }

@@ -62,6 +62,7 @@ type node struct {
 	cmd     *exec.Cmd
 	out     *bytes.Buffer
 	done    chan error
+	cidr    string
 }
 
 // startNode runs `devctl up` on temp dirs and waits until every daemon serves.
@@ -81,6 +82,8 @@ func startNode(t *testing.T, extra ...string) *node {
 		// Several test nodes must not share proxy ports or a container subnet.
 		"--arg", "proxy:--http-addr=127.0.0.1:0", "--arg", "proxy:--https-addr=127.0.0.1:0",
 		"--arg", fmt.Sprintf("agent:--container-cidr=10.%d.0.0/16", 200+nodeSeq%50)}
+	// A node's containers outlive its daemons by design; reap removes
+	// whatever a test left, and fails the test if that was anything.
 	args = append(args, extra...)
 	n.cmd = exec.Command(filepath.Join(bin, "devctl"), args...)
 	n.cmd.Stdout, n.cmd.Stderr = n.out, n.out
@@ -89,7 +92,11 @@ func startNode(t *testing.T, extra ...string) *node {
 		t.Fatal(err)
 	}
 	go func() { n.done <- n.cmd.Wait() }()
-	t.Cleanup(func() { n.stop(t) })
+	n.cidr = fmt.Sprintf("10.%d.0.0/16", 200+nodeSeq%50)
+	t.Cleanup(func() {
+		n.stop(t)
+		n.reap(t)
+	})
 	for _, c := range components {
 		waitServing(t, rpc.SocketPath(n.runDir, c), 60*time.Second, n)
 	}
@@ -174,5 +181,59 @@ func eventually(t *testing.T, timeout time.Duration, what string, cond func() bo
 			t.Fatalf("timed out after %s waiting for %s", timeout, what)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// reap removes what a node left on the host after its daemons stopped —
+// containers, monitor processes, mounts, cgroups, its bridge — and reports
+// each container, process and mount as a leak: a test that deleted its
+// deployments must leave none.
+func (n *node) reap(t *testing.T) {
+	t.Helper()
+	var leaks []string
+	runcRoot := filepath.Join(n.runDir, "agent", "runc")
+	if out, err := exec.Command("runc", "--root", runcRoot, "list", "-q").Output(); err == nil {
+		for _, id := range strings.Fields(string(out)) {
+			leaks = append(leaks, "container "+id)
+			_ = exec.Command("runc", "--root", runcRoot, "kill", id, "KILL").Run()
+			_ = exec.Command("runc", "--root", runcRoot, "delete", "-f", id).Run()
+		}
+	}
+	if out, err := exec.Command("pgrep", "-f", n.dataDir).Output(); err == nil {
+		for _, pid := range strings.Fields(string(out)) {
+			leaks = append(leaks, "process "+pid)
+			_ = exec.Command("kill", "-9", pid).Run()
+		}
+	}
+	mounts, _ := os.ReadFile("/proc/self/mounts")
+	var points []string
+	for _, line := range strings.Split(string(mounts), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 1 && (strings.HasPrefix(f[1], n.runDir+"/") || strings.HasPrefix(f[1], n.dataDir+"/")) {
+			points = append(points, f[1])
+		}
+	}
+	for i := len(points) - 1; i >= 0; i-- {
+		leaks = append(leaks, "mount "+points[i])
+		_ = syscall.Unmount(points[i], syscall.MNT_DETACH)
+	}
+	cgroups, _ := filepath.Glob("/sys/fs/cgroup/*/zlayer/" + n.name)
+	for _, cg := range cgroups {
+		kids, _ := filepath.Glob(cg + "/*/cgroup.procs")
+		for _, k := range kids {
+			leaks = append(leaks, "cgroup "+filepath.Dir(k))
+			_ = os.Remove(filepath.Dir(k))
+		}
+		_ = os.Remove(cg)
+	}
+	if out, err := exec.Command("ip", "-o", "route", "show", n.cidr).Output(); err == nil {
+		for _, line := range strings.Split(string(out), "\n") {
+			if f := strings.Fields(line); len(f) > 2 && f[1] == "dev" {
+				_ = exec.Command("ip", "link", "del", f[2]).Run()
+			}
+		}
+	}
+	if len(leaks) > 0 {
+		t.Errorf("node %s left behind: %s\n%s", n.name, strings.Join(leaks, ", "), n.logs())
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -233,20 +234,11 @@ func TestFailures(t *testing.T) {
 		{"missing entrypoint", &agentv1.ReplicaSpec{Id: "f2", Image: busyboxRef, Command: &agentv1.Argv{Values: []string{"/bin/nosuch"}}}, codes.InvalidArgument, "no such executable file in the image"},
 		{"exec format error", &agentv1.ReplicaSpec{Id: "f3", Image: busyboxRef, Command: &agentv1.Argv{Values: []string{"/etc/passwd"}}}, codes.InvalidArgument, "no such executable"},
 		{"invalid limits", &agentv1.ReplicaSpec{Id: "f4", Image: busyboxRef, Resources: &agentv1.Resources{MemoryBytes: 1000}}, codes.InvalidArgument, "below the minimum"},
-		{"runc failure", &agentv1.ReplicaSpec{Id: "f5", Image: busyboxRef, Command: &agentv1.Argv{Values: []string{"sh"}},
-			Resources: &agentv1.Resources{Cpu: 1.5}}, codes.Unknown, ""},
+		{"runc failure", &agentv1.ReplicaSpec{Id: "f5", Image: brokenRef}, codes.Unknown, "runc create failed: unable to start container process"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			_, err := a.c.RunReplica(context.Background(), &agentv1.RunReplicaRequest{Spec: tt.spec})
-			if tt.name == "runc failure" {
-				// No real runc failure is reachable through a valid spec on
-				// this host; TestRuncFailure in package runner makes one.
-				if err != nil {
-					t.Fatalf("unexpected: %v", err)
-				}
-				return
-			}
 			if status.Code(err) != tt.code || !strings.Contains(err.Error(), tt.msg) {
 				t.Fatalf("error %v, want %v containing %q", err, tt.code, tt.msg)
 			}
@@ -255,6 +247,21 @@ func TestFailures(t *testing.T) {
 			}
 		})
 	}
+}
+
+// An agent whose runc is missing refuses to start, saying so.
+func TestRuncMissing(t *testing.T) {
+	dir := t.TempDir()
+	cmd := exec.Command(filepath.Join(binDir, "zlayer-agent"), "--node", "norunc", "--run-dir", filepath.Join(dir, "run"),
+		"--data-dir", filepath.Join(dir, "data"), "--log-format", "console", "--container-cidr", "10.214.251.0/24",
+		"--registry-socket", filepath.Join(dir, "none.sock"), "--runc", "/nonexistent/runc")
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || !strings.Contains(string(out), `runc "/nonexistent/runc"`) {
+		t.Fatalf("agent without runc: %v\n%s", err, out)
+	}
+	exec.Command("iptables", "-w", "-t", "nat", "-D", "POSTROUTING", "-s", "10.214.251.0/24", "!", "-d", "10.214.251.0/24",
+		"-m", "comment", "--comment", "zlayer norunc", "-j", "MASQUERADE").Run()
 }
 
 // 100 create/start/stop/remove cycles through the API, with real images,

@@ -31,6 +31,7 @@ var (
 	binDir      string
 	busyboxRef  string
 	demoHTTPRef string
+	brokenRef   string
 	regRunDir   string
 	regDataDir  string
 )
@@ -100,7 +101,23 @@ func run(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	busyboxRef, demoHTTPRef = bb.Ref, web.Ref
+	// broken has /etc as a file: runc cannot mount /etc/hosts there, a
+	// real runc failure.
+	bin, err := os.ReadFile("/bin/busybox")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	broken, err := fixtures.Build(ctx, filepath.Join(tmp, "fixtures"), reg.Addr, fixtures.Spec{
+		Repo: "broken", Tag: "latest",
+		Layers: [][]fixtures.Entry{{fixtures.Dir("bin", 0o755), fixtures.File("bin/sh", 0o755, string(bin)), fixtures.File("etc", 0o644, "not a directory\n")}},
+		Config: fixtures.Config{Cmd: []string{"/bin/sh"}},
+	})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	busyboxRef, demoHTTPRef, brokenRef = bb.Ref, web.Ref, broken.Ref
 
 	regRunDir, regDataDir = filepath.Join(tmp, "reg-run"), filepath.Join(tmp, "reg-data")
 	rcmd := exec.Command(filepath.Join(binDir, "zlayer-registry"), "--node", "agent-e2e", "--run-dir", regRunDir,

@@ -20,6 +20,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -209,9 +210,12 @@ func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
 	pr.Out.URL.Scheme = "http"
 	pr.Out.URL.Host = "replica.invalid"
 	pr.Out.Host = pr.In.Host
+	// ReverseProxy has removed the client's X-Forwarded-* and Forwarded.
 	if p.cfg.TrustForwarded {
-		if v := pr.In.Header["X-Forwarded-For"]; len(v) > 0 {
-			pr.Out.Header["X-Forwarded-For"] = v
+		for _, k := range []string{"X-Forwarded-For", "Forwarded"} {
+			if v := pr.In.Header[k]; len(v) > 0 {
+				pr.Out.Header[k] = slices.Clone(v)
+			}
 		}
 	} else {
 		pr.Out.Header.Del("Forwarded")

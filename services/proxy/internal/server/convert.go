@@ -5,8 +5,8 @@ import (
 	"fmt"
 	"math"
 
-	"zlayer.dev/libs/errkind"
 	proxyv1 "zlayer.dev/libs/api/zlayer/proxy/v1"
+	"zlayer.dev/libs/errkind"
 	"zlayer.dev/services/proxy/internal/routes"
 )
 

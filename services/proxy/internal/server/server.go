@@ -11,9 +11,9 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"zlayer.dev/libs/errkind"
 	proxyv1 "zlayer.dev/libs/api/zlayer/proxy/v1"
 	typesv1 "zlayer.dev/libs/api/zlayer/types/v1"
+	"zlayer.dev/libs/errkind"
 	"zlayer.dev/services/proxy/internal/metrics"
 	"zlayer.dev/services/proxy/internal/routes"
 )
@@ -103,11 +103,11 @@ func (s *Server) GetStats(_ context.Context, req *proxyv1.GetStatsRequest) (*pro
 	for _, e := range s.routes.Load().Entries {
 		snap := e.Stats.Snapshot(now, window)
 		resp.Endpoints = append(resp.Endpoints, &proxyv1.EndpointStats{
-			Deployment:       e.Deployment,
-			Service:          e.Service,
-			Endpoint:         e.Endpoint,
-			Rps:              snap.RPS,
-			RequestsTotal:    snap.Total,
+			Deployment:    e.Deployment,
+			Service:       e.Service,
+			Endpoint:      e.Endpoint,
+			Rps:           snap.RPS,
+			RequestsTotal: snap.Total,
 			Responses: &proxyv1.StatusClasses{
 				Informational: snap.Class[1],
 				Success:       snap.Class[2],

@@ -72,6 +72,7 @@ func Main(ctx context.Context, args []string, getenv func(string) string) error 
 				Parallel:           f.Parallel,
 				ConfigDir:          filepath.Join(env.DataDir, "config"),
 				UserAgent:          "zlayer-registry/" + version.Version,
+				Metrics:            env.Metrics,
 			})
 			if err != nil {
 				return nil, err

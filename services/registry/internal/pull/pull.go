@@ -33,6 +33,7 @@ import (
 	"github.com/docker/distribution/registry/api/errcode"
 	"github.com/opencontainers/go-digest"
 	imgspecv1 "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
 
@@ -90,6 +91,8 @@ type Options struct {
 	ConfigDir string
 	// UserAgent is sent to registries.
 	UserAgent string
+	// Metrics, if set, receives the puller's collectors.
+	Metrics prometheus.Registerer
 }
 
 // Puller pulls images into a store. Safe for concurrent use.
@@ -98,6 +101,7 @@ type Puller struct {
 	sys  *types.SystemContext
 	log  *zap.Logger
 	opts Options
+	m    *metrics
 
 	mu     sync.Mutex
 	ops    map[string]*op               // by normalized name
@@ -132,8 +136,12 @@ func New(st *store.Store, log *zap.Logger, opts Options) (*Puller, error) {
 		VariantChoice:               variant,
 		DockerRegistryUserAgent:     opts.UserAgent,
 	}
+	m, err := newMetrics(opts.Metrics)
+	if err != nil {
+		return nil, fmt.Errorf("register metrics: %w", err)
+	}
 	return &Puller{
-		st: st, sys: sys, log: log.Named("pull"), opts: opts,
+		st: st, sys: sys, log: log.Named("pull"), opts: opts, m: m,
 		ops: map[string]*op{}, layers: map[digest.Digest]*layerCall{},
 	}, nil
 }
@@ -174,6 +182,7 @@ func (p *Puller) Pull(ctx context.Context, ref string, policy Policy, onProgress
 			if onProgress != nil {
 				onProgress(cachedProgress(img))
 			}
+			p.m.pulls.WithLabelValues("cached").Inc()
 			return img, true, nil
 		}
 		if policy == Never {
@@ -198,7 +207,16 @@ func (p *Puller) Pull(ctx context.Context, ref string, policy Policy, onProgress
 	o.join()
 	p.mu.Unlock()
 	defer o.leave()
-	return o.wait(ctx, onProgress)
+	img, cached, err = o.wait(ctx, onProgress)
+	switch {
+	case err != nil:
+		p.m.pulls.WithLabelValues("error").Inc()
+	case cached:
+		p.m.pulls.WithLabelValues("cached").Inc()
+	default:
+		p.m.pulls.WithLabelValues("fetched").Inc()
+	}
+	return img, cached, err
 }
 
 // complete reports whether every blob and layer of img is stored.
@@ -309,7 +327,10 @@ func (p *Puller) run(ctx context.Context, named reference.Named, o *op) (store.I
 		layers[i] = store.Layer{Digest: li.Digest, DiffID: cfg.RootFS.DiffIDs[i], Size: li.Size, MediaType: li.MediaType}
 		g.Go(func() error {
 			o.update(i, func(lp *LayerProgress) { lp.State = LayerDownloading })
+			var counted int64
 			res, err := p.layer(gctx, src, li.BlobInfo, cfg.RootFS.DiffIDs[i], func(n int64) {
+				p.m.layerBytes.Add(float64(n - counted))
+				counted = n
 				o.update(i, func(lp *LayerProgress) { lp.Current = n })
 			})
 			if err != nil {
@@ -350,6 +371,7 @@ func (p *Puller) run(ctx context.Context, named reference.Named, o *op) (store.I
 	if err := p.st.Put(img); err != nil {
 		return store.Image{}, false, fmt.Errorf("pull %s: %w", name, err)
 	}
+	p.m.duration.Observe(time.Since(start).Seconds())
 	log.Info("image pulled", zap.String(obs.KeyDigest, topDigest.String()), zap.Int("layers", len(layers)),
 		zap.Bool("fetched", fetched), zap.Duration("took", time.Since(start)))
 	return img, !fetched, nil
@@ -431,14 +453,14 @@ func (p *Puller) classify(name string, err error) error {
 		errors.Is(err, errkind.Invalid), errors.Is(err, errkind.NotFound):
 		return fmt.Errorf("pull %s: %w", name, err)
 	case errors.As(err, &unauth):
-		return fmt.Errorf("pull %s: %w: the registry rejected the credentials (zlctl image login): %v", name, errkind.Unauthenticated, err)
+		return fmt.Errorf("pull %s: %w: the registry rejected the credentials (zlctl image login %s): %v", name, errkind.Unauthenticated, registryHost(name), err)
 	case errors.As(err, &ec):
 		code := ec.ErrorCode()
 		switch code.Descriptor().HTTPStatusCode {
 		case 404:
 			return fmt.Errorf("pull %s: %w: %v", name, errkind.NotFound, err)
 		case 401, 403:
-			return fmt.Errorf("pull %s: %w: %v", name, errkind.Unauthenticated, err)
+			return fmt.Errorf("pull %s: %w: the registry wants valid credentials (zlctl image login %s): %v", name, errkind.Unauthenticated, registryHost(name), err)
 		}
 		return fmt.Errorf("pull %s: %w: %v", name, errkind.Unavailable, err)
 	case errors.As(err, &nerr):
@@ -449,6 +471,14 @@ func (p *Puller) classify(name string, err error) error {
 		return fmt.Errorf("pull %s: %w: %v (add the registry to --insecure-registry)", name, errkind.Unavailable, err)
 	}
 	return fmt.Errorf("pull %s: %w: %w", name, errkind.Unavailable, err)
+}
+
+// registryHost is the registry part of a normalized name.
+func registryHost(name string) string {
+	if r, err := reference.ParseNormalizedNamed(name); err == nil {
+		return reference.Domain(r)
+	}
+	return name
 }
 
 // Login checks the credentials against server and stores them.

@@ -126,7 +126,12 @@ func (m *Manager) Prepare(img store.Image, id string) (r Rootfs, err error) {
 	}
 	undo = append(undo, func() { _ = destroy(cdir) })
 	for _, d := range []string{"upper", "work", "merged", "empty"} {
+		// The upper dir's root is the container's "/": 0755 whatever the
+		// daemon's umask.
 		if err := os.Mkdir(filepath.Join(cdir, d), 0o755); err != nil {
+			return Rootfs{}, fmt.Errorf("container %s: %w", id, err)
+		}
+		if err := os.Chmod(filepath.Join(cdir, d), 0o755); err != nil {
 			return Rootfs{}, fmt.Errorf("container %s: %w", id, err)
 		}
 	}

@@ -3,6 +3,7 @@ package rootfs_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -30,18 +31,45 @@ type env struct {
 	dir   string
 }
 
+// One registry with the standard images serves every test.
+var (
+	reg  *registry.Registry
+	imgs []fixtures.Image
+)
+
+func TestMain(m *testing.M) {
+	os.Exit(func() int {
+		if os.Geteuid() != 0 {
+			fmt.Fprintln(os.Stderr, "these tests need root (overlay mounts)")
+			return 1
+		}
+		dir, err := os.MkdirTemp("", "rootfs-test-")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer os.RemoveAll(dir)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		reg, err = registry.Start(ctx, registry.Options{Dir: filepath.Join(dir, "registry")})
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer reg.Stop()
+		imgs, err = fixtures.BuildAndPush(ctx, filepath.Join(dir, "build"), reg.Addr)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		return m.Run()
+	}())
+}
+
 func setup(t *testing.T) env {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Fatal("this test needs root (overlay mounts)")
-	}
-	reg := registry.StartT(t, registry.Options{})
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	imgs, err := fixtures.BuildAndPush(ctx, t.TempDir(), reg.Addr)
-	if err != nil {
-		t.Fatal(err)
-	}
 	dir := t.TempDir()
 	checkNoMounts(t, dir)
 	log := zaptest.NewLogger(t)

@@ -65,7 +65,7 @@ func syncfs(dir string) error {
 }
 
 // ErrDiskFull is wrapped by errors caused by a full disk or quota.
-var ErrDiskFull = fmt.Errorf("disk full: %w", errkind.Exhausted)
+var ErrDiskFull error = &classed{msg: "disk full", class: errkind.Exhausted}
 
 // classify marks out-of-space errors as ErrDiskFull so callers and the
 // gRPC layer see RESOURCE_EXHAUSTED with a clear message.

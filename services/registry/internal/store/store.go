@@ -219,7 +219,16 @@ func (s *Store) PutBlob(d digest.Digest, b []byte) error {
 // ErrDigestMismatch is wrapped by errors about content whose digest is not
 // the one announced. It is Unavailable: the source served bad bytes, and a
 // retry (or another mirror) may serve good ones.
-var ErrDigestMismatch = fmt.Errorf("digest mismatch: %w", errkind.Unavailable)
+var ErrDigestMismatch error = &classed{msg: "digest mismatch (corrupt or tampered content)", class: errkind.Unavailable}
+
+// classed is a sentinel with its own text that also is its class.
+type classed struct {
+	msg   string
+	class error
+}
+
+func (c *classed) Error() string { return c.msg }
+func (c *classed) Unwrap() error { return c.class }
 
 // LayerResult says what PutLayer did.
 type LayerResult struct {
@@ -268,6 +277,9 @@ func (s *Store) PutLayer(ctx context.Context, d digest.Digest, wantDiffID digest
 	if err := os.Mkdir(layerDir, 0o755); err != nil {
 		return LayerResult{}, fmt.Errorf("layer %s: %w", d, classify(err))
 	}
+	if err := os.Chmod(layerDir, 0o755); err != nil { // whatever the umask
+		return LayerResult{}, fmt.Errorf("layer %s: %w", d, err)
+	}
 
 	blobHash := d.Algorithm().Digester()
 	var r io.Reader = &countingReader{r: src, fn: progress}
@@ -300,7 +312,7 @@ func (s *Store) PutLayer(ctx context.Context, d digest.Digest, wantDiffID digest
 			// reading the rest ourselves.
 			plain.Close()
 			if _, cerr := io.Copy(io.Discard, r); cerr == nil && blobHash.Digest() != d {
-				return LayerResult{}, fmt.Errorf("layer %s: got %s: %w", d, blobHash.Digest(), ErrDigestMismatch)
+				return LayerResult{}, fmt.Errorf("layer %s: content has digest %s: %w", d, blobHash.Digest(), ErrDigestMismatch)
 			}
 		}
 		return LayerResult{}, fmt.Errorf("unpack layer %s: %w", d, classify(err))
@@ -311,7 +323,7 @@ func (s *Store) PutLayer(ctx context.Context, d digest.Digest, wantDiffID digest
 		return LayerResult{}, fmt.Errorf("layer %s: %w", d, classify(err))
 	}
 	if got := blobHash.Digest(); got != d {
-		return LayerResult{}, fmt.Errorf("layer %s: got %s: %w", d, got, ErrDigestMismatch)
+		return LayerResult{}, fmt.Errorf("layer %s: content has digest %s: %w", d, got, ErrDigestMismatch)
 	}
 	diffID := diffHash.Digest()
 	if wantDiffID != "" && diffID != wantDiffID {

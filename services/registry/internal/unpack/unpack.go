@@ -330,6 +330,9 @@ func (a *applier) step(cur *string, c string, comps *[]string, links *int) error
 		if err := unix.Mkdirat(cfd, c, 0o755); err != nil && !errors.Is(err, unix.EEXIST) {
 			return err
 		}
+		if err := unix.Fchmodat(cfd, c, 0o755, 0); err != nil { // whatever the umask
+			return err
+		}
 		*cur = next
 	case err != nil:
 		return err

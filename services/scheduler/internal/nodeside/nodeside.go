@@ -8,6 +8,7 @@ package nodeside
 import (
 	"context"
 	"fmt"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -63,6 +64,7 @@ type Runner struct {
 	started   map[string]time.Time                  // replicas asked to start, to avoid asking twice at once
 	failures  chan failure                          // start failures, for the next heartbeat
 	agentDown bool                                  // last sync could not reach the agent
+	inflight  sync.Map                              // replica id → true while the agent is asked to run or remove it
 }
 
 // New returns a Runner.
@@ -107,6 +109,25 @@ func (r *Runner) Run(ctx context.Context) error {
 		}
 	}
 	r.log.Info("node registered", zap.String(obs.KeyNode, r.cfg.Node.Name))
+	// Heartbeats run on their own: a sync blocked on a slow agent call must
+	// never make the node look dead.
+	hbDone := make(chan struct{})
+	go func() {
+		defer close(hbDone)
+		tick := time.NewTicker(r.cfg.Heartbeat)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+				if err := r.heartbeat(ctx); err != nil {
+					r.log.Warn("heartbeat not committed", zap.Error(err))
+				}
+			}
+		}
+	}()
+	defer func() { <-hbDone }()
 	tick := time.NewTicker(r.cfg.Heartbeat)
 	defer tick.Stop()
 	for {
@@ -116,9 +137,6 @@ func (r *Runner) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-tick.C:
-			if err := r.heartbeat(ctx); err != nil {
-				r.log.Warn("heartbeat not committed", zap.Error(err))
-			}
 		case <-changed:
 		}
 	}
@@ -152,9 +170,7 @@ func (r *Runner) sync(ctx context.Context) {
 		switch {
 		case rep.DesiredStop || rep.Phase == schedulerv1.ReplicaPhase_REPLICA_PHASE_LOST:
 			if onAgent {
-				if err := r.agent.Remove(ctx, id); err != nil {
-					log.Warn("remove replica", zap.Error(err))
-				}
+				r.remove(ctx, id, log)
 			}
 		case rep.Phase == schedulerv1.ReplicaPhase_REPLICA_PHASE_ASSIGNED && !onAgent:
 			if t, ok := r.started[id]; ok && time.Since(t) < 30*time.Second {
@@ -170,10 +186,14 @@ func (r *Runner) sync(ctx context.Context) {
 				log.Error("stored deployment file does not parse", zap.Error(err))
 				continue
 			}
+			if _, busy := r.inflight.LoadOrStore(id, true); busy {
+				continue
+			}
 			r.started[id] = time.Now()
 			svc := parsed.Services[rep.Service]
 			go func() {
 				// Starting includes the image pull: never block the loop on it.
+				defer r.inflight.Delete(id)
 				if err := r.agent.Run(ctx, proto.CloneOf(rep), parsed, svc); err != nil {
 					log.Warn("start replica", zap.Error(err))
 					r.reportFailure(id, err)
@@ -185,9 +205,7 @@ func (r *Runner) sync(ctx context.Context) {
 	for id := range have {
 		rep := st.Replicas[id]
 		if rep == nil || rep.Node != r.cfg.Node.Name {
-			if err := r.agent.Remove(ctx, id); err != nil {
-				r.log.Warn("remove unknown replica", zap.String(obs.KeyReplica, id), zap.Error(err))
-			}
+			r.remove(ctx, id, r.log.With(zap.String(obs.KeyReplica, id)))
 		}
 	}
 	for id, t := range r.started {
@@ -195,6 +213,20 @@ func (r *Runner) sync(ctx context.Context) {
 			delete(r.started, id)
 		}
 	}
+}
+
+// remove asks the agent to stop and remove replica id, in the background
+// (stopping waits for the replica's grace period), once at a time per id.
+func (r *Runner) remove(ctx context.Context, id string, log *zap.Logger) {
+	if _, busy := r.inflight.LoadOrStore(id, true); busy {
+		return
+	}
+	go func() {
+		defer r.inflight.Delete(id)
+		if err := r.agent.Remove(ctx, id); err != nil && ctx.Err() == nil {
+			log.Warn("remove replica", zap.Error(err))
+		}
+	}()
 }
 
 // failure is a replica that could not be started, reported at the next
@@ -229,7 +261,10 @@ func (r *Runner) heartbeat(ctx context.Context) error {
 		var cur *schedulerv1.ReplicaStatus
 		if s, ok := have[id]; ok {
 			cur = s
-		} else if have != nil && (rep.DesiredStop || rep.Phase == schedulerv1.ReplicaPhase_REPLICA_PHASE_STOPPING) {
+		} else if _, starting := r.inflight.Load(id); !starting && have != nil &&
+			(rep.DesiredStop || rep.Phase == schedulerv1.ReplicaPhase_REPLICA_PHASE_STOPPING) {
+			// Gone from the agent, and no start of it is under way that
+			// could still create it: stopped.
 			cur = &schedulerv1.ReplicaStatus{Id: id, Phase: schedulerv1.ReplicaPhase_REPLICA_PHASE_STOPPED}
 		}
 		if cur == nil {

@@ -113,9 +113,11 @@ func (c *Config) setDefaults() {
 		c.ProposalTimeout = 10 * time.Duration(c.ElectionTicks) * c.TickInterval
 	}
 	if c.AdvertiseAddr == "" {
-		c.AdvertiseAddr = c.PeerAddr
-		if c.PeerListener != nil && c.PeerAddr == "" {
+		switch {
+		case c.PeerListener != nil:
 			c.AdvertiseAddr = c.PeerListener.Addr().String()
+		case checkAddr(c.PeerAddr) == nil:
+			c.AdvertiseAddr = c.PeerAddr
 		}
 	}
 }
@@ -144,7 +146,7 @@ func (c Config) Validate() error {
 	if c.TLS != nil && c.ID != 0 && c.TLS.MemberID() != c.ID {
 		errs = append(errs, fmt.Errorf("tls: certificate is for member %x, not %x", c.TLS.MemberID(), c.ID))
 	}
-	if c.TLS != nil {
+	if c.AdvertiseAddr != "" {
 		if err := checkAddr(c.AdvertiseAddr); err != nil {
 			errs = append(errs, fmt.Errorf("advertise addr: %w", err))
 		}

@@ -92,6 +92,11 @@ type Node struct {
 	confWaits  map[uint64]chan struct{}
 	removedMe  bool
 	promotedAt map[uint64]time.Time
+	// confChanged asks for a snapshot at the end of this Ready: a member
+	// added after the latest snapshot refuses a snapshot whose
+	// configuration does not name it, so the snapshot raft sends to new
+	// members must be taken after their addition.
+	confChanged bool
 }
 
 // New opens (or creates) the Raft state in cfg.DataDir and starts the Raft
@@ -265,6 +270,8 @@ func (n *Node) Run(ctx context.Context) error {
 	n.rn.Stop()
 	if tr := n.tr.Load(); tr != nil {
 		tr.close()
+	} else if n.cfg.PeerListener != nil {
+		n.cfg.PeerListener.Close() // never used: peers were not enabled
 	}
 	if cerr := n.disk.close(); cerr != nil && err == nil {
 		err = cerr
@@ -465,18 +472,22 @@ func (n *Node) applyConfChange(idx uint64, cc *raftpb.ConfChange) {
 	var m schedulerv1.RaftMember
 	_ = proto.Unmarshal(cc.GetContext(), &m) // empty for removals
 	n.mu.Lock()
-	refused := n.removed[id] && cc.GetType() != raftpb.ConfChangeRemoveNode
+	// A removed ID never comes back, and adding a learner never demotes a
+	// voter (which makes a retried AddMember harmless). Such changes are
+	// no-ops: raft is not told about them, as the library allows. The
+	// decision depends only on the log, so every member makes the same.
+	refused := (n.removed[id] && cc.GetType() != raftpb.ConfChangeRemoveNode) ||
+		(cc.GetType() == raftpb.ConfChangeAddLearnerNode && slices.Contains(n.confState.GetVoters(), id))
 	n.mu.Unlock()
 	if refused {
-		// A removed ID never comes back; treat the change as a no-op (and
-		// do not tell raft about it, as the library allows).
-		n.log.Warn("refused conf change for a removed member", zap.String("target", idString(id)), zap.Uint64("index", idx))
+		n.log.Warn("ignored conf change", zap.Stringer("change", cc.GetType()), zap.String("target", idString(id)), zap.Uint64("index", idx))
 		n.notifyConf(cc.GetId())
 		return
 	}
 	cs := n.rn.ApplyConfChange(cc)
 	n.mu.Lock()
 	n.confState = cs
+	n.confChanged = true
 	switch cc.GetType() {
 	case raftpb.ConfChangeAddNode, raftpb.ConfChangeAddLearnerNode, raftpb.ConfChangeUpdateNode:
 		if m.GetId() == id {
@@ -525,9 +536,10 @@ func (n *Node) setAppliedLocked(idx uint64) {
 // keeping CatchUpEntries entries behind it for lagging members.
 func (n *Node) maybeSnapshot() error {
 	n.mu.Lock()
-	applied, last := n.applied, n.snapIndex
+	applied, last, forced := n.applied, n.snapIndex, n.confChanged
+	n.confChanged = false
 	n.mu.Unlock()
-	if applied-last < n.cfg.SnapshotEntries {
+	if applied <= last || (applied-last < n.cfg.SnapshotEntries && !forced) {
 		return nil
 	}
 	state, err := n.fsm.Snapshot()
@@ -669,7 +681,9 @@ func (n *Node) usable() error {
 	if gone {
 		return ErrRemoved
 	}
-	if n.leader.Load() == raft.None {
+	// The Ready loop's view of the leader can trail raft's by one Ready;
+	// ask raft before refusing.
+	if n.leader.Load() == raft.None && n.rn.Status().Lead == raft.None {
 		return fmt.Errorf("raft member %s: no leader: %w", idString(n.id), errkind.Unavailable)
 	}
 	return nil
@@ -784,29 +798,37 @@ func (n *Node) EnablePeers(ctx context.Context, creds *pki.Credentials, advertis
 	if creds.MemberID() != n.id {
 		return fmt.Errorf("enable peers: certificate is for member %x, not %x: %w", creds.MemberID(), n.id, errkind.Invalid)
 	}
-	if n.tr.Load() != nil {
-		return fmt.Errorf("enable peers: already enabled: %w", errkind.Conflict)
-	}
-	if n.cfg.PeerListener == nil && n.cfg.PeerAddr == "" {
-		return fmt.Errorf("enable peers: no peer address configured: %w", errkind.Precondition)
-	}
 	if err := n.usable(); err != nil {
 		return err
 	}
 	n.confMu.Lock()
 	defer n.confMu.Unlock()
-	tr, err := newTransport(n, creds, n.cfg.PeerListener, n.cfg.PeerAddr)
-	if err != nil {
-		return err
-	}
-	select {
-	case n.enablec <- tr:
-	case <-ctx.Done():
-		tr.close()
-		return n.unavailable("enable peers", ctx.Err())
-	case <-n.done:
-		tr.close()
-		return n.unavailable("enable peers", raft.ErrStopped)
+	if n.tr.Load() != nil {
+		// Already on (a restart after an init interrupted by a crash):
+		// only the address may be missing from Raft.
+		n.mu.Lock()
+		recorded := n.members[n.id]
+		n.mu.Unlock()
+		if recorded != "" {
+			return fmt.Errorf("enable peers: already enabled at %s: %w", recorded, errkind.Conflict)
+		}
+	} else {
+		if n.cfg.PeerListener == nil && n.cfg.PeerAddr == "" {
+			return fmt.Errorf("enable peers: no peer address configured: %w", errkind.Precondition)
+		}
+		tr, err := newTransport(n, creds, n.cfg.PeerListener, n.cfg.PeerAddr)
+		if err != nil {
+			return err
+		}
+		select {
+		case n.enablec <- tr:
+		case <-ctx.Done():
+			tr.close()
+			return n.unavailable("enable peers", ctx.Err())
+		case <-n.done:
+			tr.close()
+			return n.unavailable("enable peers", raft.ErrStopped)
+		}
 	}
 	ctxb, err := proto.Marshal(&schedulerv1.RaftMember{Id: n.id, Address: advertise})
 	if err != nil {
@@ -838,16 +860,25 @@ func (n *Node) changeConf(ctx context.Context, cc *raftpb.ConfChange) error {
 		delete(n.confWaits, req)
 		n.mu.Unlock()
 	}()
-	if err := n.rn.ProposeConfChange(ctx, cc); err != nil {
-		return n.unavailable("propose conf change", err)
-	}
-	select {
-	case <-ch:
-		return nil
-	case <-ctx.Done():
-		return n.unavailable("conf change not applied", ctx.Err())
-	case <-n.done:
-		return n.unavailable("conf change", raft.ErrStopped)
+	// raft silently drops a configuration change while another is pending
+	// (including one applied here but not yet acknowledged by Advance), so
+	// an unapplied change is proposed again; every change this package
+	// makes is idempotent when applied twice.
+	retry := time.NewTicker(2 * time.Duration(n.cfg.ElectionTicks) * n.cfg.TickInterval)
+	defer retry.Stop()
+	for {
+		if err := n.rn.ProposeConfChange(ctx, cc); err != nil {
+			return n.unavailable("propose conf change", err)
+		}
+		select {
+		case <-ch:
+			return nil
+		case <-retry.C:
+		case <-ctx.Done():
+			return n.unavailable("conf change not applied", ctx.Err())
+		case <-n.done:
+			return n.unavailable("conf change", raft.ErrStopped)
+		}
 	}
 }
 

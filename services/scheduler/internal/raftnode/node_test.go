@@ -90,7 +90,7 @@ const (
 )
 
 // eventually polls cond until it holds or the deadline passes.
-func eventually(t *testing.T, what string, cond func() bool) {
+func eventually(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(testTimeout)
 	tick := time.NewTicker(5 * time.Millisecond)
@@ -106,7 +106,7 @@ func eventually(t *testing.T, what string, cond func() bool) {
 // member is one in-process scheduler member with its own data dir, peer
 // listener on 127.0.0.1 and credentials.
 type member struct {
-	t     *testing.T
+	t     testing.TB
 	cfg   Config
 	node  *Node
 	fsm   *kvFSM
@@ -116,7 +116,7 @@ type member struct {
 	alive bool
 }
 
-func startMember(t *testing.T, cfg Config, fsm *kvFSM) *member {
+func startMember(t testing.TB, cfg Config, fsm *kvFSM) *member {
 	t.Helper()
 	if cfg.TickInterval == 0 {
 		cfg.TickInterval = testTick
@@ -161,7 +161,7 @@ func (m *member) restart() *member {
 	return startMember(m.t, cfg, newKV())
 }
 
-func relisten(t *testing.T, addr string) net.Listener {
+func relisten(t testing.TB, addr string) net.Listener {
 	t.Helper()
 	var l net.Listener
 	eventually(t, "rebinding "+addr, func() bool {
@@ -172,7 +172,7 @@ func relisten(t *testing.T, addr string) net.Listener {
 	return l
 }
 
-func listenLocal(t *testing.T) net.Listener {
+func listenLocal(t testing.TB) net.Listener {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -183,13 +183,13 @@ func listenLocal(t *testing.T) net.Listener {
 
 // cluster is a test cluster sharing one CA.
 type cluster struct {
-	t       *testing.T
+	t       testing.TB
 	ca      *pki.CA
 	members []*member
 	tune    func(*Config)
 }
 
-func newCluster(t *testing.T, tune func(*Config)) *cluster {
+func newCluster(t testing.TB, tune func(*Config)) *cluster {
 	ca, err := pki.NewCA()
 	if err != nil {
 		t.Fatal(err)
@@ -284,7 +284,7 @@ func (c *cluster) waitLeader(except *member) *member {
 }
 
 // propose writes through m, retrying while the cluster has no leader.
-func propose(t *testing.T, m *member, kv string) any {
+func propose(t testing.TB, m *member, kv string) any {
 	t.Helper()
 	var res any
 	eventually(t, "proposal "+kv+" to succeed", func() bool {
@@ -315,7 +315,8 @@ func (c *cluster) converged(want map[string]string) {
 
 func TestSingleMember(t *testing.T) {
 	dir := t.TempDir()
-	m := startMember(t, Config{DataDir: dir, Bootstrap: BootstrapNew}, newKV())
+	l := listenLocal(t) // unused until EnablePeers
+	m := startMember(t, Config{DataDir: dir, Bootstrap: BootstrapNew, PeerListener: l}, newKV())
 	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 	defer cancel()
 	eventually(t, "leader", func() bool { return m.node.Status().IsLeader })
@@ -350,7 +351,6 @@ func TestSingleMember(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := listenLocal(t)
 	certPEM, keyPEM, err := ca.Issue(st.ID, l.Addr().String())
 	if err != nil {
 		t.Fatal(err)
@@ -359,7 +359,6 @@ func TestSingleMember(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m.node.cfg.PeerListener = l
 	if err := m.node.EnablePeers(ctx, creds, l.Addr().String()); err != nil {
 		t.Fatalf("EnablePeers: %v", err)
 	}
@@ -489,6 +488,28 @@ func TestThreeMembers(t *testing.T) {
 			want["isolated"] = v
 		}
 		c.converged(want)
+	})
+
+	t.Run("leader partitioned", func(t *testing.T) {
+		old := c.waitLeader(nil)
+		old.node.tr.Load().setPartitioned(true)
+		// The other two elect a leader between them and keep writing.
+		leader := c.waitLeader(old)
+		propose(t, leader, "leader-cut=1")
+		want["leader-cut"] = "1"
+		// The old leader cannot commit: CheckQuorum makes it step down, and
+		// until then its proposals wait for acknowledgements that never come.
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_, err := old.node.Propose(ctx, []byte("stale-leader=1"))
+		cancel()
+		if !errors.Is(err, errkind.Unavailable) {
+			t.Fatalf("partitioned leader Propose err = %v, want Unavailable", err)
+		}
+		old.node.tr.Load().setPartitioned(false)
+		c.converged(want)
+		if _, ok := old.fsm.state()["stale-leader"]; ok {
+			t.Fatal("a write to the partitioned leader was applied")
+		}
 	})
 
 	t.Run("stop all and restart all", func(t *testing.T) {

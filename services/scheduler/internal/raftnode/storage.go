@@ -209,3 +209,7 @@ func (d *disk) close() error {
 	}
 	return nil
 }
+
+// HasLog reports whether dataDir holds a Raft log, i.e. whether New will
+// restart from disk whatever the Bootstrap mode.
+func HasLog(dataDir string) bool { return hasLog(dataDir) }

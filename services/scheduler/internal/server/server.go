@@ -54,9 +54,52 @@ type Server struct {
 	now   func() time.Time
 }
 
-// New returns a Server.
+// New returns a Server. Calls made while the cluster has no leader (an
+// election is under way) wait for one, up to electionWait.
 func New(info Info, raft Raft, state *fsm.FSM, specs *specinfo.Cache) *Server {
-	return &Server{info: info, raft: raft, state: state, specs: specs, now: time.Now}
+	return &Server{info: info, raft: &patientRaft{Raft: raft, wait: electionWait}, state: state, specs: specs, now: time.Now}
+}
+
+// electionWait bounds how long a call waits for a leader: a few election
+// timeouts at the default tick.
+const electionWait = 6 * time.Second
+
+// patientRaft retries calls that fail for want of a leader, so a client
+// calling during an election (at start, or after a leader died) waits a
+// moment instead of failing. A member cut off from the majority still
+// answers Unavailable, after the wait.
+type patientRaft struct {
+	Raft
+	wait time.Duration
+}
+
+func (p *patientRaft) retry(ctx context.Context, fn func(context.Context) error) error {
+	deadline := time.Now().Add(p.wait)
+	for {
+		err := fn(ctx)
+		if err == nil || !errors.Is(err, errkind.Unavailable) || time.Now().After(deadline) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func (p *patientRaft) Propose(ctx context.Context, data []byte) (any, error) {
+	var res any
+	err := p.retry(ctx, func(ctx context.Context) error {
+		var err error
+		res, err = p.Raft.Propose(ctx, data)
+		return err
+	})
+	return res, err
+}
+
+func (p *patientRaft) LinearizableRead(ctx context.Context) error {
+	return p.retry(ctx, p.Raft.LinearizableRead)
 }
 
 // GetInfo returns the daemon's version, node and uptime.
