@@ -5,8 +5,8 @@ package server
 import (
 	"context"
 
-	typesv1 "zlayer.dev/libs/api/zlayer/types/v1"
 	overlayv1 "zlayer.dev/libs/api/zlayer/overlay/v1"
+	typesv1 "zlayer.dev/libs/api/zlayer/types/v1"
 )
 
 var _ overlayv1.OverlayServiceServer = (*Server)(nil)
