@@ -150,6 +150,12 @@ func TestDeployServesPage(t *testing.T) {
 		t.Fatalf("page from %s: %q, %v", reps[0].IP, page, err)
 	}
 
+	// The proxy serves it too, on the node's HTTP listener.
+	eventually(t, 30*time.Second, "the page through the proxy", func() bool {
+		page, err := fetch("http://" + n.httpAddr + "/")
+		return err == nil && strings.Contains(page, "ZLayer")
+	})
+
 	// Scale up and down.
 	if out, code := n.zlctl(t, "scale", "web1/web", "3"); code != 0 {
 		t.Fatalf("scale: %s", out)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -63,6 +64,19 @@ type node struct {
 	out     *bytes.Buffer
 	done    chan error
 	cidr    string
+	// httpAddr is the proxy's HTTP listener.
+	httpAddr string
+}
+
+// freeAddr returns a 127.0.0.1 address with a port free at the moment.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
 }
 
 // startNode runs `devctl up` on temp dirs and waits until every daemon serves.
@@ -78,9 +92,10 @@ func startNode(t *testing.T, extra ...string) *node {
 		done:    make(chan error, 1),
 	}
 	nodeSeq++
+	n.httpAddr = freeAddr(t)
 	args := []string{"up", "--node", n.name, "--run-dir", n.runDir, "--data-dir", n.dataDir, "--bin-dir", bin,
 		// Several test nodes must not share proxy ports or a container subnet.
-		"--arg", "proxy:--http-addr=127.0.0.1:0", "--arg", "proxy:--https-addr=127.0.0.1:0",
+		"--arg", "proxy:--http-addr=" + n.httpAddr, "--arg", "proxy:--https-addr=127.0.0.1:0",
 		"--arg", fmt.Sprintf("agent:--container-cidr=10.%d.0.0/16", 200+nodeSeq%50)}
 	// A node's containers outlive its daemons by design; reap removes
 	// whatever a test left, and fails the test if that was anything.

@@ -94,9 +94,6 @@ func start(ctx context.Context, env daemon.Env, srv *grpc.Server, f Flags) (func
 	if err != nil {
 		return nil, err
 	}
-	if err := nw.Setup(); err != nil {
-		return nil, err
-	}
 	cc, err := rpc.Dial(f.RegistrySocket)
 	if err != nil {
 		return nil, err
@@ -117,6 +114,12 @@ func start(ctx context.Context, env daemon.Env, srv *grpc.Server, f Flags) (func
 		},
 	}, env.Log, images.NewRegistry(cc), nw)
 	if err != nil {
+		cc.Close()
+		return nil, err
+	}
+	// Host changes only after every check passed (runc, monitor, CIDR).
+	if err := nw.Setup(); err != nil {
+		rn.Close()
 		cc.Close()
 		return nil, err
 	}

@@ -51,10 +51,12 @@ func TestDemoHTTP(t *testing.T) {
 		t.Fatalf("page %q", body)
 	}
 
-	// logs -f: httpd -v logs each request on stderr.
-	lctx, cancel := context.WithCancel(ctx)
+	// logs -f: httpd -v logs each response on stderr. Following with tail
+	// 0 shows only what comes after the call.
+	lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	ls, err := a.c.StreamLogs(lctx, &agentv1.StreamLogsRequest{Id: "web-0", Follow: true})
+	zero := int32(0)
+	ls, err := a.c.StreamLogs(lctx, &agentv1.StreamLogsRequest{Id: "web-0", Follow: true, Tail: &zero})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,7 +69,7 @@ func TestDemoHTTP(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, e := range m.GetEntries() {
-			if strings.Contains(string(e.GetText()), "/health") {
+			if strings.Contains(string(e.GetText()), "response:200") && e.GetStream() == agentv1.LogStream_LOG_STREAM_STDERR {
 				return true
 			}
 		}

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
 
+	proxyv1 "zlayer.dev/libs/api/zlayer/proxy/v1"
 	schedulerv1 "zlayer.dev/libs/api/zlayer/scheduler/v1"
 	"zlayer.dev/libs/daemon"
 	"zlayer.dev/libs/rpc"
@@ -27,6 +28,7 @@ import (
 	"zlayer.dev/services/scheduler/internal/nodeside"
 	"zlayer.dev/services/scheduler/internal/raftnode"
 	"zlayer.dev/services/scheduler/internal/reconcile"
+	"zlayer.dev/services/scheduler/internal/routes"
 	"zlayer.dev/services/scheduler/internal/server"
 	"zlayer.dev/services/scheduler/internal/specinfo"
 )
@@ -101,13 +103,23 @@ func start(ctx context.Context, env daemon.Env, srv *grpc.Server, o options) (fu
 		agentConn.Close()
 		return nil, err
 	}
+	proxyConn, err := rpc.Dial(rpc.SocketPath(env.RunDir, "proxy"))
+	if err != nil {
+		state.Close()
+		agentConn.Close()
+		return nil, err
+	}
 	side := nodeside.New(nodeside.Config{Node: self, Heartbeat: o.heartbeat}, env.Log, state, node, agentclient.New(agentConn), specs)
 	rc := reconcile.Config{NodeTimeout: o.nodeTimeout, MaxRolloutRestarts: 3, ReplaceFailedAfter: 10 * time.Second}
 
 	return func(ctx context.Context) error {
 		defer state.Close()
 		defer agentConn.Close()
+		defer proxyConn.Close()
 		g, ctx := errgroup.WithContext(ctx)
+		g.Go(func() error {
+			return routes.Push(ctx, env.Log, state, specs, proxyv1.NewProxyServiceClient(proxyConn), 5*time.Second)
+		})
 		g.Go(func() error { return node.Run(ctx) })
 		g.Go(func() error { return side.Run(ctx) })
 		g.Go(func() error { return reconcileLoop(ctx, env.Log, node, state, specs, rc, o.reconcileTick) })

@@ -56,7 +56,8 @@ type Config struct {
 	ID uint64
 	// DataDir holds the Raft state: DataDir/wal and DataDir/snap.
 	DataDir string
-	// PeerAddr is the TCP address RaftService listens on (host:port).
+	// PeerAddr is the TCP address RaftService listens on (host:port). When
+	// empty, EnablePeers listens on the advertised address.
 	PeerAddr string
 	// PeerListener, when set, is used instead of listening on PeerAddr.
 	// The Node closes it.
@@ -139,9 +140,6 @@ func (c Config) Validate() error {
 		}
 	default:
 		errs = append(errs, fmt.Errorf("bootstrap: %v is not new, join or restart", c.Bootstrap))
-	}
-	if c.TLS != nil && c.PeerAddr == "" && c.PeerListener == nil {
-		errs = append(errs, errors.New("peer addr: needed when TLS credentials are given"))
 	}
 	if c.TLS != nil && c.ID != 0 && c.TLS.MemberID() != c.ID {
 		errs = append(errs, fmt.Errorf("tls: certificate is for member %x, not %x", c.TLS.MemberID(), c.ID))

@@ -66,8 +66,10 @@
 //  2. `zlctl cluster init [--advertise-addr HOST:PORT]` (ClusterService
 //     InitCluster, internal/clusterserver) creates the cluster CA and this
 //     member's certificate under <data-dir>/pki, starts RaftService on
-//     --peer-addr and records the advertised address through Raft
-//     (EnablePeers). From then on the scheduler starts with peers on.
+//     --peer-addr (or on the advertised address when that is empty) and
+//     records the advertised address through Raft (EnablePeers). From then
+//     on the scheduler starts with peers on, listening on --peer-addr, else
+//     --advertise-addr, else the address Raft recorded.
 //  3. `zlctl cluster add-member HOST:PORT` on any member (every member holds
 //     the CA) allocates a random member ID, adds it as a learner through
 //     Raft (AddMember), issues its certificate and writes a join bundle —

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -28,6 +29,9 @@ import (
 // normal entry, in log order, from one goroutine — possibly again for
 // entries applied before a crash (the FSM keeps its own applied index
 // durably and ignores index <= it). It must be deterministic.
+//
+// Snapshot and Restore are called from that same goroutine, between
+// applies, so a snapshot always matches the applied index exactly.
 type FSM interface {
 	Apply(index uint64, data []byte) any     // result handed back to the proposer
 	Snapshot() ([]byte, error)               // whole state, for log compaction and slow followers
@@ -101,7 +105,7 @@ type Node struct {
 
 // New opens (or creates) the Raft state in cfg.DataDir and starts the Raft
 // state machine; Run must be called to make progress.
-func New(cfg Config, fsm FSM, log *zap.Logger) (*Node, error) {
+func New(cfg Config, fsm FSM, log *zap.Logger) (_ *Node, err error) {
 	cfg.setDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -140,7 +144,17 @@ func New(cfg Config, fsm FSM, log *zap.Logger) (*Node, error) {
 		StepDownOnRemoval:         true,
 	}
 	var peers []raft.Peer
-	var err error
+	created := false // a log made here is removed again if New fails
+	defer func() {
+		if err == nil {
+			return
+		}
+		n.disk.close()
+		if created {
+			os.RemoveAll(walDir(cfg.DataDir))
+			os.RemoveAll(snapDir(cfg.DataDir))
+		}
+	}()
 	switch {
 	case hasLog(cfg.DataDir):
 		if err := n.restore(cfg, rc, log); err != nil {
@@ -170,11 +184,13 @@ func New(cfg Config, fsm FSM, log *zap.Logger) (*Node, error) {
 		if n.disk, err = createDisk(log, cfg.DataDir, self); err != nil {
 			return nil, err
 		}
+		created = true
 	case cfg.Bootstrap == BootstrapJoin:
 		n.id = cfg.ID
 		if n.disk, err = createDisk(log, cfg.DataDir, &schedulerv1.RaftMember{Id: n.id, Address: cfg.AdvertiseAddr}); err != nil {
 			return nil, err
 		}
+		created = true
 		for _, m := range cfg.Peers {
 			if m.ID != n.id && m.Addr != "" {
 				n.seeds[m.ID] = m.Addr
@@ -187,12 +203,23 @@ func New(cfg Config, fsm FSM, log *zap.Logger) (*Node, error) {
 
 	if cfg.TLS != nil {
 		if cfg.TLS.MemberID() != n.id {
-			n.disk.close()
 			return nil, fmt.Errorf("tls: certificate is for member %x, not %x: %w", cfg.TLS.MemberID(), n.id, errkind.Invalid)
 		}
-		tr, err := newTransport(n, cfg.TLS, cfg.PeerListener, cfg.PeerAddr)
+		// Listen on --peer-addr, else where this member is reached: the
+		// advertised address, else the one Raft recorded (restored from the
+		// snapshot every membership change is followed by).
+		listenAddr := cfg.PeerAddr
+		if listenAddr == "" {
+			listenAddr = cfg.AdvertiseAddr
+		}
+		if listenAddr == "" {
+			listenAddr, _ = n.addrOf(n.id)
+		}
+		if listenAddr == "" && cfg.PeerListener == nil {
+			return nil, fmt.Errorf("raft config: peer addr: unknown for member %x; set it: %w", n.id, errkind.Invalid)
+		}
+		tr, err := newTransport(n, cfg.TLS, cfg.PeerListener, listenAddr)
 		if err != nil {
-			n.disk.close()
 			return nil, err
 		}
 		n.tr.Store(tr)
@@ -217,29 +244,24 @@ func (n *Node) restore(cfg Config, rc *raft.Config, log *zap.Logger) error {
 	if err != nil {
 		return err
 	}
-	n.disk = d
+	n.disk = d // closed by New if restore fails
 	n.id = rec.meta.GetId()
 	if cfg.ID != 0 && cfg.ID != n.id {
-		d.close()
 		return fmt.Errorf("data dir %s belongs to member %x, not %x: %w", cfg.DataDir, n.id, cfg.ID, errkind.Invalid)
 	}
 	if s := rec.snapshot; s != nil {
 		if err := n.mem.ApplySnapshot(s); err != nil {
-			d.close()
 			return fmt.Errorf("load snapshot into memory: %w", err)
 		}
 		if err := n.installSnapshot(s); err != nil {
-			d.close()
 			return err
 		}
 		rc.Applied = s.GetMetadata().GetIndex()
 	}
 	if err := n.mem.SetHardState(rec.hard); err != nil {
-		d.close()
 		return fmt.Errorf("load hard state: %w", err)
 	}
 	if err := n.mem.Append(rec.entries); err != nil {
-		d.close()
 		return fmt.Errorf("load entries: %w", err)
 	}
 	return nil
@@ -789,8 +811,10 @@ func (n *Node) RemoveMember(ctx context.Context, id uint64) error {
 
 // EnablePeers turns on the peer transport of a member started without
 // credentials (InitCluster): it starts serving RaftService with creds on
-// the configured peer address and records advertise as this member's
-// address in Raft.
+// the configured peer address (or on advertise when none is configured) and
+// records advertise as this member's address in Raft. Before Run restarts
+// with peers on, the caller must keep creds where the next start finds
+// them (internal/clusterserver stores them under <data-dir>/pki).
 func (n *Node) EnablePeers(ctx context.Context, creds *pki.Credentials, advertise string) error {
 	if err := checkAddr(advertise); err != nil {
 		return fmt.Errorf("enable peers: advertise address: %w: %w", errkind.Invalid, err)
@@ -813,10 +837,11 @@ func (n *Node) EnablePeers(ctx context.Context, creds *pki.Credentials, advertis
 			return fmt.Errorf("enable peers: already enabled at %s: %w", recorded, errkind.Conflict)
 		}
 	} else {
-		if n.cfg.PeerListener == nil && n.cfg.PeerAddr == "" {
-			return fmt.Errorf("enable peers: no peer address configured: %w", errkind.Precondition)
+		listenAddr := n.cfg.PeerAddr
+		if listenAddr == "" {
+			listenAddr = advertise // no --peer-addr: listen where we are reached
 		}
-		tr, err := newTransport(n, creds, n.cfg.PeerListener, n.cfg.PeerAddr)
+		tr, err := newTransport(n, creds, n.cfg.PeerListener, listenAddr)
 		if err != nil {
 			return err
 		}

@@ -367,13 +367,10 @@ func TestSingleMember(t *testing.T) {
 	}
 	want := m.fsm.state()
 
-	// Restart from disk: the same state, the same member, the address kept.
+	// Restart from disk with the credentials and no address at all: the
+	// same state, the same member, listening on the address Raft recorded.
 	m.kill()
-	cfg := m.cfg
-	cfg.Bootstrap = BootstrapRestart
-	cfg.TLS = creds
-	cfg.PeerListener = relisten(t, l.Addr().String())
-	m2 := startMember(t, cfg, newKV())
+	m2 := startMember(t, Config{DataDir: dir, Bootstrap: BootstrapRestart, TLS: creds}, newKV())
 	eventually(t, "restarted leader", func() bool { return m2.node.Status().IsLeader })
 	if err := m2.node.LinearizableRead(ctx); err != nil {
 		t.Fatalf("LinearizableRead after restart: %v", err)
@@ -381,7 +378,8 @@ func TestSingleMember(t *testing.T) {
 	if got := m2.fsm.state(); !maps.Equal(got, want) {
 		t.Fatalf("state after restart = %v, want %v", got, want)
 	}
-	if m2.node.ID() != st.ID || m2.node.Members()[0].Addr != l.Addr().String() {
+	if m2.node.ID() != st.ID || m2.node.Members()[0].Addr != l.Addr().String() ||
+		m2.node.tr.Load().lis.Addr().String() != l.Addr().String() {
 		t.Fatalf("after restart: id %x members %+v", m2.node.ID(), m2.node.Members())
 	}
 }
@@ -639,5 +637,32 @@ func TestWrongCA(t *testing.T) {
 	}
 	if ms := leader.node.Members(); len(ms) != 2 || !ms[0].Learner && !ms[1].Learner {
 		t.Fatalf("foreign member was promoted: %+v", ms)
+	}
+}
+
+// TestNewLeavesNothingOnFailure: a member that cannot start (here: its peer
+// port is taken) leaves no log behind, so the next start is a first start.
+func TestNewLeavesNothingOnFailure(t *testing.T) {
+	busy := listenLocal(t)
+	defer busy.Close()
+	ca, err := pki.NewCA()
+	if err != nil {
+		t.Fatal(err)
+	}
+	certPEM, keyPEM, err := ca.Issue(7, busy.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	creds, err := pki.NewCredentials(ca.CertPEM, certPEM, keyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	_, err = New(Config{DataDir: dir, Bootstrap: BootstrapNew, TLS: creds, PeerAddr: busy.Addr().String()}, newKV(), zap.NewNop())
+	if err == nil {
+		t.Fatal("New succeeded on a taken port")
+	}
+	if HasLog(dir) {
+		t.Fatal("failed New left a raft log behind")
 	}
 }
