@@ -130,13 +130,17 @@ type proc struct {
 	waitc    chan struct{}
 }
 
-func newProc(t *testing.T, ca *pki.CA, id uint64) *proc {
+// freeAddr returns a loopback address nothing listens on now. The process
+// listens on it again through an inherited descriptor (see start).
+func freeAddr(t *testing.T) string {
+	l := listenLocal(t)
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func newProc(t *testing.T, ca *pki.CA, id uint64, peerAddr string) *proc {
 	t.Helper()
-	p := &proc{t: t, dir: t.TempDir(), id: id}
-	pl, hl := listenLocal(t), listenLocal(t)
-	p.peerAddr, p.httpAddr = pl.Addr().String(), hl.Addr().String()
-	pl.Close()
-	hl.Close()
+	p := &proc{t: t, dir: t.TempDir(), id: id, peerAddr: peerAddr, httpAddr: freeAddr(t)}
 	certPEM, keyPEM, err := ca.Issue(id, p.peerAddr)
 	if err != nil {
 		t.Fatal(err)
@@ -229,7 +233,7 @@ func TestKill9(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	procs := []*proc{newProc(t, ca, 0x1001)}
+	procs := []*proc{newProc(t, ca, 0x1001, freeAddr(t))}
 	procs[0].start("new", nil)
 	var mu sync.Mutex
 	dump := func() {
@@ -278,9 +282,7 @@ func TestKill9(t *testing.T) {
 	leaderOf(nil)
 	for range 2 {
 		leader := leaderOf(nil)
-		l := listenLocal(t)
-		addr := l.Addr().String()
-		l.Close()
+		addr := freeAddr(t)
 		var idBody string
 		eventually(t, "add member", func() bool {
 			var code int
@@ -291,13 +293,7 @@ func TestKill9(t *testing.T) {
 		if err != nil {
 			t.Fatalf("add: %q", idBody)
 		}
-		p := newProc(t, ca, id)
-		p.peerAddr = addr
-		certPEM, keyPEM, _ := ca.Issue(id, addr)
-		creds, _ := pki.NewCredentials(ca.CertPEM, certPEM, keyPEM)
-		if err := pki.SaveCredentials(filepath.Join(p.dir, "pki"), creds); err != nil {
-			t.Fatal(err)
-		}
+		p := newProc(t, ca, id, addr)
 		st, _ := leader.status()
 		mu.Lock()
 		procs = append(procs, p)

@@ -83,6 +83,10 @@ func newRootCmd(getenv func(string) string) *cobra.Command {
 		newHistoryCmd(g),
 		newEventsCmd(g),
 		newImageCmd(g),
+		newPsCmd(g),
+		newLogsCmd(g),
+		newExecCmd(g),
+		newClusterCmd(g),
 	)
 	return root
 }
