@@ -118,7 +118,6 @@ func newExecCmd(g *globals) *cobra.Command {
 			}
 		},
 	}
-	cmd.Flags().SetInterspersed(false)
 	cmd.Flags().BoolVarP(&interactive, "interactive", "i", false, "pass stdin to the command")
 	cmd.Flags().BoolVarP(&tty, "tty", "t", false, "give the command a terminal")
 	cmd.Flags().StringArrayVarP(&env, "env", "e", nil, "set KEY=value in the command's environment (repeatable)")

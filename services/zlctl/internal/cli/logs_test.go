@@ -11,7 +11,7 @@ import (
 
 func TestLogs(t *testing.T) {
 	n := startAgentDaemon(t)
-	n.run(t, "logs-1", "sh", "-c", "echo one; echo two; echo err >&2; read x; echo three")
+	n.run(t, "logs-1", "sh", "-c", `echo one; echo two; echo err >&2; trap "echo three; exit 0" HUP; sleep 100000 & wait`)
 	// Wait (through the API, not sleeping) until the first lines are kept.
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -43,7 +43,7 @@ func TestLogs(t *testing.T) {
 		t.Fatalf("unknown container: %v", err)
 	}
 
-	// -f follows until the container exits: feed its read through exec.
+	// -f follows until the container exits (its init exits on SIGHUP).
 	done := make(chan struct{})
 	var fout string
 	var ferr error
