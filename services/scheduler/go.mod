@@ -3,6 +3,7 @@ module zlayer.dev/services/scheduler
 go 1.26.0
 
 require (
+	go.uber.org/goleak v1.3.0
 	google.golang.org/grpc v1.85.0
 	zlayer.dev/libs/api v0.0.0
 	zlayer.dev/libs/daemon v0.0.0

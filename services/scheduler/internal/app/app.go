@@ -24,6 +24,7 @@ import (
 	"zlayer.dev/libs/daemon"
 	"zlayer.dev/libs/rpc"
 	"zlayer.dev/services/scheduler/internal/agentclient"
+	"zlayer.dev/services/scheduler/internal/clusterserver"
 	"zlayer.dev/services/scheduler/internal/fsm"
 	"zlayer.dev/services/scheduler/internal/nodeside"
 	"zlayer.dev/services/scheduler/internal/raftnode"
@@ -45,6 +46,7 @@ type options struct {
 	advertiseAddr string
 	raftTick      time.Duration
 	snapshotEvery uint64
+	join          string
 }
 
 func (o *options) register(fs *flag.FlagSet) {
@@ -58,6 +60,7 @@ func (o *options) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.advertiseAddr, "advertise-addr", "", "how other members reach this one (default: --peer-addr)")
 	fs.DurationVar(&o.raftTick, "raft-tick", raftnode.DefaultTickInterval, "Raft tick; elections time out after 10-20 ticks")
 	fs.Uint64Var(&o.snapshotEvery, "snapshot-entries", raftnode.DefaultSnapshotEntries, "snapshot and compact the Raft log every this many entries")
+	fs.StringVar(&o.join, "join", "", "join bundle written by `zlctl cluster add-member`; read on the first start only")
 }
 
 // Main runs zlayer-scheduler with args until ctx is done.
@@ -77,18 +80,26 @@ func start(ctx context.Context, env daemon.Env, srv *grpc.Server, o options) (fu
 	if err != nil {
 		return nil, err
 	}
-	node, err := raftnode.New(raftnode.Config{
-		DataDir:         filepath.Join(env.DataDir, "raft"),
+	cfg, err := clusterserver.NodeConfig(clusterserver.Flags{
+		DataDir:         env.DataDir,
 		PeerAddr:        o.peerAddr,
 		AdvertiseAddr:   o.advertiseAddr,
-		Bootstrap:       raftnode.BootstrapNew,
+		JoinFile:        o.join,
 		TickInterval:    o.raftTick,
 		SnapshotEntries: o.snapshotEvery,
-	}, state, env.Log.Named("raft"))
+	})
 	if err != nil {
 		state.Close()
 		return nil, fmt.Errorf("raft: %w", err)
 	}
+	node, err := raftnode.New(cfg, state, env.Log)
+	if err != nil {
+		state.Close()
+		return nil, fmt.Errorf("raft: %w", err)
+	}
+	clusterserver.Register(srv, node, clusterserver.Options{
+		DataDir: env.DataDir, AdvertiseAddr: o.advertiseAddr, PeerAddr: o.peerAddr, Log: env.Log,
+	})
 	specs := &specinfo.Cache{}
 	schedulerv1.RegisterSchedulerServiceServer(srv, server.New(env, node, state, specs))
 

@@ -8,7 +8,6 @@ package clusterserver
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"net"
 	"os"
@@ -44,29 +43,12 @@ type Flags struct {
 	// (--join); used only when the data dir holds no Raft log yet.
 	JoinFile string
 	// TickInterval, ElectionTicks, HeartbeatTicks and SnapshotEntries are
-	// passed to raftnode (--raft-tick, --raft-election-ticks,
-	// --raft-heartbeat-ticks, --raft-snapshot-entries); zero takes the
-	// defaults.
+	// passed to raftnode (--raft-tick, --snapshot-entries, …); zero takes
+	// the defaults.
 	TickInterval    time.Duration
 	ElectionTicks   int
 	HeartbeatTicks  int
 	SnapshotEntries uint64
-}
-
-// DefaultPeerAddr is where RaftService listens unless --peer-addr says
-// otherwise (only once the cluster is initialised).
-const DefaultPeerAddr = ":7470"
-
-// RegisterFlags defines the scheduler's cluster flags on fs, writing into
-// f. DataDir is not among them: it is the daemon's --data-dir.
-func RegisterFlags(fs *flag.FlagSet, f *Flags) {
-	fs.StringVar(&f.PeerAddr, "peer-addr", DefaultPeerAddr, "listen address (host:port) for Raft traffic from other schedulers; opened once the cluster is initialised")
-	fs.StringVar(&f.AdvertiseAddr, "advertise-addr", "", "host:port other schedulers dial to reach this one (default: --peer-addr when it names a host)")
-	fs.StringVar(&f.JoinFile, "join", "", "join bundle written by `zlctl cluster add-member`; used on the first start only")
-	fs.DurationVar(&f.TickInterval, "raft-tick", raftnode.DefaultTickInterval, "length of one Raft tick")
-	fs.IntVar(&f.ElectionTicks, "raft-election-ticks", raftnode.DefaultElectionTicks, "election timeout in ticks (randomised up to twice this)")
-	fs.IntVar(&f.HeartbeatTicks, "raft-heartbeat-ticks", raftnode.DefaultHeartbeatTicks, "leader heartbeat interval in ticks")
-	fs.Uint64Var(&f.SnapshotEntries, "raft-snapshot-entries", raftnode.DefaultSnapshotEntries, "take a Raft snapshot and compact the log every this many entries")
 }
 
 // NodeConfig decides how this scheduler's Raft member starts, from its

@@ -3,7 +3,6 @@ package clusterserver
 import (
 	"context"
 	"errors"
-	"flag"
 	"net"
 	"os"
 	"path/filepath"
@@ -11,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 	"google.golang.org/grpc/codes"
@@ -22,6 +22,9 @@ import (
 	"zlayer.dev/services/scheduler/internal/pki"
 	"zlayer.dev/services/scheduler/internal/raftnode"
 )
+
+// Every goroutine a member or its server starts must end with it.
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // counter is the smallest state machine: it counts applied entries.
 type counter struct {
@@ -266,19 +269,5 @@ func TestInitResumes(t *testing.T) {
 	}
 	if _, err := s.client.InitCluster(ctx, &schedulerv1.InitClusterRequest{}); status.Code(err) != codes.AlreadyExists {
 		t.Fatalf("third InitCluster: %v, want AlreadyExists", err)
-	}
-}
-
-func TestRegisterFlags(t *testing.T) {
-	fs := flag.NewFlagSet("zlayer-scheduler", flag.ContinueOnError)
-	var f Flags
-	RegisterFlags(fs, &f)
-	if err := fs.Parse([]string{"--peer-addr", "0.0.0.0:9000", "--advertise-addr", "10.0.0.1:9000", "--join", "/tmp/j.json", "--raft-tick", "50ms", "--raft-snapshot-entries", "500"}); err != nil {
-		t.Fatal(err)
-	}
-	want := Flags{PeerAddr: "0.0.0.0:9000", AdvertiseAddr: "10.0.0.1:9000", JoinFile: "/tmp/j.json", TickInterval: 50 * time.Millisecond,
-		ElectionTicks: raftnode.DefaultElectionTicks, HeartbeatTicks: raftnode.DefaultHeartbeatTicks, SnapshotEntries: 500}
-	if f != want {
-		t.Fatalf("flags = %+v, want %+v", f, want)
 	}
 }

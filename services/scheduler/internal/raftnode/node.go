@@ -308,12 +308,34 @@ func (n *Node) Run(ctx context.Context) error {
 func (n *Node) loop(ctx context.Context, g *errgroup.Group) error {
 	ticker := time.NewTicker(n.cfg.TickInterval)
 	defer ticker.Stop()
+	// The only voter need not wait an election timeout to lead: it
+	// campaigns once, as soon as it knows it is alone.
+	campaigned := false
+	campaignAlone := func() error {
+		if campaigned {
+			return nil
+		}
+		n.mu.Lock()
+		alone := len(n.confState.GetVoters()) == 1 && n.confState.GetVoters()[0] == n.id
+		n.mu.Unlock()
+		if !alone {
+			return nil
+		}
+		campaigned = true
+		if err := n.rn.Campaign(ctx); err != nil && ctx.Err() == nil {
+			return fmt.Errorf("campaign: %w", err)
+		}
+		return nil
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-ticker.C:
 			n.rn.Tick()
+			if err := campaignAlone(); err != nil {
+				return err
+			}
 		case tr := <-n.enablec:
 			n.tr.Store(tr)
 			g.Go(func() error { return tr.serve(ctx) })
@@ -326,6 +348,9 @@ func (n *Node) loop(ctx context.Context, g *errgroup.Group) error {
 			n.mu.Unlock()
 			if gone {
 				return ErrRemoved
+			}
+			if err := campaignAlone(); err != nil {
+				return err
 			}
 		}
 	}

@@ -21,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
 	"go.uber.org/zap"
 
 	"zlayer.dev/libs/errkind"
@@ -38,7 +39,8 @@ func TestMain(m *testing.M) {
 	if os.Getenv(childEnv) != "" {
 		os.Exit(runChild())
 	}
-	os.Exit(m.Run())
+	// Every goroutine a member starts must end with its Run.
+	goleak.VerifyTestMain(m)
 }
 
 // runChild is a member process: peer listener on fd 3, a small HTTP
