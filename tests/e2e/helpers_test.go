@@ -16,6 +16,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"zlayer.dev/libs/rpc"
+	"zlayer.dev/libs/testkit/netlab"
 )
 
 var components = []string{"scheduler", "agent", "registry", "proxy", "overlay"}
@@ -66,6 +67,9 @@ type node struct {
 	cidr    string
 	// httpAddr is the proxy's HTTP listener.
 	httpAddr string
+	// host, when set, is the network namespace the node runs in.
+	host    *netlab.Host
+	cleanup bool // t.Cleanup registered
 }
 
 // freeAddr returns a 127.0.0.1 address with a port free at the moment.
@@ -82,15 +86,23 @@ func freeAddr(t *testing.T) string {
 // startNode runs `devctl up` on temp dirs and waits until every daemon serves.
 func startNode(t *testing.T, extra ...string) *node {
 	t.Helper()
-	requireRoot(t)
-	bin := binDir(t)
 	n := &node{
 		name:    fmt.Sprintf("t%d", time.Now().UnixNano()%1_000_000),
 		runDir:  t.TempDir(),
 		dataDir: t.TempDir(),
-		out:     &bytes.Buffer{},
-		done:    make(chan error, 1),
 	}
+	n.start(t, extra...)
+	return n
+}
+
+// start runs `devctl up` for n (inside n.host's network namespace when
+// set) and waits until every daemon serves. A node stopped with stop can be
+// started again on the same directories.
+func (n *node) start(t *testing.T, extra ...string) {
+	t.Helper()
+	requireRoot(t)
+	bin := binDir(t)
+	n.out, n.done = &bytes.Buffer{}, make(chan error, 1)
 	nodeSeq++
 	n.httpAddr = freeAddr(t)
 	args := []string{"up", "--node", n.name, "--run-dir", n.runDir, "--data-dir", n.dataDir, "--bin-dir", bin,
@@ -101,6 +113,9 @@ func startNode(t *testing.T, extra ...string) *node {
 	// whatever a test left, and fails the test if that was anything.
 	args = append(args, extra...)
 	n.cmd = exec.Command(filepath.Join(bin, "devctl"), args...)
+	if n.host != nil {
+		n.cmd = n.host.Command(context.Background(), filepath.Join(bin, "devctl"), args...)
+	}
 	n.cmd.Stdout, n.cmd.Stderr = n.out, n.out
 	n.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := n.cmd.Start(); err != nil {
@@ -108,20 +123,22 @@ func startNode(t *testing.T, extra ...string) *node {
 	}
 	go func() { n.done <- n.cmd.Wait() }()
 	n.cidr = fmt.Sprintf("10.%d.0.0/16", 200+nodeSeq%50)
-	t.Cleanup(func() {
-		n.stop(t)
-		n.reap(t)
-	})
+	if !n.cleanup {
+		n.cleanup = true
+		t.Cleanup(func() {
+			n.stop(t)
+			n.reap(t)
+		})
+	}
 	for _, c := range components {
 		waitServing(t, rpc.SocketPath(n.runDir, c), 60*time.Second, n)
 	}
-	return n
 }
 
 // stop ends devctl with SIGTERM and waits for it and its daemons.
 func (n *node) stop(t *testing.T) {
 	t.Helper()
-	if n.cmd.ProcessState != nil {
+	if n.cmd == nil || n.cmd.ProcessState != nil {
 		return
 	}
 	_ = n.cmd.Process.Signal(syscall.SIGTERM)

@@ -96,9 +96,12 @@ func (l *Lab) AddHost(name string) (*Host, error) {
 	return h, nil
 }
 
-// Command returns cmd to run inside the host's namespace.
+// Command returns cmd to run inside the host's network namespace. It
+// enters the network namespace only (nsenter), not `ip netns exec`, which
+// also remounts /sys in a new mount namespace and so hides the cgroup
+// mounts that runc needs.
 func (h *Host) Command(ctx context.Context, name string, args ...string) *exec.Cmd {
-	return exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", h.Netns, name}, args...)...)
+	return exec.CommandContext(ctx, "nsenter", append([]string{"--net=/run/netns/" + h.Netns, "--", name}, args...)...)
 }
 
 // Cut takes the host's link down: it can reach nothing and nothing reaches it.

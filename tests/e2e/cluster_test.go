@@ -1,0 +1,282 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"zlayer.dev/libs/rpc"
+	"zlayer.dev/libs/testkit/fixtures"
+	"zlayer.dev/libs/testkit/netlab"
+	"zlayer.dev/libs/testkit/registry"
+)
+
+type membersJSON struct {
+	Self    string `json:"self"`
+	Leader  string `json:"leader"`
+	Members []struct {
+		ID      string `json:"id"`
+		Address string `json:"address"`
+		Role    string `json:"role"`
+	} `json:"members"`
+}
+
+func (n *node) members(t *testing.T) (membersJSON, bool) {
+	var m membersJSON
+	out, code := n.zlctl(t, "cluster", "members", "-o", "json")
+	if code != 0 {
+		return m, false
+	}
+	return m, json.Unmarshal([]byte(out), &m) == nil
+}
+
+// TestThreeNodeCluster runs three nodes, each in its own network namespace
+// with its five daemons, as one cluster: it kills the leader, cuts a node
+// off, and restarts everything, checking that the cluster keeps its state
+// and its replicas.
+func TestThreeNodeCluster(t *testing.T) {
+	requireRoot(t)
+	lab, err := netlab.New(fmt.Sprintf("c%d", os.Getpid()%10000), fmt.Sprintf("10.251.%d.0/24", os.Getpid()%200))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = lab.Close() })
+
+	// The registry listens on the bridge, so every node can pull from it.
+	gw := lab.Prefix.Addr().Next().String()
+	l, err := net.Listen("tcp", gw+":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	regAddr := l.Addr().String()
+	l.Close()
+	reg := registry.StartT(t, registry.Options{Dir: t.TempDir(), Addr: regAddr})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	if _, err := fixtures.BuildAndPush(ctx, t.TempDir(), reg.Addr); err != nil {
+		t.Fatal(err)
+	}
+
+	var nodes []*node
+	peer := map[string]*node{} // peer address → node
+	args := func(n *node, join string) []string {
+		a := []string{"--arg", "registry:--insecure-registry=" + reg.Addr,
+			"--arg", "scheduler:--peer-addr=" + n.host.Addr.String() + ":7946"}
+		if join != "" {
+			a = append(a, "--arg", "scheduler:--join="+join)
+		}
+		return a
+	}
+	for i := range 3 {
+		h, err := lab.AddHost(fmt.Sprintf("n%d", i+1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := &node{name: fmt.Sprintf("c%d-n%d", os.Getpid()%10000, i+1), runDir: t.TempDir(), dataDir: t.TempDir(), host: h}
+		nodes = append(nodes, n)
+		peer[h.Addr.String()+":7946"] = n
+	}
+	first := nodes[0]
+	first.start(t, args(first, "")...)
+	if out, code := first.zlctl(t, "cluster", "init", "--advertise-addr", first.host.Addr.String()+":7946"); code != 0 {
+		t.Fatalf("cluster init: %s", out)
+	}
+	for _, n := range nodes[1:] {
+		bundle := filepath.Join(t.TempDir(), "join.json")
+		if out, code := first.zlctl(t, "cluster", "add-member", n.host.Addr.String()+":7946", "-f", bundle); code != 0 {
+			t.Fatalf("add-member: %s", out)
+		}
+		n.start(t, args(n, bundle)...)
+	}
+	eventually(t, 60*time.Second, "three voting members", func() bool {
+		m, ok := first.members(t)
+		voters := 0
+		for _, mm := range m.Members {
+			if mm.Role == "voter" || mm.Role == "leader" {
+				voters++
+			}
+		}
+		return ok && voters == 3 && m.Leader != ""
+	})
+	eventually(t, 30*time.Second, "three ready nodes", func() bool {
+		out, _ := first.zlctl(t, "node", "ls")
+		return strings.Count(out, " ready ") == 3
+	})
+
+	// Deploy through a follower: the proposal is forwarded to the leader.
+	file := filepath.Join(t.TempDir(), "app.yaml")
+	writeApp := func(greeting string) {
+		text := fmt.Sprintf(`version: v1
+deployment: app
+services:
+  web:
+    image:
+      name: %s/demo-http:latest
+    env:
+      GREETING: %s
+    endpoints:
+      - name: http
+        protocol: http
+        port: 80
+    scale:
+      mode: fixed
+      replicas: 3
+`, reg.Addr, greeting)
+		if err := os.WriteFile(file, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeApp("one")
+	if out, code := nodes[1].zlctl(t, "deploy", file); code != 0 {
+		t.Fatalf("deploy via a follower: exit %d\n%s", code, out)
+	}
+	spread := func(n *node) map[string]int {
+		per := map[string]int{}
+		for _, r := range n.running(t, "app") {
+			per[r.Node]++
+		}
+		return per
+	}
+	if per := spread(first); len(per) != 3 {
+		t.Fatalf("3 replicas should spread over 3 nodes, got %v", per)
+	}
+
+	// Kill -9 the leader's scheduler: a new leader is elected, a deploy
+	// succeeds, and the old leader (restarted by devctl) catches up.
+	m, _ := first.members(t)
+	var leaderAddr string
+	for _, mm := range m.Members {
+		if mm.ID == m.Leader {
+			leaderAddr = mm.Address
+		}
+	}
+	old := peer[leaderAddr]
+	if old == nil {
+		t.Fatalf("leader %s at %q is none of the nodes", m.Leader, leaderAddr)
+	}
+	pid, err := tryPid(rpc.SocketPath(old.runDir, "scheduler"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	killed := time.Now()
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	var other *node
+	for _, n := range nodes {
+		if n != old {
+			other = n
+			break
+		}
+	}
+	eventually(t, 30*time.Second, "a new leader", func() bool {
+		m, ok := other.members(t)
+		return ok && m.Leader != "" && leaderOfAddr(m) != leaderAddr
+	})
+	t.Logf("new leader after %s", time.Since(killed).Round(10*time.Millisecond))
+	writeApp("two")
+	if out, code := other.zlctl(t, "deploy", file); code != 0 {
+		t.Fatalf("deploy after leader loss: exit %d\n%s", code, out)
+	}
+	eventually(t, 60*time.Second, "the old leader to catch up", func() bool {
+		out, code := old.zlctl(t, "history", "app")
+		return code == 0 && strings.Contains(out, "* 2")
+	})
+
+	// Cut a node off: the other two keep serving and its replicas move to
+	// them; the isolated member refuses writes.
+	var cut *node
+	m, _ = first.members(t)
+	for _, n := range nodes {
+		if peer[leaderOfAddr(m)] != n {
+			cut = n
+			break
+		}
+	}
+	if err := cut.host.Cut(); err != nil {
+		t.Fatal(err)
+	}
+	writeApp("three")
+	out, code := cut.zlctl(t, "deploy", "--detach", file)
+	if code == 0 || !strings.Contains(strings.ToLower(out), "unavailable") && !strings.Contains(out, "no leader") {
+		t.Errorf("the isolated member accepted a write or said something unclear: exit %d\n%s", code, out)
+	}
+	var rest []*node
+	for _, n := range nodes {
+		if n != cut {
+			rest = append(rest, n)
+		}
+	}
+	if out, code := rest[0].zlctl(t, "deploy", file); code != 0 {
+		t.Fatalf("deploy on the majority side: exit %d\n%s", code, out)
+	}
+	eventually(t, 60*time.Second, "the cut node's replicas to run elsewhere", func() bool {
+		per := spread(rest[0])
+		return per[cut.name] == 0 && per[rest[0].name]+per[rest[1].name] == 3
+	})
+	if err := cut.host.Restore(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 60*time.Second, "the cut node back and caught up", func() bool {
+		out, code := cut.zlctl(t, "history", "app")
+		return code == 0 && strings.Contains(out, "* 3")
+	})
+
+	// Stop all three, start all three: the state comes back from disk.
+	before := rest[0].status(t, "app")
+	for _, n := range nodes {
+		n.stop(t)
+	}
+	for _, n := range nodes {
+		n.start(t, args(n, "")...)
+	}
+	eventually(t, 60*time.Second, "a leader after the restart", func() bool {
+		m, ok := first.members(t)
+		return ok && m.Leader != ""
+	})
+	after := first.status(t, "app")
+	if fmt.Sprint(ids(before)) != fmt.Sprint(ids(after)) || before.Deployments[0].Version != after.Deployments[0].Version {
+		t.Errorf("state after restart differs:\nbefore %v version %s\nafter  %v version %s",
+			ids(before), before.Deployments[0].Version, ids(after), after.Deployments[0].Version)
+	}
+
+	if out, code := first.zlctl(t, "delete", "app"); code != 0 {
+		t.Fatalf("delete: %s", out)
+	}
+	for _, n := range nodes {
+		eventually(t, 60*time.Second, "node "+n.name+" to run nothing", func() bool {
+			out, code := run(t, "grpcurl", "-plaintext", "unix://"+n.runDir+"/agent.sock", "zlayer.agent.v1.AgentService/ListReplicas")
+			return code == 0 && !strings.Contains(out, "app-web")
+		})
+	}
+}
+
+// leaderOfAddr is the peer address of the leader m names.
+func leaderOfAddr(m membersJSON) string {
+	for _, mm := range m.Members {
+		if mm.ID == m.Leader {
+			return mm.Address
+		}
+	}
+	return ""
+}
+
+// ids lists the non-stopping replicas' ids with their node.
+func ids(st statusJSON) []string {
+	var out []string
+	for _, d := range st.Deployments {
+		for _, r := range d.Replicas {
+			if !r.Stop {
+				out = append(out, r.ID+"@"+r.Node)
+			}
+		}
+	}
+	return out
+}
