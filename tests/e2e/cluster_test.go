@@ -180,11 +180,16 @@ services:
 		m, ok := other.members(t)
 		return ok && m.Leader != "" && leaderOfAddr(m) != leaderAddr
 	})
-	t.Logf("new leader after %s", time.Since(killed).Round(10*time.Millisecond))
+	t.Logf("FAILOVER leader-kill: new leader seen %.2fs after kill -9", time.Since(killed).Seconds())
 	writeApp("two")
-	if out, code := other.zlctl(t, "deploy", file); code != 0 {
+	if out, code := other.zlctl(t, "deploy", "--detach", file); code != 0 {
 		t.Fatalf("deploy after leader loss: exit %d\n%s", code, out)
 	}
+	t.Logf("FAILOVER leader-kill: next write committed %.2fs after kill -9", time.Since(killed).Seconds())
+	eventually(t, 60*time.Second, "version 2 rolled out", func() bool {
+		st := other.status(t, "app")
+		return len(st.Deployments) == 1 && st.Deployments[0].Outcome == "ROLLOUT_OUTCOME_COMPLETE" && st.Deployments[0].Version == "2"
+	})
 	eventually(t, 60*time.Second, "the old leader to catch up", func() bool {
 		out, code := old.zlctl(t, "history", "app")
 		return code == 0 && strings.Contains(out, "* 2")
@@ -203,24 +208,34 @@ services:
 	if err := cut.host.Cut(); err != nil {
 		t.Fatal(err)
 	}
-	writeApp("three")
-	out, code := cut.zlctl(t, "deploy", "--detach", file)
-	if code == 0 || !strings.Contains(strings.ToLower(out), "unavailable") && !strings.Contains(out, "no leader") {
-		t.Errorf("the isolated member accepted a write or said something unclear: exit %d\n%s", code, out)
-	}
+	cutAt := time.Now()
+	var (
+		out  string
+		code int
+	)
 	var rest []*node
 	for _, n := range nodes {
 		if n != cut {
 			rest = append(rest, n)
 		}
 	}
-	if out, code := rest[0].zlctl(t, "deploy", file); code != 0 {
-		t.Fatalf("deploy on the majority side: exit %d\n%s", code, out)
-	}
 	eventually(t, 60*time.Second, "the cut node's replicas to run elsewhere", func() bool {
 		per := spread(rest[0])
 		return per[cut.name] == 0 && per[rest[0].name]+per[rest[1].name] == 3
 	})
+	t.Logf("FAILOVER node-loss: replicas of the lost node running elsewhere %.2fs after its link was cut", time.Since(cutAt).Seconds())
+	writeApp("three")
+	out, code = cut.zlctl(t, "deploy", "--detach", file)
+	if code == 0 || !strings.Contains(strings.ToLower(out), "unavailable") && !strings.Contains(out, "no leader") {
+		t.Errorf("the isolated member accepted a write or said something unclear: exit %d\n%s", code, out)
+	}
+	if os.Getenv("ZLAYER_TEST_EVENTS") != "" {
+		out, _ := rest[0].zlctl(t, "events", "--limit", "40")
+		t.Logf("cut at %s; events:\n%s", cutAt.Format("15:04:05.000"), out)
+	}
+	if out, code := rest[0].zlctl(t, "deploy", file); code != 0 {
+		t.Fatalf("deploy on the majority side: exit %d\n%s", code, out)
+	}
 	if err := cut.host.Restore(); err != nil {
 		t.Fatal(err)
 	}

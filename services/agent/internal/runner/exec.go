@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"syscall"
 
 	"github.com/containerd/console"
 	gorunc "github.com/containerd/go-runc"
@@ -62,14 +63,7 @@ func (rn *Runner) Exec(ctx context.Context, id string, es ExecSpec, sio ExecIO) 
 		p.Cwd = es.Cwd
 	}
 	opts := &gorunc.ExecOpts{}
-	var sock *gorunc.Socket
-	if es.Tty {
-		if sock, err = gorunc.NewTempConsoleSocket(); err != nil {
-			return -1, fmt.Errorf("exec in %s: console socket: %w", id, err)
-		}
-		defer sock.Close()
-		opts.ConsoleSocket = sock
-	} else {
+	if !es.Tty {
 		if sio.Stdin != nil {
 			// exec.Cmd would wait for a non-file stdin to reach EOF even
 			// after the process exited; a pipe we feed ourselves it does not.
@@ -78,42 +72,51 @@ func (rn *Runner) Exec(ctx context.Context, id string, es ExecSpec, sio ExecIO) 
 				return -1, fmt.Errorf("exec in %s: %w", id, err)
 			}
 			defer pr.Close()
-			go func() { io.Copy(pw, sio.Stdin); pw.Close() }()
+			src := sio.Stdin
+			go func() { io.Copy(pw, src); pw.Close() }()
 			sio.Stdin = pr
 		}
-		opts.IO = &execIO{sio}
+		opts.IO = &execIO{s: sio}
+		return exitCode(id, rn.runc.Exec(ctx, id, p, opts))
 	}
-	type result struct{ err error }
-	rc := make(chan result, 1)
-	go func() { rc <- result{rn.runc.Exec(ctx, id, p, opts)} }()
-	if es.Tty {
-		con, err := sock.ReceiveMaster()
-		if err != nil {
-			r := <-rc
-			return -1, fmt.Errorf("exec in %s: %w", id, errors.Join(err, r.err))
-		}
-		defer con.Close()
-		if sio.Stdin != nil {
-			go io.Copy(con, sio.Stdin)
-		}
-		if sio.Resize != nil {
-			go func() {
-				for ws := range sio.Resize {
-					con.Resize(ws)
-				}
-			}()
-		}
-		out := make(chan struct{})
-		go func() { io.Copy(sio.Stdout, con); close(out) }()
-		r := <-rc
-		// The terminal's output ends when the last process holding it
-		// exits; the exec'd process has.
-		con.Close()
-		<-out
-		return exitCode(id, r.err)
+
+	// A terminal: runc 1.1 accepts a console socket only when it detaches,
+	// and then no one is left to report the exit code. So runc runs in the
+	// foreground on a terminal of ours (a pty whose slave is its
+	// controlling terminal); it makes the container's pty, copies between
+	// the two and exits with the process's code. Resizing our pty sends
+	// runc SIGWINCH, which it passes on.
+	master, slavePath, err := console.NewPty()
+	if err != nil {
+		return -1, fmt.Errorf("exec in %s: pty: %w", id, err)
 	}
-	r := <-rc
-	return exitCode(id, r.err)
+	defer master.Close()
+	slave, err := os.OpenFile(slavePath, os.O_RDWR|syscall.O_NOCTTY, 0)
+	if err != nil {
+		return -1, fmt.Errorf("exec in %s: pty: %w", id, err)
+	}
+	opts.ExtraArgs = []string{"--tty"}
+	opts.IO = &execIO{s: ExecIO{Stdin: slave, Stdout: slave, Stderr: slave}, ctty: true}
+	rc := make(chan error, 1)
+	go func() { rc <- rn.runc.Exec(ctx, id, p, opts) }()
+	if sio.Stdin != nil {
+		go io.Copy(master, sio.Stdin)
+	}
+	if sio.Resize != nil {
+		go func() {
+			for ws := range sio.Resize {
+				master.Resize(ws)
+			}
+		}()
+	}
+	out := make(chan struct{})
+	go func() { io.Copy(sio.Stdout, master); close(out) }()
+	err = <-rc
+	// runc has exited: the slave's last holder is ours; closing it ends
+	// the copy once the output buffered in the pty is read.
+	slave.Close()
+	<-out
+	return exitCode(id, err)
 }
 
 func exitCode(id string, err error) (int, error) {
@@ -128,7 +131,12 @@ func exitCode(id string, err error) (int, error) {
 }
 
 // execIO gives runc exec the caller's streams directly; exec.Cmd copies.
-type execIO struct{ s ExecIO }
+// With ctty, runc gets a new session whose controlling terminal is its
+// stdin (a pty slave).
+type execIO struct {
+	s    ExecIO
+	ctty bool
+}
 
 func (e *execIO) Close() error          { return nil }
 func (e *execIO) Stdin() io.WriteCloser { return nil }
@@ -136,4 +144,10 @@ func (e *execIO) Stdout() io.ReadCloser { return nil }
 func (e *execIO) Stderr() io.ReadCloser { return nil }
 func (e *execIO) Set(cmd *exec.Cmd) {
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = e.s.Stdin, e.s.Stdout, e.s.Stderr
+	if e.ctty {
+		if cmd.SysProcAttr == nil {
+			cmd.SysProcAttr = &syscall.SysProcAttr{}
+		}
+		cmd.SysProcAttr.Setsid, cmd.SysProcAttr.Setctty, cmd.SysProcAttr.Ctty = true, true, 0
+	}
 }

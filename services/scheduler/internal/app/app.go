@@ -158,10 +158,23 @@ func reconcileLoop(ctx context.Context, log *zap.Logger, node *raftnode.Node, st
 	}
 	t := time.NewTicker(tick)
 	defer t.Stop()
+	var leaderSince time.Time
 	for {
 		changed := state.Changed()
-		if node.Status().IsLeader {
-			for _, c := range reconcile.Plan(state.Copy(), specFn, time.Now(), cfg) {
+		if !node.Status().IsLeader {
+			leaderSince = time.Time{}
+		} else {
+			if leaderSince.IsZero() {
+				leaderSince = time.Now()
+			}
+			round := cfg
+			if time.Since(leaderSince) < cfg.NodeTimeout {
+				// A new leader has heard no heartbeats yet (those sent during
+				// the election were lost): give every node one timeout to
+				// report before judging any of them down.
+				round.NodeTimeout = 0
+			}
+			for _, c := range reconcile.Plan(state.Copy(), specFn, time.Now(), round) {
 				data, err := proto.Marshal(c)
 				if err != nil {
 					return err
@@ -170,11 +183,11 @@ func reconcileLoop(ctx context.Context, log *zap.Logger, node *raftnode.Node, st
 				res, err := node.Propose(pctx, data)
 				cancel()
 				if err != nil {
-					log.Debug("plan not committed", zap.Error(err))
+					log.Info("plan not committed", zap.Error(err))
 					break
 				}
 				if r, ok := res.(fsm.Result); ok && r.Err != nil {
-					log.Debug("plan rejected", zap.Error(r.Err))
+					log.Info("plan step rejected", zap.Error(r.Err))
 				}
 			}
 		}

@@ -96,6 +96,7 @@ func (t *txn) putDeployment(c *schedulerv1.PutDeploymentCommand) Result {
 		SpecYaml:      c.SpecYaml,
 		FileName:      c.FileName,
 		ServiceHashes: c.ServiceHashes,
+		InitialScale:  c.InitialScale,
 		CreatedAt:     ts(t.now),
 		Outcome:       schedulerv1.RolloutOutcome_ROLLOUT_OUTCOME_IN_PROGRESS,
 	}
@@ -148,8 +149,8 @@ func (t *txn) deleteDeployment(c *schedulerv1.DeleteDeploymentCommand) Result {
 	d.Deleting = true
 	t.supersede(d)
 	t.touchDeployment(d.Name)
-	for _, r := range t.f.replicas {
-		if r.Deployment == d.Name {
+	for _, id := range sortedKeys(t.f.replicas) {
+		if r := t.f.replicas[id]; r.Deployment == d.Name {
 			t.stopReplica(r, "deployment deleted")
 		}
 	}
@@ -218,6 +219,12 @@ func (t *txn) rollback(c *schedulerv1.RollbackCommand) Result {
 	}
 	next := d.Versions[len(d.Versions)-1].Version + 1
 	v := proto.CloneOf(from)
+	// Services the current file dropped get back the count they had.
+	for svc := range v.ServiceHashes {
+		if _, ok := d.Scale[svc]; !ok {
+			d.Scale[svc] = from.InitialScale[svc]
+		}
+	}
 	v.Version = next
 	v.CreatedAt = ts(t.now)
 	v.Outcome = schedulerv1.RolloutOutcome_ROLLOUT_OUTCOME_IN_PROGRESS

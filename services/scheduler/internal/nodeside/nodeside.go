@@ -76,13 +76,15 @@ func New(cfg Config, log *zap.Logger, state *fsm.FSM, raft Proposer, agent Agent
 		reported: map[string]*schedulerv1.ReplicaStatus{}, started: map[string]time.Time{}, failures: make(chan failure, 128)}
 }
 
-func (r *Runner) propose(ctx context.Context, c *schedulerv1.Command) error {
+// propose commits c, giving up after timeout: a heartbeat lost with a
+// dead leader must not hold back the next one.
+func (r *Runner) propose(ctx context.Context, c *schedulerv1.Command, timeout time.Duration) error {
 	c.ProposedAt = timestamppb.Now()
 	data, err := proto.Marshal(c)
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	res, err := r.raft.Propose(ctx, data)
 	if err != nil {
@@ -97,7 +99,7 @@ func (r *Runner) propose(ctx context.Context, c *schedulerv1.Command) error {
 // Run registers the node, then syncs and heartbeats until ctx is done.
 func (r *Runner) Run(ctx context.Context) error {
 	for {
-		err := r.propose(ctx, &schedulerv1.Command{Kind: &schedulerv1.Command_RegisterNode{RegisterNode: &schedulerv1.RegisterNodeCommand{Node: r.cfg.Node}}})
+		err := r.propose(ctx, &schedulerv1.Command{Kind: &schedulerv1.Command_RegisterNode{RegisterNode: &schedulerv1.RegisterNodeCommand{Node: r.cfg.Node}}}, 5*time.Second)
 		if err == nil {
 			break
 		}
@@ -261,11 +263,16 @@ func (r *Runner) heartbeat(ctx context.Context) error {
 		var cur *schedulerv1.ReplicaStatus
 		if s, ok := have[id]; ok {
 			cur = s
-		} else if _, starting := r.inflight.Load(id); !starting && have != nil &&
-			(rep.DesiredStop || rep.Phase == schedulerv1.ReplicaPhase_REPLICA_PHASE_STOPPING) {
-			// Gone from the agent, and no start of it is under way that
-			// could still create it: stopped.
-			cur = &schedulerv1.ReplicaStatus{Id: id, Phase: schedulerv1.ReplicaPhase_REPLICA_PHASE_STOPPED}
+		} else if _, busy := r.inflight.Load(id); !busy && have != nil {
+			// Gone from the agent, and no start or removal of it is under
+			// way that could still change that.
+			switch {
+			case rep.DesiredStop || rep.Phase == schedulerv1.ReplicaPhase_REPLICA_PHASE_STOPPING:
+				cur = &schedulerv1.ReplicaStatus{Id: id, Phase: schedulerv1.ReplicaPhase_REPLICA_PHASE_STOPPED}
+			case rep.Phase == schedulerv1.ReplicaPhase_REPLICA_PHASE_RUNNING || rep.Phase == schedulerv1.ReplicaPhase_REPLICA_PHASE_STARTING:
+				cur = &schedulerv1.ReplicaStatus{Id: id, Phase: schedulerv1.ReplicaPhase_REPLICA_PHASE_FAILED, ExitCode: -1,
+					Reason: "the agent no longer has this replica"}
+			}
 		}
 		if cur == nil {
 			continue
@@ -285,7 +292,7 @@ drain:
 	}
 	if err := r.propose(ctx, &schedulerv1.Command{Kind: &schedulerv1.Command_Heartbeat{Heartbeat: &schedulerv1.HeartbeatCommand{
 		Node: r.cfg.Node.Name, Statuses: changes,
-	}}}); err != nil {
+	}}}, r.cfg.Heartbeat); err != nil {
 		return fmt.Errorf("heartbeat: %w", err)
 	}
 	for _, c := range changes {

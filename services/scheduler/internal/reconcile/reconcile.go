@@ -184,7 +184,7 @@ func (p *planner) deployment(d *schedulerv1.Deployment) {
 	}
 	// Replicas of services that left the file.
 	for _, r := range replicas {
-		if _, ok := svcs[r.Service]; !ok && live(r) {
+		if _, ok := svcs[r.Service]; !ok && !r.DesiredStop && !fsm.Forgettable(r) {
 			p.stop(r, "service removed from the deployment")
 		}
 	}
@@ -226,6 +226,9 @@ func (p *planner) rolloutFailure(d *schedulerv1.Deployment, replicas []*schedule
 
 func (p *planner) failRollout(d *schedulerv1.Deployment, cur *schedulerv1.DeploymentVersion, reason string) {
 	for _, v := range d.Versions {
+		if cur.RolledBackFrom != 0 {
+			break // a failed rollback is not rolled back again: it stays failed for people to decide
+		}
 		if v.Version < cur.Version {
 			p.command(&schedulerv1.Command{Kind: &schedulerv1.Command_Rollback{Rollback: &schedulerv1.RollbackCommand{
 				Deployment: d.Name, FailedVersion: cur.Version, Reason: reason,
@@ -233,8 +236,8 @@ func (p *planner) failRollout(d *schedulerv1.Deployment, cur *schedulerv1.Deploy
 			return
 		}
 	}
-	// A first version has nothing to go back to: it stays failed, and its
-	// failed replicas stay for inspection.
+	// A first version (or a rollback) has nothing to go back to: it stays
+	// failed; its failed replicas are replaced after ReplaceFailedAfter.
 	p.plan.Outcomes = append(p.plan.Outcomes, &schedulerv1.RolloutResult{
 		Deployment: d.Name, Version: cur.Version, Outcome: schedulerv1.RolloutOutcome_ROLLOUT_OUTCOME_FAILED, Reason: reason,
 	})
@@ -289,6 +292,15 @@ func (p *planner) service(d *schedulerv1.Deployment, svc Service, all []*schedul
 		}
 		switch {
 		case len(c) > 0:
+			if c[0].Phase == pending && len(o) > 0 {
+				// No room for a new replica beside the old one: let the
+				// old one go first (one replica unavailable at a time).
+				for _, r := range o {
+					p.stop(r, "making room for "+c[0].Id+": "+c[0].Reason)
+				}
+				done = false
+				continue
+			}
 			if !healthy(c[0]) {
 				done = false
 				continue

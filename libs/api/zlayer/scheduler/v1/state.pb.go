@@ -289,8 +289,10 @@ type DeploymentVersion struct {
 	Reason string `protobuf:"bytes,7,opt,name=reason,proto3" json:"reason,omitempty"`
 	// rolled_back_from is set when this version was created by a rollback: the version it replaced.
 	RolledBackFrom uint64 `protobuf:"varint,8,opt,name=rolled_back_from,json=rolledBackFrom,proto3" json:"rolled_back_from,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// initial_scale is the replica count each service started at in this version.
+	InitialScale  map[string]uint32 `protobuf:"bytes,9,rep,name=initial_scale,json=initialScale,proto3" json:"initial_scale,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *DeploymentVersion) Reset() {
@@ -377,6 +379,13 @@ func (x *DeploymentVersion) GetRolledBackFrom() uint64 {
 		return x.RolledBackFrom
 	}
 	return 0
+}
+
+func (x *DeploymentVersion) GetInitialScale() map[string]uint32 {
+	if x != nil {
+		return x.InitialScale
+	}
+	return nil
 }
 
 // Deployment is a deployment's desired state and history.
@@ -864,7 +873,7 @@ var File_zlayer_scheduler_v1_state_proto protoreflect.FileDescriptor
 
 const file_zlayer_scheduler_v1_state_proto_rawDesc = "" +
 	"\n" +
-	"\x1fzlayer/scheduler/v1/state.proto\x12\x13zlayer.scheduler.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc7\x03\n" +
+	"\x1fzlayer/scheduler/v1/state.proto\x12\x13zlayer.scheduler.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe7\x04\n" +
 	"\x11DeploymentVersion\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x04R\aversion\x12\x1b\n" +
 	"\tspec_yaml\x18\x02 \x01(\fR\bspecYaml\x12\x1b\n" +
@@ -874,10 +883,14 @@ const file_zlayer_scheduler_v1_state_proto_rawDesc = "" +
 	"created_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12=\n" +
 	"\aoutcome\x18\x06 \x01(\x0e2#.zlayer.scheduler.v1.RolloutOutcomeR\aoutcome\x12\x16\n" +
 	"\x06reason\x18\a \x01(\tR\x06reason\x12(\n" +
-	"\x10rolled_back_from\x18\b \x01(\x04R\x0erolledBackFrom\x1a@\n" +
+	"\x10rolled_back_from\x18\b \x01(\x04R\x0erolledBackFrom\x12]\n" +
+	"\rinitial_scale\x18\t \x03(\v28.zlayer.scheduler.v1.DeploymentVersion.InitialScaleEntryR\finitialScale\x1a@\n" +
 	"\x12ServiceHashesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x96\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a?\n" +
+	"\x11InitialScaleEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\"\x96\x02\n" +
 	"\n" +
 	"Deployment\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
@@ -973,7 +986,7 @@ func file_zlayer_scheduler_v1_state_proto_rawDescGZIP() []byte {
 }
 
 var file_zlayer_scheduler_v1_state_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_zlayer_scheduler_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_zlayer_scheduler_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_zlayer_scheduler_v1_state_proto_goTypes = []any{
 	(RolloutOutcome)(0),           // 0: zlayer.scheduler.v1.RolloutOutcome
 	(ReplicaPhase)(0),             // 1: zlayer.scheduler.v1.ReplicaPhase
@@ -985,29 +998,31 @@ var file_zlayer_scheduler_v1_state_proto_goTypes = []any{
 	(*Node)(nil),                  // 7: zlayer.scheduler.v1.Node
 	(*Event)(nil),                 // 8: zlayer.scheduler.v1.Event
 	nil,                           // 9: zlayer.scheduler.v1.DeploymentVersion.ServiceHashesEntry
-	nil,                           // 10: zlayer.scheduler.v1.Deployment.ScaleEntry
-	nil,                           // 11: zlayer.scheduler.v1.Node.LabelsEntry
-	(*timestamppb.Timestamp)(nil), // 12: google.protobuf.Timestamp
+	nil,                           // 10: zlayer.scheduler.v1.DeploymentVersion.InitialScaleEntry
+	nil,                           // 11: zlayer.scheduler.v1.Deployment.ScaleEntry
+	nil,                           // 12: zlayer.scheduler.v1.Node.LabelsEntry
+	(*timestamppb.Timestamp)(nil), // 13: google.protobuf.Timestamp
 }
 var file_zlayer_scheduler_v1_state_proto_depIdxs = []int32{
 	9,  // 0: zlayer.scheduler.v1.DeploymentVersion.service_hashes:type_name -> zlayer.scheduler.v1.DeploymentVersion.ServiceHashesEntry
-	12, // 1: zlayer.scheduler.v1.DeploymentVersion.created_at:type_name -> google.protobuf.Timestamp
+	13, // 1: zlayer.scheduler.v1.DeploymentVersion.created_at:type_name -> google.protobuf.Timestamp
 	0,  // 2: zlayer.scheduler.v1.DeploymentVersion.outcome:type_name -> zlayer.scheduler.v1.RolloutOutcome
-	4,  // 3: zlayer.scheduler.v1.Deployment.versions:type_name -> zlayer.scheduler.v1.DeploymentVersion
-	10, // 4: zlayer.scheduler.v1.Deployment.scale:type_name -> zlayer.scheduler.v1.Deployment.ScaleEntry
-	1,  // 5: zlayer.scheduler.v1.Replica.phase:type_name -> zlayer.scheduler.v1.ReplicaPhase
-	2,  // 6: zlayer.scheduler.v1.Replica.health:type_name -> zlayer.scheduler.v1.Health
-	12, // 7: zlayer.scheduler.v1.Replica.changed_at:type_name -> google.protobuf.Timestamp
-	12, // 8: zlayer.scheduler.v1.Replica.created_at:type_name -> google.protobuf.Timestamp
-	11, // 9: zlayer.scheduler.v1.Node.labels:type_name -> zlayer.scheduler.v1.Node.LabelsEntry
-	3,  // 10: zlayer.scheduler.v1.Node.state:type_name -> zlayer.scheduler.v1.NodeState
-	12, // 11: zlayer.scheduler.v1.Node.last_heartbeat:type_name -> google.protobuf.Timestamp
-	12, // 12: zlayer.scheduler.v1.Event.time:type_name -> google.protobuf.Timestamp
-	13, // [13:13] is the sub-list for method output_type
-	13, // [13:13] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	10, // 3: zlayer.scheduler.v1.DeploymentVersion.initial_scale:type_name -> zlayer.scheduler.v1.DeploymentVersion.InitialScaleEntry
+	4,  // 4: zlayer.scheduler.v1.Deployment.versions:type_name -> zlayer.scheduler.v1.DeploymentVersion
+	11, // 5: zlayer.scheduler.v1.Deployment.scale:type_name -> zlayer.scheduler.v1.Deployment.ScaleEntry
+	1,  // 6: zlayer.scheduler.v1.Replica.phase:type_name -> zlayer.scheduler.v1.ReplicaPhase
+	2,  // 7: zlayer.scheduler.v1.Replica.health:type_name -> zlayer.scheduler.v1.Health
+	13, // 8: zlayer.scheduler.v1.Replica.changed_at:type_name -> google.protobuf.Timestamp
+	13, // 9: zlayer.scheduler.v1.Replica.created_at:type_name -> google.protobuf.Timestamp
+	12, // 10: zlayer.scheduler.v1.Node.labels:type_name -> zlayer.scheduler.v1.Node.LabelsEntry
+	3,  // 11: zlayer.scheduler.v1.Node.state:type_name -> zlayer.scheduler.v1.NodeState
+	13, // 12: zlayer.scheduler.v1.Node.last_heartbeat:type_name -> google.protobuf.Timestamp
+	13, // 13: zlayer.scheduler.v1.Event.time:type_name -> google.protobuf.Timestamp
+	14, // [14:14] is the sub-list for method output_type
+	14, // [14:14] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_zlayer_scheduler_v1_state_proto_init() }
@@ -1021,7 +1036,7 @@ func file_zlayer_scheduler_v1_state_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_zlayer_scheduler_v1_state_proto_rawDesc), len(file_zlayer_scheduler_v1_state_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   8,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
