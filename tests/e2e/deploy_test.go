@@ -31,6 +31,11 @@ func demoRegistry(t *testing.T) *registry.Registry {
 // demoFile writes a deployment of the demo image; extra is appended to the
 // web service's YAML (indented by 4).
 func demoFile(t *testing.T, reg *registry.Registry, name, extra string) string {
+	return demoFileHealth(t, reg, name, extra, "    health:\n      check:\n        type: http\n        url: /health\n")
+}
+
+// demoFileHealth is demoFile with the web service's health section given.
+func demoFileHealth(t *testing.T, reg *registry.Registry, name, extra, health string) string {
 	t.Helper()
 	text := fmt.Sprintf(`version: v1
 deployment: %s
@@ -47,11 +52,7 @@ services:
       mode: adaptive
       min: 1
       max: 5
-    health:
-      check:
-        type: http
-        url: /health
-%s`, name, reg.Addr, extra)
+%s%s`, name, reg.Addr, health, extra)
 	path := filepath.Join(t.TempDir(), name+".yaml")
 	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
 		t.Fatal(err)
@@ -195,8 +196,15 @@ func TestDeployServesPage(t *testing.T) {
 		_, err := fetch("http://" + r[0].IP + "/health")
 		return err == nil
 	})
+	// A version whose health check fails rolls back too, and is never routed.
+	unhealthy := demoFileHealth(t, reg, "web1", "    env:\n      GREETING: unhealthy\n",
+		"    health:\n      start_grace: 1s\n      interval: 1s\n      retries: 2\n      check:\n        type: http\n        url: /nope\n")
+	out, code = n.zlctl(t, "deploy", unhealthy)
+	if code == 0 || !strings.Contains(out, "unhealthy") || !strings.Contains(out, "rolled back") {
+		t.Fatalf("unhealthy deploy: exit %d (want 1)\n%s", code, out)
+	}
 	out, _ = n.zlctl(t, "history", "web1")
-	for _, want := range []string{"complete", "failed", "rollback from version 3"} {
+	for _, want := range []string{"complete", "failed", "rollback from version 3", "rollback from version 5"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("history lacks %q:\n%s", want, out)
 		}

@@ -177,7 +177,7 @@ var nodeSeq atomic.Int32
 
 // agent is one zlayer-agent process on its own node name and subnet.
 type agent struct {
-	t       *testing.T
+	t       testing.TB
 	node    string
 	cidr    string
 	runDir  string
@@ -188,7 +188,7 @@ type agent struct {
 	c       agentv1.AgentServiceClient
 }
 
-func startAgent(t *testing.T) *agent {
+func startAgent(t testing.TB) *agent {
 	t.Helper()
 	n := nodeSeq.Add(1)
 	dir := t.TempDir()

@@ -111,8 +111,8 @@ func Status(r *agentv1.Replica) *schedulerv1.ReplicaStatus {
 	case agentv1.ReplicaState_REPLICA_STATE_CREATING:
 		s.Phase, s.Health = schedulerv1.ReplicaPhase_REPLICA_PHASE_STARTING, schedulerv1.Health_HEALTH_STARTING
 	case agentv1.ReplicaState_REPLICA_STATE_RUNNING:
-		// Health checks are not run by the agent yet: a running replica
-		// counts as healthy, as for a service without checks.
+		// Running counts as healthy for a service without a health check;
+		// the node side replaces this with its checks' results otherwise.
 		s.Phase, s.Health = schedulerv1.ReplicaPhase_REPLICA_PHASE_RUNNING, schedulerv1.Health_HEALTH_HEALTHY
 	case agentv1.ReplicaState_REPLICA_STATE_STOPPING:
 		s.Phase = schedulerv1.ReplicaPhase_REPLICA_PHASE_STOPPING
@@ -132,4 +132,28 @@ func Status(r *agentv1.Replica) *schedulerv1.ReplicaStatus {
 		}
 	}
 	return s
+}
+
+// Exec runs argv inside replica's container through the agent and returns
+// its exit code (health checks of type command).
+func (c *Client) Exec(ctx context.Context, replica string, argv []string) (int, error) {
+	stream, err := c.agent.Exec(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("exec in %s: %s", replica, status.Convert(err).Message())
+	}
+	if err := stream.Send(&agentv1.ExecRequest{Input: &agentv1.ExecRequest_Start{Start: &agentv1.ExecStart{Id: replica, Args: argv}}}); err != nil {
+		return 0, fmt.Errorf("exec in %s: %w", replica, err)
+	}
+	if err := stream.Send(&agentv1.ExecRequest{Input: &agentv1.ExecRequest_CloseStdin{CloseStdin: true}}); err != nil {
+		return 0, fmt.Errorf("exec in %s: %w", replica, err)
+	}
+	for {
+		msg, err := stream.Recv()
+		if err != nil {
+			return 0, fmt.Errorf("exec in %s: %s", replica, status.Convert(err).Message())
+		}
+		if code, ok := msg.GetOutput().(*agentv1.ExecResponse_ExitCode); ok {
+			return int(code.ExitCode), nil
+		}
+	}
 }

@@ -18,6 +18,7 @@ import (
 	schedulerv1 "zlayer.dev/libs/api/zlayer/scheduler/v1"
 	"zlayer.dev/libs/obs"
 	"zlayer.dev/services/scheduler/internal/fsm"
+	"zlayer.dev/services/scheduler/internal/health"
 	"zlayer.dev/services/scheduler/internal/specinfo"
 )
 
@@ -38,6 +39,8 @@ type Agent interface {
 	Remove(ctx context.Context, id string) error
 	// List returns the status of every replica the agent has.
 	List(ctx context.Context) (map[string]*schedulerv1.ReplicaStatus, error)
+	// Exec runs argv in a replica's container and returns its exit code.
+	Exec(ctx context.Context, replica string, argv []string) (int, error)
 }
 
 // Proposer commits a command.
@@ -65,6 +68,7 @@ type Runner struct {
 	failures  chan failure                          // start failures, for the next heartbeat
 	agentDown bool                                  // last sync could not reach the agent
 	inflight  sync.Map                              // replica id → true while the agent is asked to run or remove it
+	health    *health.Prober                        // health checks of this node's running replicas
 }
 
 // New returns a Runner.
@@ -72,7 +76,7 @@ func New(cfg Config, log *zap.Logger, state *fsm.FSM, raft Proposer, agent Agent
 	if cfg.Heartbeat <= 0 {
 		cfg.Heartbeat = time.Second
 	}
-	return &Runner{cfg: cfg, log: log.Named("nodeside"), state: state, raft: raft, agent: agent, specs: specs,
+	return &Runner{cfg: cfg, log: log.Named("nodeside"), state: state, raft: raft, agent: agent, specs: specs, health: health.New(agent),
 		reported: map[string]*schedulerv1.ReplicaStatus{}, started: map[string]time.Time{}, failures: make(chan failure, 128)}
 }
 
@@ -129,7 +133,10 @@ func (r *Runner) Run(ctx context.Context) error {
 			}
 		}
 	}()
-	defer func() { <-hbDone }()
+	defer func() {
+		<-hbDone
+		r.health.Stop()
+	}()
 	tick := time.NewTicker(r.cfg.Heartbeat)
 	defer tick.Stop()
 	for {
@@ -231,6 +238,40 @@ func (r *Runner) remove(ctx context.Context, id string, log *zap.Logger) {
 	}()
 }
 
+// checkHealth keeps a health check running for each running replica of a
+// service that has one, and puts the checks' results into have. Replicas
+// of services without a check are healthy once running, as the agent says.
+func (r *Runner) checkHealth(ctx context.Context, st *fsm.State, have map[string]*schedulerv1.ReplicaStatus) {
+	var targets []health.Target
+	for id, s := range have {
+		rep := st.Replicas[id]
+		if rep == nil || s.Phase != schedulerv1.ReplicaPhase_REPLICA_PHASE_RUNNING {
+			continue
+		}
+		v := fsm.Version(st.Deployments[rep.Deployment], rep.Version)
+		if v == nil {
+			continue
+		}
+		parsed, err := r.specs.Get(v.FileName, v.SpecYaml)
+		if err != nil {
+			continue
+		}
+		svc, ok := parsed.Services[rep.Service]
+		if !ok || svc.Spec.Health == nil {
+			continue
+		}
+		targets = append(targets, health.Target{ID: id, IP: s.Ip, Health: svc.Spec.Health, Endpoints: svc.Spec.Endpoints})
+		s.Health = schedulerv1.Health_HEALTH_STARTING
+		if res, ok := r.health.Result(id); ok {
+			s.Health = res.Health
+			if res.Reason != "" {
+				s.Reason = res.Reason
+			}
+		}
+	}
+	r.health.Sync(ctx, targets)
+}
+
 // failure is a replica that could not be started, reported at the next
 // heartbeat.
 type failure struct {
@@ -255,6 +296,7 @@ func (r *Runner) heartbeat(ctx context.Context) error {
 		// replicas, keep the node alive.
 		have = nil
 	}
+	r.checkHealth(ctx, st, have)
 	var changes []*schedulerv1.ReplicaStatus
 	for id, rep := range st.Replicas {
 		if rep.Node != r.cfg.Node.Name {

@@ -217,6 +217,9 @@ func (p *planner) rolloutFailure(d *schedulerv1.Deployment, replicas []*schedule
 		if r.Phase == failed {
 			return fmt.Sprintf("replica %s of service %s failed (exit code %d): %s", r.Id, r.Service, r.ExitCode, r.Reason)
 		}
+		if r.Health == schedulerv1.Health_HEALTH_UNHEALTHY {
+			return fmt.Sprintf("replica %s of service %s is unhealthy: %s", r.Id, r.Service, r.Reason)
+		}
 		if p.cfg.MaxRolloutRestarts > 0 && r.Restarts >= p.cfg.MaxRolloutRestarts {
 			return fmt.Sprintf("replica %s of service %s restarted %d times", r.Id, r.Service, r.Restarts)
 		}

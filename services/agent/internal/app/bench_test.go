@@ -1,0 +1,281 @@
+package app_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	agentv1 "zlayer.dev/libs/api/zlayer/agent/v1"
+	registryv1 "zlayer.dev/libs/api/zlayer/registry/v1"
+	"zlayer.dev/libs/rpc"
+)
+
+// benchRounds is how many times each start is measured (median reported).
+var benchRounds = envInt("BENCH_ROUNDS", 7)
+
+func envInt(k string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(k)); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+func median(ds []time.Duration) time.Duration {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+// BenchmarkStart measures request → process running with the image
+// cached: RunReplica through the agent (rootfs from the registry daemon,
+// netns + CNI, monitor, runc create + start) against `runc run -d` of the
+// same bundle (the agent's config.json on its own rootfs from the same
+// registry, in a new network namespace runc makes), for 1 container and
+// for 20 at once. It prints a table and reports the ratios as metrics.
+// Run it through scripts/bench/agent.sh.
+func BenchmarkStart(b *testing.B) {
+	a := startAgent(b)
+	ctx := context.Background()
+	spec := func(id string) *agentv1.ReplicaSpec {
+		return &agentv1.ReplicaSpec{Id: id, Image: busyboxRef, Command: &agentv1.Argv{Values: []string{"sleep", "100000"}},
+			Resources: &agentv1.Resources{Cpu: 0.5, MemoryBytes: 64 << 20}}
+	}
+	// Warm: pull the image and make the bridge.
+	a.runB(b, spec("warm"))
+	cfg := readBundle(b, filepath.Join(a.dataDir, "containers", "warm", "config.json"))
+	// The bind-mounted files (hosts, resolv.conf, hostname) go with the
+	// container: keep copies for the runc bundles.
+	files := b.TempDir()
+	for i, m := range cfg.Mounts {
+		if m.Type == "bind" {
+			data, err := os.ReadFile(m.Source)
+			if err != nil {
+				b.Fatal(err)
+			}
+			dst := filepath.Join(files, filepath.Base(m.Source))
+			if err := os.WriteFile(dst, data, 0o644); err != nil {
+				b.Fatal(err)
+			}
+			cfg.Mounts[i].Source = dst
+		}
+	}
+	a.removeB(b, "warm")
+
+	regc, err := rpc.Dial(rpc.SocketPath(regRunDir, "registry"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer regc.Close()
+	reg := registryv1.NewRegistryServiceClient(regc)
+	runcRoot := b.TempDir()
+	bundles := b.TempDir()
+	// runcBundle prepares (untimed) a bundle for a plain runc container:
+	// the agent's config, a rootfs from the registry, a new netns, its own
+	// cgroup.
+	runcBundle := func(id string) string {
+		r, err := reg.PrepareRootfs(ctx, &registryv1.PrepareRootfsRequest{Image: busyboxRef, ContainerId: id})
+		if err != nil {
+			b.Fatal(err)
+		}
+		c := cfg
+		c.Root = &specs.Root{Path: r.GetRootfsPath()}
+		lin := *cfg.Linux
+		lin.CgroupsPath = "/zlayer-bench/" + id
+		lin.Namespaces = slices.Clone(cfg.Linux.Namespaces)
+		for i := range lin.Namespaces {
+			lin.Namespaces[i].Path = ""
+		}
+		c.Linux = &lin
+		dir := filepath.Join(bundles, id)
+		os.MkdirAll(dir, 0o700)
+		out, _ := json.Marshal(&c)
+		if err := os.WriteFile(filepath.Join(dir, "config.json"), out, 0o600); err != nil {
+			b.Fatal(err)
+		}
+		return dir
+	}
+	runcRun := func(id, dir string) time.Duration {
+		start := time.Now()
+		out, err := exec.Command("runc", "--root", runcRoot, "run", "-d", "--bundle", dir, id).CombinedOutput()
+		d := time.Since(start)
+		if err != nil {
+			b.Fatalf("runc run: %v: %s", err, out)
+		}
+		return d
+	}
+	runcClean := func(id string) {
+		exec.Command("runc", "--root", runcRoot, "delete", "-f", id).Run()
+		reg.ReleaseRootfs(ctx, &registryv1.ReleaseRootfsRequest{ContainerId: id})
+	}
+	agentRun := func(id string) time.Duration {
+		start := time.Now()
+		if _, err := a.c.RunReplica(ctx, &agentv1.RunReplicaRequest{Spec: spec(id)}); err != nil {
+			b.Fatal(err)
+		}
+		return time.Since(start)
+	}
+
+	var one, oneRunc, twenty, twentyRunc []time.Duration
+	for round := range benchRounds {
+		// Alternate the order so neither side always runs on a warmer cache.
+		sides := []func(){
+			func() { one = append(one, agentRun(fmt.Sprintf("one-%d", round))) },
+			func() {
+				id := fmt.Sprintf("runc-%d", round)
+				oneRunc = append(oneRunc, runcRun(id, runcBundle(id)))
+			},
+		}
+		if round%2 == 1 {
+			slices.Reverse(sides)
+		}
+		for _, f := range sides {
+			f()
+		}
+		a.removeB(b, fmt.Sprintf("one-%d", round))
+		runcClean(fmt.Sprintf("runc-%d", round))
+	}
+	for round := range max(benchRounds/2, 3) {
+		var wg sync.WaitGroup
+		start := time.Now()
+		for i := range 20 {
+			wg.Go(func() { agentRun(fmt.Sprintf("many-%d-%d", round, i)) })
+		}
+		wg.Wait()
+		twenty = append(twenty, time.Since(start))
+		for i := range 20 {
+			a.removeB(b, fmt.Sprintf("many-%d-%d", round, i))
+		}
+		dirs := make([]string, 20)
+		for i := range 20 {
+			dirs[i] = runcBundle(fmt.Sprintf("rmany-%d-%d", round, i))
+		}
+		start = time.Now()
+		for i := range 20 {
+			wg.Go(func() { runcRun(fmt.Sprintf("rmany-%d-%d", round, i), dirs[i]) })
+		}
+		wg.Wait()
+		twentyRunc = append(twentyRunc, time.Since(start))
+		for i := range 20 {
+			runcClean(fmt.Sprintf("rmany-%d-%d", round, i))
+		}
+	}
+	for _, c := range []string{"blkio", "cpu", "cpuacct", "cpuset", "devices", "freezer", "memory", "pids", "systemd", "unified"} {
+		os.Remove(filepath.Join("/sys/fs/cgroup", c, "zlayer-bench"))
+	}
+	m1, r1, m20, r20 := median(one), median(oneRunc), median(twenty), median(twentyRunc)
+	fmt.Printf("\nstart latency, request → process running (median; %d rounds for 1, %d for 20)\n", len(one), len(twenty))
+	fmt.Printf("  %-28s %10s %10s %8s\n", "", "zlayer", "runc run", "ratio")
+	fmt.Printf("  %-28s %10s %10s %8.2f\n", "1 container", m1.Round(100*time.Microsecond), r1.Round(100*time.Microsecond), float64(m1)/float64(r1))
+	fmt.Printf("  %-28s %10s %10s %8.2f\n", "20 at once (wall)", m20.Round(100*time.Microsecond), r20.Round(100*time.Microsecond), float64(m20)/float64(r20))
+	fmt.Printf("  20 at once / 1: zlayer %.2f, runc %.2f\n", float64(m20)/float64(m1), float64(r20)/float64(r1))
+	b.ReportMetric(float64(m1)/float64(r1), "ratio-1")
+	b.ReportMetric(float64(m20)/float64(m1), "20/1")
+}
+
+// BenchmarkMemory measures the agent's RSS idle and with 50 containers, and
+// what each container's monitor costs (RSS, and PSS, which shares the
+// monitor binary's pages among all monitors).
+func BenchmarkMemory(b *testing.B) {
+	a := startAgent(b)
+	ctx := context.Background()
+	n := envInt("BENCH_CONTAINERS", 50)
+	a.runB(b, &agentv1.ReplicaSpec{Id: "warm", Image: busyboxRef, Command: &agentv1.Argv{Values: []string{"true"}}})
+	a.removeB(b, "warm")
+	idle := kb(b, a.cmd.Process.Pid, "/status", "VmRSS:")
+	for i := range n {
+		a.runB(b, &agentv1.ReplicaSpec{Id: fmt.Sprintf("m-%d", i), Image: busyboxRef, Command: &agentv1.Argv{Values: []string{"sleep", "100000"}}})
+	}
+	// Let each monitor settle after start-up (log copiers parked).
+	if _, err := a.c.ListReplicas(ctx, &agentv1.ListReplicasRequest{}); err != nil {
+		b.Fatal(err)
+	}
+	loaded := kb(b, a.cmd.Process.Pid, "/status", "VmRSS:")
+	var rss, pss, priv []int
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		c, _ := os.ReadFile(p)
+		if !strings.Contains(string(c), "zlayer-monitor") || !strings.Contains(string(c), a.dataDir) {
+			continue
+		}
+		pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
+		rss = append(rss, kb(b, pid, "/smaps_rollup", "Rss:"))
+		pss = append(pss, kb(b, pid, "/smaps_rollup", "Pss:"))
+		priv = append(priv, kb(b, pid, "/smaps_rollup", "Private_Dirty:")+kb(b, pid, "/smaps_rollup", "Private_Clean:"))
+	}
+	if len(rss) != n {
+		b.Fatalf("found %d monitors, want %d", len(rss), n)
+	}
+	avg := func(v []int) float64 {
+		s := 0
+		for _, x := range v {
+			s += x
+		}
+		return float64(s) / float64(len(v)) / 1024
+	}
+	fmt.Printf("\nmemory (MiB)\n")
+	fmt.Printf("  agent RSS idle                 %6.1f\n", float64(idle)/1024)
+	fmt.Printf("  agent RSS with %d containers   %6.1f  (+%.2f per container)\n", n, float64(loaded)/1024, float64(loaded-idle)/1024/float64(n))
+	fmt.Printf("  monitor RSS, mean              %6.2f\n", avg(rss))
+	fmt.Printf("  monitor PSS, mean              %6.2f\n", avg(pss))
+	fmt.Printf("  monitor private, mean          %6.2f\n", avg(priv))
+	b.ReportMetric(avg(pss), "monitor-PSS-MiB")
+	for i := range n {
+		a.removeB(b, fmt.Sprintf("m-%d", i))
+	}
+}
+
+func kb(b *testing.B, pid int, file, key string) int {
+	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + file)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, l := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(l, key); ok {
+			f := strings.Fields(v)
+			n, _ := strconv.Atoi(f[0])
+			return n
+		}
+	}
+	b.Fatalf("%s: no %s", file, key)
+	return 0
+}
+
+func readBundle(b *testing.B, p string) specs.Spec {
+	var s specs.Spec
+	data, err := os.ReadFile(p)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := json.Unmarshal(data, &s); err != nil {
+		b.Fatal(err)
+	}
+	return s
+}
+
+func (a *agent) runB(b *testing.B, s *agentv1.ReplicaSpec) {
+	if _, err := a.c.RunReplica(context.Background(), &agentv1.RunReplicaRequest{Spec: s}); err != nil {
+		b.Fatalf("run %s: %v", s.GetId(), err)
+	}
+}
+
+func (a *agent) removeB(b *testing.B, id string) {
+	ctx := context.Background()
+	if _, err := a.c.StopReplica(ctx, &agentv1.StopReplicaRequest{Id: id, Grace: durationpb.New(0)}); err != nil {
+		b.Fatalf("stop %s: %v", id, err)
+	}
+	if _, err := a.c.RemoveReplica(ctx, &agentv1.RemoveReplicaRequest{Id: id}); err != nil {
+		b.Fatalf("remove %s: %v", id, err)
+	}
+}
