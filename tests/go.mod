@@ -9,12 +9,17 @@ require (
 )
 
 require (
+	github.com/klauspost/compress v1.20.4 // indirect
+	golang.org/x/crypto v0.58.0 // indirect
+)
+
+require (
 	go.uber.org/multierr v1.10.0 // indirect
 	go.uber.org/zap v1.28.0 // indirect
 	golang.org/x/net v0.60.0 // indirect
-	golang.org/x/sys v0.48.0 // indirect
-	golang.org/x/text v0.42.0 // indirect
-	google.golang.org/genproto/googleapis/rpc v0.0.0-20260817212433-ac3dfec99bb1 // indirect
+	golang.org/x/sys v0.49.0 // indirect
+	golang.org/x/text v0.43.0 // indirect
+	google.golang.org/genproto/googleapis/rpc v0.0.0-20260817212433-ac3dfec99bb1
 	google.golang.org/protobuf v1.36.12 // indirect
 	zlayer.dev/libs/errkind v0.0.0 // indirect
 	zlayer.dev/libs/testkit v0.0.0

@@ -59,7 +59,7 @@ func parseConfig(fs *flag.FlagSet, args []string, getenv func(string) string, co
 	}
 	fs.StringVar(&cfg.Node, "node", host, "node name (systemd units pass the instance name %i)")
 	fs.StringVar(&cfg.RunDir, "run-dir", "/run/zlayer", "directory of the node's sockets")
-	fs.StringVar(&cfg.DataDir, "data-dir", envOr(getenv, "ZLAYER_DATA_DIR", "/var/lib/zlayer")+"/"+component, "directory of this daemon's durable state")
+	fs.StringVar(&cfg.DataDir, "data-dir", "/var/lib/zlayer/"+component, "directory of this daemon's durable state")
 	fs.StringVar(&cfg.LogFormat, "log-format", "json", "log format: json or console")
 	fs.StringVar(&cfg.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&cfg.MetricsAddr, "metrics-addr", "", "serve Prometheus metrics on this host:port (off when empty)")
@@ -79,6 +79,11 @@ func parseConfig(fs *flag.FlagSet, args []string, getenv func(string) string, co
 	}
 	if err := applyEnv(fs, getenv, component, explicit); err != nil {
 		return err
+	}
+	// ZLAYER_DATA_DIR is the root of every daemon's data dir; the
+	// daemon's own ZLAYER_<C>_DATA_DIR (applied above) wins over it.
+	if root := getenv("ZLAYER_DATA_DIR"); root != "" && !explicit["data-dir"] && getenv(EnvName(component, "data-dir")) == "" {
+		cfg.DataDir = root + "/" + component
 	}
 	return cfg.Validate()
 }
@@ -160,9 +165,3 @@ func sortedKeys(m map[string]any) []string {
 	return keys
 }
 
-func envOr(getenv func(string) string, key, def string) string {
-	if v := getenv(key); v != "" {
-		return v
-	}
-	return def
-}

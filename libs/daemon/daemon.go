@@ -184,8 +184,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, logOut 
 		go func() { srv.GracefulStop(); close(stopped) }()
 		select {
 		case <-stopped:
-		case <-time.After(10 * time.Second):
-			log.Warn("graceful stop timed out; closing open streams")
+		case <-time.After(3 * time.Second):
+			// Watch streams (events -f, rollout progress) end only when
+			// their clients leave: close them rather than wait.
+			log.Info("closing streams still open after 3s")
 			srv.Stop()
 		}
 		return nil

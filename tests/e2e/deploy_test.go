@@ -12,6 +12,12 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	schedulerv1 "zlayer.dev/libs/api/zlayer/scheduler/v1"
+	"zlayer.dev/libs/rpc"
 	"zlayer.dev/libs/testkit/fixtures"
 	"zlayer.dev/libs/testkit/registry"
 )
@@ -170,7 +176,7 @@ func TestDeployServesPage(t *testing.T) {
 	}
 	eventually(t, 60*time.Second, "1 replica left", func() bool {
 		st := n.status(t, "web1")
-		return len(st.Deployments[0].Replicas) == 1
+		return len(st.Deployments) == 1 && len(st.Deployments[0].Replicas) == 1
 	})
 
 	// A changed spec rolls out; an unchanged one does nothing.
@@ -208,6 +214,30 @@ func TestDeployServesPage(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("history lacks %q:\n%s", want, out)
 		}
+	}
+
+	// The scheduler itself refuses invalid files (zlctl checks first, but
+	// any client can call Deploy): every problem, with file:line:col.
+	cc, err := rpc.Dial(rpc.SocketPath(n.runDir, "scheduler"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	_, err = schedulerv1.NewSchedulerServiceClient(cc).Deploy(context.Background(), &schedulerv1.DeployRequest{
+		FileName: "raw.yaml", SpecYaml: []byte("version: v1\ndeployment: web1\nservices:\n  web:\n    image: {name: x}\n    scale: {mode: fixed}\n    helth: {}\n"),
+	})
+	st := status.Convert(err)
+	if st.Code() != codes.InvalidArgument || !strings.Contains(st.Message(), "raw.yaml:6:") || !strings.Contains(st.Message(), "raw.yaml:7:5") {
+		t.Errorf("Deploy of an invalid file: %v %q, want InvalidArgument naming raw.yaml:6 and :7:5", st.Code(), st.Message())
+	}
+	var violations int
+	for _, d := range st.Details() {
+		if br, ok := d.(*errdetails.BadRequest); ok {
+			violations += len(br.FieldViolations)
+		}
+	}
+	if violations != 2 {
+		t.Errorf("Deploy error carries %d field violations, want 2", violations)
 	}
 
 	// Invalid files are refused before anything is proposed.

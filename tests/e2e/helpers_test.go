@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -53,6 +54,25 @@ func requireRoot(t *testing.T) {
 	}
 }
 
+// syncBuffer is a buffer that devctl's output copier and the test can use
+// at the same time.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
 // nodeSeq numbers the nodes this test binary starts.
 var nodeSeq int
 
@@ -62,8 +82,9 @@ type node struct {
 	runDir  string
 	dataDir string
 	cmd     *exec.Cmd
-	out     *bytes.Buffer
-	done    chan error
+	out     *syncBuffer
+	done    chan error    // devctl's exit
+	exited  chan struct{} // closed when devctl has exited
 	cidr    string
 	// httpAddr is the proxy's HTTP listener.
 	httpAddr string
@@ -102,7 +123,7 @@ func (n *node) start(t *testing.T, extra ...string) {
 	t.Helper()
 	requireRoot(t)
 	bin := binDir(t)
-	n.out, n.done = &bytes.Buffer{}, make(chan error, 1)
+	n.out, n.done, n.exited = &syncBuffer{}, make(chan error, 1), make(chan struct{})
 	nodeSeq++
 	n.httpAddr = freeAddr(t)
 	args := []string{"up", "--node", n.name, "--run-dir", n.runDir, "--data-dir", n.dataDir, "--bin-dir", bin,
@@ -121,7 +142,11 @@ func (n *node) start(t *testing.T, extra ...string) {
 	if err := n.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	go func() { n.done <- n.cmd.Wait() }()
+	go func() {
+		err := n.cmd.Wait()
+		close(n.exited)
+		n.done <- err
+	}()
 	n.cidr = fmt.Sprintf("10.%d.0.0/16", 200+nodeSeq%50)
 	if !n.cleanup {
 		n.cleanup = true
@@ -138,8 +163,13 @@ func (n *node) start(t *testing.T, extra ...string) {
 // stop ends devctl with SIGTERM and waits for it and its daemons.
 func (n *node) stop(t *testing.T) {
 	t.Helper()
-	if n.cmd == nil || n.cmd.ProcessState != nil {
+	if n.cmd == nil {
 		return
+	}
+	select {
+	case <-n.exited:
+		return
+	default:
 	}
 	_ = n.cmd.Process.Signal(syscall.SIGTERM)
 	select {
@@ -176,6 +206,13 @@ func waitServing(t *testing.T, sock string, timeout time.Duration, n *node) {
 		cancel()
 		if err == nil && r.GetStatus() == healthpb.HealthCheckResponse_SERVING {
 			return
+		}
+		if n != nil {
+			select {
+			case <-n.exited:
+				t.Fatalf("devctl exited while waiting for %s:\n%s", sock, n.logs())
+			default:
+			}
 		}
 		if time.Now().After(deadline) {
 			logs := ""

@@ -20,8 +20,8 @@ import (
 	"zlayer.dev/services/devctl/internal/supervise"
 )
 
-// components are started in this order: the registry and overlay first,
-// since the agent asks them for root filesystems and addresses.
+// components are the daemons of a node. They start together: each dials
+// the others lazily, so no order is needed.
 var components = []string{"registry", "overlay", "agent", "scheduler", "proxy"}
 
 // nodeFlags locate one node's directories.
@@ -83,6 +83,17 @@ func newUpCmd(g *globals) *cobra.Command {
 				}
 				binDir = filepath.Dir(exe)
 			}
+			if err := os.MkdirAll(nf.runDir, 0o755); err != nil {
+				return err
+			}
+			lock, err := rpc.AcquireLock(nf.pidFile())
+			if err != nil {
+				return fmt.Errorf("devctl up: %w", err)
+			}
+			defer func() {
+				os.Remove(nf.pidFile()) // while still holding the lock
+				lock.Release()
+			}()
 			ctx := cmd.Context()
 			if demo.enabled {
 				stop, err := demo.prepare(ctx, g, &nf)
@@ -100,14 +111,6 @@ func newUpCmd(g *globals) *cobra.Command {
 			if err := os.MkdirAll(logDir, 0o755); err != nil {
 				return err
 			}
-			lock, err := rpc.AcquireLock(nf.pidFile())
-			if err != nil {
-				return fmt.Errorf("devctl up: %w", err)
-			}
-			defer func() {
-				lock.Release()
-				os.Remove(nf.pidFile())
-			}()
 			var procs []supervise.Proc
 			for _, c := range components {
 				args := []string{
@@ -232,6 +235,15 @@ func newDownCmd(g *globals) *cobra.Command {
 			}
 			if err != nil {
 				return err
+			}
+			// The pid is only devctl's while devctl holds the file's lock: a
+			// lock we can take means the node is not running (and the pid
+			// may belong to something else by now).
+			if lock, err := rpc.AcquireLock(nf.pidFile()); err == nil {
+				os.Remove(nf.pidFile())
+				lock.Release()
+				fmt.Fprintf(g.stdout, "node %s is not running (stale %s removed)\n", nf.node, nf.pidFile())
+				return nil
 			}
 			pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
 			if err != nil {

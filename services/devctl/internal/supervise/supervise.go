@@ -51,42 +51,43 @@ func (o *Options) defaults() {
 }
 
 // Run supervises procs until ctx is done, then stops them all and returns.
-// It returns an error only when a process cannot be started at all (a
-// missing binary, say); deaths after a successful start are restarts.
+// It returns an error only when a binary is missing at the start; later
+// failures to start and deaths are retried with backoff.
 func Run(ctx context.Context, log *zap.Logger, procs []Proc, opts Options) error {
 	opts.defaults()
-	var wg sync.WaitGroup
-	errc := make(chan error, len(procs))
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	for _, p := range procs {
 		if _, err := os.Stat(p.Path); err != nil {
 			return fmt.Errorf("%s: %w", p.Name, err)
 		}
 	}
+	var wg sync.WaitGroup
 	for _, p := range procs {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := keep(ctx, log.With(zap.String("process", p.Name)), p, opts); err != nil {
-				errc <- err
-				cancel()
-			}
+			keep(ctx, log.With(zap.String("process", p.Name)), p, opts)
 		}()
 	}
 	wg.Wait()
-	close(errc)
-	return <-errc
+	return nil
 }
 
 // keep runs p again and again until ctx is done.
-func keep(ctx context.Context, log *zap.Logger, p Proc, opts Options) error {
+func keep(ctx context.Context, log *zap.Logger, p Proc, opts Options) {
 	backoff := opts.MinBackoff
 	for {
 		started := time.Now()
 		cmd, err := start(p)
 		if err != nil {
-			return fmt.Errorf("start %s: %w", p.Name, err)
+			// The binary may be being replaced (make build): try again.
+			log.Warn("process did not start; retrying", zap.Error(err), zap.Duration("after", backoff))
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(backoff*2, opts.MaxBackoff)
+			continue
 		}
 		log.Info("process started", zap.Int("pid", cmd.Process.Pid))
 		if opts.OnStart != nil {
@@ -97,7 +98,7 @@ func keep(ctx context.Context, log *zap.Logger, p Proc, opts Options) error {
 		select {
 		case <-ctx.Done():
 			stop(log, cmd, exited, opts.StopGrace)
-			return nil
+			return
 		case err := <-exited:
 			if time.Since(started) >= opts.StableRun {
 				backoff = opts.MinBackoff
@@ -105,7 +106,7 @@ func keep(ctx context.Context, log *zap.Logger, p Proc, opts Options) error {
 			log.Warn("process exited; restarting", zap.Error(err), zap.Duration("after", backoff))
 			select {
 			case <-ctx.Done():
-				return nil
+				return
 			case <-time.After(backoff):
 			}
 			backoff = min(backoff*2, opts.MaxBackoff)
@@ -116,7 +117,7 @@ func keep(ctx context.Context, log *zap.Logger, p Proc, opts Options) error {
 func start(p Proc) (*exec.Cmd, error) {
 	cmd := exec.Command(p.Path, p.Args...)
 	// Own process group: a Ctrl-C on the terminal reaches devctl only, which
-	// then stops the daemons in order instead of all at once.
+	// then stops each daemon with SIGTERM and a grace period.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
 	if p.Log != "" {
 		f, err := os.OpenFile(p.Log, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640)

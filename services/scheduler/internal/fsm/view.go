@@ -40,8 +40,9 @@ func (f *FSM) Copy() *State {
 }
 
 // Events returns up to limit of the most recent events after seq (all
-// deployments when deployment is empty), oldest first.
-func (f *FSM) Events(deployment string, after uint64, limit int) []*schedulerv1.Event {
+// deployments when deployment is empty), oldest first, and the sequence
+// number of the newest event of any deployment at that moment.
+func (f *FSM) Events(deployment string, after uint64, limit int) ([]*schedulerv1.Event, uint64) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	var out []*schedulerv1.Event
@@ -55,7 +56,7 @@ func (f *FSM) Events(deployment string, after uint64, limit int) []*schedulerv1.
 		}
 	}
 	slices.Reverse(out)
-	return out
+	return out, f.eventSeq
 }
 
 // ReplicasOf returns the deployment's replicas in s, sorted by service,

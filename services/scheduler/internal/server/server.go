@@ -246,6 +246,9 @@ func (s *Server) deploymentStatus(st *fsm.State, d *schedulerv1.Deployment) *sch
 // WatchDeployment streams the deployment's status on every change.
 func (s *Server) WatchDeployment(req *schedulerv1.WatchDeploymentRequest, stream schedulerv1.SchedulerService_WatchDeploymentServer) error {
 	ctx := stream.Context()
+	if err := s.raft.LinearizableRead(ctx); err != nil {
+		return err
+	}
 	var last *schedulerv1.DeploymentStatus
 	for {
 		changed := s.state.Changed()
@@ -370,21 +373,20 @@ func (s *Server) ListEvents(req *schedulerv1.ListEventsRequest, stream scheduler
 	if limit == 0 {
 		limit = 100
 	}
+	if err := s.raft.LinearizableRead(stream.Context()); err != nil {
+		return err
+	}
 	var after uint64
 	for {
 		changed := s.state.Changed()
-		for _, e := range s.state.Events(req.GetDeployment(), after, limit) {
+		events, newest := s.state.Events(req.GetDeployment(), after, limit)
+		for _, e := range events {
 			if err := stream.Send(&schedulerv1.ListEventsResponse{Event: e}); err != nil {
 				return err
 			}
-			after = e.Seq
 		}
-		if after == 0 {
-			// Nothing matched yet: later events start after the newest now.
-			if all := s.state.Events("", 0, 1); len(all) > 0 {
-				after = all[0].Seq
-			}
-		}
+		// Later rounds send only what came after everything seen now.
+		after = newest
 		if !req.GetFollow() {
 			return nil
 		}

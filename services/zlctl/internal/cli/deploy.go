@@ -83,9 +83,13 @@ func newDeployCmd(g *globals) *cobra.Command {
 			out := cmd.OutOrStdout()
 			if resp.Unchanged {
 				fmt.Fprintf(out, "%s: unchanged (version %d)\n", resp.Deployment, resp.Version)
-				return nil
+				if detach {
+					return nil
+				}
+				// The file is what runs, or is being rolled out: say how that went.
+			} else {
+				fmt.Fprintf(out, "%s: version %d deployed (changed: %s)\n", resp.Deployment, resp.Version, strings.Join(resp.Changed, ", "))
 			}
-			fmt.Fprintf(out, "%s: version %d deployed (changed: %s)\n", resp.Deployment, resp.Version, strings.Join(resp.Changed, ", "))
 			if detach {
 				return nil
 			}

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
@@ -167,7 +169,10 @@ func newDeleteCmd(g *globals) *cobra.Command {
 				return g.rpcError("scheduler", err)
 			}
 			for {
-				if _, err := stream.Recv(); err == io.EOF {
+				_, err := stream.Recv()
+				// The stream ends when the deployment is gone; NotFound means
+				// it was gone before the watch began.
+				if err == io.EOF || status.Code(err) == codes.NotFound {
 					fmt.Fprintf(cmd.OutOrStdout(), "%s: deleted\n", args[0])
 					return nil
 				} else if err != nil {
