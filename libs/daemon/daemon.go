@@ -133,15 +133,6 @@ func run(ctx context.Context, args []string, getenv func(string) string, logOut 
 	info.Set(1)
 	reg.MustRegister(info)
 
-	srv, hs := rpc.NewServer(log)
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	bg, err := c.Start(ctx, env, srv)
-	if err != nil {
-		lis.Close()
-		return fmt.Errorf("start %s: %w", c.Name, err)
-	}
-
 	var metricsLis net.Listener
 	if cfg.MetricsAddr != "" {
 		metricsLis, err = net.Listen("tcp", cfg.MetricsAddr)
@@ -150,6 +141,19 @@ func run(ctx context.Context, args []string, getenv func(string) string, logOut 
 			return fmt.Errorf("metrics listen %s: %w", cfg.MetricsAddr, err)
 		}
 	}
+
+	srv, hs := rpc.NewServer(log)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	bg, err := c.Start(ctx, env, srv)
+	if err != nil {
+		lis.Close()
+		if metricsLis != nil {
+			metricsLis.Close()
+		}
+		return fmt.Errorf("start %s: %w", c.Name, err)
+	}
+
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {

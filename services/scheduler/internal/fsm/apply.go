@@ -401,7 +401,7 @@ func (t *txn) stopReplica(r *schedulerv1.Replica, reason string) {
 func (t *txn) plan(c *schedulerv1.PlanCommand) Result {
 	for _, in := range c.Create {
 		d := t.f.deployments[in.Deployment]
-		if t.f.replicas[in.Id] != nil || d == nil || d.Deleting {
+		if t.f.replicas[in.Id] != nil || d == nil || d.Deleting || t.slotTaken(in) {
 			continue
 		}
 		r := proto.CloneOf(in)
@@ -474,6 +474,19 @@ func (t *txn) plan(c *schedulerv1.PlanCommand) Result {
 		t.event(&schedulerv1.Event{Deployment: d.Name, Kind: "rollout", Message: msg})
 	}
 	return Result{}
+}
+
+// slotTaken reports whether a live replica already fills in's slot with
+// the same spec: a plan computed before an earlier plan was applied (a
+// retried proposal, a new leader) must not start a duplicate.
+func (t *txn) slotTaken(in *schedulerv1.Replica) bool {
+	for _, r := range t.f.replicas {
+		if r.Deployment == in.Deployment && r.Service == in.Service && r.Index == in.Index && r.SpecHash == in.SpecHash &&
+			!r.DesiredStop && !Forgettable(r) && r.Phase != schedulerv1.ReplicaPhase_REPLICA_PHASE_FAILED {
+			return true
+		}
+	}
+	return false
 }
 
 // Forgettable reports whether r may be removed from the state: it is gone

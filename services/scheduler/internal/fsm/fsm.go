@@ -227,11 +227,13 @@ func (f *FSM) persist(tx *txn) error {
 				return err
 			}
 		}
-		// Trim events beyond MaxEvents, oldest first.
-		if over := eb.Stats().KeyN - MaxEvents; over > 0 {
+		// Keep the newest MaxEvents events: delete every sequence number
+		// at or below eventSeq-MaxEvents.
+		if f.eventSeq > MaxEvents {
+			limit := eventKey(f.eventSeq - MaxEvents)
 			c := eb.Cursor()
 			var old [][]byte
-			for k, _ := c.First(); k != nil && len(old) < over; k, _ = c.Next() {
+			for k, _ := c.First(); k != nil && string(k) <= limit; k, _ = c.Next() {
 				old = append(old, slices.Clone(k))
 			}
 			for _, k := range old {

@@ -69,6 +69,7 @@ type Runner struct {
 	agentDown bool                                  // last sync could not reach the agent
 	inflight  sync.Map                              // replica id → true while the agent is asked to run or remove it
 	health    *health.Prober                        // health checks of this node's running replicas
+	calls     sync.WaitGroup                        // agent calls in the background (starts, removes)
 }
 
 // New returns a Runner.
@@ -136,6 +137,7 @@ func (r *Runner) Run(ctx context.Context) error {
 	defer func() {
 		<-hbDone
 		r.health.Stop()
+		r.calls.Wait() // ctx is done: they return promptly
 	}()
 	tick := time.NewTicker(r.cfg.Heartbeat)
 	defer tick.Stop()
@@ -200,7 +202,9 @@ func (r *Runner) sync(ctx context.Context) {
 			}
 			r.started[id] = time.Now()
 			svc := parsed.Services[rep.Service]
+			r.calls.Add(1)
 			go func() {
+				defer r.calls.Done()
 				// Starting includes the image pull: never block the loop on it.
 				defer r.inflight.Delete(id)
 				if err := r.agent.Run(ctx, proto.CloneOf(rep), parsed, svc); err != nil {
@@ -230,7 +234,9 @@ func (r *Runner) remove(ctx context.Context, id string, log *zap.Logger) {
 	if _, busy := r.inflight.LoadOrStore(id, true); busy {
 		return
 	}
+	r.calls.Add(1)
 	go func() {
+		defer r.calls.Done()
 		defer r.inflight.Delete(id)
 		if err := r.agent.Remove(ctx, id); err != nil && ctx.Err() == nil {
 			log.Warn("remove replica", zap.Error(err))

@@ -28,6 +28,8 @@ type sim struct {
 	// such as "web:h1:3" (service:hash:replicas, comma-separated).
 	failing map[string]bool // spec hashes whose replicas fail on start
 	down    map[string]bool // nodes whose agents do not answer
+	log     [][]byte        // every command applied, in order
+	crash   bool            // running replicas of failing hashes fail too
 }
 
 func newSim(t *testing.T, nodes ...string) *sim {
@@ -58,6 +60,7 @@ func (s *sim) apply(c *schedulerv1.Command) fsm.Result {
 		s.t.Fatal(err)
 	}
 	s.index++
+	s.log = append(s.log, data)
 	return s.f.Apply(s.index, data).(fsm.Result)
 }
 
@@ -112,6 +115,8 @@ func (s *sim) step() {
 		switch {
 		case r.Phase == schedulerv1.ReplicaPhase_REPLICA_PHASE_STOPPING:
 			out = &schedulerv1.ReplicaStatus{Id: r.Id, Phase: schedulerv1.ReplicaPhase_REPLICA_PHASE_STOPPED}
+		case r.Phase == schedulerv1.ReplicaPhase_REPLICA_PHASE_RUNNING && s.failing[r.SpecHash] && s.crash:
+			out = &schedulerv1.ReplicaStatus{Id: r.Id, Phase: schedulerv1.ReplicaPhase_REPLICA_PHASE_FAILED, ExitCode: 3, Reason: "crashed"}
 		case r.Phase == schedulerv1.ReplicaPhase_REPLICA_PHASE_ASSIGNED && s.failing[r.SpecHash]:
 			out = &schedulerv1.ReplicaStatus{Id: r.Id, Phase: schedulerv1.ReplicaPhase_REPLICA_PHASE_FAILED, ExitCode: 3, Reason: "exited"}
 		case r.Phase == schedulerv1.ReplicaPhase_REPLICA_PHASE_ASSIGNED:
@@ -349,4 +354,67 @@ func unmarshalSnap(t *testing.T, b []byte) *schedulerv1.Snapshot {
 		t.Fatal(err)
 	}
 	return s
+}
+
+// TestApplyIsDeterministic replays every command of a busy scenario into a
+// second state machine: both must hold exactly the same state, as every
+// Raft member must.
+func TestApplyIsDeterministic(t *testing.T) {
+	s := newSim(t, "n1", "n2", "n3")
+	s.deploy("app", "web:h1:4,db:d1:2")
+	s.run(3)
+	s.deploy("app", "web:h2:4,db:d1:2")
+	s.run(10)
+	s.apply(&schedulerv1.Command{Kind: &schedulerv1.Command_DeleteDeployment{DeleteDeployment: &schedulerv1.DeleteDeploymentCommand{Name: "app"}}})
+	s.run(3)
+	other, err := fsm.Open(filepath.Join(t.TempDir(), "replay.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	for i, data := range s.log {
+		other.Apply(uint64(i+1), data)
+	}
+	a, _ := s.f.Snapshot()
+	b, _ := other.Snapshot()
+	if string(a) != string(b) {
+		t.Fatal("replaying the same commands gave a different state")
+	}
+	if len(unmarshalSnap(t, a).Events) < 20 {
+		t.Fatal("the scenario recorded too few events to mean anything")
+	}
+}
+
+// TestFullClusterRolloutMakesRoom: with no room for a new replica beside
+// the old one, the old one goes first and the rollout completes.
+func TestFullClusterRolloutMakesRoom(t *testing.T) {
+	s := newSim(t)
+	s.apply(&schedulerv1.Command{Kind: &schedulerv1.Command_RegisterNode{RegisterNode: &schedulerv1.RegisterNodeCommand{
+		Node: &schedulerv1.Node{Name: "small", Cpu: 0.5, MemoryBytes: 1 << 30},
+	}}})
+	s.deploy("app", "web:h1:1")
+	s.run(3)
+	s.deploy("app", "web:h2:1")
+	s.run(8)
+	if v, o, _ := s.outcome("app"); v != 2 || o != complete {
+		t.Fatalf("outcome %d %v, want 2 complete; replicas %s", v, o, s.summary("app"))
+	}
+}
+
+// TestFailedRollbackIsNotRolledBackAgain: when the file a rollback went
+// back to fails too, the deployment stops at that failed version.
+func TestFailedRollbackIsNotRolledBackAgain(t *testing.T) {
+	s := newSim(t, "n1")
+	s.deploy("app", "web:good:1")
+	s.run(3)
+	s.failing["good"], s.failing["bad"], s.crash = true, true, true // the old file broke meanwhile
+	s.deploy("app", "web:bad:1")
+	s.run(20)
+	d := s.f.Copy().Deployments["app"]
+	if len(d.Versions) != 3 {
+		t.Fatalf("%d versions, want 3 (good, bad, its rollback): rollbacks looped", len(d.Versions))
+	}
+	if v := fsm.Version(d, 3); v.Outcome != schedulerv1.RolloutOutcome_ROLLOUT_OUTCOME_FAILED || v.RolledBackFrom != 2 {
+		t.Fatalf("version 3 = %v from %d, want a failed rollback of 2", v.Outcome, v.RolledBackFrom)
+	}
 }

@@ -288,7 +288,7 @@ func (s *Server) Scale(ctx context.Context, req *schedulerv1.ScaleRequest) (*sch
 	v := fsm.Version(d, d.Current)
 	parsed, err := s.specs.Get(v.GetFileName(), v.GetSpecYaml())
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("deployment %q: stored file does not parse: %v: %w", d.Name, err, errkind.Precondition)
 	}
 	svc, ok := parsed.Services[req.GetService()]
 	if !ok {
@@ -298,6 +298,8 @@ func (s *Server) Scale(ctx context.Context, req *schedulerv1.ScaleRequest) (*sch
 	switch {
 	case svc.RType != string(spec.RTypeService):
 		return nil, fmt.Errorf("%s/%s is a %s: jobs and cron jobs run once per trigger and take no replica count: %w", d.Name, svc.Name, svc.RType, errkind.Invalid)
+	case svc.Mode == spec.ScaleFixed:
+		return nil, fmt.Errorf("%s/%s has fixed scale (%d replicas): change scale.replicas in the file, or use mode: manual to scale by hand: %w", d.Name, svc.Name, svc.Replicas, errkind.Invalid)
 	case svc.Mode == spec.ScaleAdaptive && (n < svc.Min || n > svc.Max):
 		return nil, fmt.Errorf("%s/%s scales adaptively between %d and %d replicas; %d is outside (change scale in the file to go beyond): %w", d.Name, svc.Name, svc.Min, svc.Max, n, errkind.Invalid)
 	}
