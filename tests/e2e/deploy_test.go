@@ -76,6 +76,7 @@ type replicaJSON struct {
 	Health  string `json:"health"`
 	IP      string `json:"ip"`
 	Stop    bool   `json:"desiredStop"`
+	Held    string `json:"held"`
 }
 
 type statusJSON struct {

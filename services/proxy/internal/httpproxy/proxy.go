@@ -67,7 +67,8 @@ type Config struct {
 // connections to the replicas.
 type Proxy struct {
 	cfg       Config
-	transport *http.Transport
+	transport *http.Transport // requests with bodies, upgrades
+	h1        *h1Transport    // everything else
 	rp        *httputil.ReverseProxy
 }
 
@@ -75,23 +76,26 @@ type Proxy struct {
 func New(cfg Config) *Proxy {
 	p := &Proxy{cfg: cfg}
 	dialer := &net.Dialer{Timeout: cfg.ConnectTimeout, KeepAlive: 30 * time.Second}
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := dialer.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, &dialError{err: err}
+		}
+		return c, nil
+	}
 	p.transport = &http.Transport{
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			c, err := dialer.DialContext(ctx, network, addr)
-			if err != nil {
-				return nil, &dialError{err: err}
-			}
-			return c, nil
-		},
+		DialContext:           dial,
 		MaxIdleConnsPerHost:   cfg.IdleBackendConns,
 		IdleConnTimeout:       cfg.BackendIdleTimeout,
 		ResponseHeaderTimeout: cfg.ResponseTimeout,
 		ExpectContinueTimeout: time.Second,
 		DisableCompression:    true,
 	}
+	p.h1 = &h1Transport{dial: dial, responseTimeout: cfg.ResponseTimeout, maxIdle: cfg.IdleBackendConns,
+		idleTimeout: cfg.BackendIdleTimeout, std: p.transport}
 	p.rp = &httputil.ReverseProxy{
 		Rewrite:      p.rewrite,
-		Transport:    &balancer{base: p.transport},
+		Transport:    &balancer{base: p.h1},
 		ErrorHandler: p.proxyError,
 		BufferPool:   bufferPool{},
 		ErrorLog:     zap.NewStdLog(cfg.Log.Named("reverseproxy")),
@@ -100,7 +104,10 @@ func New(cfg Config) *Proxy {
 }
 
 // Close closes idle connections to replicas.
-func (p *Proxy) Close() { p.transport.CloseIdleConnections() }
+func (p *Proxy) Close() {
+	p.h1.CloseIdleConnections()
+	p.transport.CloseIdleConnections()
+}
 
 // Handler returns the handler of the HTTP listener (secure false) or of the
 // HTTPS listener (secure true). On the HTTP listener, https routes answer
@@ -275,7 +282,7 @@ func (e *dialError) Unwrap() error { return e.err }
 
 // balancer is the proxy's transport: it picks the replica for each attempt.
 type balancer struct {
-	base *http.Transport
+	base http.RoundTripper
 }
 
 func (b *balancer) RoundTrip(out *http.Request) (*http.Response, error) {

@@ -312,6 +312,15 @@ func (t *txn) updateReplica(r *schedulerv1.Replica, s *schedulerv1.ReplicaStatus
 	prevPhase, prevHealth := r.Phase, r.Health
 	r.Phase, r.Health = phase, s.Health
 	r.Ip, r.Restarts, r.ExitCode = s.Ip, s.Restarts, s.ExitCode
+	if s.Held != "" && r.Held == "" {
+		r.Held = s.Held
+		switch s.Held {
+		case "isolate":
+			t.replicaEvent(r, "isolated", "replica isolated for inspection (on_panic: isolate): %s", s.Reason)
+		case "shutdown":
+			t.replicaEvent(r, "shut-down", "replica left stopped (on_panic: shutdown): %s", s.Reason)
+		}
+	}
 	if s.Reason != "" || changed {
 		r.Reason = s.Reason
 	}
@@ -329,7 +338,11 @@ func (t *txn) updateReplica(r *schedulerv1.Replica, s *schedulerv1.ReplicaStatus
 		case schedulerv1.ReplicaPhase_REPLICA_PHASE_STOPPED:
 			t.replicaEvent(r, "stopped", "replica stopped")
 		case schedulerv1.ReplicaPhase_REPLICA_PHASE_STARTING:
-			t.replicaEvent(r, "starting", "replica starting")
+			if r.Reason != "" {
+				t.replicaEvent(r, "starting", "replica starting: %s", r.Reason)
+			} else {
+				t.replicaEvent(r, "starting", "replica starting")
+			}
 		}
 	}
 	if s.Health != prevHealth {

@@ -70,6 +70,10 @@ type Runner struct {
 	inflight  sync.Map                              // replica id → true while the agent is asked to run or remove it
 	health    *health.Prober                        // health checks of this node's running replicas
 	calls     sync.WaitGroup                        // agent calls in the background (starts, removes)
+
+	mu        sync.Mutex
+	restarts  map[string]*restartState              // crash-loop bookkeeping per replica
+	overrides map[string]*schedulerv1.ReplicaStatus // statuses reported instead of the agent's view
 }
 
 // New returns a Runner.
@@ -78,7 +82,8 @@ func New(cfg Config, log *zap.Logger, state *fsm.FSM, raft Proposer, agent Agent
 		cfg.Heartbeat = time.Second
 	}
 	return &Runner{cfg: cfg, log: log.Named("nodeside"), state: state, raft: raft, agent: agent, specs: specs, health: health.New(agent),
-		reported: map[string]*schedulerv1.ReplicaStatus{}, started: map[string]time.Time{}, failures: make(chan failure, 128)}
+		reported: map[string]*schedulerv1.ReplicaStatus{}, started: map[string]time.Time{}, failures: make(chan failure, 128),
+		restarts: map[string]*restartState{}, overrides: map[string]*schedulerv1.ReplicaStatus{}}
 }
 
 // propose commits c, giving up after timeout: a heartbeat lost with a
@@ -172,46 +177,64 @@ func (r *Runner) sync(ctx context.Context) {
 		r.log.Info("agent reachable again")
 		r.agentDown = false
 	}
+	now := time.Now()
 	for id, rep := range st.Replicas {
 		if rep.Node != r.cfg.Node.Name {
 			continue
 		}
 		log := r.log.With(zap.String(obs.KeyDeployment, rep.Deployment), zap.String(obs.KeyService, rep.Service), zap.String(obs.KeyReplica, id))
-		_, onAgent := have[id]
-		switch {
-		case rep.DesiredStop || rep.Phase == schedulerv1.ReplicaPhase_REPLICA_PHASE_LOST:
+		s, onAgent := have[id]
+		if rep.DesiredStop || rep.Phase == schedulerv1.ReplicaPhase_REPLICA_PHASE_LOST {
 			if onAgent {
 				r.remove(ctx, id, log)
 			}
-		case rep.Phase == schedulerv1.ReplicaPhase_REPLICA_PHASE_ASSIGNED && !onAgent:
-			if t, ok := r.started[id]; ok && time.Since(t) < 30*time.Second {
-				continue
+			r.setOverride(id, nil)
+			continue
+		}
+		if rep.Held != "" {
+			continue // kept as it is by its on_panic policy
+		}
+		parsed, svc, ok := r.serviceOf(st, rep)
+		if !ok {
+			continue
+		}
+		switch {
+		case onAgent && s.Phase == schedulerv1.ReplicaPhase_REPLICA_PHASE_FAILED:
+			// The process died: the service's on_panic policy decides.
+			out, removeNow := r.onPanic(rep, svc.Spec, s, now)
+			if r.setOverride(id, out) {
+				log.Info("replica process ended", zap.String("reason", out.Reason), zap.String("held", out.Held), zap.Uint32("restarts", out.Restarts))
 			}
-			d := st.Deployments[rep.Deployment]
-			v := fsm.Version(d, rep.Version)
-			if v == nil {
-				continue
+			if removeNow {
+				r.remove(ctx, id, log)
 			}
-			parsed, err := r.specs.Get(v.FileName, v.SpecYaml)
-			if err != nil {
-				log.Error("stored deployment file does not parse", zap.Error(err))
-				continue
+		case onAgent:
+			r.setOverride(id, nil) // the agent's view is the truth now
+		default:
+			if _, busy := r.inflight.Load(id); busy {
+				continue // a start or a removal is under way
 			}
-			if _, busy := r.inflight.LoadOrStore(id, true); busy {
-				continue
-			}
-			r.started[id] = time.Now()
-			svc := parsed.Services[rep.Service]
-			r.calls.Add(1)
-			go func() {
-				defer r.calls.Done()
-				// Starting includes the image pull: never block the loop on it.
-				defer r.inflight.Delete(id)
-				if err := r.agent.Run(ctx, proto.CloneOf(rep), parsed, svc); err != nil {
-					log.Warn("start replica", zap.Error(err))
-					r.reportFailure(id, err)
+			due, pending := r.restartDue(id, now)
+			switch {
+			case pending && !due:
+				continue // waiting out the crash-loop backoff
+			case !due && rep.Phase != schedulerv1.ReplicaPhase_REPLICA_PHASE_ASSIGNED && rep.Phase != schedulerv1.ReplicaPhase_REPLICA_PHASE_STARTING:
+				continue // neither new (assigned, or starting: waiting for dependencies) nor being restarted
+			case !due:
+				if t, ok := r.started[id]; ok && now.Sub(t) < 30*time.Second {
+					continue
 				}
-			}()
+				start, status, note := dependencies(st, rep, svc.Spec, now)
+				if !start {
+					r.setOverride(id, status)
+					continue
+				}
+				if note != "" {
+					log.Warn("starting without a dependency", zap.String("reason", note))
+					r.setOverride(id, &schedulerv1.ReplicaStatus{Id: id, Phase: schedulerv1.ReplicaPhase_REPLICA_PHASE_STARTING, Reason: note})
+				}
+			}
+			r.start(ctx, log, rep, parsed, svc)
 		}
 	}
 	// Replicas the agent runs that the state does not place here.
@@ -226,6 +249,60 @@ func (r *Runner) sync(ctx context.Context) {
 			delete(r.started, id)
 		}
 	}
+}
+
+// serviceOf returns the parsed file and service a replica runs.
+func (r *Runner) serviceOf(st *fsm.State, rep *schedulerv1.Replica) (*specinfo.Deployment, specinfo.Service, bool) {
+	v := fsm.Version(st.Deployments[rep.Deployment], rep.Version)
+	if v == nil {
+		return nil, specinfo.Service{}, false
+	}
+	parsed, err := r.specs.Get(v.FileName, v.SpecYaml)
+	if err != nil {
+		r.log.Error("stored deployment file does not parse", zap.String(obs.KeyDeployment, rep.Deployment), zap.Error(err))
+		return nil, specinfo.Service{}, false
+	}
+	svc, ok := parsed.Services[rep.Service]
+	return parsed, svc, ok && svc.Spec != nil
+}
+
+// start asks the agent to run rep in the background (it includes the image
+// pull: the loop never blocks on it), once at a time per replica.
+func (r *Runner) start(ctx context.Context, log *zap.Logger, rep *schedulerv1.Replica, parsed *specinfo.Deployment, svc specinfo.Service) {
+	id := rep.Id
+	if _, busy := r.inflight.LoadOrStore(id, true); busy {
+		return
+	}
+	r.started[id] = time.Now()
+	r.calls.Add(1)
+	go func() {
+		defer r.calls.Done()
+		defer r.inflight.Delete(id)
+		if err := r.agent.Run(ctx, proto.CloneOf(rep), parsed, svc); err != nil {
+			log.Warn("start replica", zap.Error(err))
+			r.reportFailure(id, err)
+		}
+	}()
+}
+
+// setOverride sets (or, with nil, clears) the status reported for a replica
+// instead of the agent's view; it reports whether anything changed.
+func (r *Runner) setOverride(id string, s *schedulerv1.ReplicaStatus) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	prev, had := r.overrides[id]
+	if s == nil {
+		delete(r.overrides, id)
+		return had
+	}
+	r.overrides[id] = s
+	return !had || !proto.Equal(prev, s)
+}
+
+func (r *Runner) override(id string) *schedulerv1.ReplicaStatus {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.overrides[id]
 }
 
 // remove asks the agent to stop and remove replica id, in the background
@@ -278,6 +355,14 @@ func (r *Runner) checkHealth(ctx context.Context, st *fsm.State, have map[string
 	r.health.Sync(ctx, targets)
 }
 
+// forget drops the bookkeeping of a replica the state no longer has.
+func (r *Runner) forget(id string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.restarts, id)
+	delete(r.overrides, id)
+}
+
 // failure is a replica that could not be started, reported at the next
 // heartbeat.
 type failure struct {
@@ -309,7 +394,13 @@ func (r *Runner) heartbeat(ctx context.Context) error {
 			continue
 		}
 		var cur *schedulerv1.ReplicaStatus
-		if s, ok := have[id]; ok {
+		if o := r.override(id); o != nil && !rep.DesiredStop {
+			cur = o
+		} else if s, ok := have[id]; ok {
+			if s.Phase == schedulerv1.ReplicaPhase_REPLICA_PHASE_FAILED && !rep.DesiredStop && rep.Held == "" {
+				continue // the next sync applies the on_panic policy first
+			}
+			s.Restarts = r.restartCount(id)
 			cur = s
 		} else if _, busy := r.inflight.Load(id); !busy && have != nil {
 			// Gone from the agent, and no start or removal of it is under
@@ -349,6 +440,7 @@ drain:
 	for id := range r.reported {
 		if _, ok := st.Replicas[id]; !ok {
 			delete(r.reported, id)
+			r.forget(id)
 		}
 	}
 	return nil

@@ -51,6 +51,10 @@ type Config struct {
 	ReplaceFailedAfter time.Duration
 }
 
+// MaxIsolated is how many replicas isolated by on_panic: isolate are kept
+// per service; older ones are removed.
+const MaxIsolated = 3
+
 // Phases.
 const (
 	pending  = schedulerv1.ReplicaPhase_REPLICA_PHASE_PENDING
@@ -258,8 +262,25 @@ func (p *planner) service(d *schedulerv1.Deployment, svc Service, all []*schedul
 	rolling := false // a new-spec replica is replacing an old one and is not healthy yet
 	done := true
 	held := map[int]bool{} // indices whose failed replica waits to be replaced
+	var isolated []*schedulerv1.Replica
+	defer func() {
+		// Keep the newest MaxIsolated isolated replicas of a service: a
+		// replica that dies again and again must not pile up containers.
+		slices.SortFunc(isolated, func(a, b *schedulerv1.Replica) int { return b.ChangedAt.AsTime().Compare(a.ChangedAt.AsTime()) })
+		for _, r := range isolated[min(len(isolated), MaxIsolated):] {
+			p.stop(r, fmt.Sprintf("only the newest %d isolated replicas are kept", MaxIsolated))
+		}
+	}()
 	for _, r := range all {
 		if r.Service != svc.Name {
+			continue
+		}
+		if r.Phase == failed && !r.DesiredStop && r.Held == "isolate" {
+			isolated = append(isolated, r)
+			continue // kept for inspection; not live, so its index is refilled
+		}
+		if r.Phase == failed && !r.DesiredStop && r.Held == "shutdown" {
+			held[int(r.Index)] = true // left stopped on purpose: not replaced
 			continue
 		}
 		if r.Phase == failed && !r.DesiredStop {

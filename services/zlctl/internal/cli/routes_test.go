@@ -26,13 +26,15 @@ func TestRoutesShowsTheProxyTable(t *testing.T) {
 	dir := t.TempDir()
 	runDir := filepath.Join(dir, "run")
 	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	proxy := exec.CommandContext(ctx, bin, "--node", "n1", "--run-dir", runDir, "--data-dir", filepath.Join(dir, "data"),
 		"--http-addr", "127.0.0.1:0", "--https-addr", "127.0.0.1:0", "--log-level", "warn")
 	if err := proxy.Start(); err != nil {
 		t.Fatal(err)
 	}
-	defer proxy.Wait() //nolint:errcheck // killed by cancel
+	defer func() {
+		cancel()
+		proxy.Wait() //nolint:errcheck // killed by cancel
+	}()
 	cc, err := rpc.Dial(filepath.Join(runDir, "proxy.sock"))
 	if err != nil {
 		t.Fatal(err)

@@ -558,7 +558,11 @@ type ReplicaStatus struct {
 	// exit_code is the last exit code.
 	ExitCode int32 `protobuf:"varint,6,opt,name=exit_code,json=exitCode,proto3" json:"exit_code,omitempty"`
 	// reason explains a failure.
-	Reason        string `protobuf:"bytes,7,opt,name=reason,proto3" json:"reason,omitempty"`
+	Reason string `protobuf:"bytes,7,opt,name=reason,proto3" json:"reason,omitempty"`
+	// held is set when the replica's on_panic policy keeps it as it is:
+	// "shutdown" (left stopped, not replaced) or "isolate" (kept for
+	// inspection, out of load balancing, replaced by a new replica).
+	Held          string `protobuf:"bytes,8,opt,name=held,proto3" json:"held,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -638,6 +642,13 @@ func (x *ReplicaStatus) GetExitCode() int32 {
 func (x *ReplicaStatus) GetReason() string {
 	if x != nil {
 		return x.Reason
+	}
+	return ""
+}
+
+func (x *ReplicaStatus) GetHeld() string {
+	if x != nil {
+		return x.Held
 	}
 	return ""
 }
@@ -1176,7 +1187,7 @@ const file_zlayer_scheduler_v1_command_proto_rawDesc = "" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\x12%\n" +
 	"\x0efailed_version\x18\x04 \x01(\x04R\rfailedVersion\"D\n" +
 	"\x13RegisterNodeCommand\x12-\n" +
-	"\x04node\x18\x01 \x01(\v2\x19.zlayer.scheduler.v1.NodeR\x04node\"\xee\x01\n" +
+	"\x04node\x18\x01 \x01(\v2\x19.zlayer.scheduler.v1.NodeR\x04node\"\x82\x02\n" +
 	"\rReplicaStatus\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x127\n" +
 	"\x05phase\x18\x02 \x01(\x0e2!.zlayer.scheduler.v1.ReplicaPhaseR\x05phase\x123\n" +
@@ -1184,7 +1195,8 @@ const file_zlayer_scheduler_v1_command_proto_rawDesc = "" +
 	"\x02ip\x18\x04 \x01(\tR\x02ip\x12\x1a\n" +
 	"\brestarts\x18\x05 \x01(\rR\brestarts\x12\x1b\n" +
 	"\texit_code\x18\x06 \x01(\x05R\bexitCode\x12\x16\n" +
-	"\x06reason\x18\a \x01(\tR\x06reason\"f\n" +
+	"\x06reason\x18\a \x01(\tR\x06reason\x12\x12\n" +
+	"\x04held\x18\b \x01(\tR\x04held\"f\n" +
 	"\x10HeartbeatCommand\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12>\n" +
 	"\bstatuses\x18\x02 \x03(\v2\".zlayer.scheduler.v1.ReplicaStatusR\bstatuses\"w\n" +

@@ -1,0 +1,148 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestDependsAndPanicPolicies deploys an app whose api waits for its db to
+// be healthy, and three services whose process dies, one per on_panic
+// policy: restart (a crash loop with backoff), isolate (kept for
+// inspection, replaced), shutdown (left stopped).
+func TestDependsAndPanicPolicies(t *testing.T) {
+	reg := demoRegistry(t)
+	n := startNode(t, "--arg", "registry:--insecure-registry="+reg.Addr)
+	img := reg.Addr + "/demo-http:latest"
+	file := filepath.Join(t.TempDir(), "life.yaml")
+	text := fmt.Sprintf(`version: v1
+deployment: life
+services:
+  db:
+    image: {name: %[1]s}
+    command: ["/bin/busybox", "sh", "-c", "sleep 2; exec /bin/busybox httpd -f -p 80 -h /var/www"]
+    endpoints: [{name: http, protocol: http, port: 80}]
+    scale: {mode: fixed, replicas: 1}
+    health:
+      start_grace: 10s
+      interval: 1s
+      check: {type: http, url: /health}
+  api:
+    image: {name: %[1]s}
+    scale: {mode: fixed, replicas: 1}
+    depends:
+      - service: db
+        condition: healthy
+        timeout: 1m
+  crashy:
+    image: {name: %[1]s}
+    command: ["/bin/busybox", "sh", "-c", "exit 3"]
+    scale: {mode: fixed, replicas: 1}
+  isolated:
+    image: {name: %[1]s}
+    command: ["/bin/busybox", "sh", "-c", "sleep 3; exit 4"]
+    scale: {mode: fixed, replicas: 1}
+    errors: {on_panic: {action: isolate}}
+  stopped:
+    image: {name: %[1]s}
+    command: ["/bin/busybox", "sh", "-c", "sleep 3; exit 5"]
+    scale: {mode: fixed, replicas: 1}
+    errors: {on_panic: {action: shutdown}}
+`, img)
+	if err := os.WriteFile(file, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, code := n.zlctl(t, "deploy", "--detach", file); code != 0 {
+		t.Fatalf("deploy: exit %d\n%s", code, out)
+	}
+
+	// api starts only once db is healthy: its start event comes after db's
+	// healthy event, and it waited meanwhile.
+	eventually(t, 90*time.Second, "api running", func() bool {
+		for _, r := range n.running(t, "life") {
+			if r.Service == "api" {
+				return true
+			}
+		}
+		return false
+	})
+	events, _ := n.zlctl(t, "events", "life", "--limit", "500")
+	dbHealthy := strings.Index(events, "life/db/")
+	for _, line := range strings.Split(events, "\n") {
+		if strings.Contains(line, "healthy") && strings.Contains(line, "life/db/") && !strings.Contains(line, "unhealthy") {
+			dbHealthy = strings.Index(events, line)
+			break
+		}
+	}
+	apiStarted := -1
+	for _, line := range strings.Split(events, "\n") {
+		if strings.Contains(line, "started") && strings.Contains(line, "life/api/") {
+			apiStarted = strings.Index(events, line)
+			break
+		}
+	}
+	if dbHealthy < 0 || apiStarted < dbHealthy {
+		t.Errorf("api started before db was healthy:\n%s", events)
+	}
+	if !strings.Contains(events, "waiting for db to be healthy") {
+		t.Errorf("api's wait for db is not in the events:\n%s", events)
+	}
+
+	byService := func() map[string][]replicaJSON {
+		out := map[string][]replicaJSON{}
+		st := n.status(t, "life")
+		if len(st.Deployments) == 1 {
+			for _, r := range st.Deployments[0].Replicas {
+				out[r.Service] = append(out[r.Service], r)
+			}
+		}
+		return out
+	}
+
+	// restart: the crash loop restarts in place, with backoff.
+	eventually(t, 60*time.Second, "crashy restarted at least 3 times", func() bool {
+		out, _ := n.zlctl(t, "status", "life", "-o", "json")
+		return strings.Contains(out, `"restarts": 3`) || strings.Contains(out, `"restarts": 4`)
+	})
+	if rs := byService()["crashy"]; len(rs) != 1 {
+		t.Errorf("crashy should be restarted in place, not replaced: %+v", rs)
+	}
+
+	// isolate: the dead replica is kept (its container too), and a new one
+	// takes its place.
+	eventually(t, 60*time.Second, "an isolated replica and its replacement", func() bool {
+		held, others := 0, 0
+		for _, r := range byService()["isolated"] {
+			if r.Held == "isolate" {
+				held++
+			} else if !r.Stop {
+				others++
+			}
+		}
+		return held >= 1 && others >= 1
+	})
+	out, _ := n.zlctl(t, "status", "life", "-o", "json")
+	if !strings.Contains(out, `"held": "isolate"`) {
+		t.Errorf("no replica is marked isolated:\n%s", out)
+	}
+
+	// shutdown: the dead replica stays stopped and is not replaced.
+	eventually(t, 60*time.Second, "the shutdown replica held", func() bool {
+		out, _ := n.zlctl(t, "status", "life", "-o", "json")
+		return strings.Contains(out, `"held": "shutdown"`)
+	})
+	if rs := byService()["stopped"]; len(rs) != 1 {
+		t.Errorf("a replica left stopped by on_panic: shutdown was replaced: %+v", rs)
+	}
+
+	if out, code := n.zlctl(t, "delete", "life"); code != 0 {
+		t.Fatalf("delete: %s", out)
+	}
+	eventually(t, 60*time.Second, "nothing left on the agent", func() bool {
+		out, code := run(t, "grpcurl", "-plaintext", "unix://"+n.runDir+"/agent.sock", "zlayer.agent.v1.AgentService/ListReplicas")
+		return code == 0 && !strings.Contains(out, "life-")
+	})
+}
