@@ -15,6 +15,7 @@ require (
 	zlayer.dev/libs/daemon v0.0.0
 	zlayer.dev/libs/errkind v0.0.0
 	zlayer.dev/libs/obs v0.0.0
+	zlayer.dev/libs/rpc v0.0.0
 )
 
 require (
@@ -22,6 +23,7 @@ require (
 	github.com/caddyserver/zerossl v0.1.6 // indirect
 	github.com/cespare/xxhash/v2 v2.3.0 // indirect
 	github.com/klauspost/cpuid/v2 v2.4.0 // indirect
+	github.com/kylelemons/godebug v1.1.0 // indirect
 	github.com/libdns/libdns v1.1.1 // indirect
 	github.com/miekg/dns v1.1.73 // indirect
 	github.com/munnerz/goautoneg v0.0.0-20191010083416-a7dc8b61c822 // indirect
@@ -36,7 +38,6 @@ require (
 	golang.org/x/text v0.42.0 // indirect
 	google.golang.org/genproto/googleapis/rpc v0.0.0-20260817212433-ac3dfec99bb1 // indirect
 	gopkg.in/yaml.v3 v3.0.1 // indirect
-	zlayer.dev/libs/rpc v0.0.0 // indirect
 )
 
 replace (

@@ -146,3 +146,73 @@ services:
 		return code == 0 && !strings.Contains(out, "life-")
 	})
 }
+
+// TestJobsAndCron runs a job by hand (its output and exit code come back
+// through zlctl) and a cron job every 2s whose runs take 3s: runs never
+// overlap, and the ones that would are recorded as skipped.
+func TestJobsAndCron(t *testing.T) {
+	reg := demoRegistry(t)
+	n := startNode(t, "--arg", "registry:--insecure-registry="+reg.Addr)
+	img := reg.Addr + "/demo-http:latest"
+	file := filepath.Join(t.TempDir(), "jobs.yaml")
+	text := fmt.Sprintf(`version: v1
+deployment: jobs
+services:
+  hello:
+    rtype: job
+    image: {name: %[1]s}
+    command: ["/bin/busybox", "sh", "-c", "echo hello from the job; exit 7"]
+  tick:
+    rtype: cron
+    schedule: "@every 2s"
+    image: {name: %[1]s}
+    command: ["/bin/busybox", "sh", "-c", "sleep 3; echo tick"]
+`, img)
+	if err := os.WriteFile(file, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, code := n.zlctl(t, "deploy", file); code != 0 {
+		t.Fatalf("deploy: exit %d\n%s", code, out)
+	}
+
+	out, code := n.zlctl(t, "job", "run", "jobs/hello")
+	if code != 7 || !strings.Contains(out, "hello from the job") {
+		t.Fatalf("job run: exit %d (want 7), output:\n%s", code, out)
+	}
+	out, _ = n.zlctl(t, "job", "runs", "jobs/hello")
+	if !strings.Contains(out, "failed") || !strings.Contains(out, " 7 ") || !strings.Contains(out, "zlctl") {
+		t.Errorf("job runs does not show the failed run with exit code 7:\n%s", out)
+	}
+
+	// Sample the cron job's runs for a while: never two at once.
+	deadline := time.Now().Add(12 * time.Second)
+	maxActive := 0
+	for time.Now().Before(deadline) {
+		active := 0
+		for _, r := range n.running(t, "jobs") {
+			if r.Service == "tick" {
+				active++
+			}
+		}
+		maxActive = max(maxActive, active)
+		time.Sleep(200 * time.Millisecond)
+	}
+	if maxActive > 1 {
+		t.Errorf("%d runs of the cron job ran at once", maxActive)
+	}
+	out, _ = n.zlctl(t, "job", "runs", "jobs/tick")
+	if strings.Count(out, "succeeded") < 2 {
+		t.Errorf("the cron job should have succeeded at least twice in 12s:\n%s", out)
+	}
+	events, _ := n.zlctl(t, "events", "jobs", "--limit", "500")
+	if !strings.Contains(events, "cron-skipped") || !strings.Contains(events, "previous run is still running") {
+		t.Errorf("no skipped run recorded:\n%s", events)
+	}
+	if out, code := n.zlctl(t, "delete", "jobs"); code != 0 {
+		t.Fatalf("delete: %s", out)
+	}
+	eventually(t, 60*time.Second, "nothing left on the agent", func() bool {
+		out, code := run(t, "grpcurl", "-plaintext", "unix://"+n.runDir+"/agent.sock", "zlayer.agent.v1.AgentService/ListReplicas")
+		return code == 0 && !strings.Contains(out, "jobs-")
+	})
+}

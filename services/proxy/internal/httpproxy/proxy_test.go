@@ -669,3 +669,36 @@ func TestJobEndpointAnswersWithOutputAndExitCode(t *testing.T) {
 		t.Fatalf("fail: %d exit %q body %q", code, hdr.Get(ExitCodeHeader), body)
 	}
 }
+
+// TestReplicaClosingIdleConnections: a replica that drops keep-alive
+// connections between requests (here after 1ms idle, or by answering
+// "Connection: close") costs no request.
+func TestReplicaClosingIdleConnections(t *testing.T) {
+	h := newHarness(t, nil)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n atomic.Int64
+	srv := &http.Server{IdleTimeout: time.Millisecond, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if n.Add(1)%3 == 0 {
+			w.Header().Set("Connection", "close")
+		}
+		fmt.Fprint(w, "ok")
+	})}
+	go srv.Serve(ln) //nolint:errcheck // ends with Close
+	defer srv.Close()
+	r := route("web", "", "/")
+	r.Backends = []routes.Backend{{ReplicaID: "r", Addr: ln.Addr().String(), Healthy: true, Ready: true}}
+	h.set(t, r)
+	for i := range 100 {
+		method := "GET"
+		if i%4 == 0 {
+			method = "HEAD"
+		}
+		code, body, _ := get(t, h.client, method, "http://"+h.plain+"/", "", nil)
+		if code != 200 || (method == "GET" && body != "ok") {
+			t.Fatalf("request %d (%s): %d %q", i, method, code, body)
+		}
+	}
+}

@@ -117,14 +117,16 @@ func (r *Route) Normalize() {
 
 // Validate returns every problem with rs, joined and wrapped in
 // errkind.Invalid; nil when the table can be served. rs must be normalized.
+// Routes that collide with others (same host and path, same public port)
+// are not errors: a valid deployment must never make the proxy refuse a
+// whole table. The table serves the first of them and lists the others as
+// shadowed.
 func Validate(rs []Route) error {
 	var errs []error
 	bad := func(i int, format string, args ...any) {
 		errs = append(errs, fmt.Errorf("routes[%d] (%s): %s", i, rs[i].Key, fmt.Sprintf(format, args...)))
 	}
 	keys := map[Key]int{}
-	hostPath := map[string]int{}
-	ports := map[string]int{}
 	for i, r := range rs {
 		if r.Deployment == "" || r.Service == "" || r.Endpoint == "" {
 			bad(i, "deployment, service and endpoint must all be set")
@@ -141,32 +143,15 @@ func Validate(rs []Route) error {
 			if strings.ContainsAny(r.Host, "/: ") {
 				bad(i, "host %q is not a hostname", r.Host)
 			}
-			if r.Public {
-				hp := r.Host + " " + r.Path
-				if j, ok := hostPath[hp]; ok {
-					bad(i, "host %q and path %q already routed by routes[%d]", r.Host, r.Path, j)
-				}
-				hostPath[hp] = i
-			}
 		case r.Protocol == TCP || r.Protocol == UDP:
-			if r.Public {
-				if r.PublicPort == 0 {
-					bad(i, "public %s endpoint needs a public_port", r.Protocol)
-				}
-				pp := fmt.Sprintf("%s/%d", r.Protocol, r.PublicPort)
-				if j, ok := ports[pp]; ok {
-					bad(i, "public port %s already used by routes[%d]", pp, j)
-				}
-				ports[pp] = i
+			if r.Public && r.PublicPort == 0 {
+				bad(i, "public %s endpoint needs a public_port", r.Protocol)
 			}
 		default:
 			bad(i, "protocol is not set")
 		}
 		if r.Kind != Service && r.Kind != Job && r.Kind != Cron {
 			bad(i, "rtype is not set")
-		}
-		if r.Kind != Service && !r.Protocol.IsHTTP() {
-			bad(i, "%s endpoints of a %s are not served (only http, https, websocket trigger runs)", r.Protocol, r.Kind)
 		}
 		seen := map[string]bool{}
 		for j, b := range r.Backends {

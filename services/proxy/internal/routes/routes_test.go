@@ -2,6 +2,7 @@ package routes
 
 import (
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -28,23 +29,20 @@ func TestValidate(t *testing.T) {
 		wantErr []string // substrings; nil = valid
 	}{
 		{name: "valid", rs: []Route{httpRoute("a", "", "/"), httpRoute("b", "x.test", "/api"), tcp("db", 5432)}},
-		{name: "same host and path", rs: []Route{httpRoute("a", "x.test", "/"), httpRoute("b", "x.test", "/")},
-			wantErr: []string{`routes[1] (app/b/http): host "x.test" and path "/" already routed by routes[0]`}},
-		{name: "same public port", rs: []Route{tcp("a", 5432), tcp("b", 5432)},
-			wantErr: []string{"public port tcp/5432 already used by routes[0]"}},
+		{name: "collisions are not errors", rs: []Route{httpRoute("a", "x.test", "/"), httpRoute("b", "x.test", "/"), tcp("a", 5432), tcp("b", 5432)}},
+		{name: "same endpoint twice", rs: []Route{httpRoute("a", "", "/"), httpRoute("a", "", "/x")},
+			wantErr: []string{"routes[1] (app/a/http): same endpoint as routes[0]"}},
 		{name: "tcp and udp may share a port", rs: []Route{tcp("a", 53), {Key: Key{"app", "a", "udp"}, Protocol: UDP, PublicPort: 53, Public: true}}},
 		{name: "everything at once", rs: []Route{
 			{Key: Key{"app", "a", "x"}, Path: "/"},
 			{Key: Key{"app", "b", "http"}, Protocol: HTTP, Path: "api"},
 			tcp("c", 0),
 			{Key: Key{"app", "d", "http"}, Protocol: HTTP, Path: "/", Backends: []Backend{{ReplicaID: "d1", Addr: "nowhere"}}},
-			{Key: Key{"app", "e", "tcp"}, Protocol: TCP, PublicPort: 1, Public: true, Kind: Job},
 		}, wantErr: []string{
 			"routes[0] (app/a/x): protocol is not set",
 			`routes[1] (app/b/http): path "api" must start with /`,
 			"routes[2] (app/c/tcp): public tcp endpoint needs a public_port",
 			`routes[3] (app/d/http): backends[0]: address "nowhere" is not ip:port`,
-			"routes[4] (app/e/tcp): tcp endpoints of a job are not served",
 		}},
 	}
 	for _, tt := range tests {
@@ -145,15 +143,12 @@ func TestStoreGenerationsAndRefusal(t *testing.T) {
 	if s.Load().Entries[0].Pool != pool {
 		t.Error("pool not kept across updates")
 	}
-	if _, err := s.Set(4, nil); !errors.Is(err, errkind.Precondition) {
-		t.Fatalf("older generation: %v", err)
-	}
-	if _, err := s.Set(6, []Route{httpRoute("a", "", "x")}); !errors.Is(err, errkind.Invalid) {
+	if _, err := s.Set(4, []Route{httpRoute("a", "", "x")}); !errors.Is(err, errkind.Invalid) {
 		t.Fatalf("invalid table: %v", err)
 	}
 	ref := &refuser{}
 	s.AddApplier(ref)
-	if _, err := s.Set(7, []Route{httpRoute("b", "", "/")}); !errors.Is(err, errkind.Unavailable) {
+	if _, err := s.Set(6, []Route{httpRoute("b", "", "/")}); !errors.Is(err, errkind.Unavailable) {
 		t.Fatalf("refused table: %v", err)
 	}
 	if tb := s.Load(); tb.Generation != 5 || tb.Entries[0].Service != "a" {
@@ -161,5 +156,50 @@ func TestStoreGenerationsAndRefusal(t *testing.T) {
 	}
 	if rec.committed != 2 || rec.aborted != 1 || ref.committed != 0 {
 		t.Fatalf("recorder %+v refuser %+v", rec, ref)
+	}
+}
+
+func TestCollidingRoutesAreShadowedNotRefused(t *testing.T) {
+	s := newStore()
+	other := httpRoute("web", "", "/")
+	other.Deployment = "blog"
+	tcp := func(dep string) Route {
+		return Route{Key: Key{dep, "db", "pg"}, Protocol: TCP, PublicPort: 5432, Public: true}
+	}
+	job := Route{Key: Key{"app", "cron", "tcp"}, Protocol: TCP, PublicPort: 9, Public: true, Kind: Job}
+	tb, err := s.Set(1, []Route{httpRoute("web", "", "/"), other, tcp("app"), tcp("blog"), job})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e := tb.MatchHTTP("x", "/"); e == nil || e.Deployment != "app" {
+		t.Fatalf("/ served by %v, want app (first in key order)", e)
+	}
+	if e := tb.TCP(5432); e == nil || e.Deployment != "app" {
+		t.Fatalf("5432 served by %v", e)
+	}
+	if tb.TCP(9) != nil {
+		t.Fatal("a job's tcp endpoint is served")
+	}
+	want := []string{
+		`blog/db/pg: public port tcp/5432 is taken by app/db/pg`,
+		`blog/web/http: host "" path "/" is taken by app/web/http`,
+		`app/cron/tcp: tcp endpoints of a job are not served (http, https and websocket ones start runs)`,
+	}
+	for _, w := range want {
+		if !slices.Contains(tb.Shadowed, w) {
+			t.Errorf("shadowed %q lacks %q", tb.Shadowed, w)
+		}
+	}
+}
+
+func TestLowerGenerationApplies(t *testing.T) {
+	s := newStore()
+	if _, err := s.Set(500, []Route{httpRoute("a", "", "/")}); err != nil {
+		t.Fatal(err)
+	}
+	// A restarted scheduler counts from 1 again.
+	tb, err := s.Set(1, []Route{httpRoute("b", "", "/")})
+	if err != nil || tb.Generation != 1 || s.Load().Entries[0].Service != "b" {
+		t.Fatalf("lower generation: %v %v", tb, err)
 	}
 }

@@ -8,7 +8,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"zlayer.dev/libs/errkind"
 	"zlayer.dev/services/proxy/internal/balance"
 	"zlayer.dev/services/proxy/internal/metrics"
 )
@@ -25,6 +24,9 @@ type Entry struct {
 type Table struct {
 	Generation uint64
 	Entries    []*Entry // every route, sorted by key
+	// Shadowed explains each public route not served because an earlier
+	// one (in key order) takes its host and path or its public port.
+	Shadowed []string
 
 	hosts   map[string][]*Entry // public HTTP routes with a host, longest path first
 	anyHost []*Entry            // public HTTP routes without a host, longest path first
@@ -34,21 +36,39 @@ type Table struct {
 
 func compile(gen uint64, entries []*Entry) *Table {
 	t := &Table{Generation: gen, Entries: entries, hosts: map[string][]*Entry{}, tcp: map[uint16]*Entry{}, udp: map[uint16]*Entry{}}
-	for _, e := range entries {
+	hostPath := map[string]*Entry{}
+	shadow := func(e, by *Entry, what string) {
+		t.Shadowed = append(t.Shadowed, fmt.Sprintf("%s: %s is taken by %s", e.Key, what, by.Key))
+	}
+	for _, e := range entries { // in key order: the first route of a collision wins
 		if !e.Public {
 			continue
 		}
 		switch {
 		case e.Protocol.IsHTTP():
+			hp := e.Host + " " + e.Path
+			if by := hostPath[hp]; by != nil {
+				shadow(e, by, fmt.Sprintf("host %q path %q", e.Host, e.Path))
+				continue
+			}
+			hostPath[hp] = e
 			if e.Host == "" {
 				t.anyHost = append(t.anyHost, e)
 			} else {
 				t.hosts[e.Host] = append(t.hosts[e.Host], e)
 			}
-		case e.Protocol == TCP:
-			t.tcp[e.PublicPort] = e
-		case e.Protocol == UDP:
-			t.udp[e.PublicPort] = e
+		case e.Kind != Service:
+			t.Shadowed = append(t.Shadowed, fmt.Sprintf("%s: %s endpoints of a %s are not served (http, https and websocket ones start runs)", e.Key, e.Protocol, e.Kind))
+		case e.Protocol == TCP || e.Protocol == UDP:
+			m := t.tcp
+			if e.Protocol == UDP {
+				m = t.udp
+			}
+			if by := m[e.PublicPort]; by != nil {
+				shadow(e, by, fmt.Sprintf("public port %s/%d", e.Protocol, e.PublicPort))
+				continue
+			}
+			m[e.PublicPort] = e
 		}
 	}
 	byPath := func(a, b *Entry) int { return len(b.Path) - len(a.Path) }
@@ -162,18 +182,15 @@ func (s *Store) AddApplier(a Applier) {
 // Load returns the table in force. It never blocks.
 func (s *Store) Load() *Table { return s.cur.Load() }
 
-// Set replaces the whole table with rs at generation gen. It refuses a
-// generation lower than the one in force (errkind.Precondition), an invalid
-// table (errkind.Invalid), and a table an applier cannot serve; a refused
-// table leaves the one in force untouched. Setting the same table twice is
-// harmless.
+// Set replaces the whole table with rs, recorded as generation gen. Tables
+// apply in the order Set is called, whatever their generation: the one
+// pusher (the local scheduler) sends one at a time and counts again from 1
+// when it restarts. Set refuses an invalid table (errkind.Invalid) and a
+// table an applier cannot serve; a refused table leaves the one in force
+// untouched. Setting the same table twice is harmless.
 func (s *Store) Set(gen uint64, rs []Route) (*Table, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	old := s.cur.Load()
-	if gen < old.Generation {
-		return nil, fmt.Errorf("route table generation %d is older than %d in force: %w", gen, old.Generation, errkind.Precondition)
-	}
 	rs = slices.Clone(rs)
 	for i := range rs {
 		rs[i].Backends = slices.Clone(rs[i].Backends)

@@ -58,8 +58,9 @@ func (s *Server) SetRoutes(_ context.Context, req *proxyv1.SetRoutesRequest) (*p
 	if err != nil {
 		return nil, err
 	}
-	s.log.Info("routes set", zap.Uint64("generation", t.Generation), zap.Int("routes", len(t.Entries)))
-	return &proxyv1.SetRoutesResponse{Generation: t.Generation}, nil
+	s.log.Info("routes set", zap.Uint64("generation", t.Generation), zap.Int("routes", len(t.Entries)),
+		zap.Strings("shadowed", t.Shadowed))
+	return &proxyv1.SetRoutesResponse{Generation: t.Generation, Shadowed: t.Shadowed}, nil
 }
 
 // ListRoutes returns the table in force with live backend state.

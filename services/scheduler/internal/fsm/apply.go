@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	schedulerv1 "zlayer.dev/libs/api/zlayer/scheduler/v1"
 	"zlayer.dev/libs/errkind"
@@ -71,6 +72,8 @@ func (t *txn) apply(cmd *schedulerv1.Command) Result {
 		return t.setNodeState(c.SetNodeState)
 	case *schedulerv1.Command_Plan:
 		return t.plan(c.Plan)
+	case *schedulerv1.Command_RunJob:
+		return t.runJob(c.RunJob)
 	default:
 		return Result{Err: fmt.Errorf("unknown command %T: %w", c, errkind.Invalid)}
 	}
@@ -335,6 +338,8 @@ func (t *txn) updateReplica(r *schedulerv1.Replica, s *schedulerv1.ReplicaStatus
 			t.replicaEvent(r, "started", "replica running at %s", orNone(r.Ip))
 		case schedulerv1.ReplicaPhase_REPLICA_PHASE_FAILED:
 			t.replicaEvent(r, "failed", "replica failed (exit code %d): %s", r.ExitCode, r.Reason)
+		case schedulerv1.ReplicaPhase_REPLICA_PHASE_SUCCEEDED:
+			t.replicaEvent(r, "succeeded", "run %d succeeded", r.Index)
 		case schedulerv1.ReplicaPhase_REPLICA_PHASE_STOPPED:
 			t.replicaEvent(r, "stopped", "replica stopped")
 		case schedulerv1.ReplicaPhase_REPLICA_PHASE_STARTING:
@@ -412,10 +417,35 @@ func (t *txn) stopReplica(r *schedulerv1.Replica, reason string) {
 }
 
 func (t *txn) plan(c *schedulerv1.PlanCommand) Result {
+	for _, tick := range c.Cron {
+		d := t.f.deployments[tick.Deployment]
+		if d == nil || d.Deleting {
+			continue
+		}
+		if last := d.CronLast[tick.Service]; last != nil && !tick.ScheduledAt.AsTime().After(last.AsTime()) {
+			continue // already recorded: a stale plan
+		}
+		if d.CronLast == nil {
+			d.CronLast = map[string]*timestamppb.Timestamp{}
+		}
+		d.CronLast[tick.Service] = tick.ScheduledAt
+		t.touchDeployment(d.Name)
+		if tick.RunId == "" {
+			t.event(&schedulerv1.Event{Deployment: d.Name, Service: tick.Service, Kind: "cron-skipped",
+				Message: fmt.Sprintf("run due at %s skipped: %s", tick.ScheduledAt.AsTime().UTC().Format(time.RFC3339), tick.Reason)})
+		}
+	}
 	for _, in := range c.Create {
 		d := t.f.deployments[in.Deployment]
-		if t.f.replicas[in.Id] != nil || d == nil || d.Deleting || t.slotTaken(in) {
+		if t.f.replicas[in.Id] != nil || d == nil || d.Deleting || (!in.Run && t.slotTaken(in)) {
 			continue
+		}
+		if in.Run {
+			if last := d.CronLast[in.Service]; last == nil {
+				continue // a cron run comes with its tick
+			}
+			in = proto.CloneOf(in)
+			in.Index = t.nextRun(in.Deployment, in.Service)
 		}
 		r := proto.CloneOf(in)
 		r.CreatedAt, r.ChangedAt = ts(t.now), ts(t.now)
@@ -429,6 +459,9 @@ func (t *txn) plan(c *schedulerv1.PlanCommand) Result {
 		}
 		t.f.replicas[r.Id] = r
 		t.touchReplica(r.Id)
+		if r.Run {
+			t.replicaEvent(r, "run", "run %d started by %s", r.Index, r.Trigger)
+		}
 		if r.Node != "" {
 			t.replicaEvent(r, "placed", "replica %d of version %d placed on %s", r.Index, r.Version, r.Node)
 		} else {
@@ -500,6 +533,41 @@ func (t *txn) slotTaken(in *schedulerv1.Replica) bool {
 		}
 	}
 	return false
+}
+
+func (t *txn) runJob(c *schedulerv1.RunJobCommand) Result {
+	d := t.f.deployments[c.Deployment]
+	if d == nil || d.Deleting {
+		return Result{Err: fmt.Errorf("deployment %q: %w", c.Deployment, errkind.NotFound)}
+	}
+	hash, ok := version(d, d.Current).GetServiceHashes()[c.Service]
+	if !ok {
+		return Result{Err: fmt.Errorf("service %q of deployment %q: %w", c.Service, c.Deployment, errkind.NotFound)}
+	}
+	if t.f.replicas[c.ReplicaId] != nil {
+		return Result{} // a retried proposal
+	}
+	r := &schedulerv1.Replica{
+		Id: c.ReplicaId, Deployment: d.Name, Service: c.Service, Index: t.nextRun(d.Name, c.Service),
+		Version: d.Current, SpecHash: hash, Run: true, Trigger: c.Trigger,
+		Phase: schedulerv1.ReplicaPhase_REPLICA_PHASE_PENDING, Reason: "waiting for a node",
+		CreatedAt: ts(t.now), ChangedAt: ts(t.now),
+	}
+	t.f.replicas[r.Id] = r
+	t.touchReplica(r.Id)
+	t.replicaEvent(r, "run", "run %d started by %s", r.Index, c.Trigger)
+	return Result{}
+}
+
+// nextRun numbers a job's runs from 1.
+func (t *txn) nextRun(deployment, service string) uint32 {
+	var n uint32
+	for _, r := range t.f.replicas {
+		if r.Run && r.Deployment == deployment && r.Service == service {
+			n = max(n, r.Index)
+		}
+	}
+	return n + 1
 }
 
 // Forgettable reports whether r may be removed from the state: it is gone

@@ -191,14 +191,23 @@ func (r *Runner) sync(ctx context.Context) {
 			r.setOverride(id, nil)
 			continue
 		}
-		if rep.Held != "" {
-			continue // kept as it is by its on_panic policy
+		if rep.Held != "" || rep.Phase == schedulerv1.ReplicaPhase_REPLICA_PHASE_SUCCEEDED ||
+			(rep.Run && rep.Phase == schedulerv1.ReplicaPhase_REPLICA_PHASE_FAILED) {
+			continue // kept as it is: by its on_panic policy, or a finished run
 		}
 		parsed, svc, ok := r.serviceOf(st, rep)
 		if !ok {
 			continue
 		}
 		switch {
+		case onAgent && s.Phase == schedulerv1.ReplicaPhase_REPLICA_PHASE_FAILED && rep.Run:
+			// A run ended: exit code 0 is success. Runs are not restarted;
+			// their containers stay (with their logs) until pruned.
+			out := proto.CloneOf(s)
+			if s.ExitCode == 0 {
+				out.Phase, out.Reason = schedulerv1.ReplicaPhase_REPLICA_PHASE_SUCCEEDED, ""
+			}
+			r.setOverride(id, out)
 		case onAgent && s.Phase == schedulerv1.ReplicaPhase_REPLICA_PHASE_FAILED:
 			// The process died: the service's on_panic policy decides.
 			out, removeNow := r.onPanic(rep, svc.Spec, s, now)

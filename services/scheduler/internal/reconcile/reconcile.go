@@ -33,6 +33,9 @@ type Service struct {
 	Hash   string
 	RType  string // service, job or cron
 	Demand placement.Demand
+	// Next returns a cron service's first scheduled time after a time;
+	// nil for other services.
+	Next func(after time.Time) time.Time
 }
 
 // Specs returns the services of version v of deployment d.
@@ -50,6 +53,9 @@ type Config struct {
 	// replica that always fails is not replaced in a hot loop).
 	ReplaceFailedAfter time.Duration
 }
+
+// MaxRuns is how many finished runs of a job or cron job are kept.
+const MaxRuns = 10
 
 // MaxIsolated is how many replicas isolated by on_panic: isolate are kept
 // per service; older ones are removed.
@@ -117,7 +123,7 @@ func (p *planner) run() []*schedulerv1.Command {
 	}
 	p.placePending()
 	pl := p.plan
-	if len(pl.Create)+len(pl.Place)+len(pl.Stop)+len(pl.Forget)+len(pl.Outcomes)+len(pl.Pending) > 0 {
+	if len(pl.Create)+len(pl.Place)+len(pl.Stop)+len(pl.Forget)+len(pl.Outcomes)+len(pl.Pending)+len(pl.Cron) > 0 {
 		p.command(&schedulerv1.Command{Kind: &schedulerv1.Command_Plan{Plan: pl}})
 	}
 	return p.cmds
@@ -203,6 +209,7 @@ func (p *planner) deployment(d *schedulerv1.Deployment) {
 		if !p.service(d, svcs[name], replicas) {
 			complete = false
 		}
+		p.runs(d, svcs[name], replicas)
 	}
 	if cur.Outcome == inFlight && complete {
 		p.plan.Outcomes = append(p.plan.Outcomes, &schedulerv1.RolloutResult{
@@ -215,7 +222,7 @@ func (p *planner) deployment(d *schedulerv1.Deployment) {
 func (p *planner) rolloutFailure(d *schedulerv1.Deployment, replicas []*schedulerv1.Replica, svcs map[string]Service) string {
 	for _, r := range replicas {
 		svc, ok := svcs[r.Service]
-		if !ok || r.Version != d.Current || r.SpecHash != svc.Hash || r.DesiredStop {
+		if !ok || r.Version != d.Current || r.SpecHash != svc.Hash || r.DesiredStop || r.Run {
 			continue
 		}
 		if r.Phase == failed {
@@ -272,7 +279,7 @@ func (p *planner) service(d *schedulerv1.Deployment, svc Service, all []*schedul
 		}
 	}()
 	for _, r := range all {
-		if r.Service != svc.Name {
+		if r.Service != svc.Name || r.Run {
 			continue
 		}
 		if r.Phase == failed && !r.DesiredStop && r.Held == "isolate" {
@@ -364,6 +371,65 @@ func (p *planner) service(d *schedulerv1.Deployment, svc Service, all []*schedul
 		}
 	}
 	return done
+}
+
+// runs keeps the newest MaxRuns finished runs of a job or cron job, and
+// starts a cron job's run when its schedule comes.
+func (p *planner) runs(d *schedulerv1.Deployment, svc Service, all []*schedulerv1.Replica) {
+	var finished []*schedulerv1.Replica
+	active := false
+	for _, r := range all {
+		if !r.Run || r.Service != svc.Name || r.DesiredStop {
+			continue
+		}
+		switch r.Phase {
+		case schedulerv1.ReplicaPhase_REPLICA_PHASE_SUCCEEDED, failed:
+			finished = append(finished, r)
+		case stopped, lost:
+		default:
+			active = true
+		}
+	}
+	slices.SortFunc(finished, func(a, b *schedulerv1.Replica) int { return int(b.Index) - int(a.Index) })
+	for _, r := range finished[min(len(finished), MaxRuns):] {
+		p.stop(r, fmt.Sprintf("only the last %d runs are kept", MaxRuns))
+	}
+	if svc.Next == nil {
+		return
+	}
+	last := fsm.Version(d, d.Current).GetCreatedAt().AsTime()
+	if t, ok := d.CronLast[svc.Name]; ok {
+		last = t.AsTime()
+	}
+	due := svc.Next(last)
+	if due.IsZero() || due.After(p.now) {
+		return
+	}
+	// The newest scheduled time that has come: earlier ones missed while no
+	// leader ran the schedule are not run (at most one run, late).
+	for range 10000 {
+		n := svc.Next(due)
+		if n.IsZero() || n.After(p.now) {
+			break
+		}
+		due = n
+	}
+	tick := &schedulerv1.CronTick{Deployment: d.Name, Service: svc.Name, ScheduledAt: timestamppb.New(due)}
+	switch interval := svc.Next(due).Sub(due); {
+	case active:
+		tick.Reason = "the previous run is still running"
+	case interval > 0 && p.now.Sub(due) > interval:
+		tick.Reason = fmt.Sprintf("missed by %s, more than the schedule's interval (%s)", p.now.Sub(due).Truncate(time.Second), interval)
+	default:
+		r := &schedulerv1.Replica{
+			Id: fmt.Sprintf("%s-%s-run-%s", d.Name, svc.Name, randomSuffix()), Deployment: d.Name, Service: svc.Name,
+			Version: d.Current, SpecHash: svc.Hash, Run: true, Trigger: "cron",
+		}
+		r.Node, r.Reason = p.nodes.Place(d.Name+"/"+svc.Name, svc.Demand)
+		tick.RunId = r.Id
+		p.plan.Create = append(p.plan.Create, r)
+	}
+	p.plan.Cron = append(p.plan.Cron, tick)
 }
 
 func (p *planner) stop(r *schedulerv1.Replica, reason string) {

@@ -6,6 +6,8 @@ package server
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"maps"
@@ -433,4 +435,75 @@ func (s *Server) FindReplica(ctx context.Context, req *schedulerv1.FindReplicaRe
 		return nil, fmt.Errorf("no replica of %s runs on any node: %w", target, errkind.NotFound)
 	}
 	return &schedulerv1.FindReplicaResponse{Replica: best}, nil
+}
+
+// RunJob starts a run of a job or cron job and returns it once placed (or
+// after a few seconds, still pending with the reason).
+func (s *Server) RunJob(ctx context.Context, req *schedulerv1.RunJobRequest) (*schedulerv1.RunJobResponse, error) {
+	if err := s.raft.LinearizableRead(ctx); err != nil {
+		return nil, err
+	}
+	st := s.state.Copy()
+	d := st.Deployments[req.GetDeployment()]
+	if d == nil || d.Deleting {
+		return nil, fmt.Errorf("deployment %q: %w", req.GetDeployment(), errkind.NotFound)
+	}
+	v := fsm.Version(d, d.Current)
+	parsed, err := s.specs.Get(v.GetFileName(), v.GetSpecYaml())
+	if err != nil {
+		return nil, fmt.Errorf("deployment %q: stored file does not parse: %v: %w", d.Name, err, errkind.Precondition)
+	}
+	svc, ok := parsed.Services[req.GetService()]
+	if !ok {
+		return nil, fmt.Errorf("service %q of deployment %q: %w (services: %s)", req.GetService(), d.Name, errkind.NotFound, strings.Join(parsed.ServiceNames(), ", "))
+	}
+	if svc.RType == string(spec.RTypeService) {
+		return nil, fmt.Errorf("%s/%s is a long-running service, not a job: %w", d.Name, svc.Name, errkind.Invalid)
+	}
+	id := fmt.Sprintf("%s-%s-run-%s", d.Name, svc.Name, randomSuffix())
+	if _, err := s.propose(ctx, &schedulerv1.Command{Kind: &schedulerv1.Command_RunJob{RunJob: &schedulerv1.RunJobCommand{
+		Deployment: d.Name, Service: svc.Name, ReplicaId: id, Trigger: "zlctl",
+	}}}); err != nil {
+		return nil, err
+	}
+	deadline := time.After(5 * time.Second)
+	for {
+		changed := s.state.Changed()
+		r := s.state.Copy().Replicas[id]
+		if r != nil && (r.Node != "" || r.Phase != schedulerv1.ReplicaPhase_REPLICA_PHASE_PENDING) {
+			return &schedulerv1.RunJobResponse{Run: r}, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-deadline:
+			return &schedulerv1.RunJobResponse{Run: r}, nil
+		case <-changed:
+		}
+	}
+}
+
+// ListJobRuns lists a job's kept runs, newest first.
+func (s *Server) ListJobRuns(ctx context.Context, req *schedulerv1.ListJobRunsRequest) (*schedulerv1.ListJobRunsResponse, error) {
+	if err := s.raft.LinearizableRead(ctx); err != nil {
+		return nil, err
+	}
+	st := s.state.Copy()
+	if st.Deployments[req.GetDeployment()] == nil {
+		return nil, fmt.Errorf("deployment %q: %w", req.GetDeployment(), errkind.NotFound)
+	}
+	resp := &schedulerv1.ListJobRunsResponse{}
+	for _, r := range st.ReplicasOf(req.GetDeployment()) {
+		if r.Run && r.Service == req.GetService() {
+			resp.Runs = append(resp.Runs, r)
+		}
+	}
+	slices.Reverse(resp.Runs)
+	return resp, nil
+}
+
+func randomSuffix() string {
+	var b [3]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
 }

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"time"
 
 	"zlayer.dev/libs/spec"
 	"zlayer.dev/services/scheduler/internal/placement"
@@ -51,6 +52,10 @@ func Parse(fileName string, data []byte) (*Deployment, error) {
 			},
 			Spec:  s,
 			Image: s.Image.Name,
+		}
+		if s.RType == spec.RTypeCron && !s.Schedule.IsZero() {
+			cron := s.Schedule
+			svc.Next = func(after time.Time) time.Time { return cron.Next(after, time.UTC) }
 		}
 		for _, e := range s.Endpoints {
 			svc.Endpoints = append(svc.Endpoints, fmt.Sprintf("%s %s %d %s", e.Name, e.Protocol, e.Port, e.Expose))

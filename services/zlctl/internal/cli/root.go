@@ -87,6 +87,7 @@ func newRootCmd(getenv func(string) string) *cobra.Command {
 		newLogsCmd(g),
 		newExecCmd(g),
 		newClusterCmd(g),
+		newJobCmd(g),
 	)
 	return root
 }

@@ -502,7 +502,8 @@ func (x *Backend) GetReady() bool {
 // SetRoutesRequest is this node's full route table.
 type SetRoutesRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// generation orders pushes; the scheduler increases it with every change.
+	// generation identifies the push (the scheduler increases it with every
+	// change); it is echoed back and shown by ListRoutes.
 	Generation uint64 `protobuf:"varint,1,opt,name=generation,proto3" json:"generation,omitempty"`
 	// routes are every route of this node; anything absent is removed.
 	Routes        []*Route `protobuf:"bytes,2,rep,name=routes,proto3" json:"routes,omitempty"`
@@ -558,7 +559,11 @@ func (x *SetRoutesRequest) GetRoutes() []*Route {
 type SetRoutesResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// generation is the generation now in force.
-	Generation    uint64 `protobuf:"varint,1,opt,name=generation,proto3" json:"generation,omitempty"`
+	Generation uint64 `protobuf:"varint,1,opt,name=generation,proto3" json:"generation,omitempty"`
+	// shadowed explains each public route accepted but not served, as
+	// "deployment/service/endpoint: reason" (another route takes its host and
+	// path or its public port; a tcp/udp endpoint of a job).
+	Shadowed      []string `protobuf:"bytes,2,rep,name=shadowed,proto3" json:"shadowed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -598,6 +603,13 @@ func (x *SetRoutesResponse) GetGeneration() uint64 {
 		return x.Generation
 	}
 	return 0
+}
+
+func (x *SetRoutesResponse) GetShadowed() []string {
+	if x != nil {
+		return x.Shadowed
+	}
+	return nil
 }
 
 // ListRoutesRequest is empty: the whole table is returned.
@@ -1179,11 +1191,12 @@ const file_zlayer_proxy_v1_proxy_proto_rawDesc = "" +
 	"\n" +
 	"generation\x18\x01 \x01(\x04R\n" +
 	"generation\x12.\n" +
-	"\x06routes\x18\x02 \x03(\v2\x16.zlayer.proxy.v1.RouteR\x06routes\"3\n" +
+	"\x06routes\x18\x02 \x03(\v2\x16.zlayer.proxy.v1.RouteR\x06routes\"O\n" +
 	"\x11SetRoutesResponse\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x01 \x01(\x04R\n" +
-	"generation\"\x13\n" +
+	"generation\x12\x1a\n" +
+	"\bshadowed\x18\x02 \x03(\tR\bshadowed\"\x13\n" +
 	"\x11ListRoutesRequest\"i\n" +
 	"\x12ListRoutesResponse\x12\x1e\n" +
 	"\n" +

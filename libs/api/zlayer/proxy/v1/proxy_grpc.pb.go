@@ -39,12 +39,16 @@ type ProxyServiceClient interface {
 	// SetRoutes replaces this node's whole route table with the one given. It
 	// is idempotent: sending the same table twice changes nothing. The change
 	// applies at once, without restarting listeners that stay and without
-	// dropping in-flight requests or open connections. A table whose
-	// generation is lower than the one in force is refused with
-	// FAILED_PRECONDITION (a late push from an old scheduler term); an invalid
-	// table (unknown protocol, two routes on one public port or one host and
-	// path, a bad backend address) is refused whole with INVALID_ARGUMENT and
-	// the table in force stays.
+	// dropping in-flight requests or open connections. Tables apply in the
+	// order they arrive (the local scheduler sends one at a time); the
+	// generation is recorded and shown by ListRoutes, whatever its value, so a
+	// restarted scheduler counting again from 1 is not refused. An invalid
+	// table (unset protocol, a bad backend address) is refused whole with
+	// INVALID_ARGUMENT, and one whose new public port cannot be bound with
+	// UNAVAILABLE; the table in force then stays. Routes that collide (same
+	// host and path, same public port) are not errors: the first in
+	// deployment/service/endpoint order is served, the others are listed in
+	// the response as shadowed.
 	SetRoutes(ctx context.Context, in *SetRoutesRequest, opts ...grpc.CallOption) (*SetRoutesResponse, error)
 	// ListRoutes returns the table in force, with each backend's live load
 	// balancing state.
@@ -117,12 +121,16 @@ type ProxyServiceServer interface {
 	// SetRoutes replaces this node's whole route table with the one given. It
 	// is idempotent: sending the same table twice changes nothing. The change
 	// applies at once, without restarting listeners that stay and without
-	// dropping in-flight requests or open connections. A table whose
-	// generation is lower than the one in force is refused with
-	// FAILED_PRECONDITION (a late push from an old scheduler term); an invalid
-	// table (unknown protocol, two routes on one public port or one host and
-	// path, a bad backend address) is refused whole with INVALID_ARGUMENT and
-	// the table in force stays.
+	// dropping in-flight requests or open connections. Tables apply in the
+	// order they arrive (the local scheduler sends one at a time); the
+	// generation is recorded and shown by ListRoutes, whatever its value, so a
+	// restarted scheduler counting again from 1 is not refused. An invalid
+	// table (unset protocol, a bad backend address) is refused whole with
+	// INVALID_ARGUMENT, and one whose new public port cannot be bound with
+	// UNAVAILABLE; the table in force then stays. Routes that collide (same
+	// host and path, same public port) are not errors: the first in
+	// deployment/service/endpoint order is served, the others are listed in
+	// the response as shadowed.
 	SetRoutes(context.Context, *SetRoutesRequest) (*SetRoutesResponse, error)
 	// ListRoutes returns the table in force, with each backend's live load
 	// balancing state.

@@ -41,6 +41,7 @@ type Command struct {
 	//	*Command_Heartbeat
 	//	*Command_SetNodeState
 	//	*Command_Plan
+	//	*Command_RunJob
 	Kind          isCommand_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -162,6 +163,15 @@ func (x *Command) GetPlan() *PlanCommand {
 	return nil
 }
 
+func (x *Command) GetRunJob() *RunJobCommand {
+	if x != nil {
+		if x, ok := x.Kind.(*Command_RunJob); ok {
+			return x.RunJob
+		}
+	}
+	return nil
+}
+
 type isCommand_Kind interface {
 	isCommand_Kind()
 }
@@ -206,6 +216,11 @@ type Command_Plan struct {
 	Plan *PlanCommand `protobuf:"bytes,9,opt,name=plan,proto3,oneof"`
 }
 
+type Command_RunJob struct {
+	// run_job starts a run of a job or cron job.
+	RunJob *RunJobCommand `protobuf:"bytes,10,opt,name=run_job,json=runJob,proto3,oneof"`
+}
+
 func (*Command_PutDeployment) isCommand_Kind() {}
 
 func (*Command_DeleteDeployment) isCommand_Kind() {}
@@ -221,6 +236,8 @@ func (*Command_Heartbeat) isCommand_Kind() {}
 func (*Command_SetNodeState) isCommand_Kind() {}
 
 func (*Command_Plan) isCommand_Kind() {}
+
+func (*Command_RunJob) isCommand_Kind() {}
 
 // PutDeploymentCommand adds version (the next number) of a deployment.
 type PutDeploymentCommand struct {
@@ -772,6 +789,163 @@ func (x *SetNodeStateCommand) GetReason() string {
 	return ""
 }
 
+// RunJobCommand starts a run of a job (or, by hand, of a cron job): a
+// pending run replica, placed by the reconciler like any other.
+type RunJobCommand struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// deployment names the deployment.
+	Deployment string `protobuf:"bytes,1,opt,name=deployment,proto3" json:"deployment,omitempty"`
+	// service names the job or cron service.
+	Service string `protobuf:"bytes,2,opt,name=service,proto3" json:"service,omitempty"`
+	// replica_id is the run's id, chosen by the proposer.
+	ReplicaId string `protobuf:"bytes,3,opt,name=replica_id,json=replicaId,proto3" json:"replica_id,omitempty"`
+	// trigger says what started it: "zlctl", "cron" or "http".
+	Trigger       string `protobuf:"bytes,4,opt,name=trigger,proto3" json:"trigger,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RunJobCommand) Reset() {
+	*x = RunJobCommand{}
+	mi := &file_zlayer_scheduler_v1_command_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RunJobCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RunJobCommand) ProtoMessage() {}
+
+func (x *RunJobCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_scheduler_v1_command_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RunJobCommand.ProtoReflect.Descriptor instead.
+func (*RunJobCommand) Descriptor() ([]byte, []int) {
+	return file_zlayer_scheduler_v1_command_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *RunJobCommand) GetDeployment() string {
+	if x != nil {
+		return x.Deployment
+	}
+	return ""
+}
+
+func (x *RunJobCommand) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *RunJobCommand) GetReplicaId() string {
+	if x != nil {
+		return x.ReplicaId
+	}
+	return ""
+}
+
+func (x *RunJobCommand) GetTrigger() string {
+	if x != nil {
+		return x.Trigger
+	}
+	return ""
+}
+
+// CronTick records that a cron service's scheduled time came: its run was
+// started (run_id set) or skipped (reason set).
+type CronTick struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// deployment names the deployment.
+	Deployment string `protobuf:"bytes,1,opt,name=deployment,proto3" json:"deployment,omitempty"`
+	// service names the cron service.
+	Service string `protobuf:"bytes,2,opt,name=service,proto3" json:"service,omitempty"`
+	// scheduled_at is the schedule's time that came.
+	ScheduledAt *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=scheduled_at,json=scheduledAt,proto3" json:"scheduled_at,omitempty"`
+	// run_id is the run started for it; empty when skipped.
+	RunId string `protobuf:"bytes,4,opt,name=run_id,json=runId,proto3" json:"run_id,omitempty"`
+	// reason says why it was skipped.
+	Reason        string `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CronTick) Reset() {
+	*x = CronTick{}
+	mi := &file_zlayer_scheduler_v1_command_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CronTick) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CronTick) ProtoMessage() {}
+
+func (x *CronTick) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_scheduler_v1_command_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CronTick.ProtoReflect.Descriptor instead.
+func (*CronTick) Descriptor() ([]byte, []int) {
+	return file_zlayer_scheduler_v1_command_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *CronTick) GetDeployment() string {
+	if x != nil {
+		return x.Deployment
+	}
+	return ""
+}
+
+func (x *CronTick) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *CronTick) GetScheduledAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ScheduledAt
+	}
+	return nil
+}
+
+func (x *CronTick) GetRunId() string {
+	if x != nil {
+		return x.RunId
+	}
+	return ""
+}
+
+func (x *CronTick) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 // PlanCommand is one reconciliation step of the leader. The state machine
 // applies each part only if it still fits the state (a replica to create
 // must not exist yet; one to place must still be pending), so a stale plan
@@ -789,14 +963,16 @@ type PlanCommand struct {
 	// outcomes end rollouts.
 	Outcomes []*RolloutResult `protobuf:"bytes,5,rep,name=outcomes,proto3" json:"outcomes,omitempty"`
 	// pending updates the reason of replicas that still fit nowhere.
-	Pending       []*Placement `protobuf:"bytes,6,rep,name=pending,proto3" json:"pending,omitempty"`
+	Pending []*Placement `protobuf:"bytes,6,rep,name=pending,proto3" json:"pending,omitempty"`
+	// cron records cron schedules that came, with their runs (also in create) or skips.
+	Cron          []*CronTick `protobuf:"bytes,7,rep,name=cron,proto3" json:"cron,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *PlanCommand) Reset() {
 	*x = PlanCommand{}
-	mi := &file_zlayer_scheduler_v1_command_proto_msgTypes[9]
+	mi := &file_zlayer_scheduler_v1_command_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -808,7 +984,7 @@ func (x *PlanCommand) String() string {
 func (*PlanCommand) ProtoMessage() {}
 
 func (x *PlanCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_zlayer_scheduler_v1_command_proto_msgTypes[9]
+	mi := &file_zlayer_scheduler_v1_command_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -821,7 +997,7 @@ func (x *PlanCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlanCommand.ProtoReflect.Descriptor instead.
 func (*PlanCommand) Descriptor() ([]byte, []int) {
-	return file_zlayer_scheduler_v1_command_proto_rawDescGZIP(), []int{9}
+	return file_zlayer_scheduler_v1_command_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *PlanCommand) GetCreate() []*Replica {
@@ -866,6 +1042,13 @@ func (x *PlanCommand) GetPending() []*Placement {
 	return nil
 }
 
+func (x *PlanCommand) GetCron() []*CronTick {
+	if x != nil {
+		return x.Cron
+	}
+	return nil
+}
+
 // Placement puts a replica on a node, or says why it cannot.
 type Placement struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -881,7 +1064,7 @@ type Placement struct {
 
 func (x *Placement) Reset() {
 	*x = Placement{}
-	mi := &file_zlayer_scheduler_v1_command_proto_msgTypes[10]
+	mi := &file_zlayer_scheduler_v1_command_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -893,7 +1076,7 @@ func (x *Placement) String() string {
 func (*Placement) ProtoMessage() {}
 
 func (x *Placement) ProtoReflect() protoreflect.Message {
-	mi := &file_zlayer_scheduler_v1_command_proto_msgTypes[10]
+	mi := &file_zlayer_scheduler_v1_command_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -906,7 +1089,7 @@ func (x *Placement) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Placement.ProtoReflect.Descriptor instead.
 func (*Placement) Descriptor() ([]byte, []int) {
-	return file_zlayer_scheduler_v1_command_proto_rawDescGZIP(), []int{10}
+	return file_zlayer_scheduler_v1_command_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Placement) GetReplica() string {
@@ -943,7 +1126,7 @@ type StopReplica struct {
 
 func (x *StopReplica) Reset() {
 	*x = StopReplica{}
-	mi := &file_zlayer_scheduler_v1_command_proto_msgTypes[11]
+	mi := &file_zlayer_scheduler_v1_command_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -955,7 +1138,7 @@ func (x *StopReplica) String() string {
 func (*StopReplica) ProtoMessage() {}
 
 func (x *StopReplica) ProtoReflect() protoreflect.Message {
-	mi := &file_zlayer_scheduler_v1_command_proto_msgTypes[11]
+	mi := &file_zlayer_scheduler_v1_command_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -968,7 +1151,7 @@ func (x *StopReplica) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopReplica.ProtoReflect.Descriptor instead.
 func (*StopReplica) Descriptor() ([]byte, []int) {
-	return file_zlayer_scheduler_v1_command_proto_rawDescGZIP(), []int{11}
+	return file_zlayer_scheduler_v1_command_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *StopReplica) GetReplica() string {
@@ -1002,7 +1185,7 @@ type RolloutResult struct {
 
 func (x *RolloutResult) Reset() {
 	*x = RolloutResult{}
-	mi := &file_zlayer_scheduler_v1_command_proto_msgTypes[12]
+	mi := &file_zlayer_scheduler_v1_command_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1014,7 +1197,7 @@ func (x *RolloutResult) String() string {
 func (*RolloutResult) ProtoMessage() {}
 
 func (x *RolloutResult) ProtoReflect() protoreflect.Message {
-	mi := &file_zlayer_scheduler_v1_command_proto_msgTypes[12]
+	mi := &file_zlayer_scheduler_v1_command_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1027,7 +1210,7 @@ func (x *RolloutResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RolloutResult.ProtoReflect.Descriptor instead.
 func (*RolloutResult) Descriptor() ([]byte, []int) {
-	return file_zlayer_scheduler_v1_command_proto_rawDescGZIP(), []int{12}
+	return file_zlayer_scheduler_v1_command_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RolloutResult) GetDeployment() string {
@@ -1077,7 +1260,7 @@ type Snapshot struct {
 
 func (x *Snapshot) Reset() {
 	*x = Snapshot{}
-	mi := &file_zlayer_scheduler_v1_command_proto_msgTypes[13]
+	mi := &file_zlayer_scheduler_v1_command_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1089,7 +1272,7 @@ func (x *Snapshot) String() string {
 func (*Snapshot) ProtoMessage() {}
 
 func (x *Snapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_zlayer_scheduler_v1_command_proto_msgTypes[13]
+	mi := &file_zlayer_scheduler_v1_command_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1102,7 +1285,7 @@ func (x *Snapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Snapshot.ProtoReflect.Descriptor instead.
 func (*Snapshot) Descriptor() ([]byte, []int) {
-	return file_zlayer_scheduler_v1_command_proto_rawDescGZIP(), []int{13}
+	return file_zlayer_scheduler_v1_command_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Snapshot) GetAppliedIndex() uint64 {
@@ -1144,7 +1327,7 @@ var File_zlayer_scheduler_v1_command_proto protoreflect.FileDescriptor
 
 const file_zlayer_scheduler_v1_command_proto_rawDesc = "" +
 	"\n" +
-	"!zlayer/scheduler/v1/command.proto\x12\x13zlayer.scheduler.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fzlayer/scheduler/v1/state.proto\"\xa0\x05\n" +
+	"!zlayer/scheduler/v1/command.proto\x12\x13zlayer.scheduler.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fzlayer/scheduler/v1/state.proto\"\xdf\x05\n" +
 	"\aCommand\x12;\n" +
 	"\vproposed_at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"proposedAt\x12R\n" +
@@ -1155,7 +1338,9 @@ const file_zlayer_scheduler_v1_command_proto_rawDesc = "" +
 	"\rregister_node\x18\x06 \x01(\v2(.zlayer.scheduler.v1.RegisterNodeCommandH\x00R\fregisterNode\x12E\n" +
 	"\theartbeat\x18\a \x01(\v2%.zlayer.scheduler.v1.HeartbeatCommandH\x00R\theartbeat\x12P\n" +
 	"\x0eset_node_state\x18\b \x01(\v2(.zlayer.scheduler.v1.SetNodeStateCommandH\x00R\fsetNodeState\x126\n" +
-	"\x04plan\x18\t \x01(\v2 .zlayer.scheduler.v1.PlanCommandH\x00R\x04planB\x06\n" +
+	"\x04plan\x18\t \x01(\v2 .zlayer.scheduler.v1.PlanCommandH\x00R\x04plan\x12=\n" +
+	"\arun_job\x18\n" +
+	" \x01(\v2\".zlayer.scheduler.v1.RunJobCommandH\x00R\x06runJobB\x06\n" +
 	"\x04kind\"\xae\x03\n" +
 	"\x14PutDeploymentCommand\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1b\n" +
@@ -1203,14 +1388,31 @@ const file_zlayer_scheduler_v1_command_proto_rawDesc = "" +
 	"\x13SetNodeStateCommand\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x124\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x1e.zlayer.scheduler.v1.NodeStateR\x05state\x12\x16\n" +
-	"\x06reason\x18\x03 \x01(\tR\x06reason\"\xc1\x02\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"\x82\x01\n" +
+	"\rRunJobCommand\x12\x1e\n" +
+	"\n" +
+	"deployment\x18\x01 \x01(\tR\n" +
+	"deployment\x12\x18\n" +
+	"\aservice\x18\x02 \x01(\tR\aservice\x12\x1d\n" +
+	"\n" +
+	"replica_id\x18\x03 \x01(\tR\treplicaId\x12\x18\n" +
+	"\atrigger\x18\x04 \x01(\tR\atrigger\"\xb2\x01\n" +
+	"\bCronTick\x12\x1e\n" +
+	"\n" +
+	"deployment\x18\x01 \x01(\tR\n" +
+	"deployment\x12\x18\n" +
+	"\aservice\x18\x02 \x01(\tR\aservice\x12=\n" +
+	"\fscheduled_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\vscheduledAt\x12\x15\n" +
+	"\x06run_id\x18\x04 \x01(\tR\x05runId\x12\x16\n" +
+	"\x06reason\x18\x05 \x01(\tR\x06reason\"\xf4\x02\n" +
 	"\vPlanCommand\x124\n" +
 	"\x06create\x18\x01 \x03(\v2\x1c.zlayer.scheduler.v1.ReplicaR\x06create\x124\n" +
 	"\x05place\x18\x02 \x03(\v2\x1e.zlayer.scheduler.v1.PlacementR\x05place\x124\n" +
 	"\x04stop\x18\x03 \x03(\v2 .zlayer.scheduler.v1.StopReplicaR\x04stop\x12\x16\n" +
 	"\x06forget\x18\x04 \x03(\tR\x06forget\x12>\n" +
 	"\boutcomes\x18\x05 \x03(\v2\".zlayer.scheduler.v1.RolloutResultR\boutcomes\x128\n" +
-	"\apending\x18\x06 \x03(\v2\x1e.zlayer.scheduler.v1.PlacementR\apending\"Q\n" +
+	"\apending\x18\x06 \x03(\v2\x1e.zlayer.scheduler.v1.PlacementR\apending\x121\n" +
+	"\x04cron\x18\a \x03(\v2\x1d.zlayer.scheduler.v1.CronTickR\x04cron\"Q\n" +
 	"\tPlacement\x12\x18\n" +
 	"\areplica\x18\x01 \x01(\tR\areplica\x12\x12\n" +
 	"\x04node\x18\x02 \x01(\tR\x04node\x12\x16\n" +
@@ -1244,7 +1446,7 @@ func file_zlayer_scheduler_v1_command_proto_rawDescGZIP() []byte {
 	return file_zlayer_scheduler_v1_command_proto_rawDescData
 }
 
-var file_zlayer_scheduler_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_zlayer_scheduler_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_zlayer_scheduler_v1_command_proto_goTypes = []any{
 	(*Command)(nil),                 // 0: zlayer.scheduler.v1.Command
 	(*PutDeploymentCommand)(nil),    // 1: zlayer.scheduler.v1.PutDeploymentCommand
@@ -1255,25 +1457,27 @@ var file_zlayer_scheduler_v1_command_proto_goTypes = []any{
 	(*ReplicaStatus)(nil),           // 6: zlayer.scheduler.v1.ReplicaStatus
 	(*HeartbeatCommand)(nil),        // 7: zlayer.scheduler.v1.HeartbeatCommand
 	(*SetNodeStateCommand)(nil),     // 8: zlayer.scheduler.v1.SetNodeStateCommand
-	(*PlanCommand)(nil),             // 9: zlayer.scheduler.v1.PlanCommand
-	(*Placement)(nil),               // 10: zlayer.scheduler.v1.Placement
-	(*StopReplica)(nil),             // 11: zlayer.scheduler.v1.StopReplica
-	(*RolloutResult)(nil),           // 12: zlayer.scheduler.v1.RolloutResult
-	(*Snapshot)(nil),                // 13: zlayer.scheduler.v1.Snapshot
-	nil,                             // 14: zlayer.scheduler.v1.PutDeploymentCommand.ServiceHashesEntry
-	nil,                             // 15: zlayer.scheduler.v1.PutDeploymentCommand.InitialScaleEntry
-	(*timestamppb.Timestamp)(nil),   // 16: google.protobuf.Timestamp
-	(*Node)(nil),                    // 17: zlayer.scheduler.v1.Node
-	(ReplicaPhase)(0),               // 18: zlayer.scheduler.v1.ReplicaPhase
-	(Health)(0),                     // 19: zlayer.scheduler.v1.Health
-	(NodeState)(0),                  // 20: zlayer.scheduler.v1.NodeState
-	(*Replica)(nil),                 // 21: zlayer.scheduler.v1.Replica
-	(RolloutOutcome)(0),             // 22: zlayer.scheduler.v1.RolloutOutcome
-	(*Deployment)(nil),              // 23: zlayer.scheduler.v1.Deployment
-	(*Event)(nil),                   // 24: zlayer.scheduler.v1.Event
+	(*RunJobCommand)(nil),           // 9: zlayer.scheduler.v1.RunJobCommand
+	(*CronTick)(nil),                // 10: zlayer.scheduler.v1.CronTick
+	(*PlanCommand)(nil),             // 11: zlayer.scheduler.v1.PlanCommand
+	(*Placement)(nil),               // 12: zlayer.scheduler.v1.Placement
+	(*StopReplica)(nil),             // 13: zlayer.scheduler.v1.StopReplica
+	(*RolloutResult)(nil),           // 14: zlayer.scheduler.v1.RolloutResult
+	(*Snapshot)(nil),                // 15: zlayer.scheduler.v1.Snapshot
+	nil,                             // 16: zlayer.scheduler.v1.PutDeploymentCommand.ServiceHashesEntry
+	nil,                             // 17: zlayer.scheduler.v1.PutDeploymentCommand.InitialScaleEntry
+	(*timestamppb.Timestamp)(nil),   // 18: google.protobuf.Timestamp
+	(*Node)(nil),                    // 19: zlayer.scheduler.v1.Node
+	(ReplicaPhase)(0),               // 20: zlayer.scheduler.v1.ReplicaPhase
+	(Health)(0),                     // 21: zlayer.scheduler.v1.Health
+	(NodeState)(0),                  // 22: zlayer.scheduler.v1.NodeState
+	(*Replica)(nil),                 // 23: zlayer.scheduler.v1.Replica
+	(RolloutOutcome)(0),             // 24: zlayer.scheduler.v1.RolloutOutcome
+	(*Deployment)(nil),              // 25: zlayer.scheduler.v1.Deployment
+	(*Event)(nil),                   // 26: zlayer.scheduler.v1.Event
 }
 var file_zlayer_scheduler_v1_command_proto_depIdxs = []int32{
-	16, // 0: zlayer.scheduler.v1.Command.proposed_at:type_name -> google.protobuf.Timestamp
+	18, // 0: zlayer.scheduler.v1.Command.proposed_at:type_name -> google.protobuf.Timestamp
 	1,  // 1: zlayer.scheduler.v1.Command.put_deployment:type_name -> zlayer.scheduler.v1.PutDeploymentCommand
 	2,  // 2: zlayer.scheduler.v1.Command.delete_deployment:type_name -> zlayer.scheduler.v1.DeleteDeploymentCommand
 	3,  // 3: zlayer.scheduler.v1.Command.scale:type_name -> zlayer.scheduler.v1.ScaleCommand
@@ -1281,29 +1485,32 @@ var file_zlayer_scheduler_v1_command_proto_depIdxs = []int32{
 	5,  // 5: zlayer.scheduler.v1.Command.register_node:type_name -> zlayer.scheduler.v1.RegisterNodeCommand
 	7,  // 6: zlayer.scheduler.v1.Command.heartbeat:type_name -> zlayer.scheduler.v1.HeartbeatCommand
 	8,  // 7: zlayer.scheduler.v1.Command.set_node_state:type_name -> zlayer.scheduler.v1.SetNodeStateCommand
-	9,  // 8: zlayer.scheduler.v1.Command.plan:type_name -> zlayer.scheduler.v1.PlanCommand
-	14, // 9: zlayer.scheduler.v1.PutDeploymentCommand.service_hashes:type_name -> zlayer.scheduler.v1.PutDeploymentCommand.ServiceHashesEntry
-	15, // 10: zlayer.scheduler.v1.PutDeploymentCommand.initial_scale:type_name -> zlayer.scheduler.v1.PutDeploymentCommand.InitialScaleEntry
-	17, // 11: zlayer.scheduler.v1.RegisterNodeCommand.node:type_name -> zlayer.scheduler.v1.Node
-	18, // 12: zlayer.scheduler.v1.ReplicaStatus.phase:type_name -> zlayer.scheduler.v1.ReplicaPhase
-	19, // 13: zlayer.scheduler.v1.ReplicaStatus.health:type_name -> zlayer.scheduler.v1.Health
-	6,  // 14: zlayer.scheduler.v1.HeartbeatCommand.statuses:type_name -> zlayer.scheduler.v1.ReplicaStatus
-	20, // 15: zlayer.scheduler.v1.SetNodeStateCommand.state:type_name -> zlayer.scheduler.v1.NodeState
-	21, // 16: zlayer.scheduler.v1.PlanCommand.create:type_name -> zlayer.scheduler.v1.Replica
-	10, // 17: zlayer.scheduler.v1.PlanCommand.place:type_name -> zlayer.scheduler.v1.Placement
-	11, // 18: zlayer.scheduler.v1.PlanCommand.stop:type_name -> zlayer.scheduler.v1.StopReplica
-	12, // 19: zlayer.scheduler.v1.PlanCommand.outcomes:type_name -> zlayer.scheduler.v1.RolloutResult
-	10, // 20: zlayer.scheduler.v1.PlanCommand.pending:type_name -> zlayer.scheduler.v1.Placement
-	22, // 21: zlayer.scheduler.v1.RolloutResult.outcome:type_name -> zlayer.scheduler.v1.RolloutOutcome
-	23, // 22: zlayer.scheduler.v1.Snapshot.deployments:type_name -> zlayer.scheduler.v1.Deployment
-	21, // 23: zlayer.scheduler.v1.Snapshot.replicas:type_name -> zlayer.scheduler.v1.Replica
-	17, // 24: zlayer.scheduler.v1.Snapshot.nodes:type_name -> zlayer.scheduler.v1.Node
-	24, // 25: zlayer.scheduler.v1.Snapshot.events:type_name -> zlayer.scheduler.v1.Event
-	26, // [26:26] is the sub-list for method output_type
-	26, // [26:26] is the sub-list for method input_type
-	26, // [26:26] is the sub-list for extension type_name
-	26, // [26:26] is the sub-list for extension extendee
-	0,  // [0:26] is the sub-list for field type_name
+	11, // 8: zlayer.scheduler.v1.Command.plan:type_name -> zlayer.scheduler.v1.PlanCommand
+	9,  // 9: zlayer.scheduler.v1.Command.run_job:type_name -> zlayer.scheduler.v1.RunJobCommand
+	16, // 10: zlayer.scheduler.v1.PutDeploymentCommand.service_hashes:type_name -> zlayer.scheduler.v1.PutDeploymentCommand.ServiceHashesEntry
+	17, // 11: zlayer.scheduler.v1.PutDeploymentCommand.initial_scale:type_name -> zlayer.scheduler.v1.PutDeploymentCommand.InitialScaleEntry
+	19, // 12: zlayer.scheduler.v1.RegisterNodeCommand.node:type_name -> zlayer.scheduler.v1.Node
+	20, // 13: zlayer.scheduler.v1.ReplicaStatus.phase:type_name -> zlayer.scheduler.v1.ReplicaPhase
+	21, // 14: zlayer.scheduler.v1.ReplicaStatus.health:type_name -> zlayer.scheduler.v1.Health
+	6,  // 15: zlayer.scheduler.v1.HeartbeatCommand.statuses:type_name -> zlayer.scheduler.v1.ReplicaStatus
+	22, // 16: zlayer.scheduler.v1.SetNodeStateCommand.state:type_name -> zlayer.scheduler.v1.NodeState
+	18, // 17: zlayer.scheduler.v1.CronTick.scheduled_at:type_name -> google.protobuf.Timestamp
+	23, // 18: zlayer.scheduler.v1.PlanCommand.create:type_name -> zlayer.scheduler.v1.Replica
+	12, // 19: zlayer.scheduler.v1.PlanCommand.place:type_name -> zlayer.scheduler.v1.Placement
+	13, // 20: zlayer.scheduler.v1.PlanCommand.stop:type_name -> zlayer.scheduler.v1.StopReplica
+	14, // 21: zlayer.scheduler.v1.PlanCommand.outcomes:type_name -> zlayer.scheduler.v1.RolloutResult
+	12, // 22: zlayer.scheduler.v1.PlanCommand.pending:type_name -> zlayer.scheduler.v1.Placement
+	10, // 23: zlayer.scheduler.v1.PlanCommand.cron:type_name -> zlayer.scheduler.v1.CronTick
+	24, // 24: zlayer.scheduler.v1.RolloutResult.outcome:type_name -> zlayer.scheduler.v1.RolloutOutcome
+	25, // 25: zlayer.scheduler.v1.Snapshot.deployments:type_name -> zlayer.scheduler.v1.Deployment
+	23, // 26: zlayer.scheduler.v1.Snapshot.replicas:type_name -> zlayer.scheduler.v1.Replica
+	19, // 27: zlayer.scheduler.v1.Snapshot.nodes:type_name -> zlayer.scheduler.v1.Node
+	26, // 28: zlayer.scheduler.v1.Snapshot.events:type_name -> zlayer.scheduler.v1.Event
+	29, // [29:29] is the sub-list for method output_type
+	29, // [29:29] is the sub-list for method input_type
+	29, // [29:29] is the sub-list for extension type_name
+	29, // [29:29] is the sub-list for extension extendee
+	0,  // [0:29] is the sub-list for field type_name
 }
 
 func init() { file_zlayer_scheduler_v1_command_proto_init() }
@@ -1321,6 +1528,7 @@ func file_zlayer_scheduler_v1_command_proto_init() {
 		(*Command_Heartbeat)(nil),
 		(*Command_SetNodeState)(nil),
 		(*Command_Plan)(nil),
+		(*Command_RunJob)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1328,7 +1536,7 @@ func file_zlayer_scheduler_v1_command_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_zlayer_scheduler_v1_command_proto_rawDesc), len(file_zlayer_scheduler_v1_command_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   16,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

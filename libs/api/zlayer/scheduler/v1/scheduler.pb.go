@@ -1333,6 +1333,208 @@ func (x *FindReplicaResponse) GetReplica() *Replica {
 	return nil
 }
 
+// RunJobRequest names the job.
+type RunJobRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// deployment names the deployment.
+	Deployment string `protobuf:"bytes,1,opt,name=deployment,proto3" json:"deployment,omitempty"`
+	// service names the job or cron service.
+	Service       string `protobuf:"bytes,2,opt,name=service,proto3" json:"service,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RunJobRequest) Reset() {
+	*x = RunJobRequest{}
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RunJobRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RunJobRequest) ProtoMessage() {}
+
+func (x *RunJobRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RunJobRequest.ProtoReflect.Descriptor instead.
+func (*RunJobRequest) Descriptor() ([]byte, []int) {
+	return file_zlayer_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *RunJobRequest) GetDeployment() string {
+	if x != nil {
+		return x.Deployment
+	}
+	return ""
+}
+
+func (x *RunJobRequest) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+// RunJobResponse is the run started.
+type RunJobResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// run is the run replica.
+	Run           *Replica `protobuf:"bytes,1,opt,name=run,proto3" json:"run,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RunJobResponse) Reset() {
+	*x = RunJobResponse{}
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RunJobResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RunJobResponse) ProtoMessage() {}
+
+func (x *RunJobResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RunJobResponse.ProtoReflect.Descriptor instead.
+func (*RunJobResponse) Descriptor() ([]byte, []int) {
+	return file_zlayer_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *RunJobResponse) GetRun() *Replica {
+	if x != nil {
+		return x.Run
+	}
+	return nil
+}
+
+// ListJobRunsRequest names the job.
+type ListJobRunsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// deployment names the deployment.
+	Deployment string `protobuf:"bytes,1,opt,name=deployment,proto3" json:"deployment,omitempty"`
+	// service names the job or cron service.
+	Service       string `protobuf:"bytes,2,opt,name=service,proto3" json:"service,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListJobRunsRequest) Reset() {
+	*x = ListJobRunsRequest{}
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListJobRunsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListJobRunsRequest) ProtoMessage() {}
+
+func (x *ListJobRunsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListJobRunsRequest.ProtoReflect.Descriptor instead.
+func (*ListJobRunsRequest) Descriptor() ([]byte, []int) {
+	return file_zlayer_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *ListJobRunsRequest) GetDeployment() string {
+	if x != nil {
+		return x.Deployment
+	}
+	return ""
+}
+
+func (x *ListJobRunsRequest) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+// ListJobRunsResponse lists runs, newest first.
+type ListJobRunsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// runs are the kept runs (the last 10 finished, and any running).
+	Runs          []*Replica `protobuf:"bytes,1,rep,name=runs,proto3" json:"runs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListJobRunsResponse) Reset() {
+	*x = ListJobRunsResponse{}
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListJobRunsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListJobRunsResponse) ProtoMessage() {}
+
+func (x *ListJobRunsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListJobRunsResponse.ProtoReflect.Descriptor instead.
+func (*ListJobRunsResponse) Descriptor() ([]byte, []int) {
+	return file_zlayer_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *ListJobRunsResponse) GetRuns() []*Replica {
+	if x != nil {
+		return x.Runs
+	}
+	return nil
+}
+
 var File_zlayer_scheduler_v1_scheduler_proto protoreflect.FileDescriptor
 
 const file_zlayer_scheduler_v1_scheduler_proto_rawDesc = "" +
@@ -1428,7 +1630,21 @@ const file_zlayer_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\x12FindReplicaRequest\x12\x16\n" +
 	"\x06target\x18\x01 \x01(\tR\x06target\"M\n" +
 	"\x13FindReplicaResponse\x126\n" +
-	"\areplica\x18\x01 \x01(\v2\x1c.zlayer.scheduler.v1.ReplicaR\areplica2\x9f\b\n" +
+	"\areplica\x18\x01 \x01(\v2\x1c.zlayer.scheduler.v1.ReplicaR\areplica\"I\n" +
+	"\rRunJobRequest\x12\x1e\n" +
+	"\n" +
+	"deployment\x18\x01 \x01(\tR\n" +
+	"deployment\x12\x18\n" +
+	"\aservice\x18\x02 \x01(\tR\aservice\"@\n" +
+	"\x0eRunJobResponse\x12.\n" +
+	"\x03run\x18\x01 \x01(\v2\x1c.zlayer.scheduler.v1.ReplicaR\x03run\"N\n" +
+	"\x12ListJobRunsRequest\x12\x1e\n" +
+	"\n" +
+	"deployment\x18\x01 \x01(\tR\n" +
+	"deployment\x12\x18\n" +
+	"\aservice\x18\x02 \x01(\tR\aservice\"G\n" +
+	"\x13ListJobRunsResponse\x120\n" +
+	"\x04runs\x18\x01 \x03(\v2\x1c.zlayer.scheduler.v1.ReplicaR\x04runs2\xd4\t\n" +
 	"\x10SchedulerService\x12T\n" +
 	"\aGetInfo\x12#.zlayer.scheduler.v1.GetInfoRequest\x1a$.zlayer.scheduler.v1.GetInfoResponse\x12Q\n" +
 	"\x06Deploy\x12\".zlayer.scheduler.v1.DeployRequest\x1a#.zlayer.scheduler.v1.DeployResponse\x12n\n" +
@@ -1442,7 +1658,9 @@ const file_zlayer_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\tListNodes\x12%.zlayer.scheduler.v1.ListNodesRequest\x1a&.zlayer.scheduler.v1.ListNodesResponse\x12_\n" +
 	"\n" +
 	"ListEvents\x12&.zlayer.scheduler.v1.ListEventsRequest\x1a'.zlayer.scheduler.v1.ListEventsResponse0\x01\x12`\n" +
-	"\vFindReplica\x12'.zlayer.scheduler.v1.FindReplicaRequest\x1a(.zlayer.scheduler.v1.FindReplicaResponseB5Z3zlayer.dev/libs/api/zlayer/scheduler/v1;schedulerv1b\x06proto3"
+	"\vFindReplica\x12'.zlayer.scheduler.v1.FindReplicaRequest\x1a(.zlayer.scheduler.v1.FindReplicaResponse\x12Q\n" +
+	"\x06RunJob\x12\".zlayer.scheduler.v1.RunJobRequest\x1a#.zlayer.scheduler.v1.RunJobResponse\x12`\n" +
+	"\vListJobRuns\x12'.zlayer.scheduler.v1.ListJobRunsRequest\x1a(.zlayer.scheduler.v1.ListJobRunsResponseB5Z3zlayer.dev/libs/api/zlayer/scheduler/v1;schedulerv1b\x06proto3"
 
 var (
 	file_zlayer_scheduler_v1_scheduler_proto_rawDescOnce sync.Once
@@ -1456,7 +1674,7 @@ func file_zlayer_scheduler_v1_scheduler_proto_rawDescGZIP() []byte {
 	return file_zlayer_scheduler_v1_scheduler_proto_rawDescData
 }
 
-var file_zlayer_scheduler_v1_scheduler_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_zlayer_scheduler_v1_scheduler_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_zlayer_scheduler_v1_scheduler_proto_goTypes = []any{
 	(*GetInfoRequest)(nil),           // 0: zlayer.scheduler.v1.GetInfoRequest
 	(*GetInfoResponse)(nil),          // 1: zlayer.scheduler.v1.GetInfoResponse
@@ -1482,53 +1700,63 @@ var file_zlayer_scheduler_v1_scheduler_proto_goTypes = []any{
 	(*ListEventsResponse)(nil),       // 21: zlayer.scheduler.v1.ListEventsResponse
 	(*FindReplicaRequest)(nil),       // 22: zlayer.scheduler.v1.FindReplicaRequest
 	(*FindReplicaResponse)(nil),      // 23: zlayer.scheduler.v1.FindReplicaResponse
-	nil,                              // 24: zlayer.scheduler.v1.ListNodesResponse.ReplicasEntry
-	(*v1.DaemonInfo)(nil),            // 25: zlayer.types.v1.DaemonInfo
-	(RolloutOutcome)(0),              // 26: zlayer.scheduler.v1.RolloutOutcome
-	(*Replica)(nil),                  // 27: zlayer.scheduler.v1.Replica
-	(*DeploymentVersion)(nil),        // 28: zlayer.scheduler.v1.DeploymentVersion
-	(*Node)(nil),                     // 29: zlayer.scheduler.v1.Node
-	(*Event)(nil),                    // 30: zlayer.scheduler.v1.Event
+	(*RunJobRequest)(nil),            // 24: zlayer.scheduler.v1.RunJobRequest
+	(*RunJobResponse)(nil),           // 25: zlayer.scheduler.v1.RunJobResponse
+	(*ListJobRunsRequest)(nil),       // 26: zlayer.scheduler.v1.ListJobRunsRequest
+	(*ListJobRunsResponse)(nil),      // 27: zlayer.scheduler.v1.ListJobRunsResponse
+	nil,                              // 28: zlayer.scheduler.v1.ListNodesResponse.ReplicasEntry
+	(*v1.DaemonInfo)(nil),            // 29: zlayer.types.v1.DaemonInfo
+	(RolloutOutcome)(0),              // 30: zlayer.scheduler.v1.RolloutOutcome
+	(*Replica)(nil),                  // 31: zlayer.scheduler.v1.Replica
+	(*DeploymentVersion)(nil),        // 32: zlayer.scheduler.v1.DeploymentVersion
+	(*Node)(nil),                     // 33: zlayer.scheduler.v1.Node
+	(*Event)(nil),                    // 34: zlayer.scheduler.v1.Event
 }
 var file_zlayer_scheduler_v1_scheduler_proto_depIdxs = []int32{
-	25, // 0: zlayer.scheduler.v1.GetInfoResponse.info:type_name -> zlayer.types.v1.DaemonInfo
-	26, // 1: zlayer.scheduler.v1.DeploymentStatus.outcome:type_name -> zlayer.scheduler.v1.RolloutOutcome
+	29, // 0: zlayer.scheduler.v1.GetInfoResponse.info:type_name -> zlayer.types.v1.DaemonInfo
+	30, // 1: zlayer.scheduler.v1.DeploymentStatus.outcome:type_name -> zlayer.scheduler.v1.RolloutOutcome
 	4,  // 2: zlayer.scheduler.v1.DeploymentStatus.services:type_name -> zlayer.scheduler.v1.ServiceStatus
-	27, // 3: zlayer.scheduler.v1.DeploymentStatus.replicas:type_name -> zlayer.scheduler.v1.Replica
+	31, // 3: zlayer.scheduler.v1.DeploymentStatus.replicas:type_name -> zlayer.scheduler.v1.Replica
 	5,  // 4: zlayer.scheduler.v1.WatchDeploymentResponse.status:type_name -> zlayer.scheduler.v1.DeploymentStatus
 	5,  // 5: zlayer.scheduler.v1.GetStatusResponse.deployments:type_name -> zlayer.scheduler.v1.DeploymentStatus
-	28, // 6: zlayer.scheduler.v1.GetHistoryResponse.versions:type_name -> zlayer.scheduler.v1.DeploymentVersion
-	29, // 7: zlayer.scheduler.v1.ListNodesResponse.nodes:type_name -> zlayer.scheduler.v1.Node
-	24, // 8: zlayer.scheduler.v1.ListNodesResponse.replicas:type_name -> zlayer.scheduler.v1.ListNodesResponse.ReplicasEntry
-	30, // 9: zlayer.scheduler.v1.ListEventsResponse.event:type_name -> zlayer.scheduler.v1.Event
-	27, // 10: zlayer.scheduler.v1.FindReplicaResponse.replica:type_name -> zlayer.scheduler.v1.Replica
-	0,  // 11: zlayer.scheduler.v1.SchedulerService.GetInfo:input_type -> zlayer.scheduler.v1.GetInfoRequest
-	2,  // 12: zlayer.scheduler.v1.SchedulerService.Deploy:input_type -> zlayer.scheduler.v1.DeployRequest
-	6,  // 13: zlayer.scheduler.v1.SchedulerService.WatchDeployment:input_type -> zlayer.scheduler.v1.WatchDeploymentRequest
-	8,  // 14: zlayer.scheduler.v1.SchedulerService.GetStatus:input_type -> zlayer.scheduler.v1.GetStatusRequest
-	10, // 15: zlayer.scheduler.v1.SchedulerService.Scale:input_type -> zlayer.scheduler.v1.ScaleRequest
-	12, // 16: zlayer.scheduler.v1.SchedulerService.DeleteDeployment:input_type -> zlayer.scheduler.v1.DeleteDeploymentRequest
-	14, // 17: zlayer.scheduler.v1.SchedulerService.Rollback:input_type -> zlayer.scheduler.v1.RollbackRequest
-	16, // 18: zlayer.scheduler.v1.SchedulerService.GetHistory:input_type -> zlayer.scheduler.v1.GetHistoryRequest
-	18, // 19: zlayer.scheduler.v1.SchedulerService.ListNodes:input_type -> zlayer.scheduler.v1.ListNodesRequest
-	20, // 20: zlayer.scheduler.v1.SchedulerService.ListEvents:input_type -> zlayer.scheduler.v1.ListEventsRequest
-	22, // 21: zlayer.scheduler.v1.SchedulerService.FindReplica:input_type -> zlayer.scheduler.v1.FindReplicaRequest
-	1,  // 22: zlayer.scheduler.v1.SchedulerService.GetInfo:output_type -> zlayer.scheduler.v1.GetInfoResponse
-	3,  // 23: zlayer.scheduler.v1.SchedulerService.Deploy:output_type -> zlayer.scheduler.v1.DeployResponse
-	7,  // 24: zlayer.scheduler.v1.SchedulerService.WatchDeployment:output_type -> zlayer.scheduler.v1.WatchDeploymentResponse
-	9,  // 25: zlayer.scheduler.v1.SchedulerService.GetStatus:output_type -> zlayer.scheduler.v1.GetStatusResponse
-	11, // 26: zlayer.scheduler.v1.SchedulerService.Scale:output_type -> zlayer.scheduler.v1.ScaleResponse
-	13, // 27: zlayer.scheduler.v1.SchedulerService.DeleteDeployment:output_type -> zlayer.scheduler.v1.DeleteDeploymentResponse
-	15, // 28: zlayer.scheduler.v1.SchedulerService.Rollback:output_type -> zlayer.scheduler.v1.RollbackResponse
-	17, // 29: zlayer.scheduler.v1.SchedulerService.GetHistory:output_type -> zlayer.scheduler.v1.GetHistoryResponse
-	19, // 30: zlayer.scheduler.v1.SchedulerService.ListNodes:output_type -> zlayer.scheduler.v1.ListNodesResponse
-	21, // 31: zlayer.scheduler.v1.SchedulerService.ListEvents:output_type -> zlayer.scheduler.v1.ListEventsResponse
-	23, // 32: zlayer.scheduler.v1.SchedulerService.FindReplica:output_type -> zlayer.scheduler.v1.FindReplicaResponse
-	22, // [22:33] is the sub-list for method output_type
-	11, // [11:22] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	32, // 6: zlayer.scheduler.v1.GetHistoryResponse.versions:type_name -> zlayer.scheduler.v1.DeploymentVersion
+	33, // 7: zlayer.scheduler.v1.ListNodesResponse.nodes:type_name -> zlayer.scheduler.v1.Node
+	28, // 8: zlayer.scheduler.v1.ListNodesResponse.replicas:type_name -> zlayer.scheduler.v1.ListNodesResponse.ReplicasEntry
+	34, // 9: zlayer.scheduler.v1.ListEventsResponse.event:type_name -> zlayer.scheduler.v1.Event
+	31, // 10: zlayer.scheduler.v1.FindReplicaResponse.replica:type_name -> zlayer.scheduler.v1.Replica
+	31, // 11: zlayer.scheduler.v1.RunJobResponse.run:type_name -> zlayer.scheduler.v1.Replica
+	31, // 12: zlayer.scheduler.v1.ListJobRunsResponse.runs:type_name -> zlayer.scheduler.v1.Replica
+	0,  // 13: zlayer.scheduler.v1.SchedulerService.GetInfo:input_type -> zlayer.scheduler.v1.GetInfoRequest
+	2,  // 14: zlayer.scheduler.v1.SchedulerService.Deploy:input_type -> zlayer.scheduler.v1.DeployRequest
+	6,  // 15: zlayer.scheduler.v1.SchedulerService.WatchDeployment:input_type -> zlayer.scheduler.v1.WatchDeploymentRequest
+	8,  // 16: zlayer.scheduler.v1.SchedulerService.GetStatus:input_type -> zlayer.scheduler.v1.GetStatusRequest
+	10, // 17: zlayer.scheduler.v1.SchedulerService.Scale:input_type -> zlayer.scheduler.v1.ScaleRequest
+	12, // 18: zlayer.scheduler.v1.SchedulerService.DeleteDeployment:input_type -> zlayer.scheduler.v1.DeleteDeploymentRequest
+	14, // 19: zlayer.scheduler.v1.SchedulerService.Rollback:input_type -> zlayer.scheduler.v1.RollbackRequest
+	16, // 20: zlayer.scheduler.v1.SchedulerService.GetHistory:input_type -> zlayer.scheduler.v1.GetHistoryRequest
+	18, // 21: zlayer.scheduler.v1.SchedulerService.ListNodes:input_type -> zlayer.scheduler.v1.ListNodesRequest
+	20, // 22: zlayer.scheduler.v1.SchedulerService.ListEvents:input_type -> zlayer.scheduler.v1.ListEventsRequest
+	22, // 23: zlayer.scheduler.v1.SchedulerService.FindReplica:input_type -> zlayer.scheduler.v1.FindReplicaRequest
+	24, // 24: zlayer.scheduler.v1.SchedulerService.RunJob:input_type -> zlayer.scheduler.v1.RunJobRequest
+	26, // 25: zlayer.scheduler.v1.SchedulerService.ListJobRuns:input_type -> zlayer.scheduler.v1.ListJobRunsRequest
+	1,  // 26: zlayer.scheduler.v1.SchedulerService.GetInfo:output_type -> zlayer.scheduler.v1.GetInfoResponse
+	3,  // 27: zlayer.scheduler.v1.SchedulerService.Deploy:output_type -> zlayer.scheduler.v1.DeployResponse
+	7,  // 28: zlayer.scheduler.v1.SchedulerService.WatchDeployment:output_type -> zlayer.scheduler.v1.WatchDeploymentResponse
+	9,  // 29: zlayer.scheduler.v1.SchedulerService.GetStatus:output_type -> zlayer.scheduler.v1.GetStatusResponse
+	11, // 30: zlayer.scheduler.v1.SchedulerService.Scale:output_type -> zlayer.scheduler.v1.ScaleResponse
+	13, // 31: zlayer.scheduler.v1.SchedulerService.DeleteDeployment:output_type -> zlayer.scheduler.v1.DeleteDeploymentResponse
+	15, // 32: zlayer.scheduler.v1.SchedulerService.Rollback:output_type -> zlayer.scheduler.v1.RollbackResponse
+	17, // 33: zlayer.scheduler.v1.SchedulerService.GetHistory:output_type -> zlayer.scheduler.v1.GetHistoryResponse
+	19, // 34: zlayer.scheduler.v1.SchedulerService.ListNodes:output_type -> zlayer.scheduler.v1.ListNodesResponse
+	21, // 35: zlayer.scheduler.v1.SchedulerService.ListEvents:output_type -> zlayer.scheduler.v1.ListEventsResponse
+	23, // 36: zlayer.scheduler.v1.SchedulerService.FindReplica:output_type -> zlayer.scheduler.v1.FindReplicaResponse
+	25, // 37: zlayer.scheduler.v1.SchedulerService.RunJob:output_type -> zlayer.scheduler.v1.RunJobResponse
+	27, // 38: zlayer.scheduler.v1.SchedulerService.ListJobRuns:output_type -> zlayer.scheduler.v1.ListJobRunsResponse
+	26, // [26:39] is the sub-list for method output_type
+	13, // [13:26] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_zlayer_scheduler_v1_scheduler_proto_init() }
@@ -1543,7 +1771,7 @@ func file_zlayer_scheduler_v1_scheduler_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_zlayer_scheduler_v1_scheduler_proto_rawDesc), len(file_zlayer_scheduler_v1_scheduler_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   25,
+			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -30,6 +30,8 @@ const (
 	SchedulerService_ListNodes_FullMethodName        = "/zlayer.scheduler.v1.SchedulerService/ListNodes"
 	SchedulerService_ListEvents_FullMethodName       = "/zlayer.scheduler.v1.SchedulerService/ListEvents"
 	SchedulerService_FindReplica_FullMethodName      = "/zlayer.scheduler.v1.SchedulerService/FindReplica"
+	SchedulerService_RunJob_FullMethodName           = "/zlayer.scheduler.v1.SchedulerService/RunJob"
+	SchedulerService_ListJobRuns_FullMethodName      = "/zlayer.scheduler.v1.SchedulerService/ListJobRuns"
 )
 
 // SchedulerServiceClient is the client API for SchedulerService service.
@@ -67,6 +69,11 @@ type SchedulerServiceClient interface {
 	ListEvents(ctx context.Context, in *ListEventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ListEventsResponse], error)
 	// FindReplica resolves deployment/service[/index] to a replica and its node.
 	FindReplica(ctx context.Context, in *FindReplicaRequest, opts ...grpc.CallOption) (*FindReplicaResponse, error)
+	// RunJob starts a run of a job or cron job and returns it once placed
+	// (follow it with WatchDeployment, its output with the node's agent).
+	RunJob(ctx context.Context, in *RunJobRequest, opts ...grpc.CallOption) (*RunJobResponse, error)
+	// ListJobRuns lists a job's or cron job's kept runs, newest first.
+	ListJobRuns(ctx context.Context, in *ListJobRunsRequest, opts ...grpc.CallOption) (*ListJobRunsResponse, error)
 }
 
 type schedulerServiceClient struct {
@@ -205,6 +212,26 @@ func (c *schedulerServiceClient) FindReplica(ctx context.Context, in *FindReplic
 	return out, nil
 }
 
+func (c *schedulerServiceClient) RunJob(ctx context.Context, in *RunJobRequest, opts ...grpc.CallOption) (*RunJobResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RunJobResponse)
+	err := c.cc.Invoke(ctx, SchedulerService_RunJob_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *schedulerServiceClient) ListJobRuns(ctx context.Context, in *ListJobRunsRequest, opts ...grpc.CallOption) (*ListJobRunsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListJobRunsResponse)
+	err := c.cc.Invoke(ctx, SchedulerService_ListJobRuns_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // SchedulerServiceServer is the server API for SchedulerService service.
 // All implementations must embed UnimplementedSchedulerServiceServer
 // for forward compatibility.
@@ -240,6 +267,11 @@ type SchedulerServiceServer interface {
 	ListEvents(*ListEventsRequest, grpc.ServerStreamingServer[ListEventsResponse]) error
 	// FindReplica resolves deployment/service[/index] to a replica and its node.
 	FindReplica(context.Context, *FindReplicaRequest) (*FindReplicaResponse, error)
+	// RunJob starts a run of a job or cron job and returns it once placed
+	// (follow it with WatchDeployment, its output with the node's agent).
+	RunJob(context.Context, *RunJobRequest) (*RunJobResponse, error)
+	// ListJobRuns lists a job's or cron job's kept runs, newest first.
+	ListJobRuns(context.Context, *ListJobRunsRequest) (*ListJobRunsResponse, error)
 	mustEmbedUnimplementedSchedulerServiceServer()
 }
 
@@ -282,6 +314,12 @@ func (UnimplementedSchedulerServiceServer) ListEvents(*ListEventsRequest, grpc.S
 }
 func (UnimplementedSchedulerServiceServer) FindReplica(context.Context, *FindReplicaRequest) (*FindReplicaResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method FindReplica not implemented")
+}
+func (UnimplementedSchedulerServiceServer) RunJob(context.Context, *RunJobRequest) (*RunJobResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RunJob not implemented")
+}
+func (UnimplementedSchedulerServiceServer) ListJobRuns(context.Context, *ListJobRunsRequest) (*ListJobRunsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListJobRuns not implemented")
 }
 func (UnimplementedSchedulerServiceServer) mustEmbedUnimplementedSchedulerServiceServer() {}
 func (UnimplementedSchedulerServiceServer) testEmbeddedByValue()                          {}
@@ -488,6 +526,42 @@ func _SchedulerService_FindReplica_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
+func _SchedulerService_RunJob_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RunJobRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SchedulerServiceServer).RunJob(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SchedulerService_RunJob_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SchedulerServiceServer).RunJob(ctx, req.(*RunJobRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _SchedulerService_ListJobRuns_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListJobRunsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SchedulerServiceServer).ListJobRuns(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SchedulerService_ListJobRuns_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SchedulerServiceServer).ListJobRuns(ctx, req.(*ListJobRunsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // SchedulerService_ServiceDesc is the grpc.ServiceDesc for SchedulerService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -530,6 +604,14 @@ var SchedulerService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "FindReplica",
 			Handler:    _SchedulerService_FindReplica_Handler,
+		},
+		{
+			MethodName: "RunJob",
+			Handler:    _SchedulerService_RunJob_Handler,
+		},
+		{
+			MethodName: "ListJobRuns",
+			Handler:    _SchedulerService_ListJobRuns_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

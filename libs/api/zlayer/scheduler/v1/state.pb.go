@@ -105,6 +105,8 @@ const (
 	ReplicaPhase_REPLICA_PHASE_STOPPED ReplicaPhase = 7
 	// REPLICA_PHASE_LOST means its node is down.
 	ReplicaPhase_REPLICA_PHASE_LOST ReplicaPhase = 8
+	// REPLICA_PHASE_SUCCEEDED means a run (of a job or cron job) exited with code 0.
+	ReplicaPhase_REPLICA_PHASE_SUCCEEDED ReplicaPhase = 9
 )
 
 // Enum value maps for ReplicaPhase.
@@ -119,6 +121,7 @@ var (
 		6: "REPLICA_PHASE_STOPPING",
 		7: "REPLICA_PHASE_STOPPED",
 		8: "REPLICA_PHASE_LOST",
+		9: "REPLICA_PHASE_SUCCEEDED",
 	}
 	ReplicaPhase_value = map[string]int32{
 		"REPLICA_PHASE_UNSPECIFIED": 0,
@@ -130,6 +133,7 @@ var (
 		"REPLICA_PHASE_STOPPING":    6,
 		"REPLICA_PHASE_STOPPED":     7,
 		"REPLICA_PHASE_LOST":        8,
+		"REPLICA_PHASE_SUCCEEDED":   9,
 	}
 )
 
@@ -400,7 +404,9 @@ type Deployment struct {
 	// scale holds replica counts set by `zlctl scale` or the autoscaler, per service.
 	Scale map[string]uint32 `protobuf:"bytes,4,rep,name=scale,proto3" json:"scale,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
 	// deleting is set once the deployment is deleted; it disappears when its replicas are gone.
-	Deleting      bool `protobuf:"varint,5,opt,name=deleting,proto3" json:"deleting,omitempty"`
+	Deleting bool `protobuf:"varint,5,opt,name=deleting,proto3" json:"deleting,omitempty"`
+	// cron_last is, per cron service, the scheduled time of its last run (or skip).
+	CronLast      map[string]*timestamppb.Timestamp `protobuf:"bytes,6,rep,name=cron_last,json=cronLast,proto3" json:"cron_last,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -470,6 +476,13 @@ func (x *Deployment) GetDeleting() bool {
 	return false
 }
 
+func (x *Deployment) GetCronLast() map[string]*timestamppb.Timestamp {
+	if x != nil {
+		return x.CronLast
+	}
+	return nil
+}
+
 // Replica is one instance of a service, placed on a node.
 type Replica struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -507,7 +520,12 @@ type Replica struct {
 	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,16,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
 	// held is "shutdown" or "isolate" when its on_panic policy keeps the
 	// failed replica as it is (see ReplicaStatus.held).
-	Held          string `protobuf:"bytes,17,opt,name=held,proto3" json:"held,omitempty"`
+	Held string `protobuf:"bytes,17,opt,name=held,proto3" json:"held,omitempty"`
+	// run is set for a run of a job or cron job: it runs to completion and
+	// is kept (with its exit code) as history, never replaced.
+	Run bool `protobuf:"varint,18,opt,name=run,proto3" json:"run,omitempty"`
+	// trigger says what started a run: "zlctl", "cron" or "http".
+	Trigger       string `protobuf:"bytes,19,opt,name=trigger,proto3" json:"trigger,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -657,6 +675,20 @@ func (x *Replica) GetCreatedAt() *timestamppb.Timestamp {
 func (x *Replica) GetHeld() string {
 	if x != nil {
 		return x.Held
+	}
+	return ""
+}
+
+func (x *Replica) GetRun() bool {
+	if x != nil {
+		return x.Run
+	}
+	return false
+}
+
+func (x *Replica) GetTrigger() string {
+	if x != nil {
+		return x.Trigger
 	}
 	return ""
 }
@@ -900,18 +932,22 @@ const file_zlayer_scheduler_v1_state_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a?\n" +
 	"\x11InitialScaleEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\"\x96\x02\n" +
+	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\"\xbb\x03\n" +
 	"\n" +
 	"Deployment\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\acurrent\x18\x02 \x01(\x04R\acurrent\x12B\n" +
 	"\bversions\x18\x03 \x03(\v2&.zlayer.scheduler.v1.DeploymentVersionR\bversions\x12@\n" +
 	"\x05scale\x18\x04 \x03(\v2*.zlayer.scheduler.v1.Deployment.ScaleEntryR\x05scale\x12\x1a\n" +
-	"\bdeleting\x18\x05 \x01(\bR\bdeleting\x1a8\n" +
+	"\bdeleting\x18\x05 \x01(\bR\bdeleting\x12J\n" +
+	"\tcron_last\x18\x06 \x03(\v2-.zlayer.scheduler.v1.Deployment.CronLastEntryR\bcronLast\x1a8\n" +
 	"\n" +
 	"ScaleEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\"\xb0\x04\n" +
+	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\x1aW\n" +
+	"\rCronLastEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x120\n" +
+	"\x05value\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x05value:\x028\x01\"\xdc\x04\n" +
 	"\aReplica\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1e\n" +
 	"\n" +
@@ -934,7 +970,9 @@ const file_zlayer_scheduler_v1_state_proto_rawDesc = "" +
 	"changed_at\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampR\tchangedAt\x129\n" +
 	"\n" +
 	"created_at\x18\x10 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x12\n" +
-	"\x04held\x18\x11 \x01(\tR\x04held\"\x85\x03\n" +
+	"\x04held\x18\x11 \x01(\tR\x04held\x12\x10\n" +
+	"\x03run\x18\x12 \x01(\bR\x03run\x12\x18\n" +
+	"\atrigger\x18\x13 \x01(\tR\atrigger\"\x85\x03\n" +
 	"\x04Node\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x10\n" +
 	"\x03cpu\x18\x02 \x01(\x01R\x03cpu\x12!\n" +
@@ -963,7 +1001,7 @@ const file_zlayer_scheduler_v1_state_proto_rawDesc = "" +
 	"\x1bROLLOUT_OUTCOME_IN_PROGRESS\x10\x01\x12\x1c\n" +
 	"\x18ROLLOUT_OUTCOME_COMPLETE\x10\x02\x12\x1a\n" +
 	"\x16ROLLOUT_OUTCOME_FAILED\x10\x03\x12\x1e\n" +
-	"\x1aROLLOUT_OUTCOME_SUPERSEDED\x10\x04*\x84\x02\n" +
+	"\x1aROLLOUT_OUTCOME_SUPERSEDED\x10\x04*\xa1\x02\n" +
 	"\fReplicaPhase\x12\x1d\n" +
 	"\x19REPLICA_PHASE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15REPLICA_PHASE_PENDING\x10\x01\x12\x1a\n" +
@@ -973,7 +1011,8 @@ const file_zlayer_scheduler_v1_state_proto_rawDesc = "" +
 	"\x14REPLICA_PHASE_FAILED\x10\x05\x12\x1a\n" +
 	"\x16REPLICA_PHASE_STOPPING\x10\x06\x12\x19\n" +
 	"\x15REPLICA_PHASE_STOPPED\x10\a\x12\x16\n" +
-	"\x12REPLICA_PHASE_LOST\x10\b*_\n" +
+	"\x12REPLICA_PHASE_LOST\x10\b\x12\x1b\n" +
+	"\x17REPLICA_PHASE_SUCCEEDED\x10\t*_\n" +
 	"\x06Health\x12\x16\n" +
 	"\x12HEALTH_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fHEALTH_STARTING\x10\x01\x12\x12\n" +
@@ -997,7 +1036,7 @@ func file_zlayer_scheduler_v1_state_proto_rawDescGZIP() []byte {
 }
 
 var file_zlayer_scheduler_v1_state_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_zlayer_scheduler_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_zlayer_scheduler_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_zlayer_scheduler_v1_state_proto_goTypes = []any{
 	(RolloutOutcome)(0),           // 0: zlayer.scheduler.v1.RolloutOutcome
 	(ReplicaPhase)(0),             // 1: zlayer.scheduler.v1.ReplicaPhase
@@ -1011,29 +1050,32 @@ var file_zlayer_scheduler_v1_state_proto_goTypes = []any{
 	nil,                           // 9: zlayer.scheduler.v1.DeploymentVersion.ServiceHashesEntry
 	nil,                           // 10: zlayer.scheduler.v1.DeploymentVersion.InitialScaleEntry
 	nil,                           // 11: zlayer.scheduler.v1.Deployment.ScaleEntry
-	nil,                           // 12: zlayer.scheduler.v1.Node.LabelsEntry
-	(*timestamppb.Timestamp)(nil), // 13: google.protobuf.Timestamp
+	nil,                           // 12: zlayer.scheduler.v1.Deployment.CronLastEntry
+	nil,                           // 13: zlayer.scheduler.v1.Node.LabelsEntry
+	(*timestamppb.Timestamp)(nil), // 14: google.protobuf.Timestamp
 }
 var file_zlayer_scheduler_v1_state_proto_depIdxs = []int32{
 	9,  // 0: zlayer.scheduler.v1.DeploymentVersion.service_hashes:type_name -> zlayer.scheduler.v1.DeploymentVersion.ServiceHashesEntry
-	13, // 1: zlayer.scheduler.v1.DeploymentVersion.created_at:type_name -> google.protobuf.Timestamp
+	14, // 1: zlayer.scheduler.v1.DeploymentVersion.created_at:type_name -> google.protobuf.Timestamp
 	0,  // 2: zlayer.scheduler.v1.DeploymentVersion.outcome:type_name -> zlayer.scheduler.v1.RolloutOutcome
 	10, // 3: zlayer.scheduler.v1.DeploymentVersion.initial_scale:type_name -> zlayer.scheduler.v1.DeploymentVersion.InitialScaleEntry
 	4,  // 4: zlayer.scheduler.v1.Deployment.versions:type_name -> zlayer.scheduler.v1.DeploymentVersion
 	11, // 5: zlayer.scheduler.v1.Deployment.scale:type_name -> zlayer.scheduler.v1.Deployment.ScaleEntry
-	1,  // 6: zlayer.scheduler.v1.Replica.phase:type_name -> zlayer.scheduler.v1.ReplicaPhase
-	2,  // 7: zlayer.scheduler.v1.Replica.health:type_name -> zlayer.scheduler.v1.Health
-	13, // 8: zlayer.scheduler.v1.Replica.changed_at:type_name -> google.protobuf.Timestamp
-	13, // 9: zlayer.scheduler.v1.Replica.created_at:type_name -> google.protobuf.Timestamp
-	12, // 10: zlayer.scheduler.v1.Node.labels:type_name -> zlayer.scheduler.v1.Node.LabelsEntry
-	3,  // 11: zlayer.scheduler.v1.Node.state:type_name -> zlayer.scheduler.v1.NodeState
-	13, // 12: zlayer.scheduler.v1.Node.last_heartbeat:type_name -> google.protobuf.Timestamp
-	13, // 13: zlayer.scheduler.v1.Event.time:type_name -> google.protobuf.Timestamp
-	14, // [14:14] is the sub-list for method output_type
-	14, // [14:14] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	12, // 6: zlayer.scheduler.v1.Deployment.cron_last:type_name -> zlayer.scheduler.v1.Deployment.CronLastEntry
+	1,  // 7: zlayer.scheduler.v1.Replica.phase:type_name -> zlayer.scheduler.v1.ReplicaPhase
+	2,  // 8: zlayer.scheduler.v1.Replica.health:type_name -> zlayer.scheduler.v1.Health
+	14, // 9: zlayer.scheduler.v1.Replica.changed_at:type_name -> google.protobuf.Timestamp
+	14, // 10: zlayer.scheduler.v1.Replica.created_at:type_name -> google.protobuf.Timestamp
+	13, // 11: zlayer.scheduler.v1.Node.labels:type_name -> zlayer.scheduler.v1.Node.LabelsEntry
+	3,  // 12: zlayer.scheduler.v1.Node.state:type_name -> zlayer.scheduler.v1.NodeState
+	14, // 13: zlayer.scheduler.v1.Node.last_heartbeat:type_name -> google.protobuf.Timestamp
+	14, // 14: zlayer.scheduler.v1.Event.time:type_name -> google.protobuf.Timestamp
+	14, // 15: zlayer.scheduler.v1.Deployment.CronLastEntry.value:type_name -> google.protobuf.Timestamp
+	16, // [16:16] is the sub-list for method output_type
+	16, // [16:16] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_zlayer_scheduler_v1_state_proto_init() }
@@ -1047,7 +1089,7 @@ func file_zlayer_scheduler_v1_state_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_zlayer_scheduler_v1_state_proto_rawDesc), len(file_zlayer_scheduler_v1_state_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   9,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

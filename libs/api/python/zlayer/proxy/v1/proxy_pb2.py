@@ -16,7 +16,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from zlayer.types.v1 import types_pb2 as zlayer_dot_types_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bzlayer/proxy/v1/proxy.proto\x12\x0fzlayer.proxy.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bzlayer/types/v1/types.proto\"\x10\n\x0eGetInfoRequest\"B\n\x0fGetInfoResponse\x12/\n\x04info\x18\x01 \x01(\x0b\x32\x1b.zlayer.types.v1.DaemonInfoR\x04info\"\xf9\x02\n\x05Route\x12\x1e\n\ndeployment\x18\x01 \x01(\tR\ndeployment\x12\x18\n\x07service\x18\x02 \x01(\tR\x07service\x12\x1a\n\x08\x65ndpoint\x18\x03 \x01(\tR\x08\x65ndpoint\x12\x35\n\x08protocol\x18\x04 \x01(\x0e\x32\x19.zlayer.proxy.v1.ProtocolR\x08protocol\x12\x12\n\x04host\x18\x05 \x01(\tR\x04host\x12\x12\n\x04path\x18\x06 \x01(\tR\x04path\x12\x1f\n\x0bpublic_port\x18\x07 \x01(\rR\npublicPort\x12/\n\x06\x65xpose\x18\x08 \x01(\x0e\x32\x17.zlayer.proxy.v1.ExposeR\x06\x65xpose\x12\x33\n\x05rtype\x18\t \x01(\x0e\x32\x1d.zlayer.proxy.v1.ResourceTypeR\x05rtype\x12\x34\n\x08\x62\x61\x63kends\x18\n \x03(\x0b\x32\x18.zlayer.proxy.v1.BackendR\x08\x62\x61\x63kends\"\x86\x01\n\x07\x42\x61\x63kend\x12\x1d\n\nreplica_id\x18\x01 \x01(\tR\treplicaId\x12\x18\n\x07\x61\x64\x64ress\x18\x02 \x01(\tR\x07\x61\x64\x64ress\x12\x12\n\x04node\x18\x03 \x01(\tR\x04node\x12\x18\n\x07healthy\x18\x04 \x01(\x08R\x07healthy\x12\x14\n\x05ready\x18\x05 \x01(\x08R\x05ready\"b\n\x10SetRoutesRequest\x12\x1e\n\ngeneration\x18\x01 \x01(\x04R\ngeneration\x12.\n\x06routes\x18\x02 \x03(\x0b\x32\x16.zlayer.proxy.v1.RouteR\x06routes\"3\n\x11SetRoutesResponse\x12\x1e\n\ngeneration\x18\x01 \x01(\x04R\ngeneration\"\x13\n\x11ListRoutesRequest\"i\n\x12ListRoutesResponse\x12\x1e\n\ngeneration\x18\x01 \x01(\x04R\ngeneration\x12\x33\n\x06routes\x18\x02 \x03(\x0b\x32\x1b.zlayer.proxy.v1.RouteStateR\x06routes\"u\n\nRouteState\x12,\n\x05route\x18\x01 \x01(\x0b\x32\x16.zlayer.proxy.v1.RouteR\x05route\x12\x39\n\x08\x62\x61\x63kends\x18\x02 \x03(\x0b\x32\x1d.zlayer.proxy.v1.BackendStateR\x08\x62\x61\x63kends\"\xed\x01\n\x0c\x42\x61\x63kendState\x12\x1d\n\nreplica_id\x18\x01 \x01(\tR\treplicaId\x12\x18\n\x07\x61\x64\x64ress\x18\x02 \x01(\tR\x07\x61\x64\x64ress\x12\x1a\n\x08\x65ligible\x18\x03 \x01(\x08R\x08\x65ligible\x12?\n\rejected_until\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x0c\x65jectedUntil\x12 \n\x0boutstanding\x18\x05 \x01(\x03R\x0boutstanding\x12%\n\x0erequests_total\x18\x06 \x01(\x04R\rrequestsTotal\"D\n\x0fGetStatsRequest\x12\x31\n\x06window\x18\x01 \x01(\x0b\x32\x19.google.protobuf.DurationR\x06window\"\xaf\x01\n\x10GetStatsResponse\x12*\n\x02\x61t\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x02\x61t\x12\x31\n\x06window\x18\x02 \x01(\x0b\x32\x19.google.protobuf.DurationR\x06window\x12<\n\tendpoints\x18\x03 \x03(\x0b\x32\x1e.zlayer.proxy.v1.EndpointStatsR\tendpoints\"\xa1\x02\n\rEndpointStats\x12\x1e\n\ndeployment\x18\x01 \x01(\tR\ndeployment\x12\x18\n\x07service\x18\x02 \x01(\tR\x07service\x12\x1a\n\x08\x65ndpoint\x18\x03 \x01(\tR\x08\x65ndpoint\x12\x10\n\x03rps\x18\x04 \x01(\x01R\x03rps\x12%\n\x0erequests_total\x18\x05 \x01(\x04R\rrequestsTotal\x12<\n\tresponses\x18\x06 \x01(\x0b\x32\x1e.zlayer.proxy.v1.StatusClassesR\tresponses\x12\x16\n\x06\x61\x63tive\x18\x07 \x01(\x03R\x06\x61\x63tive\x12+\n\x11\x65ligible_backends\x18\x08 \x01(\rR\x10\x65ligibleBackends\"\xb7\x01\n\rStatusClasses\x12$\n\rinformational\x18\x01 \x01(\x04R\rinformational\x12\x18\n\x07success\x18\x02 \x01(\x04R\x07success\x12 \n\x0bredirection\x18\x03 \x01(\x04R\x0bredirection\x12!\n\x0c\x63lient_error\x18\x04 \x01(\x04R\x0b\x63lientError\x12!\n\x0cserver_error\x18\x05 \x01(\x04R\x0bserverError*\x87\x01\n\x08Protocol\x12\x18\n\x14PROTOCOL_UNSPECIFIED\x10\x00\x12\x11\n\rPROTOCOL_HTTP\x10\x01\x12\x12\n\x0ePROTOCOL_HTTPS\x10\x02\x12\x10\n\x0cPROTOCOL_TCP\x10\x03\x12\x10\n\x0cPROTOCOL_UDP\x10\x04\x12\x16\n\x12PROTOCOL_WEBSOCKET\x10\x05*H\n\x06\x45xpose\x12\x16\n\x12\x45XPOSE_UNSPECIFIED\x10\x00\x12\x11\n\rEXPOSE_PUBLIC\x10\x01\x12\x13\n\x0f\x45XPOSE_INTERNAL\x10\x02*w\n\x0cResourceType\x12\x1d\n\x19RESOURCE_TYPE_UNSPECIFIED\x10\x00\x12\x19\n\x15RESOURCE_TYPE_SERVICE\x10\x01\x12\x15\n\x11RESOURCE_TYPE_JOB\x10\x02\x12\x16\n\x12RESOURCE_TYPE_CRON\x10\x03\x32\xd8\x02\n\x0cProxyService\x12L\n\x07GetInfo\x12\x1f.zlayer.proxy.v1.GetInfoRequest\x1a .zlayer.proxy.v1.GetInfoResponse\x12R\n\tSetRoutes\x12!.zlayer.proxy.v1.SetRoutesRequest\x1a\".zlayer.proxy.v1.SetRoutesResponse\x12U\n\nListRoutes\x12\".zlayer.proxy.v1.ListRoutesRequest\x1a#.zlayer.proxy.v1.ListRoutesResponse\x12O\n\x08GetStats\x12 .zlayer.proxy.v1.GetStatsRequest\x1a!.zlayer.proxy.v1.GetStatsResponseB-Z+zlayer.dev/libs/api/zlayer/proxy/v1;proxyv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bzlayer/proxy/v1/proxy.proto\x12\x0fzlayer.proxy.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bzlayer/types/v1/types.proto\"\x10\n\x0eGetInfoRequest\"B\n\x0fGetInfoResponse\x12/\n\x04info\x18\x01 \x01(\x0b\x32\x1b.zlayer.types.v1.DaemonInfoR\x04info\"\xf9\x02\n\x05Route\x12\x1e\n\ndeployment\x18\x01 \x01(\tR\ndeployment\x12\x18\n\x07service\x18\x02 \x01(\tR\x07service\x12\x1a\n\x08\x65ndpoint\x18\x03 \x01(\tR\x08\x65ndpoint\x12\x35\n\x08protocol\x18\x04 \x01(\x0e\x32\x19.zlayer.proxy.v1.ProtocolR\x08protocol\x12\x12\n\x04host\x18\x05 \x01(\tR\x04host\x12\x12\n\x04path\x18\x06 \x01(\tR\x04path\x12\x1f\n\x0bpublic_port\x18\x07 \x01(\rR\npublicPort\x12/\n\x06\x65xpose\x18\x08 \x01(\x0e\x32\x17.zlayer.proxy.v1.ExposeR\x06\x65xpose\x12\x33\n\x05rtype\x18\t \x01(\x0e\x32\x1d.zlayer.proxy.v1.ResourceTypeR\x05rtype\x12\x34\n\x08\x62\x61\x63kends\x18\n \x03(\x0b\x32\x18.zlayer.proxy.v1.BackendR\x08\x62\x61\x63kends\"\x86\x01\n\x07\x42\x61\x63kend\x12\x1d\n\nreplica_id\x18\x01 \x01(\tR\treplicaId\x12\x18\n\x07\x61\x64\x64ress\x18\x02 \x01(\tR\x07\x61\x64\x64ress\x12\x12\n\x04node\x18\x03 \x01(\tR\x04node\x12\x18\n\x07healthy\x18\x04 \x01(\x08R\x07healthy\x12\x14\n\x05ready\x18\x05 \x01(\x08R\x05ready\"b\n\x10SetRoutesRequest\x12\x1e\n\ngeneration\x18\x01 \x01(\x04R\ngeneration\x12.\n\x06routes\x18\x02 \x03(\x0b\x32\x16.zlayer.proxy.v1.RouteR\x06routes\"O\n\x11SetRoutesResponse\x12\x1e\n\ngeneration\x18\x01 \x01(\x04R\ngeneration\x12\x1a\n\x08shadowed\x18\x02 \x03(\tR\x08shadowed\"\x13\n\x11ListRoutesRequest\"i\n\x12ListRoutesResponse\x12\x1e\n\ngeneration\x18\x01 \x01(\x04R\ngeneration\x12\x33\n\x06routes\x18\x02 \x03(\x0b\x32\x1b.zlayer.proxy.v1.RouteStateR\x06routes\"u\n\nRouteState\x12,\n\x05route\x18\x01 \x01(\x0b\x32\x16.zlayer.proxy.v1.RouteR\x05route\x12\x39\n\x08\x62\x61\x63kends\x18\x02 \x03(\x0b\x32\x1d.zlayer.proxy.v1.BackendStateR\x08\x62\x61\x63kends\"\xed\x01\n\x0c\x42\x61\x63kendState\x12\x1d\n\nreplica_id\x18\x01 \x01(\tR\treplicaId\x12\x18\n\x07\x61\x64\x64ress\x18\x02 \x01(\tR\x07\x61\x64\x64ress\x12\x1a\n\x08\x65ligible\x18\x03 \x01(\x08R\x08\x65ligible\x12?\n\rejected_until\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x0c\x65jectedUntil\x12 \n\x0boutstanding\x18\x05 \x01(\x03R\x0boutstanding\x12%\n\x0erequests_total\x18\x06 \x01(\x04R\rrequestsTotal\"D\n\x0fGetStatsRequest\x12\x31\n\x06window\x18\x01 \x01(\x0b\x32\x19.google.protobuf.DurationR\x06window\"\xaf\x01\n\x10GetStatsResponse\x12*\n\x02\x61t\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x02\x61t\x12\x31\n\x06window\x18\x02 \x01(\x0b\x32\x19.google.protobuf.DurationR\x06window\x12<\n\tendpoints\x18\x03 \x03(\x0b\x32\x1e.zlayer.proxy.v1.EndpointStatsR\tendpoints\"\xa1\x02\n\rEndpointStats\x12\x1e\n\ndeployment\x18\x01 \x01(\tR\ndeployment\x12\x18\n\x07service\x18\x02 \x01(\tR\x07service\x12\x1a\n\x08\x65ndpoint\x18\x03 \x01(\tR\x08\x65ndpoint\x12\x10\n\x03rps\x18\x04 \x01(\x01R\x03rps\x12%\n\x0erequests_total\x18\x05 \x01(\x04R\rrequestsTotal\x12<\n\tresponses\x18\x06 \x01(\x0b\x32\x1e.zlayer.proxy.v1.StatusClassesR\tresponses\x12\x16\n\x06\x61\x63tive\x18\x07 \x01(\x03R\x06\x61\x63tive\x12+\n\x11\x65ligible_backends\x18\x08 \x01(\rR\x10\x65ligibleBackends\"\xb7\x01\n\rStatusClasses\x12$\n\rinformational\x18\x01 \x01(\x04R\rinformational\x12\x18\n\x07success\x18\x02 \x01(\x04R\x07success\x12 \n\x0bredirection\x18\x03 \x01(\x04R\x0bredirection\x12!\n\x0c\x63lient_error\x18\x04 \x01(\x04R\x0b\x63lientError\x12!\n\x0cserver_error\x18\x05 \x01(\x04R\x0bserverError*\x87\x01\n\x08Protocol\x12\x18\n\x14PROTOCOL_UNSPECIFIED\x10\x00\x12\x11\n\rPROTOCOL_HTTP\x10\x01\x12\x12\n\x0ePROTOCOL_HTTPS\x10\x02\x12\x10\n\x0cPROTOCOL_TCP\x10\x03\x12\x10\n\x0cPROTOCOL_UDP\x10\x04\x12\x16\n\x12PROTOCOL_WEBSOCKET\x10\x05*H\n\x06\x45xpose\x12\x16\n\x12\x45XPOSE_UNSPECIFIED\x10\x00\x12\x11\n\rEXPOSE_PUBLIC\x10\x01\x12\x13\n\x0f\x45XPOSE_INTERNAL\x10\x02*w\n\x0cResourceType\x12\x1d\n\x19RESOURCE_TYPE_UNSPECIFIED\x10\x00\x12\x19\n\x15RESOURCE_TYPE_SERVICE\x10\x01\x12\x15\n\x11RESOURCE_TYPE_JOB\x10\x02\x12\x16\n\x12RESOURCE_TYPE_CRON\x10\x03\x32\xd8\x02\n\x0cProxyService\x12L\n\x07GetInfo\x12\x1f.zlayer.proxy.v1.GetInfoRequest\x1a .zlayer.proxy.v1.GetInfoResponse\x12R\n\tSetRoutes\x12!.zlayer.proxy.v1.SetRoutesRequest\x1a\".zlayer.proxy.v1.SetRoutesResponse\x12U\n\nListRoutes\x12\".zlayer.proxy.v1.ListRoutesRequest\x1a#.zlayer.proxy.v1.ListRoutesResponse\x12O\n\x08GetStats\x12 .zlayer.proxy.v1.GetStatsRequest\x1a!.zlayer.proxy.v1.GetStatsResponseB-Z+zlayer.dev/libs/api/zlayer/proxy/v1;proxyv1b\x06proto3')
 
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, globals())
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'zlayer.proxy.v1.proxy_pb2', globals())
@@ -24,12 +24,12 @@ if _descriptor._USE_C_DESCRIPTORS == False:
 
   DESCRIPTOR._options = None
   DESCRIPTOR._serialized_options = b'Z+zlayer.dev/libs/api/zlayer/proxy/v1;proxyv1'
-  _PROTOCOL._serialized_start=2112
-  _PROTOCOL._serialized_end=2247
-  _EXPOSE._serialized_start=2249
-  _EXPOSE._serialized_end=2321
-  _RESOURCETYPE._serialized_start=2323
-  _RESOURCETYPE._serialized_end=2442
+  _PROTOCOL._serialized_start=2140
+  _PROTOCOL._serialized_end=2275
+  _EXPOSE._serialized_start=2277
+  _EXPOSE._serialized_end=2349
+  _RESOURCETYPE._serialized_start=2351
+  _RESOURCETYPE._serialized_end=2470
   _GETINFOREQUEST._serialized_start=142
   _GETINFOREQUEST._serialized_end=158
   _GETINFORESPONSE._serialized_start=160
@@ -41,23 +41,23 @@ if _descriptor._USE_C_DESCRIPTORS == False:
   _SETROUTESREQUEST._serialized_start=745
   _SETROUTESREQUEST._serialized_end=843
   _SETROUTESRESPONSE._serialized_start=845
-  _SETROUTESRESPONSE._serialized_end=896
-  _LISTROUTESREQUEST._serialized_start=898
-  _LISTROUTESREQUEST._serialized_end=917
-  _LISTROUTESRESPONSE._serialized_start=919
-  _LISTROUTESRESPONSE._serialized_end=1024
-  _ROUTESTATE._serialized_start=1026
-  _ROUTESTATE._serialized_end=1143
-  _BACKENDSTATE._serialized_start=1146
-  _BACKENDSTATE._serialized_end=1383
-  _GETSTATSREQUEST._serialized_start=1385
-  _GETSTATSREQUEST._serialized_end=1453
-  _GETSTATSRESPONSE._serialized_start=1456
-  _GETSTATSRESPONSE._serialized_end=1631
-  _ENDPOINTSTATS._serialized_start=1634
-  _ENDPOINTSTATS._serialized_end=1923
-  _STATUSCLASSES._serialized_start=1926
-  _STATUSCLASSES._serialized_end=2109
-  _PROXYSERVICE._serialized_start=2445
-  _PROXYSERVICE._serialized_end=2789
+  _SETROUTESRESPONSE._serialized_end=924
+  _LISTROUTESREQUEST._serialized_start=926
+  _LISTROUTESREQUEST._serialized_end=945
+  _LISTROUTESRESPONSE._serialized_start=947
+  _LISTROUTESRESPONSE._serialized_end=1052
+  _ROUTESTATE._serialized_start=1054
+  _ROUTESTATE._serialized_end=1171
+  _BACKENDSTATE._serialized_start=1174
+  _BACKENDSTATE._serialized_end=1411
+  _GETSTATSREQUEST._serialized_start=1413
+  _GETSTATSREQUEST._serialized_end=1481
+  _GETSTATSRESPONSE._serialized_start=1484
+  _GETSTATSRESPONSE._serialized_end=1659
+  _ENDPOINTSTATS._serialized_start=1662
+  _ENDPOINTSTATS._serialized_end=1951
+  _STATUSCLASSES._serialized_start=1954
+  _STATUSCLASSES._serialized_end=2137
+  _PROXYSERVICE._serialized_start=2473
+  _PROXYSERVICE._serialized_end=2817
 # @@protoc_insertion_point(module_scope)

@@ -72,6 +72,16 @@ class SchedulerServiceStub(object):
                 request_serializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.FindReplicaRequest.SerializeToString,
                 response_deserializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.FindReplicaResponse.FromString,
                 )
+        self.RunJob = channel.unary_unary(
+                '/zlayer.scheduler.v1.SchedulerService/RunJob',
+                request_serializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.RunJobRequest.SerializeToString,
+                response_deserializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.RunJobResponse.FromString,
+                )
+        self.ListJobRuns = channel.unary_unary(
+                '/zlayer.scheduler.v1.SchedulerService/ListJobRuns',
+                request_serializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.ListJobRunsRequest.SerializeToString,
+                response_deserializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.ListJobRunsResponse.FromString,
+                )
 
 
 class SchedulerServiceServicer(object):
@@ -162,6 +172,21 @@ class SchedulerServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RunJob(self, request, context):
+        """RunJob starts a run of a job or cron job and returns it once placed
+        (follow it with WatchDeployment, its output with the node's agent).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListJobRuns(self, request, context):
+        """ListJobRuns lists a job's or cron job's kept runs, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SchedulerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -219,6 +244,16 @@ def add_SchedulerServiceServicer_to_server(servicer, server):
                     servicer.FindReplica,
                     request_deserializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.FindReplicaRequest.FromString,
                     response_serializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.FindReplicaResponse.SerializeToString,
+            ),
+            'RunJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.RunJob,
+                    request_deserializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.RunJobRequest.FromString,
+                    response_serializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.RunJobResponse.SerializeToString,
+            ),
+            'ListJobRuns': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListJobRuns,
+                    request_deserializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.ListJobRunsRequest.FromString,
+                    response_serializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.ListJobRunsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -417,5 +452,39 @@ class SchedulerService(object):
         return grpc.experimental.unary_unary(request, target, '/zlayer.scheduler.v1.SchedulerService/FindReplica',
             zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.FindReplicaRequest.SerializeToString,
             zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.FindReplicaResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def RunJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/zlayer.scheduler.v1.SchedulerService/RunJob',
+            zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.RunJobRequest.SerializeToString,
+            zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.RunJobResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def ListJobRuns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/zlayer.scheduler.v1.SchedulerService/ListJobRuns',
+            zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.ListJobRunsRequest.SerializeToString,
+            zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.ListJobRunsResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
