@@ -67,16 +67,17 @@ services:
 }
 
 type replicaJSON struct {
-	ID      string `json:"id"`
-	Service string `json:"service"`
-	Index   int    `json:"index"`
-	Version string `json:"version"`
-	Node    string `json:"node"`
-	Phase   string `json:"phase"`
-	Health  string `json:"health"`
-	IP      string `json:"ip"`
-	Stop    bool   `json:"desiredStop"`
-	Held    string `json:"held"`
+	ID       string `json:"id"`
+	Service  string `json:"service"`
+	Index    int    `json:"index"`
+	Version  string `json:"version"`
+	Node     string `json:"node"`
+	Phase    string `json:"phase"`
+	Health   string `json:"health"`
+	IP       string `json:"ip"`
+	Stop     bool   `json:"desiredStop"`
+	Held     string `json:"held"`
+	Restarts int    `json:"restarts"`
 }
 
 type statusJSON struct {
@@ -142,6 +143,7 @@ func fetch(url string) (string, error) {
 func TestDeployServesPage(t *testing.T) {
 	reg := demoRegistry(t)
 	n := startNode(t, "--arg", "registry:--insecure-registry="+reg.Addr)
+	n.explainOnFailure(t, "web1")
 
 	// Deploy: the rollout completes and the page is served from the replica.
 	file := demoFile(t, reg, "web1", "")

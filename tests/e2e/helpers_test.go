@@ -306,3 +306,16 @@ func (n *node) reap(t *testing.T) {
 		t.Errorf("node %s left behind: %s\n%s", n.name, strings.Join(leaks, ", "), n.logs())
 	}
 }
+
+// explainOnFailure registers a cleanup (run before the node stops) that
+// prints the deployment's status and events when the test has failed.
+func (n *node) explainOnFailure(t *testing.T, dep string) {
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		st, _ := n.zlctl(t, "status", dep)
+		ev, _ := n.zlctl(t, "events", dep, "--limit", "300")
+		t.Logf("status of %s:\n%s\nevents:\n%s", dep, st, ev)
+	})
+}

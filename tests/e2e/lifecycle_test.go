@@ -16,6 +16,7 @@ import (
 func TestDependsAndPanicPolicies(t *testing.T) {
 	reg := demoRegistry(t)
 	n := startNode(t, "--arg", "registry:--insecure-registry="+reg.Addr)
+	n.explainOnFailure(t, "life")
 	img := reg.Addr + "/demo-http:latest"
 	file := filepath.Join(t.TempDir(), "life.yaml")
 	text := fmt.Sprintf(`version: v1
@@ -46,6 +47,15 @@ services:
     command: ["/bin/busybox", "sh", "-c", "sleep 3; exit 4"]
     scale: {mode: fixed, replicas: 1}
     errors: {on_panic: {action: isolate}}
+  flaky:
+    image: {name: %[1]s}
+    endpoints: [{name: http, protocol: http, port: 80}]
+    scale: {mode: fixed, replicas: 1}
+    health:
+      start_grace: 1s
+      interval: 1s
+      retries: 2
+      check: {type: http, url: /health}
   stopped:
     image: {name: %[1]s}
     command: ["/bin/busybox", "sh", "-c", "sleep 3; exit 5"]
@@ -104,8 +114,8 @@ services:
 
 	// restart: the crash loop restarts in place, with backoff.
 	eventually(t, 60*time.Second, "crashy restarted at least 3 times", func() bool {
-		out, _ := n.zlctl(t, "status", "life", "-o", "json")
-		return strings.Contains(out, `"restarts": 3`) || strings.Contains(out, `"restarts": 4`)
+		rs := byService()["crashy"]
+		return len(rs) == 1 && rs[0].Restarts >= 3
 	})
 	if rs := byService()["crashy"]; len(rs) != 1 {
 		t.Errorf("crashy should be restarted in place, not replaced: %+v", rs)
@@ -124,18 +134,39 @@ services:
 		}
 		return held >= 1 && others >= 1
 	})
-	out, _ := n.zlctl(t, "status", "life", "-o", "json")
-	if !strings.Contains(out, `"held": "isolate"`) {
-		t.Errorf("no replica is marked isolated:\n%s", out)
-	}
 
 	// shutdown: the dead replica stays stopped and is not replaced.
 	eventually(t, 60*time.Second, "the shutdown replica held", func() bool {
-		out, _ := n.zlctl(t, "status", "life", "-o", "json")
-		return strings.Contains(out, `"held": "shutdown"`)
+		rs := byService()["stopped"]
+		return len(rs) == 1 && rs[0].Held == "shutdown"
 	})
 	if rs := byService()["stopped"]; len(rs) != 1 {
 		t.Errorf("a replica left stopped by on_panic: shutdown was replaced: %+v", rs)
+	}
+
+	// A health check that starts failing: unhealthy counts as a panic, and
+	// the default policy restarts the replica in place, healthy again.
+	eventually(t, 60*time.Second, "flaky healthy", func() bool {
+		for _, r := range n.running(t, "life") {
+			if r.Service == "flaky" && r.Health == "HEALTH_HEALTHY" {
+				return true
+			}
+		}
+		return false
+	})
+	if out, code := n.zlctl(t, "exec", "life/flaky", "--", "/bin/busybox", "rm", "/var/www/health"); code != 0 {
+		t.Fatalf("break the service: exit %d: %s", code, out)
+	}
+	eventually(t, 60*time.Second, "flaky restarted and healthy again", func() bool {
+		for _, r := range byService()["flaky"] {
+			if r.Health == "HEALTH_HEALTHY" && r.Restarts >= 1 && r.Phase == "REPLICA_PHASE_RUNNING" {
+				return true
+			}
+		}
+		return false
+	})
+	if events, _ := n.zlctl(t, "events", "life", "--limit", "500"); !strings.Contains(events, "unhealthy") {
+		t.Errorf("the unhealthy spell is not in the events:\n%s", events)
 	}
 
 	if out, code := n.zlctl(t, "delete", "life"); code != 0 {
@@ -153,6 +184,7 @@ services:
 func TestJobsAndCron(t *testing.T) {
 	reg := demoRegistry(t)
 	n := startNode(t, "--arg", "registry:--insecure-registry="+reg.Addr)
+	n.explainOnFailure(t, "jobs")
 	img := reg.Addr + "/demo-http:latest"
 	file := filepath.Join(t.TempDir(), "jobs.yaml")
 	text := fmt.Sprintf(`version: v1

@@ -85,7 +85,8 @@ func backendRoute(svc string, p proxyv1.Protocol, addrs ...string) *proxyv1.Rout
 
 func TestDaemonServesPushedRoutes(t *testing.T) {
 	dir := t.TempDir()
-	n := startNode(t, dir, proxytest.FreePort(t), proxytest.FreePort(t))
+	metricsAddr := fmt.Sprintf("127.0.0.1:%d", proxytest.FreePort(t))
+	n := startNode(t, dir, proxytest.FreePort(t), proxytest.FreePort(t), "--metrics-addr", metricsAddr)
 	ctx := context.Background()
 	web := proxytest.StartBackend(t, "web-1", nil)
 	echo, err := net.Listen("tcp", "127.0.0.1:0")
@@ -170,6 +171,23 @@ func TestDaemonServesPushedRoutes(t *testing.T) {
 		}
 		return false
 	})
+
+	mr, err := http.Get("http://" + metricsAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	prom, _ := io.ReadAll(mr.Body)
+	mr.Body.Close()
+	for _, want := range []string{
+		`zlayer_proxy_requests_total{class="2xx",deployment="app",endpoint="main",service="web"} 5`,
+		`zlayer_proxy_requests_total{class="l4",deployment="app",endpoint="main",service="db"} 1`,
+		`zlayer_proxy_request_duration_seconds_count{deployment="app",endpoint="main",service="web"} 5`,
+		`zlayer_proxy_active_connections{deployment="app",endpoint="main",service="web"} 0`,
+	} {
+		if !strings.Contains(string(prom), want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
 
 	list, err := n.client.ListRoutes(ctx, &proxyv1.ListRoutesRequest{})
 	if err != nil || list.GetGeneration() != 3 || len(list.GetRoutes()) != 3 {

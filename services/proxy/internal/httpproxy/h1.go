@@ -27,8 +27,9 @@ type h1Transport struct {
 	idleTimeout     time.Duration
 	std             http.RoundTripper
 
-	mu   sync.Mutex
-	idle map[string][]*h1Conn // by replica address, most recent last
+	mu        sync.Mutex
+	idle      map[string][]*h1Conn // by replica address, most recent last
+	lastSweep time.Time
 }
 
 type h1Conn struct {
@@ -193,17 +194,42 @@ func (t *h1Transport) get(addr string) (*h1Conn, bool) {
 }
 
 func (t *h1Transport) put(addr string, pc *h1Conn) {
-	pc.idleAt = time.Now()
+	now := time.Now()
+	pc.idleAt = now
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.idle == nil {
 		t.idle = map[string][]*h1Conn{}
+	}
+	if now.Sub(t.lastSweep) > t.idleTimeout/2 {
+		t.sweep(now)
 	}
 	if len(t.idle[addr]) >= t.maxIdle {
 		pc.c.Close()
 		return
 	}
 	t.idle[addr] = append(t.idle[addr], pc)
+}
+
+// sweep closes connections idle too long, so that those to replicas that
+// get no more requests (removed ones) do not pile up. t.mu is held.
+func (t *h1Transport) sweep(now time.Time) {
+	t.lastSweep = now
+	for addr, conns := range t.idle {
+		keep := conns[:0]
+		for _, pc := range conns {
+			if now.Sub(pc.idleAt) < t.idleTimeout {
+				keep = append(keep, pc)
+			} else {
+				pc.c.Close()
+			}
+		}
+		if len(keep) == 0 {
+			delete(t.idle, addr)
+		} else {
+			t.idle[addr] = keep
+		}
+	}
 }
 
 // CloseIdleConnections closes every pooled connection.

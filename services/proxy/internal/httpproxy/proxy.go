@@ -155,12 +155,12 @@ type state struct {
 func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, secure bool) {
 	start := time.Now()
 	e := p.cfg.Routes.Load().MatchHTTP(r.Host, r.URL.Path)
+	sw := &statusWriter{ResponseWriter: w}
 	if e == nil {
-		http.Error(w, fmt.Sprintf("zlayer-proxy: no route for host %q and path %q", r.Host, r.URL.Path), http.StatusNotFound)
-		p.access(r, nil, nil, http.StatusNotFound, 0, start)
+		http.Error(sw, fmt.Sprintf("zlayer-proxy: no route for host %q and path %q", r.Host, r.URL.Path), http.StatusNotFound)
+		p.access(r, nil, nil, sw.status, sw.bytes, start)
 		return
 	}
-	sw := &statusWriter{ResponseWriter: w}
 	e.Stats.Begin()
 	st := &state{entry: e}
 	switch {

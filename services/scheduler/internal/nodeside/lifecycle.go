@@ -90,6 +90,14 @@ func (r *Runner) restartDue(id string, now time.Time) (due, pending bool) {
 	return true, true
 }
 
+// restartPending reports whether a restart in place is scheduled.
+func (r *Runner) restartPending(id string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	rs := r.restarts[id]
+	return rs != nil && !rs.next.IsZero()
+}
+
 // restartCount is the replica's restarts in place so far.
 func (r *Runner) restartCount(id string) uint32 {
 	r.mu.Lock()

@@ -217,6 +217,26 @@ func (r *Runner) sync(ctx context.Context) {
 			if removeNow {
 				r.remove(ctx, id, log)
 			}
+		case onAgent && s.Phase == schedulerv1.ReplicaPhase_REPLICA_PHASE_RUNNING && !rep.Run && r.unhealthy(id) && !rollingOut(st, rep):
+			// Unhealthy past its retries: treated as a panic, so restart
+			// recovers it and isolate replaces it. (During its own rollout
+			// it is reported as is: the rollout rolls back instead.)
+			res, _ := r.health.Result(id)
+			sick := proto.CloneOf(s)
+			sick.Reason = "unhealthy: " + res.Reason
+			out, removeNow := r.onPanic(rep, svc.Spec, sick, now)
+			if out.Held == "shutdown" {
+				r.setOverride(id, nil) // shutdown concerns a dead process: an unhealthy one is left running
+				continue
+			}
+			if r.setOverride(id, out) {
+				log.Info("replica unhealthy", zap.String("reason", out.Reason), zap.String("held", out.Held), zap.Uint32("restarts", out.Restarts))
+			}
+			if removeNow {
+				r.remove(ctx, id, log)
+			}
+		case onAgent && r.restartPending(id):
+			// Being removed for a restart in place: keep saying so.
 		case onAgent:
 			r.setOverride(id, nil) // the agent's view is the truth now
 		default:
@@ -258,6 +278,20 @@ func (r *Runner) sync(ctx context.Context) {
 			delete(r.started, id)
 		}
 	}
+}
+
+// unhealthy reports whether the replica's health check says unhealthy.
+func (r *Runner) unhealthy(id string) bool {
+	res, ok := r.health.Result(id)
+	return ok && res.Health == schedulerv1.Health_HEALTH_UNHEALTHY
+}
+
+// rollingOut reports whether rep belongs to its deployment's version that
+// is still being rolled out.
+func rollingOut(st *fsm.State, rep *schedulerv1.Replica) bool {
+	d := st.Deployments[rep.Deployment]
+	v := fsm.Version(d, d.GetCurrent())
+	return v != nil && rep.Version == v.Version && v.Outcome == schedulerv1.RolloutOutcome_ROLLOUT_OUTCOME_IN_PROGRESS
 }
 
 // serviceOf returns the parsed file and service a replica runs.

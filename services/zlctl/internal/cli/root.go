@@ -88,6 +88,7 @@ func newRootCmd(getenv func(string) string) *cobra.Command {
 		newExecCmd(g),
 		newClusterCmd(g),
 		newJobCmd(g),
+		newRoutesCmd(g),
 	)
 	return root
 }
