@@ -38,6 +38,7 @@ require (
 	golang.org/x/text v0.42.0 // indirect
 	google.golang.org/genproto/googleapis/rpc v0.0.0-20260817212433-ac3dfec99bb1 // indirect
 	gopkg.in/yaml.v3 v3.0.1 // indirect
+	zlayer.dev/libs/runs v0.0.0
 )
 
 replace (
@@ -47,3 +48,5 @@ replace (
 	zlayer.dev/libs/obs => ../../libs/obs
 	zlayer.dev/libs/rpc => ../../libs/rpc
 )
+
+replace zlayer.dev/libs/runs => ../../libs/runs

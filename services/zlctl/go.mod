@@ -24,6 +24,7 @@ require (
 	google.golang.org/genproto/googleapis/rpc v0.0.0-20260817212433-ac3dfec99bb1 // indirect
 	google.golang.org/grpc v1.85.0 // indirect
 	google.golang.org/protobuf v1.36.12 // indirect
+	zlayer.dev/libs/runs v0.0.0
 	zlayer.dev/libs/testkit v0.0.0
 )
 
@@ -37,3 +38,5 @@ replace (
 )
 
 replace zlayer.dev/libs/testkit => ../../libs/testkit
+
+replace zlayer.dev/libs/runs => ../../libs/runs

@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -194,6 +196,7 @@ services:
     rtype: job
     image: {name: %[1]s}
     command: ["/bin/busybox", "sh", "-c", "echo hello from the job; exit 7"]
+    endpoints: [{name: run, protocol: http, port: 80, path: /hello, expose: public}]
   tick:
     rtype: cron
     schedule: "@every 2s"
@@ -215,6 +218,23 @@ services:
 	if !strings.Contains(out, "failed") || !strings.Contains(out, " 7 ") || !strings.Contains(out, "zlctl") {
 		t.Errorf("job runs does not show the failed run with exit code 7:\n%s", out)
 	}
+
+	// A request to the job's endpoint runs it: output and exit code come back.
+	eventually(t, 30*time.Second, "the job endpoint routed", func() bool {
+		resp, err := http.Get("http://" + n.httpAddr + "/hello")
+		if err != nil {
+			return false
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusNotFound {
+			return false // the route is not pushed yet
+		}
+		if resp.StatusCode != http.StatusInternalServerError || resp.Header.Get("X-Zlayer-Exit-Code") != "7" || !strings.Contains(string(body), "hello from the job") {
+			t.Fatalf("job endpoint: %s, exit code %q, body %q", resp.Status, resp.Header.Get("X-Zlayer-Exit-Code"), body)
+		}
+		return true
+	})
 
 	// Sample the cron job's runs for a while: never two at once.
 	deadline := time.Now().Add(12 * time.Second)

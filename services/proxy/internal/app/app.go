@@ -20,9 +20,11 @@ import (
 
 	proxyv1 "zlayer.dev/libs/api/zlayer/proxy/v1"
 	"zlayer.dev/libs/daemon"
+	"zlayer.dev/libs/rpc"
 	"zlayer.dev/services/proxy/internal/balance"
 	"zlayer.dev/services/proxy/internal/certs"
 	"zlayer.dev/services/proxy/internal/httpproxy"
+	"zlayer.dev/services/proxy/internal/jobclient"
 	"zlayer.dev/services/proxy/internal/l4"
 	"zlayer.dev/services/proxy/internal/metrics"
 	"zlayer.dev/services/proxy/internal/routes"
@@ -36,13 +38,33 @@ func Main(ctx context.Context, args []string, getenv func(string) string) error 
 		Name:  "proxy",
 		Flags: func(fs *flag.FlagSet) { cfg.register(fs) },
 		Start: func(ctx context.Context, env daemon.Env, srv *grpc.Server) (func(context.Context) error, error) {
-			return start(env, srv, &cfg, nil)
+			// Job routes start runs through the node's scheduler and agent
+			// (connections are lazy: neither needs to be up yet).
+			sched, err := rpc.Dial(rpc.SocketPath(env.RunDir, "scheduler"))
+			if err != nil {
+				return nil, err
+			}
+			agent, err := rpc.Dial(rpc.SocketPath(env.RunDir, "agent"))
+			if err != nil {
+				sched.Close()
+				return nil, err
+			}
+			run, err := start(env, srv, &cfg, jobclient.New(env.Node, sched, agent))
+			if err != nil {
+				sched.Close()
+				agent.Close()
+				return nil, err
+			}
+			return func(ctx context.Context) error {
+				defer sched.Close()
+				defer agent.Close()
+				return run(ctx)
+			}, nil
 		},
 	})
 }
 
-// start builds the proxy. jobs runs job routes; nil until the agent offers
-// a job API (job routes then answer 503).
+// start builds the proxy. jobs runs job routes (nil: they answer 503).
 func start(env daemon.Env, srv *grpc.Server, cfg *config, jobs httpproxy.JobRunner) (run func(context.Context) error, err error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err

@@ -553,6 +553,13 @@ func (t *txn) runJob(c *schedulerv1.RunJobCommand) Result {
 		Phase: schedulerv1.ReplicaPhase_REPLICA_PHASE_PENDING, Reason: "waiting for a node",
 		CreatedAt: ts(t.now), ChangedAt: ts(t.now),
 	}
+	if c.Node != "" {
+		n := t.f.nodes[c.Node]
+		if n == nil || n.State != schedulerv1.NodeState_NODE_STATE_READY {
+			return Result{Err: fmt.Errorf("node %q is not ready to run %s/%s: %w", c.Node, d.Name, c.Service, errkind.Unavailable)}
+		}
+		r.Node, r.Phase, r.Reason = c.Node, schedulerv1.ReplicaPhase_REPLICA_PHASE_ASSIGNED, ""
+	}
 	t.f.replicas[r.Id] = r
 	t.touchReplica(r.Id)
 	t.replicaEvent(r, "run", "run %d started by %s", r.Index, c.Trigger)

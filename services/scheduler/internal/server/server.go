@@ -461,8 +461,12 @@ func (s *Server) RunJob(ctx context.Context, req *schedulerv1.RunJobRequest) (*s
 		return nil, fmt.Errorf("%s/%s is a long-running service, not a job: %w", d.Name, svc.Name, errkind.Invalid)
 	}
 	id := fmt.Sprintf("%s-%s-run-%s", d.Name, svc.Name, randomSuffix())
+	trigger := req.GetTrigger()
+	if trigger == "" {
+		trigger = "zlctl"
+	}
 	if _, err := s.propose(ctx, &schedulerv1.Command{Kind: &schedulerv1.Command_RunJob{RunJob: &schedulerv1.RunJobCommand{
-		Deployment: d.Name, Service: svc.Name, ReplicaId: id, Trigger: "zlctl",
+		Deployment: d.Name, Service: svc.Name, ReplicaId: id, Trigger: trigger, Node: req.GetNode(),
 	}}}); err != nil {
 		return nil, err
 	}

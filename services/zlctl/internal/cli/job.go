@@ -1,20 +1,15 @@
 package cli
 
 import (
-	"context"
-	"errors"
 	"fmt"
-	"io"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
-	agentv1 "zlayer.dev/libs/api/zlayer/agent/v1"
 	schedulerv1 "zlayer.dev/libs/api/zlayer/scheduler/v1"
+	"zlayer.dev/libs/runs"
 )
 
 func newJobCmd(g *globals) *cobra.Command {
@@ -29,11 +24,6 @@ func splitTarget(s string) (string, string, error) {
 		return "", "", fmt.Errorf("target %q: want DEPLOYMENT/SERVICE", s)
 	}
 	return dep, svc, nil
-}
-
-func finished(p schedulerv1.ReplicaPhase) bool {
-	return p == schedulerv1.ReplicaPhase_REPLICA_PHASE_SUCCEEDED || p == schedulerv1.ReplicaPhase_REPLICA_PHASE_FAILED ||
-		p == schedulerv1.ReplicaPhase_REPLICA_PHASE_STOPPED || p == schedulerv1.ReplicaPhase_REPLICA_PHASE_LOST
 }
 
 func newJobRunCmd(g *globals) *cobra.Command {
@@ -66,22 +56,15 @@ func newJobRunCmd(g *globals) *cobra.Command {
 			if detach {
 				return nil
 			}
-			logsDone := make(chan struct{})
-			lctx, stopLogs := context.WithCancel(ctx)
-			defer stopLogs()
-			go func() {
-				defer close(logsDone)
-				streamRunLogs(lctx, g, cmd.OutOrStdout(), cmd.ErrOrStderr(), run.GetId())
-			}()
-			final, err := waitRun(ctx, client, dep, run.GetId())
+			agent, closeAgent, err := agentClient(g)
+			if err != nil {
+				return err
+			}
+			defer closeAgent()
+			final, err := runs.Follow(ctx, client, agent, dep, run.GetId(), cmd.OutOrStdout(), cmd.ErrOrStderr())
 			if err != nil {
 				return g.rpcError("scheduler", err)
 			}
-			select { // the last lines may still be on their way
-			case <-logsDone:
-			case <-time.After(2 * time.Second):
-			}
-			stopLogs()
 			switch final.GetPhase() {
 			case schedulerv1.ReplicaPhase_REPLICA_PHASE_SUCCEEDED:
 				return nil
@@ -98,68 +81,6 @@ func newJobRunCmd(g *globals) *cobra.Command {
 	}
 	cmd.Flags().BoolVarP(&detach, "detach", "d", false, "start the run and return")
 	return cmd
-}
-
-// waitRun follows the deployment until the run has finished.
-func waitRun(ctx context.Context, client schedulerv1.SchedulerServiceClient, dep, id string) (*schedulerv1.Replica, error) {
-	stream, err := client.WatchDeployment(ctx, &schedulerv1.WatchDeploymentRequest{Deployment: dep})
-	if err != nil {
-		return nil, err
-	}
-	for {
-		msg, err := stream.Recv()
-		if err != nil {
-			return nil, err
-		}
-		for _, r := range msg.GetStatus().GetReplicas() {
-			if r.GetId() == id && finished(r.GetPhase()) {
-				return r, nil
-			}
-		}
-	}
-}
-
-// streamRunLogs follows the run's output from this node's agent, once the
-// container exists; it says so once if the run is on another node.
-func streamRunLogs(ctx context.Context, g *globals, stdout, stderr io.Writer, id string) {
-	c, closeFn, err := agentClient(g)
-	if err != nil {
-		return
-	}
-	defer closeFn()
-	for {
-		st, err := c.StreamLogs(ctx, &agentv1.StreamLogsRequest{Id: id, Follow: true})
-		if err == nil {
-			var m *agentv1.StreamLogsResponse
-			for m, err = st.Recv(); err == nil; m, err = st.Recv() {
-				for _, e := range m.GetEntries() {
-					w := stdout
-					if e.GetStream() == agentv1.LogStream_LOG_STREAM_STDERR {
-						w = stderr
-					}
-					line := e.GetText()
-					if !e.GetPartial() && (len(line) == 0 || line[len(line)-1] != '\n') {
-						line = append(line, '\n')
-					}
-					_, _ = w.Write(line)
-				}
-			}
-			if errors.Is(err, io.EOF) {
-				return
-			}
-		}
-		if ctx.Err() != nil {
-			return
-		}
-		if status.Code(err) != codes.NotFound {
-			return
-		}
-		select { // not started yet (pulling), or on another node
-		case <-ctx.Done():
-			return
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
 }
 
 func newJobRunsCmd(g *globals) *cobra.Command {
@@ -190,7 +111,7 @@ func newJobRunsCmd(g *globals) *cobra.Command {
 			fmt.Fprintln(tw, "RUN\tID\tTRIGGER\tNODE\tSTATE\tEXIT\tSTARTED\tREASON")
 			for _, r := range resp.Runs {
 				exit := "-"
-				if finished(r.Phase) {
+				if runs.Finished(r.Phase) {
 					exit = fmt.Sprint(r.ExitCode)
 				}
 				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Index, r.Id, r.Trigger, orDash(r.Node),

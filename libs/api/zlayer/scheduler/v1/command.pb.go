@@ -800,7 +800,9 @@ type RunJobCommand struct {
 	// replica_id is the run's id, chosen by the proposer.
 	ReplicaId string `protobuf:"bytes,3,opt,name=replica_id,json=replicaId,proto3" json:"replica_id,omitempty"`
 	// trigger says what started it: "zlctl", "cron" or "http".
-	Trigger       string `protobuf:"bytes,4,opt,name=trigger,proto3" json:"trigger,omitempty"`
+	Trigger string `protobuf:"bytes,4,opt,name=trigger,proto3" json:"trigger,omitempty"`
+	// node, when set and ready, is where the run goes.
+	Node          string `protobuf:"bytes,5,opt,name=node,proto3" json:"node,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -859,6 +861,13 @@ func (x *RunJobCommand) GetReplicaId() string {
 func (x *RunJobCommand) GetTrigger() string {
 	if x != nil {
 		return x.Trigger
+	}
+	return ""
+}
+
+func (x *RunJobCommand) GetNode() string {
+	if x != nil {
+		return x.Node
 	}
 	return ""
 }
@@ -1388,7 +1397,7 @@ const file_zlayer_scheduler_v1_command_proto_rawDesc = "" +
 	"\x13SetNodeStateCommand\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x124\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x1e.zlayer.scheduler.v1.NodeStateR\x05state\x12\x16\n" +
-	"\x06reason\x18\x03 \x01(\tR\x06reason\"\x82\x01\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"\x96\x01\n" +
 	"\rRunJobCommand\x12\x1e\n" +
 	"\n" +
 	"deployment\x18\x01 \x01(\tR\n" +
@@ -1396,7 +1405,8 @@ const file_zlayer_scheduler_v1_command_proto_rawDesc = "" +
 	"\aservice\x18\x02 \x01(\tR\aservice\x12\x1d\n" +
 	"\n" +
 	"replica_id\x18\x03 \x01(\tR\treplicaId\x12\x18\n" +
-	"\atrigger\x18\x04 \x01(\tR\atrigger\"\xb2\x01\n" +
+	"\atrigger\x18\x04 \x01(\tR\atrigger\x12\x12\n" +
+	"\x04node\x18\x05 \x01(\tR\x04node\"\xb2\x01\n" +
 	"\bCronTick\x12\x1e\n" +
 	"\n" +
 	"deployment\x18\x01 \x01(\tR\n" +

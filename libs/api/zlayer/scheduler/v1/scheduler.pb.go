@@ -1339,7 +1339,12 @@ type RunJobRequest struct {
 	// deployment names the deployment.
 	Deployment string `protobuf:"bytes,1,opt,name=deployment,proto3" json:"deployment,omitempty"`
 	// service names the job or cron service.
-	Service       string `protobuf:"bytes,2,opt,name=service,proto3" json:"service,omitempty"`
+	Service string `protobuf:"bytes,2,opt,name=service,proto3" json:"service,omitempty"`
+	// node, when set, runs it on that node (it must be ready); the proxy uses
+	// its own node so that it can read the run's output there.
+	Node string `protobuf:"bytes,3,opt,name=node,proto3" json:"node,omitempty"`
+	// trigger says who asks, for the run's history: "zlctl" (default) or "http".
+	Trigger       string `protobuf:"bytes,4,opt,name=trigger,proto3" json:"trigger,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1384,6 +1389,20 @@ func (x *RunJobRequest) GetDeployment() string {
 func (x *RunJobRequest) GetService() string {
 	if x != nil {
 		return x.Service
+	}
+	return ""
+}
+
+func (x *RunJobRequest) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *RunJobRequest) GetTrigger() string {
+	if x != nil {
+		return x.Trigger
 	}
 	return ""
 }
@@ -1630,12 +1649,14 @@ const file_zlayer_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\x12FindReplicaRequest\x12\x16\n" +
 	"\x06target\x18\x01 \x01(\tR\x06target\"M\n" +
 	"\x13FindReplicaResponse\x126\n" +
-	"\areplica\x18\x01 \x01(\v2\x1c.zlayer.scheduler.v1.ReplicaR\areplica\"I\n" +
+	"\areplica\x18\x01 \x01(\v2\x1c.zlayer.scheduler.v1.ReplicaR\areplica\"w\n" +
 	"\rRunJobRequest\x12\x1e\n" +
 	"\n" +
 	"deployment\x18\x01 \x01(\tR\n" +
 	"deployment\x12\x18\n" +
-	"\aservice\x18\x02 \x01(\tR\aservice\"@\n" +
+	"\aservice\x18\x02 \x01(\tR\aservice\x12\x12\n" +
+	"\x04node\x18\x03 \x01(\tR\x04node\x12\x18\n" +
+	"\atrigger\x18\x04 \x01(\tR\atrigger\"@\n" +
 	"\x0eRunJobResponse\x12.\n" +
 	"\x03run\x18\x01 \x01(\v2\x1c.zlayer.scheduler.v1.ReplicaR\x03run\"N\n" +
 	"\x12ListJobRunsRequest\x12\x1e\n" +
