@@ -279,3 +279,60 @@ func TestDeployServesPage(t *testing.T) {
 		return code == 0 && !strings.Contains(out, "web1")
 	})
 }
+
+// TestAutoscaleOnRequests sends requests through the node's proxy to an
+// adaptive service with a requests-per-second target: it scales up under
+// the load and back to its minimum after.
+func TestAutoscaleOnRequests(t *testing.T) {
+	reg := demoRegistry(t)
+	n := startNode(t, "--arg", "registry:--insecure-registry="+reg.Addr, "--arg", "scheduler:--load-interval=1s")
+	n.explainOnFailure(t, "auto")
+	file := demoFileHealth(t, reg, "auto", "", "")
+	text, _ := os.ReadFile(file)
+	text = []byte(strings.Replace(string(text), "      max: 5\n", "      max: 3\n      cooldown: 1s\n      targets:\n        rps: 5\n", 1))
+	if err := os.WriteFile(file, text, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, code := n.zlctl(t, "deploy", file); code != 0 {
+		t.Fatalf("deploy: exit %d\n%s", code, out)
+	}
+	desired := func() int {
+		st := n.status(t, "auto")
+		if len(st.Deployments) != 1 || len(st.Deployments[0].Services) != 1 {
+			return -1
+		}
+		return st.Deployments[0].Services[0].Desired
+	}
+	// About 40 requests/s for at most 30 s, to 127.0.0.1 only, until the
+	// service has scaled to its maximum.
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c := http.Client{Timeout: 2 * time.Second}
+		tick := time.NewTicker(25 * time.Millisecond)
+		defer tick.Stop()
+		for i := 0; i < 1200; i++ {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+			if resp, err := c.Get("http://" + n.httpAddr + "/"); err == nil {
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+		}
+	}()
+	eventually(t, 30*time.Second, "scaled up to 3 under load", func() bool { return desired() == 3 })
+	close(stop)
+	<-done
+	eventually(t, 30*time.Second, "back to 1 without load", func() bool { return desired() == 1 })
+	events, _ := n.zlctl(t, "events", "auto")
+	if !strings.Contains(events, "autoscaler:") {
+		t.Errorf("no autoscaler event:\n%s", events)
+	}
+	if out, code := n.zlctl(t, "delete", "auto"); code != 0 {
+		t.Fatalf("delete: %s", out)
+	}
+}

@@ -157,3 +157,19 @@ func (c *Client) Exec(ctx context.Context, replica string, argv []string) (int, 
 		}
 	}
 }
+
+// Stats returns each replica's CPU and memory use in percent of its limits
+// (CPU of one core without a limit).
+func (c *Client) Stats(ctx context.Context) (map[string][2]float64, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	resp, err := c.agent.GetStats(ctx, &agentv1.GetStatsRequest{})
+	if err != nil {
+		return nil, fmt.Errorf("agent stats: %s", status.Convert(err).Message())
+	}
+	out := make(map[string][2]float64, len(resp.Stats))
+	for _, s := range resp.Stats {
+		out[s.Id] = [2]float64{s.CpuPercent, s.MemoryPercent}
+	}
+	return out, nil
+}

@@ -38,6 +38,7 @@ import (
 type options struct {
 	nodeTimeout   time.Duration
 	heartbeat     time.Duration
+	loadInterval  time.Duration
 	reconcileTick time.Duration
 	cpus          float64
 	memory        int64
@@ -52,6 +53,7 @@ type options struct {
 func (o *options) register(fs *flag.FlagSet) {
 	fs.DurationVar(&o.nodeTimeout, "node-timeout", 5*time.Second, "a node silent this long is marked down and its replicas placed elsewhere")
 	fs.DurationVar(&o.heartbeat, "heartbeat", time.Second, "how often this node reports to the cluster")
+	fs.DurationVar(&o.loadInterval, "load-interval", 10*time.Second, "how often this node reports its load (requests/s, CPU, memory) for adaptive scaling")
 	fs.DurationVar(&o.reconcileTick, "reconcile-interval", 500*time.Millisecond, "how often the leader reconciles when nothing changes")
 	fs.Float64Var(&o.cpus, "cpus", 0, "CPUs this node offers (default: all)")
 	fs.Int64Var(&o.memory, "memory-bytes", 0, "memory this node offers in bytes (default: all)")
@@ -120,8 +122,9 @@ func start(ctx context.Context, env daemon.Env, srv *grpc.Server, o options) (fu
 		agentConn.Close()
 		return nil, err
 	}
-	side := nodeside.New(nodeside.Config{Node: self, Heartbeat: o.heartbeat}, env.Log, state, node, agentclient.New(agentConn), specs)
-	rc := reconcile.Config{NodeTimeout: o.nodeTimeout, MaxRolloutRestarts: 3, ReplaceFailedAfter: 10 * time.Second}
+	side := nodeside.New(nodeside.Config{Node: self, Heartbeat: o.heartbeat, LoadInterval: o.loadInterval, Proxy: proxyv1.NewProxyServiceClient(proxyConn)},
+		env.Log, state, node, agentclient.New(agentConn), specs)
+	rc := reconcile.Config{NodeTimeout: o.nodeTimeout, MaxRolloutRestarts: 3, ReplaceFailedAfter: 10 * time.Second, LoadFresh: 3 * o.loadInterval}
 
 	return func(ctx context.Context) error {
 		defer state.Close()

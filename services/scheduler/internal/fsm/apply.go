@@ -190,6 +190,10 @@ func (t *txn) scale(c *schedulerv1.ScaleCommand) Result {
 	d.Scale[c.Service] = c.Replicas
 	t.touchDeployment(d.Name)
 	if prev != c.Replicas {
+		if d.ScaledAt == nil {
+			d.ScaledAt = map[string]*timestamppb.Timestamp{}
+		}
+		d.ScaledAt[c.Service] = ts(t.now)
 		t.event(&schedulerv1.Event{Deployment: d.Name, Service: c.Service, Kind: "scaled",
 			Message: fmt.Sprintf("scaled from %d to %d replicas (%s)", prev, c.Replicas, c.Reason)})
 	}
@@ -291,6 +295,9 @@ func (t *txn) heartbeat(c *schedulerv1.HeartbeatCommand) Result {
 	if n.State == schedulerv1.NodeState_NODE_STATE_DOWN {
 		n.State = schedulerv1.NodeState_NODE_STATE_READY
 		t.event(&schedulerv1.Event{Node: n.Name, Kind: "node-ready", Message: "node is back"})
+	}
+	if len(c.Load) > 0 {
+		n.Load, n.LoadAt = c.Load, ts(t.now)
 	}
 	t.touchNode(n.Name)
 	for _, s := range c.Statuses {

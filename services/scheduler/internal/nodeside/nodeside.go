@@ -41,6 +41,8 @@ type Agent interface {
 	List(ctx context.Context) (map[string]*schedulerv1.ReplicaStatus, error)
 	// Exec runs argv in a replica's container and returns its exit code.
 	Exec(ctx context.Context, replica string, argv []string) (int, error)
+	// Stats returns each replica's CPU and memory use, in percent of its limits.
+	Stats(ctx context.Context) (map[string][2]float64, error)
 }
 
 // Proposer commits a command.
@@ -52,6 +54,11 @@ type Proposer interface {
 type Config struct {
 	Node      *schedulerv1.Node // the node as it registers itself
 	Heartbeat time.Duration     // default 1s
+	// LoadInterval is how often the node's load (proxy requests, replicas'
+	// CPU and memory) goes out with a heartbeat; default 10s.
+	LoadInterval time.Duration
+	// Proxy is the local proxy, read for requests per second; may be nil.
+	Proxy Proxy
 }
 
 // Runner keeps this node's agent in line with the state.
@@ -70,6 +77,8 @@ type Runner struct {
 	inflight  sync.Map                              // replica id → true while the agent is asked to run or remove it
 	health    *health.Prober                        // health checks of this node's running replicas
 	calls     sync.WaitGroup                        // agent calls in the background (starts, removes)
+	proxy     Proxy
+	loadAt    time.Time // when load last went out
 
 	mu        sync.Mutex
 	restarts  map[string]*restartState              // crash-loop bookkeeping per replica
@@ -81,8 +90,11 @@ func New(cfg Config, log *zap.Logger, state *fsm.FSM, raft Proposer, agent Agent
 	if cfg.Heartbeat <= 0 {
 		cfg.Heartbeat = time.Second
 	}
+	if cfg.LoadInterval <= 0 {
+		cfg.LoadInterval = 10 * time.Second
+	}
 	return &Runner{cfg: cfg, log: log.Named("nodeside"), state: state, raft: raft, agent: agent, specs: specs, health: health.New(agent),
-		reported: map[string]*schedulerv1.ReplicaStatus{}, started: map[string]time.Time{}, failures: make(chan failure, 128),
+		proxy: cfg.Proxy, reported: map[string]*schedulerv1.ReplicaStatus{}, started: map[string]time.Time{}, failures: make(chan failure, 128),
 		restarts: map[string]*restartState{}, overrides: map[string]*schedulerv1.ReplicaStatus{}}
 }
 
@@ -472,13 +484,20 @@ drain:
 			break drain
 		}
 	}
+	var load []*schedulerv1.ServiceLoad
+	if time.Since(r.loadAt) >= r.cfg.LoadInterval {
+		load = r.measureLoad(ctx, st, r.cfg.LoadInterval)
+	}
 	if err := r.propose(ctx, &schedulerv1.Command{Kind: &schedulerv1.Command_Heartbeat{Heartbeat: &schedulerv1.HeartbeatCommand{
-		Node: r.cfg.Node.Name, Statuses: changes,
+		Node: r.cfg.Node.Name, Statuses: changes, Load: load,
 	}}}, r.cfg.Heartbeat); err != nil {
 		return fmt.Errorf("heartbeat: %w", err)
 	}
 	for _, c := range changes {
 		r.reported[c.Id] = c
+	}
+	if load != nil {
+		r.loadAt = time.Now()
 	}
 	for id := range r.reported {
 		if _, ok := st.Replicas[id]; !ok {

@@ -17,6 +17,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"math"
 	"slices"
 	"time"
 
@@ -36,6 +37,16 @@ type Service struct {
 	// Next returns a cron service's first scheduled time after a time;
 	// nil for other services.
 	Next func(after time.Time) time.Time
+	// Auto is set for adaptive services.
+	Auto *Autoscale
+}
+
+// Autoscale is an adaptive service's scaling rule (SPEC.md scale).
+type Autoscale struct {
+	Min, Max uint32
+	Cooldown time.Duration
+	// Targets per replica; zero means not a target.
+	CPU, Memory, RPS float64
 }
 
 // Specs returns the services of version v of deployment d.
@@ -52,6 +63,9 @@ type Config struct {
 	// replaced this long after it failed (it stays visible meanwhile, and a
 	// replica that always fails is not replaced in a hot loop).
 	ReplaceFailedAfter time.Duration
+	// LoadFresh: node load measurements older than this are ignored by the
+	// autoscaler.
+	LoadFresh time.Duration
 }
 
 // MaxRuns is how many finished runs of a job or cron job are kept.
@@ -210,6 +224,13 @@ func (p *planner) deployment(d *schedulerv1.Deployment) {
 			complete = false
 		}
 		p.runs(d, svcs[name], replicas)
+	}
+	if cur.Outcome != inFlight {
+		for _, name := range sortedKeys(svcs) {
+			if svc := svcs[name]; svc.Auto != nil {
+				p.autoscale(d, svc, replicas)
+			}
+		}
 	}
 	if cur.Outcome == inFlight && complete {
 		p.plan.Outcomes = append(p.plan.Outcomes, &schedulerv1.RolloutResult{
@@ -371,6 +392,68 @@ func (p *planner) service(d *schedulerv1.Deployment, svc Service, all []*schedul
 		}
 	}
 	return done
+}
+
+// autoscale follows an adaptive service's load: for each target, the count
+// that brings the per-replica load to it (ceil(current × load / target); for
+// rps, ceil(total rps / target)); the largest wins, within min..max, at most
+// once per cooldown.
+func (p *planner) autoscale(d *schedulerv1.Deployment, svc Service, all []*schedulerv1.Replica) {
+	a := svc.Auto
+	current := d.Scale[svc.Name]
+	if at := d.ScaledAt[svc.Name]; at != nil && p.now.Sub(at.AsTime()) < a.Cooldown {
+		return
+	}
+	up := 0
+	for _, r := range all {
+		if r.Service == svc.Name && !r.Run && live(r) && r.Phase == running {
+			up++
+		}
+	}
+	var rps, cpu, mem float64
+	measured := uint32(0)
+	fresh := false
+	for _, n := range p.s.Nodes {
+		if n.LoadAt == nil || p.now.Sub(n.LoadAt.AsTime()) > p.cfg.LoadFresh {
+			continue
+		}
+		for _, l := range n.Load {
+			if l.Deployment == d.Name && l.Service == svc.Name {
+				fresh = true
+				rps += l.Rps
+				cpu += l.CpuPercent
+				mem += l.MemoryPercent
+				measured += l.Replicas
+			}
+		}
+	}
+	if !fresh || up == 0 || int(current) != up {
+		return // nothing measured, or a change is still being carried out
+	}
+	want, why := uint32(0), ""
+	consider := func(n uint32, reason string) {
+		if n > want {
+			want, why = n, reason
+		}
+	}
+	if a.RPS > 0 {
+		consider(uint32(math.Ceil(rps/a.RPS)), fmt.Sprintf("%.1f requests/s for a target of %.1f per replica", rps, a.RPS))
+	}
+	if a.CPU > 0 && measured > 0 {
+		avg := cpu / float64(measured)
+		consider(uint32(math.Ceil(float64(current)*avg/a.CPU)), fmt.Sprintf("cpu %.0f%% per replica for a target of %.0f%%", avg, a.CPU))
+	}
+	if a.Memory > 0 && measured > 0 {
+		avg := mem / float64(measured)
+		consider(uint32(math.Ceil(float64(current)*avg/a.Memory)), fmt.Sprintf("memory %.0f%% per replica for a target of %.0f%%", avg, a.Memory))
+	}
+	want = min(max(want, a.Min), a.Max)
+	if want == current {
+		return
+	}
+	p.command(&schedulerv1.Command{Kind: &schedulerv1.Command_Scale{Scale: &schedulerv1.ScaleCommand{
+		Deployment: d.Name, Service: svc.Name, Replicas: want, Reason: "autoscaler: " + why,
+	}}})
 }
 
 // runs keeps the newest MaxRuns finished runs of a job or cron job, and

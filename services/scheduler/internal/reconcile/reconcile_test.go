@@ -26,10 +26,12 @@ type sim struct {
 	cfg   Config
 	// specs: deployment file text → services. The "file" is a short key
 	// such as "web:h1:3" (service:hash:replicas, comma-separated).
-	failing map[string]bool // spec hashes whose replicas fail on start
-	down    map[string]bool // nodes whose agents do not answer
-	log     [][]byte        // every command applied, in order
-	crash   bool            // running replicas of failing hashes fail too
+	failing map[string]bool                     // spec hashes whose replicas fail on start
+	down    map[string]bool                     // nodes whose agents do not answer
+	log     [][]byte                            // every command applied, in order
+	crash   bool                                // running replicas of failing hashes fail too
+	specFn  Specs                               // nil: specs
+	load    map[string]*schedulerv1.ServiceLoad // node → load sent with its next heartbeat
 }
 
 func newSim(t *testing.T, nodes ...string) *sim {
@@ -100,7 +102,11 @@ func (s *sim) deploy(name, file string) uint64 {
 func (s *sim) step() {
 	s.t.Helper()
 	s.now = s.now.Add(time.Second)
-	for _, c := range Plan(s.f.Copy(), specs, s.now, s.cfg) {
+	fn := s.specFn
+	if fn == nil {
+		fn = specs
+	}
+	for _, c := range Plan(s.f.Copy(), fn, s.now, s.cfg) {
 		if r := s.apply(c); r.Err != nil {
 			s.t.Logf("command rejected: %v", r.Err)
 		}
@@ -131,7 +137,11 @@ func (s *sim) step() {
 		if s.down[n] {
 			continue
 		}
-		s.apply(&schedulerv1.Command{Kind: &schedulerv1.Command_Heartbeat{Heartbeat: &schedulerv1.HeartbeatCommand{Node: n, Statuses: byNode[n]}}})
+		var load []*schedulerv1.ServiceLoad
+		if l := s.load[n]; l != nil {
+			load = []*schedulerv1.ServiceLoad{l}
+		}
+		s.apply(&schedulerv1.Command{Kind: &schedulerv1.Command_Heartbeat{Heartbeat: &schedulerv1.HeartbeatCommand{Node: n, Statuses: byNode[n], Load: load}}})
 	}
 }
 
@@ -416,5 +426,51 @@ func TestFailedRollbackIsNotRolledBackAgain(t *testing.T) {
 	}
 	if v := fsm.Version(d, 3); v.Outcome != schedulerv1.RolloutOutcome_ROLLOUT_OUTCOME_FAILED || v.RolledBackFrom != 2 {
 		t.Fatalf("version 3 = %v from %d, want a failed rollback of 2", v.Outcome, v.RolledBackFrom)
+	}
+}
+
+func TestAutoscaleFollowsRequests(t *testing.T) {
+	s := newSim(t, "n1", "n2")
+	s.cfg.LoadFresh = 30 * time.Second
+	s.specFn = func(d *schedulerv1.Deployment, v *schedulerv1.DeploymentVersion) (map[string]Service, error) {
+		svcs, err := specs(d, v)
+		web := svcs["web"]
+		web.Auto = &Autoscale{Min: 1, Max: 5, Cooldown: 5 * time.Second, RPS: 10}
+		svcs["web"] = web
+		return svcs, err
+	}
+	s.deploy("app", "web:h1:1")
+	s.run(3)
+	count := func() uint32 { return s.f.Copy().Deployments["app"].Scale["web"] }
+	// 35 requests/s over both nodes' proxies: 4 replicas of 10/s.
+	s.load = map[string]*schedulerv1.ServiceLoad{
+		"n1": {Deployment: "app", Service: "web", Rps: 20, Replicas: 1},
+		"n2": {Deployment: "app", Service: "web", Rps: 15},
+	}
+	s.run(2)
+	if got := count(); got != 4 {
+		t.Fatalf("scale %d under 35 rps, want 4", got)
+	}
+	s.load["n1"].Rps, s.load["n2"].Rps = 200, 200 // far beyond max
+	s.run(2)
+	if got := count(); got != 4 {
+		t.Fatalf("scale %d inside the cooldown, want still 4", got)
+	}
+	s.run(8)
+	if got := count(); got != 5 {
+		t.Fatalf("scale %d after the cooldown under 400 rps, want max 5", got)
+	}
+	s.load["n1"].Rps, s.load["n2"].Rps = 0, 0
+	s.run(8)
+	if got := count(); got != 1 {
+		t.Fatalf("scale %d with no load, want min 1", got)
+	}
+	events, _ := s.f.Events("app", 0, 0)
+	found := false
+	for _, e := range events {
+		found = found || strings.Contains(e.Message, "autoscaler: 35.0 requests/s for a target of 10.0 per replica")
+	}
+	if !found {
+		t.Error("no event says why the autoscaler scaled")
 	}
 }

@@ -64,6 +64,16 @@ func Parse(fileName string, data []byte) (*Deployment, error) {
 			svc.Mode = sc.Mode
 			svc.Min, svc.Max, svc.Replicas = u32(sc.Min), u32(sc.Max), u32(sc.Replicas)
 		}
+		if sc := s.Scale; sc != nil && s.RType == spec.RTypeService && sc.Mode == spec.ScaleAdaptive {
+			a := &reconcile.Autoscale{Min: svc.Min, Max: svc.Max, Cooldown: sc.Cooldown.D()}
+			if t := sc.Targets; t != nil {
+				a.CPU, a.Memory, a.RPS = float64(t.CPU), float64(t.Memory), t.RPS
+			}
+			if a.CPU == 0 && a.Memory == 0 && a.RPS == 0 {
+				a.CPU = 70 // SPEC.md: cpu 70% when no target is given
+			}
+			svc.Auto = a
+		}
 		out.Services[name] = svc
 	}
 	return out, nil

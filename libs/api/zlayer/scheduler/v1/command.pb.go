@@ -676,7 +676,10 @@ type HeartbeatCommand struct {
 	// node names the node.
 	Node string `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
 	// statuses are the replicas whose status changed since the last heartbeat.
-	Statuses      []*ReplicaStatus `protobuf:"bytes,2,rep,name=statuses,proto3" json:"statuses,omitempty"`
+	Statuses []*ReplicaStatus `protobuf:"bytes,2,rep,name=statuses,proto3" json:"statuses,omitempty"`
+	// load, sent every load interval (not every heartbeat), is what this
+	// node measured per service, for adaptive scaling.
+	Load          []*ServiceLoad `protobuf:"bytes,3,rep,name=load,proto3" json:"load,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -721,6 +724,13 @@ func (x *HeartbeatCommand) GetNode() string {
 func (x *HeartbeatCommand) GetStatuses() []*ReplicaStatus {
 	if x != nil {
 		return x.Statuses
+	}
+	return nil
+}
+
+func (x *HeartbeatCommand) GetLoad() []*ServiceLoad {
+	if x != nil {
+		return x.Load
 	}
 	return nil
 }
@@ -1390,10 +1400,11 @@ const file_zlayer_scheduler_v1_command_proto_rawDesc = "" +
 	"\brestarts\x18\x05 \x01(\rR\brestarts\x12\x1b\n" +
 	"\texit_code\x18\x06 \x01(\x05R\bexitCode\x12\x16\n" +
 	"\x06reason\x18\a \x01(\tR\x06reason\x12\x12\n" +
-	"\x04held\x18\b \x01(\tR\x04held\"f\n" +
+	"\x04held\x18\b \x01(\tR\x04held\"\x9c\x01\n" +
 	"\x10HeartbeatCommand\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12>\n" +
-	"\bstatuses\x18\x02 \x03(\v2\".zlayer.scheduler.v1.ReplicaStatusR\bstatuses\"w\n" +
+	"\bstatuses\x18\x02 \x03(\v2\".zlayer.scheduler.v1.ReplicaStatusR\bstatuses\x124\n" +
+	"\x04load\x18\x03 \x03(\v2 .zlayer.scheduler.v1.ServiceLoadR\x04load\"w\n" +
 	"\x13SetNodeStateCommand\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x124\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x1e.zlayer.scheduler.v1.NodeStateR\x05state\x12\x16\n" +
@@ -1480,11 +1491,12 @@ var file_zlayer_scheduler_v1_command_proto_goTypes = []any{
 	(*Node)(nil),                    // 19: zlayer.scheduler.v1.Node
 	(ReplicaPhase)(0),               // 20: zlayer.scheduler.v1.ReplicaPhase
 	(Health)(0),                     // 21: zlayer.scheduler.v1.Health
-	(NodeState)(0),                  // 22: zlayer.scheduler.v1.NodeState
-	(*Replica)(nil),                 // 23: zlayer.scheduler.v1.Replica
-	(RolloutOutcome)(0),             // 24: zlayer.scheduler.v1.RolloutOutcome
-	(*Deployment)(nil),              // 25: zlayer.scheduler.v1.Deployment
-	(*Event)(nil),                   // 26: zlayer.scheduler.v1.Event
+	(*ServiceLoad)(nil),             // 22: zlayer.scheduler.v1.ServiceLoad
+	(NodeState)(0),                  // 23: zlayer.scheduler.v1.NodeState
+	(*Replica)(nil),                 // 24: zlayer.scheduler.v1.Replica
+	(RolloutOutcome)(0),             // 25: zlayer.scheduler.v1.RolloutOutcome
+	(*Deployment)(nil),              // 26: zlayer.scheduler.v1.Deployment
+	(*Event)(nil),                   // 27: zlayer.scheduler.v1.Event
 }
 var file_zlayer_scheduler_v1_command_proto_depIdxs = []int32{
 	18, // 0: zlayer.scheduler.v1.Command.proposed_at:type_name -> google.protobuf.Timestamp
@@ -1503,24 +1515,25 @@ var file_zlayer_scheduler_v1_command_proto_depIdxs = []int32{
 	20, // 13: zlayer.scheduler.v1.ReplicaStatus.phase:type_name -> zlayer.scheduler.v1.ReplicaPhase
 	21, // 14: zlayer.scheduler.v1.ReplicaStatus.health:type_name -> zlayer.scheduler.v1.Health
 	6,  // 15: zlayer.scheduler.v1.HeartbeatCommand.statuses:type_name -> zlayer.scheduler.v1.ReplicaStatus
-	22, // 16: zlayer.scheduler.v1.SetNodeStateCommand.state:type_name -> zlayer.scheduler.v1.NodeState
-	18, // 17: zlayer.scheduler.v1.CronTick.scheduled_at:type_name -> google.protobuf.Timestamp
-	23, // 18: zlayer.scheduler.v1.PlanCommand.create:type_name -> zlayer.scheduler.v1.Replica
-	12, // 19: zlayer.scheduler.v1.PlanCommand.place:type_name -> zlayer.scheduler.v1.Placement
-	13, // 20: zlayer.scheduler.v1.PlanCommand.stop:type_name -> zlayer.scheduler.v1.StopReplica
-	14, // 21: zlayer.scheduler.v1.PlanCommand.outcomes:type_name -> zlayer.scheduler.v1.RolloutResult
-	12, // 22: zlayer.scheduler.v1.PlanCommand.pending:type_name -> zlayer.scheduler.v1.Placement
-	10, // 23: zlayer.scheduler.v1.PlanCommand.cron:type_name -> zlayer.scheduler.v1.CronTick
-	24, // 24: zlayer.scheduler.v1.RolloutResult.outcome:type_name -> zlayer.scheduler.v1.RolloutOutcome
-	25, // 25: zlayer.scheduler.v1.Snapshot.deployments:type_name -> zlayer.scheduler.v1.Deployment
-	23, // 26: zlayer.scheduler.v1.Snapshot.replicas:type_name -> zlayer.scheduler.v1.Replica
-	19, // 27: zlayer.scheduler.v1.Snapshot.nodes:type_name -> zlayer.scheduler.v1.Node
-	26, // 28: zlayer.scheduler.v1.Snapshot.events:type_name -> zlayer.scheduler.v1.Event
-	29, // [29:29] is the sub-list for method output_type
-	29, // [29:29] is the sub-list for method input_type
-	29, // [29:29] is the sub-list for extension type_name
-	29, // [29:29] is the sub-list for extension extendee
-	0,  // [0:29] is the sub-list for field type_name
+	22, // 16: zlayer.scheduler.v1.HeartbeatCommand.load:type_name -> zlayer.scheduler.v1.ServiceLoad
+	23, // 17: zlayer.scheduler.v1.SetNodeStateCommand.state:type_name -> zlayer.scheduler.v1.NodeState
+	18, // 18: zlayer.scheduler.v1.CronTick.scheduled_at:type_name -> google.protobuf.Timestamp
+	24, // 19: zlayer.scheduler.v1.PlanCommand.create:type_name -> zlayer.scheduler.v1.Replica
+	12, // 20: zlayer.scheduler.v1.PlanCommand.place:type_name -> zlayer.scheduler.v1.Placement
+	13, // 21: zlayer.scheduler.v1.PlanCommand.stop:type_name -> zlayer.scheduler.v1.StopReplica
+	14, // 22: zlayer.scheduler.v1.PlanCommand.outcomes:type_name -> zlayer.scheduler.v1.RolloutResult
+	12, // 23: zlayer.scheduler.v1.PlanCommand.pending:type_name -> zlayer.scheduler.v1.Placement
+	10, // 24: zlayer.scheduler.v1.PlanCommand.cron:type_name -> zlayer.scheduler.v1.CronTick
+	25, // 25: zlayer.scheduler.v1.RolloutResult.outcome:type_name -> zlayer.scheduler.v1.RolloutOutcome
+	26, // 26: zlayer.scheduler.v1.Snapshot.deployments:type_name -> zlayer.scheduler.v1.Deployment
+	24, // 27: zlayer.scheduler.v1.Snapshot.replicas:type_name -> zlayer.scheduler.v1.Replica
+	19, // 28: zlayer.scheduler.v1.Snapshot.nodes:type_name -> zlayer.scheduler.v1.Node
+	27, // 29: zlayer.scheduler.v1.Snapshot.events:type_name -> zlayer.scheduler.v1.Event
+	30, // [30:30] is the sub-list for method output_type
+	30, // [30:30] is the sub-list for method input_type
+	30, // [30:30] is the sub-list for extension type_name
+	30, // [30:30] is the sub-list for extension extendee
+	0,  // [0:30] is the sub-list for field type_name
 }
 
 func init() { file_zlayer_scheduler_v1_command_proto_init() }

@@ -406,7 +406,9 @@ type Deployment struct {
 	// deleting is set once the deployment is deleted; it disappears when its replicas are gone.
 	Deleting bool `protobuf:"varint,5,opt,name=deleting,proto3" json:"deleting,omitempty"`
 	// cron_last is, per cron service, the scheduled time of its last run (or skip).
-	CronLast      map[string]*timestamppb.Timestamp `protobuf:"bytes,6,rep,name=cron_last,json=cronLast,proto3" json:"cron_last,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	CronLast map[string]*timestamppb.Timestamp `protobuf:"bytes,6,rep,name=cron_last,json=cronLast,proto3" json:"cron_last,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// scaled_at is, per service, when its count last changed (autoscaler cooldown).
+	ScaledAt      map[string]*timestamppb.Timestamp `protobuf:"bytes,7,rep,name=scaled_at,json=scaledAt,proto3" json:"scaled_at,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -479,6 +481,13 @@ func (x *Deployment) GetDeleting() bool {
 func (x *Deployment) GetCronLast() map[string]*timestamppb.Timestamp {
 	if x != nil {
 		return x.CronLast
+	}
+	return nil
+}
+
+func (x *Deployment) GetScaledAt() map[string]*timestamppb.Timestamp {
+	if x != nil {
+		return x.ScaledAt
 	}
 	return nil
 }
@@ -711,7 +720,11 @@ type Node struct {
 	// joined_services lists deployment/service names the node joined (join tokens); placement prefers it for them.
 	JoinedServices []string `protobuf:"bytes,7,rep,name=joined_services,json=joinedServices,proto3" json:"joined_services,omitempty"`
 	// address is where the node's scheduler can be reached, if any.
-	Address       string `protobuf:"bytes,8,opt,name=address,proto3" json:"address,omitempty"`
+	Address string `protobuf:"bytes,8,opt,name=address,proto3" json:"address,omitempty"`
+	// load is the node's latest measurement per service.
+	Load []*ServiceLoad `protobuf:"bytes,9,rep,name=load,proto3" json:"load,omitempty"`
+	// load_at is when load was measured.
+	LoadAt        *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=load_at,json=loadAt,proto3" json:"load_at,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -802,6 +815,113 @@ func (x *Node) GetAddress() string {
 	return ""
 }
 
+func (x *Node) GetLoad() []*ServiceLoad {
+	if x != nil {
+		return x.Load
+	}
+	return nil
+}
+
+func (x *Node) GetLoadAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LoadAt
+	}
+	return nil
+}
+
+// ServiceLoad is one node's measurement of one service.
+type ServiceLoad struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// deployment names the deployment.
+	Deployment string `protobuf:"bytes,1,opt,name=deployment,proto3" json:"deployment,omitempty"`
+	// service names the service.
+	Service string `protobuf:"bytes,2,opt,name=service,proto3" json:"service,omitempty"`
+	// rps is the requests per second this node's proxy sent to the service.
+	Rps float64 `protobuf:"fixed64,3,opt,name=rps,proto3" json:"rps,omitempty"`
+	// replicas counts the service's replicas measured on this node.
+	Replicas uint32 `protobuf:"varint,4,opt,name=replicas,proto3" json:"replicas,omitempty"`
+	// cpu_percent is the sum over those replicas of CPU use, in percent of
+	// each one's limit (or of one core without a limit).
+	CpuPercent float64 `protobuf:"fixed64,5,opt,name=cpu_percent,json=cpuPercent,proto3" json:"cpu_percent,omitempty"`
+	// memory_percent is the sum over those replicas of memory use, in
+	// percent of each one's limit (0 without a limit).
+	MemoryPercent float64 `protobuf:"fixed64,6,opt,name=memory_percent,json=memoryPercent,proto3" json:"memory_percent,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ServiceLoad) Reset() {
+	*x = ServiceLoad{}
+	mi := &file_zlayer_scheduler_v1_state_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ServiceLoad) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ServiceLoad) ProtoMessage() {}
+
+func (x *ServiceLoad) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_scheduler_v1_state_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ServiceLoad.ProtoReflect.Descriptor instead.
+func (*ServiceLoad) Descriptor() ([]byte, []int) {
+	return file_zlayer_scheduler_v1_state_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *ServiceLoad) GetDeployment() string {
+	if x != nil {
+		return x.Deployment
+	}
+	return ""
+}
+
+func (x *ServiceLoad) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *ServiceLoad) GetRps() float64 {
+	if x != nil {
+		return x.Rps
+	}
+	return 0
+}
+
+func (x *ServiceLoad) GetReplicas() uint32 {
+	if x != nil {
+		return x.Replicas
+	}
+	return 0
+}
+
+func (x *ServiceLoad) GetCpuPercent() float64 {
+	if x != nil {
+		return x.CpuPercent
+	}
+	return 0
+}
+
+func (x *ServiceLoad) GetMemoryPercent() float64 {
+	if x != nil {
+		return x.MemoryPercent
+	}
+	return 0
+}
+
 // Event is one thing that happened, for `zlctl events`.
 type Event struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -827,7 +947,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_zlayer_scheduler_v1_state_proto_msgTypes[4]
+	mi := &file_zlayer_scheduler_v1_state_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -839,7 +959,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_zlayer_scheduler_v1_state_proto_msgTypes[4]
+	mi := &file_zlayer_scheduler_v1_state_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -852,7 +972,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_zlayer_scheduler_v1_state_proto_rawDescGZIP(), []int{4}
+	return file_zlayer_scheduler_v1_state_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Event) GetSeq() uint64 {
@@ -932,7 +1052,7 @@ const file_zlayer_scheduler_v1_state_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a?\n" +
 	"\x11InitialScaleEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\"\xbb\x03\n" +
+	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\"\xe0\x04\n" +
 	"\n" +
 	"Deployment\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
@@ -940,12 +1060,16 @@ const file_zlayer_scheduler_v1_state_proto_rawDesc = "" +
 	"\bversions\x18\x03 \x03(\v2&.zlayer.scheduler.v1.DeploymentVersionR\bversions\x12@\n" +
 	"\x05scale\x18\x04 \x03(\v2*.zlayer.scheduler.v1.Deployment.ScaleEntryR\x05scale\x12\x1a\n" +
 	"\bdeleting\x18\x05 \x01(\bR\bdeleting\x12J\n" +
-	"\tcron_last\x18\x06 \x03(\v2-.zlayer.scheduler.v1.Deployment.CronLastEntryR\bcronLast\x1a8\n" +
+	"\tcron_last\x18\x06 \x03(\v2-.zlayer.scheduler.v1.Deployment.CronLastEntryR\bcronLast\x12J\n" +
+	"\tscaled_at\x18\a \x03(\v2-.zlayer.scheduler.v1.Deployment.ScaledAtEntryR\bscaledAt\x1a8\n" +
 	"\n" +
 	"ScaleEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\x1aW\n" +
 	"\rCronLastEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x120\n" +
+	"\x05value\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x05value:\x028\x01\x1aW\n" +
+	"\rScaledAtEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x120\n" +
 	"\x05value\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x05value:\x028\x01\"\xdc\x04\n" +
 	"\aReplica\x12\x0e\n" +
@@ -972,7 +1096,7 @@ const file_zlayer_scheduler_v1_state_proto_rawDesc = "" +
 	"created_at\x18\x10 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x12\n" +
 	"\x04held\x18\x11 \x01(\tR\x04held\x12\x10\n" +
 	"\x03run\x18\x12 \x01(\bR\x03run\x12\x18\n" +
-	"\atrigger\x18\x13 \x01(\tR\atrigger\"\x85\x03\n" +
+	"\atrigger\x18\x13 \x01(\tR\atrigger\"\xf0\x03\n" +
 	"\x04Node\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x10\n" +
 	"\x03cpu\x18\x02 \x01(\x01R\x03cpu\x12!\n" +
@@ -981,10 +1105,23 @@ const file_zlayer_scheduler_v1_state_proto_rawDesc = "" +
 	"\x05state\x18\x05 \x01(\x0e2\x1e.zlayer.scheduler.v1.NodeStateR\x05state\x12A\n" +
 	"\x0elast_heartbeat\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\rlastHeartbeat\x12'\n" +
 	"\x0fjoined_services\x18\a \x03(\tR\x0ejoinedServices\x12\x18\n" +
-	"\aaddress\x18\b \x01(\tR\aaddress\x1a9\n" +
+	"\aaddress\x18\b \x01(\tR\aaddress\x124\n" +
+	"\x04load\x18\t \x03(\v2 .zlayer.scheduler.v1.ServiceLoadR\x04load\x123\n" +
+	"\aload_at\x18\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\x06loadAt\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xdf\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xbd\x01\n" +
+	"\vServiceLoad\x12\x1e\n" +
+	"\n" +
+	"deployment\x18\x01 \x01(\tR\n" +
+	"deployment\x12\x18\n" +
+	"\aservice\x18\x02 \x01(\tR\aservice\x12\x10\n" +
+	"\x03rps\x18\x03 \x01(\x01R\x03rps\x12\x1a\n" +
+	"\breplicas\x18\x04 \x01(\rR\breplicas\x12\x1f\n" +
+	"\vcpu_percent\x18\x05 \x01(\x01R\n" +
+	"cpuPercent\x12%\n" +
+	"\x0ememory_percent\x18\x06 \x01(\x01R\rmemoryPercent\"\xdf\x01\n" +
 	"\x05Event\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12.\n" +
 	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x1e\n" +
@@ -1036,7 +1173,7 @@ func file_zlayer_scheduler_v1_state_proto_rawDescGZIP() []byte {
 }
 
 var file_zlayer_scheduler_v1_state_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_zlayer_scheduler_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_zlayer_scheduler_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_zlayer_scheduler_v1_state_proto_goTypes = []any{
 	(RolloutOutcome)(0),           // 0: zlayer.scheduler.v1.RolloutOutcome
 	(ReplicaPhase)(0),             // 1: zlayer.scheduler.v1.ReplicaPhase
@@ -1046,36 +1183,42 @@ var file_zlayer_scheduler_v1_state_proto_goTypes = []any{
 	(*Deployment)(nil),            // 5: zlayer.scheduler.v1.Deployment
 	(*Replica)(nil),               // 6: zlayer.scheduler.v1.Replica
 	(*Node)(nil),                  // 7: zlayer.scheduler.v1.Node
-	(*Event)(nil),                 // 8: zlayer.scheduler.v1.Event
-	nil,                           // 9: zlayer.scheduler.v1.DeploymentVersion.ServiceHashesEntry
-	nil,                           // 10: zlayer.scheduler.v1.DeploymentVersion.InitialScaleEntry
-	nil,                           // 11: zlayer.scheduler.v1.Deployment.ScaleEntry
-	nil,                           // 12: zlayer.scheduler.v1.Deployment.CronLastEntry
-	nil,                           // 13: zlayer.scheduler.v1.Node.LabelsEntry
-	(*timestamppb.Timestamp)(nil), // 14: google.protobuf.Timestamp
+	(*ServiceLoad)(nil),           // 8: zlayer.scheduler.v1.ServiceLoad
+	(*Event)(nil),                 // 9: zlayer.scheduler.v1.Event
+	nil,                           // 10: zlayer.scheduler.v1.DeploymentVersion.ServiceHashesEntry
+	nil,                           // 11: zlayer.scheduler.v1.DeploymentVersion.InitialScaleEntry
+	nil,                           // 12: zlayer.scheduler.v1.Deployment.ScaleEntry
+	nil,                           // 13: zlayer.scheduler.v1.Deployment.CronLastEntry
+	nil,                           // 14: zlayer.scheduler.v1.Deployment.ScaledAtEntry
+	nil,                           // 15: zlayer.scheduler.v1.Node.LabelsEntry
+	(*timestamppb.Timestamp)(nil), // 16: google.protobuf.Timestamp
 }
 var file_zlayer_scheduler_v1_state_proto_depIdxs = []int32{
-	9,  // 0: zlayer.scheduler.v1.DeploymentVersion.service_hashes:type_name -> zlayer.scheduler.v1.DeploymentVersion.ServiceHashesEntry
-	14, // 1: zlayer.scheduler.v1.DeploymentVersion.created_at:type_name -> google.protobuf.Timestamp
+	10, // 0: zlayer.scheduler.v1.DeploymentVersion.service_hashes:type_name -> zlayer.scheduler.v1.DeploymentVersion.ServiceHashesEntry
+	16, // 1: zlayer.scheduler.v1.DeploymentVersion.created_at:type_name -> google.protobuf.Timestamp
 	0,  // 2: zlayer.scheduler.v1.DeploymentVersion.outcome:type_name -> zlayer.scheduler.v1.RolloutOutcome
-	10, // 3: zlayer.scheduler.v1.DeploymentVersion.initial_scale:type_name -> zlayer.scheduler.v1.DeploymentVersion.InitialScaleEntry
+	11, // 3: zlayer.scheduler.v1.DeploymentVersion.initial_scale:type_name -> zlayer.scheduler.v1.DeploymentVersion.InitialScaleEntry
 	4,  // 4: zlayer.scheduler.v1.Deployment.versions:type_name -> zlayer.scheduler.v1.DeploymentVersion
-	11, // 5: zlayer.scheduler.v1.Deployment.scale:type_name -> zlayer.scheduler.v1.Deployment.ScaleEntry
-	12, // 6: zlayer.scheduler.v1.Deployment.cron_last:type_name -> zlayer.scheduler.v1.Deployment.CronLastEntry
-	1,  // 7: zlayer.scheduler.v1.Replica.phase:type_name -> zlayer.scheduler.v1.ReplicaPhase
-	2,  // 8: zlayer.scheduler.v1.Replica.health:type_name -> zlayer.scheduler.v1.Health
-	14, // 9: zlayer.scheduler.v1.Replica.changed_at:type_name -> google.protobuf.Timestamp
-	14, // 10: zlayer.scheduler.v1.Replica.created_at:type_name -> google.protobuf.Timestamp
-	13, // 11: zlayer.scheduler.v1.Node.labels:type_name -> zlayer.scheduler.v1.Node.LabelsEntry
-	3,  // 12: zlayer.scheduler.v1.Node.state:type_name -> zlayer.scheduler.v1.NodeState
-	14, // 13: zlayer.scheduler.v1.Node.last_heartbeat:type_name -> google.protobuf.Timestamp
-	14, // 14: zlayer.scheduler.v1.Event.time:type_name -> google.protobuf.Timestamp
-	14, // 15: zlayer.scheduler.v1.Deployment.CronLastEntry.value:type_name -> google.protobuf.Timestamp
-	16, // [16:16] is the sub-list for method output_type
-	16, // [16:16] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	12, // 5: zlayer.scheduler.v1.Deployment.scale:type_name -> zlayer.scheduler.v1.Deployment.ScaleEntry
+	13, // 6: zlayer.scheduler.v1.Deployment.cron_last:type_name -> zlayer.scheduler.v1.Deployment.CronLastEntry
+	14, // 7: zlayer.scheduler.v1.Deployment.scaled_at:type_name -> zlayer.scheduler.v1.Deployment.ScaledAtEntry
+	1,  // 8: zlayer.scheduler.v1.Replica.phase:type_name -> zlayer.scheduler.v1.ReplicaPhase
+	2,  // 9: zlayer.scheduler.v1.Replica.health:type_name -> zlayer.scheduler.v1.Health
+	16, // 10: zlayer.scheduler.v1.Replica.changed_at:type_name -> google.protobuf.Timestamp
+	16, // 11: zlayer.scheduler.v1.Replica.created_at:type_name -> google.protobuf.Timestamp
+	15, // 12: zlayer.scheduler.v1.Node.labels:type_name -> zlayer.scheduler.v1.Node.LabelsEntry
+	3,  // 13: zlayer.scheduler.v1.Node.state:type_name -> zlayer.scheduler.v1.NodeState
+	16, // 14: zlayer.scheduler.v1.Node.last_heartbeat:type_name -> google.protobuf.Timestamp
+	8,  // 15: zlayer.scheduler.v1.Node.load:type_name -> zlayer.scheduler.v1.ServiceLoad
+	16, // 16: zlayer.scheduler.v1.Node.load_at:type_name -> google.protobuf.Timestamp
+	16, // 17: zlayer.scheduler.v1.Event.time:type_name -> google.protobuf.Timestamp
+	16, // 18: zlayer.scheduler.v1.Deployment.CronLastEntry.value:type_name -> google.protobuf.Timestamp
+	16, // 19: zlayer.scheduler.v1.Deployment.ScaledAtEntry.value:type_name -> google.protobuf.Timestamp
+	20, // [20:20] is the sub-list for method output_type
+	20, // [20:20] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_zlayer_scheduler_v1_state_proto_init() }
@@ -1089,7 +1232,7 @@ func file_zlayer_scheduler_v1_state_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_zlayer_scheduler_v1_state_proto_rawDesc), len(file_zlayer_scheduler_v1_state_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   10,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
