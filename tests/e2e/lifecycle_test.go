@@ -3,10 +3,13 @@ package e2e
 import (
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -266,5 +269,154 @@ services:
 	eventually(t, 60*time.Second, "nothing left on the agent", func() bool {
 		out, code := run(t, "grpcurl", "-plaintext", "unix://"+n.runDir+"/agent.sock", "zlayer.agent.v1.AgentService/ListReplicas")
 		return code == 0 && !strings.Contains(out, "jobs-")
+	})
+}
+
+// TestInitSteps runs init steps before a container's process: a wait for a
+// TCP port and for an HTTP status the test opens late, a command run inside
+// the container's filesystem, a failing step that goes on; and the
+// on_init_failure policies fail and backoff.
+func TestInitSteps(t *testing.T) {
+	reg := demoRegistry(t)
+	n := startNode(t, "--arg", "registry:--insecure-registry="+reg.Addr)
+	n.explainOnFailure(t, "init")
+	gw := strings.TrimSuffix(n.cidr, ".0.0/16") + ".0.1" // the node bridge's address, seen from containers
+	tcpL, err := net.Listen("tcp", "0.0.0.0:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tcpPort := tcpL.Addr().(*net.TCPAddr).Port
+	tcpL.Close() // closed until the test opens it again
+	var ready atomic.Bool
+	httpSrv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !ready.Load() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+	}))
+	httpL, err := net.Listen("tcp", "0.0.0.0:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	httpSrv.Listener = httpL
+	httpSrv.Start()
+	defer httpSrv.Close()
+	img := reg.Addr + "/demo-http:latest"
+	file := filepath.Join(t.TempDir(), "init.yaml")
+	text := fmt.Sprintf(`version: v1
+deployment: init
+services:
+  api:
+    image: {name: %[1]s}
+    endpoints: [{name: http, protocol: http, port: 80}]
+    scale: {mode: fixed, replicas: 1}
+    init:
+      steps:
+        - id: wait-port
+          uses: init.wait_tcp
+          with: {host: %[2]s, port: %[3]d}
+          timeout: 1m
+        - id: wait-ready
+          uses: init.wait_http
+          with: {url: "http://%[2]s:%[4]d/ready"}
+          timeout: 1m
+        - id: migrate
+          uses: init.run
+          with: {command: "echo migrated > /var/www/migrated"}
+        - id: optional
+          uses: init.run
+          with: {command: "exit 1"}
+          on_failure: continue
+  broken:
+    image: {name: %[1]s}
+    scale: {mode: fixed, replicas: 1}
+    init:
+      steps:
+        - id: check-config
+          uses: init.run
+          with: {command: "echo config missing >&2; exit 3"}
+    errors: {on_init_failure: {action: fail}}
+  retrying:
+    image: {name: %[1]s}
+    scale: {mode: fixed, replicas: 1}
+    init:
+      steps:
+        - id: flaky
+          uses: init.run
+          with: {command: "exit 1"}
+    errors: {on_init_failure: {action: backoff}}
+`, img, gw, tcpPort, httpL.Addr().(*net.TCPAddr).Port)
+	if err := os.WriteFile(file, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, code := n.zlctl(t, "deploy", "--detach", file); code != 0 {
+		t.Fatalf("deploy: exit %d\n%s", code, out)
+	}
+	byService := func() map[string][]replicaJSON {
+		out := map[string][]replicaJSON{}
+		st := n.status(t, "init")
+		if len(st.Deployments) == 1 {
+			for _, r := range st.Deployments[0].Replicas {
+				out[r.Service] = append(out[r.Service], r)
+			}
+		}
+		return out
+	}
+	// api waits: nothing listens on the port yet.
+	eventually(t, 30*time.Second, "the broken service failed and held", func() bool {
+		rs := byService()["broken"]
+		return len(rs) == 1 && rs[0].Held == "init" && strings.Contains(rs[0].Phase, "FAILED")
+	})
+	if rs := byService()["api"]; len(rs) != 1 || rs[0].Phase == "REPLICA_PHASE_RUNNING" {
+		t.Fatalf("api started before its wait_tcp target listened: %+v", rs)
+	}
+	tcpL, err = net.Listen("tcp", fmt.Sprintf("0.0.0.0:%d", tcpPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tcpL.Close()
+	go func() {
+		for {
+			c, err := tcpL.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	ready.Store(true)
+	var api replicaJSON
+	eventually(t, 60*time.Second, "api running after its init steps", func() bool {
+		for _, r := range n.running(t, "init") {
+			if r.Service == "api" {
+				api = r
+				return true
+			}
+		}
+		return false
+	})
+	page, err := fetch("http://" + api.IP + "/migrated")
+	if err != nil || !strings.Contains(page, "migrated") {
+		t.Errorf("init.run did not write into the container's filesystem: %q, %v", page, err)
+	}
+	eventually(t, 30*time.Second, "retrying backing off", func() bool {
+		rs := byService()["retrying"]
+		return len(rs) == 1 && rs[0].Restarts >= 2
+	})
+	events, _ := n.zlctl(t, "events", "init", "--limit", "500")
+	for _, want := range []string{
+		"wait-port ok", "wait-ready ok", "migrate ok", "optional continued", // the api's init results
+		"check-config", "config missing", "on_init_failure: fail", // the broken one's reason, with its output
+		"on_init_failure: backoff",
+	} {
+		if !strings.Contains(events, want) {
+			t.Errorf("events lack %q:\n%s", want, events)
+		}
+	}
+	if out, code := n.zlctl(t, "delete", "init"); code != 0 {
+		t.Fatalf("delete: %s", out)
+	}
+	eventually(t, 60*time.Second, "nothing left on the agent", func() bool {
+		out, code := run(t, "grpcurl", "-plaintext", "unix://"+n.runDir+"/agent.sock", "zlayer.agent.v1.AgentService/ListReplicas")
+		return code == 0 && !strings.Contains(out, "init-")
 	})
 }

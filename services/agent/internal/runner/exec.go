@@ -47,6 +47,12 @@ func (rn *Runner) Exec(ctx context.Context, id string, es ExecSpec, sio ExecIO) 
 	if rec.State != StateRunning {
 		return -1, fmt.Errorf("exec in %s: container is %s: %w", id, rec.State, errkind.Precondition)
 	}
+	return rn.exec(ctx, id, es, sio)
+}
+
+// exec runs a process in container id, which runc has created (running, or
+// created and not yet started: init steps run then).
+func (rn *Runner) exec(ctx context.Context, id string, es ExecSpec, sio ExecIO) (int, error) {
 	b, err := os.ReadFile(filepath.Join(rn.dir(id), "config.json"))
 	if err != nil {
 		return -1, fmt.Errorf("exec in %s: %w", id, err)

@@ -31,6 +31,7 @@ type Spec struct {
 	CPU      float64           `json:"cpu,omitempty"`     // CPUs; 0 unlimited
 	Memory   int64             `json:"memory,omitempty"`  // bytes; 0 unlimited
 	Ports    []Port            `json:"ports,omitempty"`   // informational: what the container listens on
+	Init     []InitStep        `json:"init,omitempty"`    // run in order before the process starts
 }
 
 // Port is one endpoint port the container listens on.
@@ -56,6 +57,7 @@ type Record struct {
 	Reason      string        `json:"reason,omitempty"` // why it is Lost, or what went wrong while stopping
 	Cgroup      string        `json:"cgroup"`
 	Netns       string        `json:"netns"`
+	Init        []InitResult  `json:"init,omitempty"` // how the init steps went
 }
 
 // ID is the container id.

@@ -54,12 +54,13 @@ type Runner struct {
 	runc   *gorunc.Runc
 	stats  *stats.Tracker
 
-	mu     sync.Mutex
-	ctrs   map[string]*container
-	subs   map[*Subscription]struct{}
-	bg     sync.WaitGroup // watchers
-	ctx    context.Context
-	cancel context.CancelFunc
+	mu       sync.Mutex
+	ctrs     map[string]*container
+	creating map[string]bool // ids whose Run is under way (guarded by mu)
+	subs     map[*Subscription]struct{}
+	bg       sync.WaitGroup // watchers
+	ctx      context.Context
+	cancel   context.CancelFunc
 }
 
 // container is one container's record and its lock. rec is changed only
@@ -102,16 +103,17 @@ func New(cfg Config, log *zap.Logger, img images.Images, nw *netns.Network) (*Ru
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Runner{
-		cfg:    cfg,
-		log:    log.Named("runner"),
-		images: img,
-		net:    nw,
-		runc:   &gorunc.Runc{Command: cfg.Runc, Root: filepath.Join(cfg.RunDir, "runc")},
-		stats:  stats.NewTracker(),
-		ctrs:   map[string]*container{},
-		subs:   map[*Subscription]struct{}{},
-		ctx:    ctx,
-		cancel: cancel,
+		cfg:      cfg,
+		log:      log.Named("runner"),
+		images:   img,
+		net:      nw,
+		runc:     &gorunc.Runc{Command: cfg.Runc, Root: filepath.Join(cfg.RunDir, "runc")},
+		stats:    stats.NewTracker(),
+		ctrs:     map[string]*container{},
+		creating: map[string]bool{},
+		subs:     map[*Subscription]struct{}{},
+		ctx:      ctx,
+		cancel:   cancel,
 	}, nil
 }
 
@@ -182,7 +184,13 @@ func (rn *Runner) Run(ctx context.Context, s Spec) (rec Record, err error) {
 		return old.rec, nil
 	}
 	rn.ctrs[s.ID] = c
+	rn.creating[s.ID] = true
 	rn.mu.Unlock()
+	defer func() {
+		rn.mu.Lock()
+		delete(rn.creating, s.ID)
+		rn.mu.Unlock()
+	}()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 
@@ -316,6 +324,16 @@ func (rn *Runner) Run(ctx context.Context, s Spec) (rec Record, err error) {
 	if err := rn.save(&c.rec); err != nil {
 		return rec, fmt.Errorf("container %s: %w", s.ID, err)
 	}
+	if len(s.Init) > 0 {
+		results, err := rn.runInit(ctx, log, s.ID, c.rec.Netns, s.Init)
+		c.rec.Init = results
+		if err != nil {
+			return rec, fmt.Errorf("container %s: %w", s.ID, err)
+		}
+		if err := rn.save(&c.rec); err != nil {
+			return rec, fmt.Errorf("container %s: %w", s.ID, err)
+		}
+	}
 	if err := rn.runc.Start(ctx, s.ID); err != nil {
 		return rec, fmt.Errorf("container %s: runc start: %w", s.ID, err)
 	}
@@ -407,8 +425,12 @@ func (rn *Runner) Get(id string) (Record, error) {
 func (rn *Runner) List() []Record {
 	rn.mu.Lock()
 	cs := make([]*container, 0, len(rn.ctrs))
-	for _, c := range rn.ctrs {
-		cs = append(cs, c)
+	for id, c := range rn.ctrs {
+		// One being created is not listed yet, and its lock is held for
+		// the whole creation (pull, init steps): never wait for it.
+		if !rn.creating[id] {
+			cs = append(cs, c)
+		}
 	}
 	rn.mu.Unlock()
 	out := make([]Record, 0, len(cs))

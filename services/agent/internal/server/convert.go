@@ -1,6 +1,7 @@
 package server
 
 import (
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	agentv1 "zlayer.dev/libs/api/zlayer/agent/v1"
@@ -33,6 +34,13 @@ func SpecFromProto(p *agentv1.ReplicaSpec) runner.Spec {
 	for _, e := range p.GetEndpoints() {
 		s.Ports = append(s.Ports, runner.Port{Name: e.GetName(), Protocol: e.GetProtocol(), Port: e.GetPort()})
 	}
+	for _, st := range p.GetInitSteps() {
+		s.Init = append(s.Init, runner.InitStep{
+			ID: st.GetId(), Action: st.GetAction(), Host: st.GetHost(), Port: int(st.GetPort()), URL: st.GetUrl(),
+			ExpectStatus: int(st.GetExpectStatus()), Command: st.GetCommand(), Retry: int(st.GetRetry()),
+			Timeout: st.GetTimeout().AsDuration(), OnFailure: st.GetOnFailure(),
+		})
+	}
 	return s
 }
 
@@ -58,6 +66,13 @@ func SpecToProto(s runner.Spec) *agentv1.ReplicaSpec {
 	}
 	for _, e := range s.Ports {
 		p.Endpoints = append(p.Endpoints, &agentv1.Endpoint{Name: e.Name, Protocol: e.Protocol, Port: e.Port})
+	}
+	for _, st := range s.Init {
+		p.InitSteps = append(p.InitSteps, &agentv1.InitStep{
+			Id: st.ID, Action: st.Action, Host: st.Host, Port: uint32(st.Port), Url: st.URL,
+			ExpectStatus: uint32(st.ExpectStatus), Command: st.Command, Retry: uint32(st.Retry),
+			Timeout: durationpb.New(st.Timeout), OnFailure: st.OnFailure,
+		})
 	}
 	return p
 }
@@ -128,6 +143,12 @@ func ReplicaToProto(r runner.Record) *agentv1.Replica {
 			ExitedAt:  timestamppb.New(r.Exit.At),
 			OomKilled: r.Exit.OOMKilled,
 		}
+	}
+	for _, res := range r.Init {
+		p.Init = append(p.Init, &agentv1.InitStepResult{
+			Id: res.ID, Outcome: res.Outcome, Attempts: uint32(res.Attempts),
+			Duration: durationpb.New(res.Duration), Output: res.Output,
+		})
 	}
 	return p
 }

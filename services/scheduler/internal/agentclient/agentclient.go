@@ -5,12 +5,15 @@ package agentclient
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	agentv1 "zlayer.dev/libs/api/zlayer/agent/v1"
 	schedulerv1 "zlayer.dev/libs/api/zlayer/scheduler/v1"
@@ -56,8 +59,18 @@ func ReplicaSpec(r *schedulerv1.Replica, svc specinfo.Service) *agentv1.ReplicaS
 	for _, e := range s.Endpoints {
 		out.Endpoints = append(out.Endpoints, &agentv1.Endpoint{Name: e.Name, Protocol: string(e.Protocol), Port: uint32(e.Port)})
 	}
+	for _, st := range s.Init.Steps {
+		out.InitSteps = append(out.InitSteps, &agentv1.InitStep{
+			Id: st.ID, Action: string(st.Uses), Host: st.With.Host, Port: uint32(st.With.Port), Url: st.With.URL,
+			ExpectStatus: uint32(st.With.ExpectStatus), Command: st.With.Command.Argv(), Retry: uint32(st.Retry),
+			Timeout: durationpb.New(st.Timeout.D()), OnFailure: string(st.OnFailure),
+		})
+	}
 	return out
 }
+
+// ErrInitFailed is returned by Run when the replica's init steps failed.
+var ErrInitFailed = errors.New("init failed")
 
 // Run asks the agent to run r (idempotent on the agent's side).
 func (c *Client) Run(ctx context.Context, r *schedulerv1.Replica, _ *specinfo.Deployment, svc specinfo.Service) error {
@@ -68,7 +81,11 @@ func (c *Client) Run(ctx context.Context, r *schedulerv1.Replica, _ *specinfo.De
 	defer cancel()
 	_, err := c.agent.RunReplica(ctx, &agentv1.RunReplicaRequest{Spec: ReplicaSpec(r, svc)})
 	if err != nil {
-		return fmt.Errorf("run replica %s: %s", r.Id, status.Convert(err).Message())
+		msg := status.Convert(err).Message()
+		if status.Code(err) == codes.FailedPrecondition && strings.Contains(msg, "init step failed") {
+			return fmt.Errorf("%w: %s", ErrInitFailed, msg)
+		}
+		return fmt.Errorf("run replica %s: %s", r.Id, msg)
 	}
 	return nil
 }
@@ -114,6 +131,13 @@ func Status(r *agentv1.Replica) *schedulerv1.ReplicaStatus {
 		// Running counts as healthy for a service without a health check;
 		// the node side replaces this with its checks' results otherwise.
 		s.Phase, s.Health = schedulerv1.ReplicaPhase_REPLICA_PHASE_RUNNING, schedulerv1.Health_HEALTH_HEALTHY
+		if len(r.GetInit()) > 0 && s.Reason == "" {
+			var steps []string
+			for _, st := range r.GetInit() {
+				steps = append(steps, fmt.Sprintf("%s %s (%d attempts, %s)", st.GetId(), st.GetOutcome(), st.GetAttempts(), st.GetDuration().AsDuration().Round(time.Millisecond)))
+			}
+			s.Reason = "init: " + strings.Join(steps, "; ")
+		}
 	case agentv1.ReplicaState_REPLICA_STATE_STOPPING:
 		s.Phase = schedulerv1.ReplicaPhase_REPLICA_PHASE_STOPPING
 	default: // exited, lost

@@ -329,6 +329,8 @@ func (t *txn) updateReplica(r *schedulerv1.Replica, s *schedulerv1.ReplicaStatus
 			t.replicaEvent(r, "isolated", "replica isolated for inspection (on_panic: isolate): %s", s.Reason)
 		case "shutdown":
 			t.replicaEvent(r, "shut-down", "replica left stopped (on_panic: shutdown): %s", s.Reason)
+		case "init":
+			t.replicaEvent(r, "init-failed", "replica left failed (on_init_failure: fail): %s", s.Reason)
 		}
 	}
 	if s.Reason != "" || changed {
@@ -342,7 +344,11 @@ func (t *txn) updateReplica(r *schedulerv1.Replica, s *schedulerv1.ReplicaStatus
 	if phase != prevPhase {
 		switch phase {
 		case schedulerv1.ReplicaPhase_REPLICA_PHASE_RUNNING:
-			t.replicaEvent(r, "started", "replica running at %s", orNone(r.Ip))
+			if r.Reason != "" {
+				t.replicaEvent(r, "started", "replica running at %s; %s", orNone(r.Ip), r.Reason)
+			} else {
+				t.replicaEvent(r, "started", "replica running at %s", orNone(r.Ip))
+			}
 		case schedulerv1.ReplicaPhase_REPLICA_PHASE_FAILED:
 			t.replicaEvent(r, "failed", "replica failed (exit code %d): %s", r.ExitCode, r.Reason)
 		case schedulerv1.ReplicaPhase_REPLICA_PHASE_SUCCEEDED:

@@ -68,6 +68,32 @@ func (r *Runner) onPanic(rep *schedulerv1.Replica, svc *spec.Service, s *schedul
 	return r.restarting(rep.Id, rs, s.Reason), true
 }
 
+// onInitFailure applies errors.on_init_failure to a replica whose init
+// steps failed (the agent removed it): fail keeps it failed (not replaced),
+// restart starts it again at once, backoff after 1s, 2s, 4s … capped at 5m.
+func (r *Runner) onInitFailure(rep *schedulerv1.Replica, svc *spec.Service, why string, now time.Time) *schedulerv1.ReplicaStatus {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	rs := r.restarts[rep.Id]
+	if rs == nil {
+		rs = &restartState{lastStart: now}
+		r.restarts[rep.Id] = rs
+	}
+	switch svc.Errors.OnInitFailure.Action {
+	case spec.InitRestart:
+		rs.count++
+		rs.next = now
+	case spec.InitBackoff:
+		rs.count++
+		rs.next = now.Add(restartDelay(rs.count))
+	default:
+		return &schedulerv1.ReplicaStatus{Id: rep.Id, Phase: schedulerv1.ReplicaPhase_REPLICA_PHASE_FAILED, ExitCode: -1,
+			Restarts: rs.count, Held: "init", Reason: why + "; on_init_failure: fail"}
+	}
+	return &schedulerv1.ReplicaStatus{Id: rep.Id, Phase: schedulerv1.ReplicaPhase_REPLICA_PHASE_STARTING, Restarts: rs.count,
+		Reason: fmt.Sprintf("%s; on_init_failure: %s, attempt %d at %s", why, svc.Errors.OnInitFailure.Action, rs.count+1, rs.next.Format("15:04:05"))}
+}
+
 // restarting is the status of a replica waiting to be restarted in place.
 func (r *Runner) restarting(id string, rs *restartState, why string) *schedulerv1.ReplicaStatus {
 	return &schedulerv1.ReplicaStatus{Id: id, Phase: schedulerv1.ReplicaPhase_REPLICA_PHASE_STARTING, Restarts: rs.count,

@@ -7,6 +7,7 @@ package nodeside
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -17,6 +18,7 @@ import (
 
 	schedulerv1 "zlayer.dev/libs/api/zlayer/scheduler/v1"
 	"zlayer.dev/libs/obs"
+	"zlayer.dev/services/scheduler/internal/agentclient"
 	"zlayer.dev/services/scheduler/internal/fsm"
 	"zlayer.dev/services/scheduler/internal/health"
 	"zlayer.dev/services/scheduler/internal/specinfo"
@@ -333,7 +335,14 @@ func (r *Runner) start(ctx context.Context, log *zap.Logger, rep *schedulerv1.Re
 	go func() {
 		defer r.calls.Done()
 		defer r.inflight.Delete(id)
-		if err := r.agent.Run(ctx, proto.CloneOf(rep), parsed, svc); err != nil {
+		err := r.agent.Run(ctx, proto.CloneOf(rep), parsed, svc)
+		switch {
+		case err == nil:
+		case errors.Is(err, agentclient.ErrInitFailed):
+			out := r.onInitFailure(rep, svc.Spec, err.Error(), time.Now())
+			log.Info("init failed", zap.String("reason", out.Reason), zap.String("held", out.Held), zap.Uint32("restarts", out.Restarts))
+			r.setOverride(id, out)
+		default:
 			log.Warn("start replica", zap.Error(err))
 			r.reportFailure(id, err)
 		}
@@ -436,10 +445,12 @@ func (r *Runner) reportFailure(id string, err error) {
 // the last heartbeat.
 func (r *Runner) heartbeat(ctx context.Context) error {
 	st := r.state.Copy()
-	have, err := r.agent.List(ctx)
+	lctx, cancel := context.WithTimeout(ctx, r.cfg.Heartbeat/2)
+	have, err := r.agent.List(lctx)
+	cancel()
 	if err != nil {
-		// The node lives but its agent does not answer: say nothing of the
-		// replicas, keep the node alive.
+		// The node lives but its agent does not answer (in time): say
+		// nothing of the replicas, keep the node alive.
 		have = nil
 	}
 	r.checkHealth(ctx, st, have)
@@ -486,7 +497,9 @@ drain:
 	}
 	var load []*schedulerv1.ServiceLoad
 	if time.Since(r.loadAt) >= r.cfg.LoadInterval {
-		load = r.measureLoad(ctx, st, r.cfg.LoadInterval)
+		mctx, cancel := context.WithTimeout(ctx, r.cfg.Heartbeat/2)
+		load = r.measureLoad(mctx, st, r.cfg.LoadInterval)
+		cancel()
 	}
 	if err := r.propose(ctx, &schedulerv1.Command{Kind: &schedulerv1.Command_Heartbeat{Heartbeat: &schedulerv1.HeartbeatCommand{
 		Node: r.cfg.Node.Name, Statuses: changes, Load: load,

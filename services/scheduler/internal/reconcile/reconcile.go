@@ -307,8 +307,8 @@ func (p *planner) service(d *schedulerv1.Deployment, svc Service, all []*schedul
 			isolated = append(isolated, r)
 			continue // kept for inspection; not live, so its index is refilled
 		}
-		if r.Phase == failed && !r.DesiredStop && r.Held == "shutdown" {
-			held[int(r.Index)] = true // left stopped on purpose: not replaced
+		if r.Phase == failed && !r.DesiredStop && r.Held != "" {
+			held[int(r.Index)] = true // left failed on purpose (on_panic: shutdown, on_init_failure: fail): not replaced
 			continue
 		}
 		if r.Phase == failed && !r.DesiredStop {

@@ -535,7 +535,10 @@ type ReplicaSpec struct {
 	// resources are the limits.
 	Resources *Resources `protobuf:"bytes,8,opt,name=resources,proto3" json:"resources,omitempty"`
 	// endpoints are the ports the replica serves.
-	Endpoints     []*Endpoint `protobuf:"bytes,9,rep,name=endpoints,proto3" json:"endpoints,omitempty"`
+	Endpoints []*Endpoint `protobuf:"bytes,9,rep,name=endpoints,proto3" json:"endpoints,omitempty"`
+	// init_steps run in order after the container is created and before its
+	// process starts (SPEC.md init.steps).
+	InitSteps     []*InitStep `protobuf:"bytes,10,rep,name=init_steps,json=initSteps,proto3" json:"init_steps,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -629,6 +632,13 @@ func (x *ReplicaSpec) GetResources() *Resources {
 func (x *ReplicaSpec) GetEndpoints() []*Endpoint {
 	if x != nil {
 		return x.Endpoints
+	}
+	return nil
+}
+
+func (x *ReplicaSpec) GetInitSteps() []*InitStep {
+	if x != nil {
+		return x.InitSteps
 	}
 	return nil
 }
@@ -728,7 +738,9 @@ type Replica struct {
 	// exit is set once it has exited.
 	Exit *ExitStatus `protobuf:"bytes,8,opt,name=exit,proto3" json:"exit,omitempty"`
 	// reason explains a LOST state.
-	Reason        string `protobuf:"bytes,9,opt,name=reason,proto3" json:"reason,omitempty"`
+	Reason string `protobuf:"bytes,9,opt,name=reason,proto3" json:"reason,omitempty"`
+	// init is how the init steps went.
+	Init          []*InitStepResult `protobuf:"bytes,10,rep,name=init,proto3" json:"init,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -824,6 +836,13 @@ func (x *Replica) GetReason() string {
 		return x.Reason
 	}
 	return ""
+}
+
+func (x *Replica) GetInit() []*InitStepResult {
+	if x != nil {
+		return x.Init
+	}
+	return nil
 }
 
 // RunReplicaRequest asks for one replica.
@@ -2165,6 +2184,215 @@ func (x *GetStatsResponse) GetStats() []*ReplicaStats {
 	return nil
 }
 
+// InitStep is one pre-start action.
+type InitStep struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// id names the step.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// action is init.wait_tcp, init.wait_http or init.run.
+	Action string `protobuf:"bytes,2,opt,name=action,proto3" json:"action,omitempty"`
+	// host and port are init.wait_tcp's target.
+	Host string `protobuf:"bytes,3,opt,name=host,proto3" json:"host,omitempty"`
+	// port is init.wait_tcp's port.
+	Port uint32 `protobuf:"varint,4,opt,name=port,proto3" json:"port,omitempty"`
+	// url is init.wait_http's URL.
+	Url string `protobuf:"bytes,5,opt,name=url,proto3" json:"url,omitempty"`
+	// expect_status is init.wait_http's awaited status (default 200).
+	ExpectStatus uint32 `protobuf:"varint,6,opt,name=expect_status,json=expectStatus,proto3" json:"expect_status,omitempty"`
+	// command is init.run's argv, run inside the container.
+	Command []string `protobuf:"bytes,7,rep,name=command,proto3" json:"command,omitempty"`
+	// retry is how many more attempts a failed one gets.
+	Retry uint32 `protobuf:"varint,8,opt,name=retry,proto3" json:"retry,omitempty"`
+	// timeout bounds each attempt (default 30s).
+	Timeout *durationpb.Duration `protobuf:"bytes,9,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	// on_failure is fail (default), warn or continue.
+	OnFailure     string `protobuf:"bytes,10,opt,name=on_failure,json=onFailure,proto3" json:"on_failure,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InitStep) Reset() {
+	*x = InitStep{}
+	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InitStep) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InitStep) ProtoMessage() {}
+
+func (x *InitStep) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InitStep.ProtoReflect.Descriptor instead.
+func (*InitStep) Descriptor() ([]byte, []int) {
+	return file_zlayer_agent_v1_agent_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *InitStep) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *InitStep) GetAction() string {
+	if x != nil {
+		return x.Action
+	}
+	return ""
+}
+
+func (x *InitStep) GetHost() string {
+	if x != nil {
+		return x.Host
+	}
+	return ""
+}
+
+func (x *InitStep) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *InitStep) GetUrl() string {
+	if x != nil {
+		return x.Url
+	}
+	return ""
+}
+
+func (x *InitStep) GetExpectStatus() uint32 {
+	if x != nil {
+		return x.ExpectStatus
+	}
+	return 0
+}
+
+func (x *InitStep) GetCommand() []string {
+	if x != nil {
+		return x.Command
+	}
+	return nil
+}
+
+func (x *InitStep) GetRetry() uint32 {
+	if x != nil {
+		return x.Retry
+	}
+	return 0
+}
+
+func (x *InitStep) GetTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.Timeout
+	}
+	return nil
+}
+
+func (x *InitStep) GetOnFailure() string {
+	if x != nil {
+		return x.OnFailure
+	}
+	return ""
+}
+
+// InitStepResult is how one init step went.
+type InitStepResult struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// id names the step.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// outcome is ok, failed, warned or continued.
+	Outcome string `protobuf:"bytes,2,opt,name=outcome,proto3" json:"outcome,omitempty"`
+	// attempts counts the attempts made.
+	Attempts uint32 `protobuf:"varint,3,opt,name=attempts,proto3" json:"attempts,omitempty"`
+	// duration is the time all attempts took.
+	Duration *durationpb.Duration `protobuf:"bytes,4,opt,name=duration,proto3" json:"duration,omitempty"`
+	// output is the tail of the last attempt's output or error.
+	Output        string `protobuf:"bytes,5,opt,name=output,proto3" json:"output,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InitStepResult) Reset() {
+	*x = InitStepResult{}
+	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InitStepResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InitStepResult) ProtoMessage() {}
+
+func (x *InitStepResult) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InitStepResult.ProtoReflect.Descriptor instead.
+func (*InitStepResult) Descriptor() ([]byte, []int) {
+	return file_zlayer_agent_v1_agent_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *InitStepResult) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *InitStepResult) GetOutcome() string {
+	if x != nil {
+		return x.Outcome
+	}
+	return ""
+}
+
+func (x *InitStepResult) GetAttempts() uint32 {
+	if x != nil {
+		return x.Attempts
+	}
+	return 0
+}
+
+func (x *InitStepResult) GetDuration() *durationpb.Duration {
+	if x != nil {
+		return x.Duration
+	}
+	return nil
+}
+
+func (x *InitStepResult) GetOutput() string {
+	if x != nil {
+		return x.Output
+	}
+	return ""
+}
+
 var File_zlayer_agent_v1_agent_proto protoreflect.FileDescriptor
 
 const file_zlayer_agent_v1_agent_proto_rawDesc = "" +
@@ -2187,7 +2415,7 @@ const file_zlayer_agent_v1_agent_proto_rawDesc = "" +
 	"\bEndpoint\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
 	"\bprotocol\x18\x02 \x01(\tR\bprotocol\x12\x12\n" +
-	"\x04port\x18\x03 \x01(\rR\x04port\"\xef\x03\n" +
+	"\x04port\x18\x03 \x01(\rR\x04port\"\xa9\x04\n" +
 	"\vReplicaSpec\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12<\n" +
 	"\bidentity\x18\x02 \x01(\v2 .zlayer.agent.v1.ReplicaIdentityR\bidentity\x12\x14\n" +
@@ -2198,7 +2426,10 @@ const file_zlayer_agent_v1_agent_proto_rawDesc = "" +
 	"\x04args\x18\x06 \x01(\v2\x15.zlayer.agent.v1.ArgvR\x04args\x127\n" +
 	"\x03env\x18\a \x03(\v2%.zlayer.agent.v1.ReplicaSpec.EnvEntryR\x03env\x128\n" +
 	"\tresources\x18\b \x01(\v2\x1a.zlayer.agent.v1.ResourcesR\tresources\x127\n" +
-	"\tendpoints\x18\t \x03(\v2\x19.zlayer.agent.v1.EndpointR\tendpoints\x1a6\n" +
+	"\tendpoints\x18\t \x03(\v2\x19.zlayer.agent.v1.EndpointR\tendpoints\x128\n" +
+	"\n" +
+	"init_steps\x18\n" +
+	" \x03(\v2\x19.zlayer.agent.v1.InitStepR\tinitSteps\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x90\x01\n" +
@@ -2208,7 +2439,7 @@ const file_zlayer_agent_v1_agent_proto_rawDesc = "" +
 	"\x06signal\x18\x02 \x01(\x05R\x06signal\x127\n" +
 	"\texited_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\bexitedAt\x12\x1d\n" +
 	"\n" +
-	"oom_killed\x18\x04 \x01(\bR\toomKilled\"\xf4\x02\n" +
+	"oom_killed\x18\x04 \x01(\bR\toomKilled\"\xa9\x03\n" +
 	"\aReplica\x120\n" +
 	"\x04spec\x18\x01 \x01(\v2\x1c.zlayer.agent.v1.ReplicaSpecR\x04spec\x123\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x1d.zlayer.agent.v1.ReplicaStateR\x05state\x12!\n" +
@@ -2220,7 +2451,9 @@ const file_zlayer_agent_v1_agent_proto_rawDesc = "" +
 	"\n" +
 	"started_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\tstartedAt\x12/\n" +
 	"\x04exit\x18\b \x01(\v2\x1b.zlayer.agent.v1.ExitStatusR\x04exit\x12\x16\n" +
-	"\x06reason\x18\t \x01(\tR\x06reason\"E\n" +
+	"\x06reason\x18\t \x01(\tR\x06reason\x123\n" +
+	"\x04init\x18\n" +
+	" \x03(\v2\x1f.zlayer.agent.v1.InitStepResultR\x04init\"E\n" +
 	"\x11RunReplicaRequest\x120\n" +
 	"\x04spec\x18\x01 \x01(\v2\x1c.zlayer.agent.v1.ReplicaSpecR\x04spec\"H\n" +
 	"\x12RunReplicaResponse\x122\n" +
@@ -2296,7 +2529,26 @@ const file_zlayer_agent_v1_agent_proto_rawDesc = "" +
 	"\x0ememory_percent\x18\b \x01(\x01R\rmemoryPercent\x12\x1b\n" +
 	"\toom_kills\x18\t \x01(\x04R\boomKills\"G\n" +
 	"\x10GetStatsResponse\x123\n" +
-	"\x05stats\x18\x01 \x03(\v2\x1d.zlayer.agent.v1.ReplicaStatsR\x05stats*\xb2\x01\n" +
+	"\x05stats\x18\x01 \x03(\v2\x1d.zlayer.agent.v1.ReplicaStatsR\x05stats\"\x95\x02\n" +
+	"\bInitStep\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
+	"\x06action\x18\x02 \x01(\tR\x06action\x12\x12\n" +
+	"\x04host\x18\x03 \x01(\tR\x04host\x12\x12\n" +
+	"\x04port\x18\x04 \x01(\rR\x04port\x12\x10\n" +
+	"\x03url\x18\x05 \x01(\tR\x03url\x12#\n" +
+	"\rexpect_status\x18\x06 \x01(\rR\fexpectStatus\x12\x18\n" +
+	"\acommand\x18\a \x03(\tR\acommand\x12\x14\n" +
+	"\x05retry\x18\b \x01(\rR\x05retry\x123\n" +
+	"\atimeout\x18\t \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12\x1d\n" +
+	"\n" +
+	"on_failure\x18\n" +
+	" \x01(\tR\tonFailure\"\xa5\x01\n" +
+	"\x0eInitStepResult\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
+	"\aoutcome\x18\x02 \x01(\tR\aoutcome\x12\x1a\n" +
+	"\battempts\x18\x03 \x01(\rR\battempts\x125\n" +
+	"\bduration\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\bduration\x12\x16\n" +
+	"\x06output\x18\x05 \x01(\tR\x06output*\xb2\x01\n" +
 	"\fReplicaState\x12\x1d\n" +
 	"\x19REPLICA_STATE_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16REPLICA_STATE_CREATING\x10\x01\x12\x19\n" +
@@ -2342,7 +2594,7 @@ func file_zlayer_agent_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_zlayer_agent_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_zlayer_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
+var file_zlayer_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_zlayer_agent_v1_agent_proto_goTypes = []any{
 	(ReplicaState)(0),             // 0: zlayer.agent.v1.ReplicaState
 	(PullPolicy)(0),               // 1: zlayer.agent.v1.PullPolicy
@@ -2378,68 +2630,74 @@ var file_zlayer_agent_v1_agent_proto_goTypes = []any{
 	(*GetStatsRequest)(nil),       // 31: zlayer.agent.v1.GetStatsRequest
 	(*ReplicaStats)(nil),          // 32: zlayer.agent.v1.ReplicaStats
 	(*GetStatsResponse)(nil),      // 33: zlayer.agent.v1.GetStatsResponse
-	nil,                           // 34: zlayer.agent.v1.ReplicaSpec.EnvEntry
-	(*v1.DaemonInfo)(nil),         // 35: zlayer.types.v1.DaemonInfo
-	(*timestamppb.Timestamp)(nil), // 36: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 37: google.protobuf.Duration
+	(*InitStep)(nil),              // 34: zlayer.agent.v1.InitStep
+	(*InitStepResult)(nil),        // 35: zlayer.agent.v1.InitStepResult
+	nil,                           // 36: zlayer.agent.v1.ReplicaSpec.EnvEntry
+	(*v1.DaemonInfo)(nil),         // 37: zlayer.types.v1.DaemonInfo
+	(*timestamppb.Timestamp)(nil), // 38: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 39: google.protobuf.Duration
 }
 var file_zlayer_agent_v1_agent_proto_depIdxs = []int32{
-	35, // 0: zlayer.agent.v1.GetInfoResponse.info:type_name -> zlayer.types.v1.DaemonInfo
+	37, // 0: zlayer.agent.v1.GetInfoResponse.info:type_name -> zlayer.types.v1.DaemonInfo
 	5,  // 1: zlayer.agent.v1.ReplicaSpec.identity:type_name -> zlayer.agent.v1.ReplicaIdentity
 	1,  // 2: zlayer.agent.v1.ReplicaSpec.pull_policy:type_name -> zlayer.agent.v1.PullPolicy
 	6,  // 3: zlayer.agent.v1.ReplicaSpec.command:type_name -> zlayer.agent.v1.Argv
 	6,  // 4: zlayer.agent.v1.ReplicaSpec.args:type_name -> zlayer.agent.v1.Argv
-	34, // 5: zlayer.agent.v1.ReplicaSpec.env:type_name -> zlayer.agent.v1.ReplicaSpec.EnvEntry
+	36, // 5: zlayer.agent.v1.ReplicaSpec.env:type_name -> zlayer.agent.v1.ReplicaSpec.EnvEntry
 	7,  // 6: zlayer.agent.v1.ReplicaSpec.resources:type_name -> zlayer.agent.v1.Resources
 	8,  // 7: zlayer.agent.v1.ReplicaSpec.endpoints:type_name -> zlayer.agent.v1.Endpoint
-	36, // 8: zlayer.agent.v1.ExitStatus.exited_at:type_name -> google.protobuf.Timestamp
-	9,  // 9: zlayer.agent.v1.Replica.spec:type_name -> zlayer.agent.v1.ReplicaSpec
-	0,  // 10: zlayer.agent.v1.Replica.state:type_name -> zlayer.agent.v1.ReplicaState
-	36, // 11: zlayer.agent.v1.Replica.created_at:type_name -> google.protobuf.Timestamp
-	36, // 12: zlayer.agent.v1.Replica.started_at:type_name -> google.protobuf.Timestamp
-	10, // 13: zlayer.agent.v1.Replica.exit:type_name -> zlayer.agent.v1.ExitStatus
-	9,  // 14: zlayer.agent.v1.RunReplicaRequest.spec:type_name -> zlayer.agent.v1.ReplicaSpec
-	11, // 15: zlayer.agent.v1.RunReplicaResponse.replica:type_name -> zlayer.agent.v1.Replica
-	37, // 16: zlayer.agent.v1.StopReplicaRequest.grace:type_name -> google.protobuf.Duration
-	11, // 17: zlayer.agent.v1.StopReplicaResponse.replica:type_name -> zlayer.agent.v1.Replica
-	11, // 18: zlayer.agent.v1.GetReplicaResponse.replica:type_name -> zlayer.agent.v1.Replica
-	11, // 19: zlayer.agent.v1.ListReplicasResponse.replicas:type_name -> zlayer.agent.v1.Replica
-	11, // 20: zlayer.agent.v1.WatchReplicasResponse.replica:type_name -> zlayer.agent.v1.Replica
-	36, // 21: zlayer.agent.v1.LogEntry.time:type_name -> google.protobuf.Timestamp
-	2,  // 22: zlayer.agent.v1.LogEntry.stream:type_name -> zlayer.agent.v1.LogStream
-	36, // 23: zlayer.agent.v1.StreamLogsRequest.since:type_name -> google.protobuf.Timestamp
-	24, // 24: zlayer.agent.v1.StreamLogsResponse.entries:type_name -> zlayer.agent.v1.LogEntry
-	27, // 25: zlayer.agent.v1.ExecStart.size:type_name -> zlayer.agent.v1.TerminalSize
-	28, // 26: zlayer.agent.v1.ExecRequest.start:type_name -> zlayer.agent.v1.ExecStart
-	27, // 27: zlayer.agent.v1.ExecRequest.resize:type_name -> zlayer.agent.v1.TerminalSize
-	36, // 28: zlayer.agent.v1.ReplicaStats.sampled_at:type_name -> google.protobuf.Timestamp
-	37, // 29: zlayer.agent.v1.ReplicaStats.cpu_usage:type_name -> google.protobuf.Duration
-	32, // 30: zlayer.agent.v1.GetStatsResponse.stats:type_name -> zlayer.agent.v1.ReplicaStats
-	3,  // 31: zlayer.agent.v1.AgentService.GetInfo:input_type -> zlayer.agent.v1.GetInfoRequest
-	12, // 32: zlayer.agent.v1.AgentService.RunReplica:input_type -> zlayer.agent.v1.RunReplicaRequest
-	14, // 33: zlayer.agent.v1.AgentService.StopReplica:input_type -> zlayer.agent.v1.StopReplicaRequest
-	16, // 34: zlayer.agent.v1.AgentService.RemoveReplica:input_type -> zlayer.agent.v1.RemoveReplicaRequest
-	18, // 35: zlayer.agent.v1.AgentService.GetReplica:input_type -> zlayer.agent.v1.GetReplicaRequest
-	20, // 36: zlayer.agent.v1.AgentService.ListReplicas:input_type -> zlayer.agent.v1.ListReplicasRequest
-	22, // 37: zlayer.agent.v1.AgentService.WatchReplicas:input_type -> zlayer.agent.v1.WatchReplicasRequest
-	25, // 38: zlayer.agent.v1.AgentService.StreamLogs:input_type -> zlayer.agent.v1.StreamLogsRequest
-	29, // 39: zlayer.agent.v1.AgentService.Exec:input_type -> zlayer.agent.v1.ExecRequest
-	31, // 40: zlayer.agent.v1.AgentService.GetStats:input_type -> zlayer.agent.v1.GetStatsRequest
-	4,  // 41: zlayer.agent.v1.AgentService.GetInfo:output_type -> zlayer.agent.v1.GetInfoResponse
-	13, // 42: zlayer.agent.v1.AgentService.RunReplica:output_type -> zlayer.agent.v1.RunReplicaResponse
-	15, // 43: zlayer.agent.v1.AgentService.StopReplica:output_type -> zlayer.agent.v1.StopReplicaResponse
-	17, // 44: zlayer.agent.v1.AgentService.RemoveReplica:output_type -> zlayer.agent.v1.RemoveReplicaResponse
-	19, // 45: zlayer.agent.v1.AgentService.GetReplica:output_type -> zlayer.agent.v1.GetReplicaResponse
-	21, // 46: zlayer.agent.v1.AgentService.ListReplicas:output_type -> zlayer.agent.v1.ListReplicasResponse
-	23, // 47: zlayer.agent.v1.AgentService.WatchReplicas:output_type -> zlayer.agent.v1.WatchReplicasResponse
-	26, // 48: zlayer.agent.v1.AgentService.StreamLogs:output_type -> zlayer.agent.v1.StreamLogsResponse
-	30, // 49: zlayer.agent.v1.AgentService.Exec:output_type -> zlayer.agent.v1.ExecResponse
-	33, // 50: zlayer.agent.v1.AgentService.GetStats:output_type -> zlayer.agent.v1.GetStatsResponse
-	41, // [41:51] is the sub-list for method output_type
-	31, // [31:41] is the sub-list for method input_type
-	31, // [31:31] is the sub-list for extension type_name
-	31, // [31:31] is the sub-list for extension extendee
-	0,  // [0:31] is the sub-list for field type_name
+	34, // 8: zlayer.agent.v1.ReplicaSpec.init_steps:type_name -> zlayer.agent.v1.InitStep
+	38, // 9: zlayer.agent.v1.ExitStatus.exited_at:type_name -> google.protobuf.Timestamp
+	9,  // 10: zlayer.agent.v1.Replica.spec:type_name -> zlayer.agent.v1.ReplicaSpec
+	0,  // 11: zlayer.agent.v1.Replica.state:type_name -> zlayer.agent.v1.ReplicaState
+	38, // 12: zlayer.agent.v1.Replica.created_at:type_name -> google.protobuf.Timestamp
+	38, // 13: zlayer.agent.v1.Replica.started_at:type_name -> google.protobuf.Timestamp
+	10, // 14: zlayer.agent.v1.Replica.exit:type_name -> zlayer.agent.v1.ExitStatus
+	35, // 15: zlayer.agent.v1.Replica.init:type_name -> zlayer.agent.v1.InitStepResult
+	9,  // 16: zlayer.agent.v1.RunReplicaRequest.spec:type_name -> zlayer.agent.v1.ReplicaSpec
+	11, // 17: zlayer.agent.v1.RunReplicaResponse.replica:type_name -> zlayer.agent.v1.Replica
+	39, // 18: zlayer.agent.v1.StopReplicaRequest.grace:type_name -> google.protobuf.Duration
+	11, // 19: zlayer.agent.v1.StopReplicaResponse.replica:type_name -> zlayer.agent.v1.Replica
+	11, // 20: zlayer.agent.v1.GetReplicaResponse.replica:type_name -> zlayer.agent.v1.Replica
+	11, // 21: zlayer.agent.v1.ListReplicasResponse.replicas:type_name -> zlayer.agent.v1.Replica
+	11, // 22: zlayer.agent.v1.WatchReplicasResponse.replica:type_name -> zlayer.agent.v1.Replica
+	38, // 23: zlayer.agent.v1.LogEntry.time:type_name -> google.protobuf.Timestamp
+	2,  // 24: zlayer.agent.v1.LogEntry.stream:type_name -> zlayer.agent.v1.LogStream
+	38, // 25: zlayer.agent.v1.StreamLogsRequest.since:type_name -> google.protobuf.Timestamp
+	24, // 26: zlayer.agent.v1.StreamLogsResponse.entries:type_name -> zlayer.agent.v1.LogEntry
+	27, // 27: zlayer.agent.v1.ExecStart.size:type_name -> zlayer.agent.v1.TerminalSize
+	28, // 28: zlayer.agent.v1.ExecRequest.start:type_name -> zlayer.agent.v1.ExecStart
+	27, // 29: zlayer.agent.v1.ExecRequest.resize:type_name -> zlayer.agent.v1.TerminalSize
+	38, // 30: zlayer.agent.v1.ReplicaStats.sampled_at:type_name -> google.protobuf.Timestamp
+	39, // 31: zlayer.agent.v1.ReplicaStats.cpu_usage:type_name -> google.protobuf.Duration
+	32, // 32: zlayer.agent.v1.GetStatsResponse.stats:type_name -> zlayer.agent.v1.ReplicaStats
+	39, // 33: zlayer.agent.v1.InitStep.timeout:type_name -> google.protobuf.Duration
+	39, // 34: zlayer.agent.v1.InitStepResult.duration:type_name -> google.protobuf.Duration
+	3,  // 35: zlayer.agent.v1.AgentService.GetInfo:input_type -> zlayer.agent.v1.GetInfoRequest
+	12, // 36: zlayer.agent.v1.AgentService.RunReplica:input_type -> zlayer.agent.v1.RunReplicaRequest
+	14, // 37: zlayer.agent.v1.AgentService.StopReplica:input_type -> zlayer.agent.v1.StopReplicaRequest
+	16, // 38: zlayer.agent.v1.AgentService.RemoveReplica:input_type -> zlayer.agent.v1.RemoveReplicaRequest
+	18, // 39: zlayer.agent.v1.AgentService.GetReplica:input_type -> zlayer.agent.v1.GetReplicaRequest
+	20, // 40: zlayer.agent.v1.AgentService.ListReplicas:input_type -> zlayer.agent.v1.ListReplicasRequest
+	22, // 41: zlayer.agent.v1.AgentService.WatchReplicas:input_type -> zlayer.agent.v1.WatchReplicasRequest
+	25, // 42: zlayer.agent.v1.AgentService.StreamLogs:input_type -> zlayer.agent.v1.StreamLogsRequest
+	29, // 43: zlayer.agent.v1.AgentService.Exec:input_type -> zlayer.agent.v1.ExecRequest
+	31, // 44: zlayer.agent.v1.AgentService.GetStats:input_type -> zlayer.agent.v1.GetStatsRequest
+	4,  // 45: zlayer.agent.v1.AgentService.GetInfo:output_type -> zlayer.agent.v1.GetInfoResponse
+	13, // 46: zlayer.agent.v1.AgentService.RunReplica:output_type -> zlayer.agent.v1.RunReplicaResponse
+	15, // 47: zlayer.agent.v1.AgentService.StopReplica:output_type -> zlayer.agent.v1.StopReplicaResponse
+	17, // 48: zlayer.agent.v1.AgentService.RemoveReplica:output_type -> zlayer.agent.v1.RemoveReplicaResponse
+	19, // 49: zlayer.agent.v1.AgentService.GetReplica:output_type -> zlayer.agent.v1.GetReplicaResponse
+	21, // 50: zlayer.agent.v1.AgentService.ListReplicas:output_type -> zlayer.agent.v1.ListReplicasResponse
+	23, // 51: zlayer.agent.v1.AgentService.WatchReplicas:output_type -> zlayer.agent.v1.WatchReplicasResponse
+	26, // 52: zlayer.agent.v1.AgentService.StreamLogs:output_type -> zlayer.agent.v1.StreamLogsResponse
+	30, // 53: zlayer.agent.v1.AgentService.Exec:output_type -> zlayer.agent.v1.ExecResponse
+	33, // 54: zlayer.agent.v1.AgentService.GetStats:output_type -> zlayer.agent.v1.GetStatsResponse
+	45, // [45:55] is the sub-list for method output_type
+	35, // [35:45] is the sub-list for method input_type
+	35, // [35:35] is the sub-list for extension type_name
+	35, // [35:35] is the sub-list for extension extendee
+	0,  // [0:35] is the sub-list for field type_name
 }
 
 func init() { file_zlayer_agent_v1_agent_proto_init() }
@@ -2465,7 +2723,7 @@ func file_zlayer_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_zlayer_agent_v1_agent_proto_rawDesc), len(file_zlayer_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   32,
+			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
