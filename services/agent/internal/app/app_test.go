@@ -60,9 +60,21 @@ func TestDemoHTTP(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := get("http://" + r.GetIp() + "/health"); err != nil {
-		t.Fatal(err)
-	}
+	// The stream is set up on the agent's side after the call returns: a
+	// request made at once could land before the follow begins. So requests
+	// go on until one shows up in the followed log.
+	reqDone := make(chan struct{})
+	defer close(reqDone)
+	go func() {
+		for {
+			get("http://" + r.GetIp() + "/health")
+			select {
+			case <-reqDone:
+				return
+			case <-time.After(200 * time.Millisecond):
+			}
+		}
+	}()
 	eventually(t, 10*time.Second, "the request in the followed log", func() bool {
 		m, err := ls.Recv()
 		if err != nil {

@@ -172,10 +172,18 @@ func (n *Network) rt(id, nsPath string) *libcni.RuntimeConf {
 // and brings up its loopback. Running out of addresses is
 // errkind.Exhausted. On error nothing is left attached.
 func (n *Network) Attach(ctx context.Context, id, nsPath string) (a Attachment, err error) {
-	if _, err := n.cni.AddNetworkList(ctx, n.loopback, &libcni.RuntimeConf{ContainerID: id, NetNS: nsPath, IfName: "lo"}); err != nil {
-		return a, fmt.Errorf("cni loopback: %w", err)
-	}
+	// Loopback and bridge touch different interfaces: run both plugins at
+	// once.
+	loErr := make(chan error, 1)
+	go func() {
+		_, err := n.cni.AddNetworkList(ctx, n.loopback, &libcni.RuntimeConf{ContainerID: id, NetNS: nsPath, IfName: "lo"})
+		loErr <- err
+	}()
 	res, err := n.cni.AddNetworkList(ctx, n.bridge, n.rt(id, nsPath))
+	if lerr := <-loErr; lerr != nil && err == nil {
+		n.cni.DelNetworkList(context.WithoutCancel(ctx), n.bridge, n.rt(id, nsPath))
+		return a, fmt.Errorf("cni loopback: %w", lerr)
+	}
 	if err != nil {
 		n.cni.DelNetworkList(context.WithoutCancel(ctx), n.bridge, n.rt(id, nsPath))
 		if exhausted(err) {

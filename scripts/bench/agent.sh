@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# agent.sh: zlayer-agent start latency and memory, on real parts.
+#
+# Start latency is request → process running with the image cached:
+# RunReplica through zlayer-agent (rootfs from zlayer-registry, netns +
+# CNI bridge, zlayer-monitor, runc create + start) against plain
+# `runc run -d` of the same bundle (the agent's config.json on its own
+# rootfs from the same registry daemon, in a network namespace runc makes),
+# for 1 container (alternating sides, BENCH_ROUNDS rounds, median) and for
+# 20 at once (wall time). Memory is the agent's RSS idle and with
+# BENCH_CONTAINERS containers, and each container's monitor (RSS, PSS,
+# private).
+#
+# Both are Go benchmarks in services/agent/internal/app (they reuse the
+# end-to-end harness: docker-registry with the fixture images, a
+# zlayer-registry daemon, a zlayer-agent process).
+#
+#   scripts/bench/agent.sh
+#   BENCH_ROUNDS=11 BENCH_CONTAINERS=100 scripts/bench/agent.sh
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+export PATH=$PATH:/usr/local/go/bin:$HOME/go/bin
+export BENCH_ROUNDS=${BENCH_ROUNDS:-7}
+export BENCH_CONTAINERS=${BENCH_CONTAINERS:-50}
+
+for bin in runc docker-registry skopeo umoci go iptables; do
+  command -v "$bin" >/dev/null || { echo "agent.sh: $bin is missing (make deps)" >&2; exit 1; }
+done
+[ "$(id -u)" = 0 ] || { echo "agent.sh: run as root (runc, netns, cgroups)" >&2; exit 1; }
+
+cd "$ROOT/services/agent"
+date -u +"agent.sh: %Y-%m-%d %H:%M UTC, $(nproc) CPUs, runc $(runc --version | head -1 | awk '{print $3}')"
+out=$(go test -count=1 -run '^$' -bench 'BenchmarkStart|BenchmarkMemory' -benchtime 1x -timeout 20m ./internal/app/ 2>&1) || {
+  echo "$out" >&2
+  exit 1
+}
+# The tables the benchmarks print, without the harness's logs.
+echo "$out" | awk '/^start latency|^memory \(MiB\)/{p=1} /^goos:|^Benchmark|^PASS|^ok/{p=0} p'
