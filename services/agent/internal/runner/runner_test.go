@@ -11,8 +11,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"zlayer.dev/libs/errkind"
 	"zlayer.dev/services/agent/internal/logs"
+	"zlayer.dev/services/agent/internal/stats"
 )
 
 func logText(t *testing.T, rn *Runner, id string) string {
@@ -70,6 +73,24 @@ func TestRunExecLogsStop(t *testing.T) {
 	u, err := tn.rn.Stats("web-1")
 	if err != nil || u.MemoryLimit != 64<<20 || u.CPULimit != 0.5 {
 		t.Fatalf("stats %+v, %v", u, err)
+	}
+	// The Prometheus collector reads the same cgroup.
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(stats.NewCollector(func() []stats.Target {
+		return []stats.Target{{ID: "web-1", Deployment: "d", Service: "web", Index: 1, Cgroup: rec.Cgroup}}
+	}))
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			got[mf.GetName()] = m.GetGauge().GetValue() + m.GetCounter().GetValue()
+		}
+	}
+	if got["zlayer_container_memory_limit_bytes"] != 64<<20 || got["zlayer_container_cpu_limit_cpus"] != 0.5 || got["zlayer_container_memory_bytes"] <= 0 {
+		t.Fatalf("metrics %v", got)
 	}
 	rec, err = tn.rn.Stop(ctx, "web-1", -1)
 	if err != nil {

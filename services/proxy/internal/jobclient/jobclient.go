@@ -12,6 +12,7 @@ import (
 	"io"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	agentv1 "zlayer.dev/libs/api/zlayer/agent/v1"
@@ -37,6 +38,9 @@ func New(node string, sched, agent grpc.ClientConnInterface) *Client {
 // RunJob starts a run on this node and returns its output and end.
 func (c *Client) RunJob(ctx context.Context, req httpproxy.JobRequest) (httpproxy.JobRun, error) {
 	resp, err := c.sched.RunJob(ctx, &schedulerv1.RunJobRequest{Deployment: req.Deployment, Service: req.Service, Node: c.node, Trigger: "http"})
+	if status.Code(err) == codes.Unavailable {
+		return httpproxy.JobRun{}, errors.New("the node's scheduler is not reachable: " + status.Convert(err).Message())
+	}
 	if err != nil {
 		return httpproxy.JobRun{}, errors.New(status.Convert(err).Message())
 	}
