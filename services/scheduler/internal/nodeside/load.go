@@ -57,3 +57,19 @@ func (r *Runner) measureLoad(ctx context.Context, st *fsm.State, window time.Dur
 	}
 	return out
 }
+
+// putLoad keeps a measurement for the next heartbeat.
+func (r *Runner) putLoad(l []*schedulerv1.ServiceLoad) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.load = l
+}
+
+// takeLoad returns the measurement waiting for a heartbeat, if any.
+func (r *Runner) takeLoad() []*schedulerv1.ServiceLoad {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	l := r.load
+	r.load = nil
+	return l
+}

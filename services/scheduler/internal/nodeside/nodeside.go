@@ -80,7 +80,7 @@ type Runner struct {
 	health    *health.Prober                        // health checks of this node's running replicas
 	calls     sync.WaitGroup                        // agent calls in the background (starts, removes)
 	proxy     Proxy
-	loadAt    time.Time // when load last went out
+	load      []*schedulerv1.ServiceLoad // measured, waiting for a heartbeat (guarded by mu)
 
 	mu        sync.Mutex
 	restarts  map[string]*restartState              // crash-loop bookkeeping per replica
@@ -153,8 +153,27 @@ func (r *Runner) Run(ctx context.Context) error {
 			}
 		}
 	}()
+	loadDone := make(chan struct{})
+	go func() {
+		// Measured on its own, so a slow proxy or agent never delays a
+		// heartbeat; the next heartbeat carries the result.
+		defer close(loadDone)
+		tick := time.NewTicker(r.cfg.LoadInterval)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+				mctx, cancel := context.WithTimeout(ctx, r.cfg.LoadInterval)
+				r.putLoad(r.measureLoad(mctx, r.state.Copy(), r.cfg.LoadInterval))
+				cancel()
+			}
+		}
+	}()
 	defer func() {
 		<-hbDone
+		<-loadDone
 		r.health.Stop()
 		r.calls.Wait() // ctx is done: they return promptly
 	}()
@@ -495,22 +514,17 @@ drain:
 			break drain
 		}
 	}
-	var load []*schedulerv1.ServiceLoad
-	if time.Since(r.loadAt) >= r.cfg.LoadInterval {
-		mctx, cancel := context.WithTimeout(ctx, r.cfg.Heartbeat/2)
-		load = r.measureLoad(mctx, st, r.cfg.LoadInterval)
-		cancel()
-	}
+	load := r.takeLoad()
 	if err := r.propose(ctx, &schedulerv1.Command{Kind: &schedulerv1.Command_Heartbeat{Heartbeat: &schedulerv1.HeartbeatCommand{
 		Node: r.cfg.Node.Name, Statuses: changes, Load: load,
 	}}}, r.cfg.Heartbeat); err != nil {
+		if load != nil {
+			r.putLoad(load) // it goes with the next heartbeat
+		}
 		return fmt.Errorf("heartbeat: %w", err)
 	}
 	for _, c := range changes {
 		r.reported[c.Id] = c
-	}
-	if load != nil {
-		r.loadAt = time.Now()
 	}
 	for id := range r.reported {
 		if _, ok := st.Replicas[id]; !ok {
