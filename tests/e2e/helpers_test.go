@@ -302,6 +302,11 @@ func (n *node) reap(t *testing.T) {
 			}
 		}
 	}
+	// The node's NAT rule outlives the agent on purpose (its containers
+	// would need it); the test's node is gone for good.
+	for exec.Command("iptables", "-t", "nat", "-D", "POSTROUTING", "-s", n.cidr, "!", "-d", n.cidr,
+		"-m", "comment", "--comment", "zlayer "+n.name, "-j", "MASQUERADE").Run() == nil {
+	}
 	if len(leaks) > 0 {
 		t.Errorf("node %s left behind: %s\n%s", n.name, strings.Join(leaks, ", "), n.logs())
 	}
