@@ -39,6 +39,8 @@ type options struct {
 	nodeTimeout   time.Duration
 	heartbeat     time.Duration
 	loadInterval  time.Duration
+	jobHistory    int
+	timezone      string
 	reconcileTick time.Duration
 	cpus          float64
 	memory        int64
@@ -53,6 +55,8 @@ type options struct {
 func (o *options) register(fs *flag.FlagSet) {
 	fs.DurationVar(&o.nodeTimeout, "node-timeout", 5*time.Second, "a node silent this long is marked down and its replicas placed elsewhere")
 	fs.DurationVar(&o.heartbeat, "heartbeat", time.Second, "how often this node reports to the cluster")
+	fs.IntVar(&o.jobHistory, "job-history", reconcile.DefaultJobHistory, "finished runs kept per job or cron job")
+	fs.StringVar(&o.timezone, "timezone", "UTC", "time zone of cron schedules (an IANA name such as Europe/Paris)")
 	fs.DurationVar(&o.loadInterval, "load-interval", 10*time.Second, "how often this node reports its load (requests/s, CPU, memory) for adaptive scaling")
 	fs.DurationVar(&o.reconcileTick, "reconcile-interval", 500*time.Millisecond, "how often the leader reconciles when nothing changes")
 	fs.Float64Var(&o.cpus, "cpus", 0, "CPUs this node offers (default: all)")
@@ -78,6 +82,10 @@ func Main(ctx context.Context, args []string, getenv func(string) string) error 
 }
 
 func start(ctx context.Context, env daemon.Env, srv *grpc.Server, o options) (func(context.Context) error, error) {
+	loc, err := time.LoadLocation(o.timezone)
+	if err != nil {
+		return nil, fmt.Errorf("--timezone %q: %w", o.timezone, err)
+	}
 	state, err := fsm.Open(filepath.Join(env.DataDir, "state.db"))
 	if err != nil {
 		return nil, err
@@ -102,7 +110,7 @@ func start(ctx context.Context, env daemon.Env, srv *grpc.Server, o options) (fu
 	clusterserver.Register(srv, node, clusterserver.Options{
 		DataDir: env.DataDir, AdvertiseAddr: o.advertiseAddr, PeerAddr: o.peerAddr, Log: env.Log,
 	})
-	specs := &specinfo.Cache{}
+	specs := &specinfo.Cache{Location: loc}
 	schedulerv1.RegisterSchedulerServiceServer(srv, server.New(env, node, state, specs))
 
 	agentConn, err := rpc.Dial(rpc.SocketPath(env.RunDir, "agent"))
@@ -124,7 +132,7 @@ func start(ctx context.Context, env daemon.Env, srv *grpc.Server, o options) (fu
 	}
 	side := nodeside.New(nodeside.Config{Node: self, Heartbeat: o.heartbeat, LoadInterval: o.loadInterval, Proxy: proxyv1.NewProxyServiceClient(proxyConn)},
 		env.Log, state, node, agentclient.New(agentConn), specs)
-	rc := reconcile.Config{NodeTimeout: o.nodeTimeout, MaxRolloutRestarts: 3, ReplaceFailedAfter: 10 * time.Second, LoadFresh: 3 * o.loadInterval}
+	rc := reconcile.Config{NodeTimeout: o.nodeTimeout, MaxRolloutRestarts: 3, ReplaceFailedAfter: 10 * time.Second, LoadFresh: 3 * o.loadInterval, JobHistory: o.jobHistory}
 
 	return func(ctx context.Context) error {
 		defer state.Close()

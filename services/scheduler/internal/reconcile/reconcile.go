@@ -66,10 +66,14 @@ type Config struct {
 	// LoadFresh: node load measurements older than this are ignored by the
 	// autoscaler.
 	LoadFresh time.Duration
+	// JobHistory is how many finished runs of each job are kept
+	// (DefaultJobHistory when zero).
+	JobHistory int
 }
 
-// MaxRuns is how many finished runs of a job or cron job are kept.
-const MaxRuns = 10
+// DefaultJobHistory is how many finished runs of a job or cron job are kept
+// when Config.JobHistory is zero.
+const DefaultJobHistory = 10
 
 // MaxIsolated is how many replicas isolated by on_panic: isolate are kept
 // per service; older ones are removed.
@@ -456,7 +460,7 @@ func (p *planner) autoscale(d *schedulerv1.Deployment, svc Service, all []*sched
 	}}})
 }
 
-// runs keeps the newest MaxRuns finished runs of a job or cron job, and
+// runs keeps the newest JobHistory finished runs of a job or cron job, and
 // starts a cron job's run when its schedule comes.
 func (p *planner) runs(d *schedulerv1.Deployment, svc Service, all []*schedulerv1.Replica) {
 	var finished []*schedulerv1.Replica
@@ -474,8 +478,12 @@ func (p *planner) runs(d *schedulerv1.Deployment, svc Service, all []*schedulerv
 		}
 	}
 	slices.SortFunc(finished, func(a, b *schedulerv1.Replica) int { return int(b.Index) - int(a.Index) })
-	for _, r := range finished[min(len(finished), MaxRuns):] {
-		p.stop(r, fmt.Sprintf("only the last %d runs are kept", MaxRuns))
+	keep := p.cfg.JobHistory
+	if keep <= 0 {
+		keep = DefaultJobHistory
+	}
+	for _, r := range finished[min(len(finished), keep):] {
+		p.stop(r, fmt.Sprintf("only the last %d runs are kept", keep))
 	}
 	if svc.Next == nil {
 		return

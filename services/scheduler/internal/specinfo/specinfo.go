@@ -34,9 +34,14 @@ type Service struct {
 	Min, Max, Replicas uint32
 }
 
-// Parse parses and validates a deployment file. Validation errors are a
-// spec.Errors value, each with file, line and column.
+// Parse parses and validates a deployment file, with cron schedules in
+// UTC. Validation errors are a spec.Errors value, each with file, line and
+// column.
 func Parse(fileName string, data []byte) (*Deployment, error) {
+	return parseIn(fileName, data, time.UTC)
+}
+
+func parseIn(fileName string, data []byte, loc *time.Location) (*Deployment, error) {
 	d, err := spec.Parse(fileName, data)
 	if err != nil {
 		return nil, err
@@ -55,7 +60,7 @@ func Parse(fileName string, data []byte) (*Deployment, error) {
 		}
 		if s.RType == spec.RTypeCron && !s.Schedule.IsZero() {
 			cron := s.Schedule
-			svc.Next = func(after time.Time) time.Time { return cron.Next(after, time.UTC) }
+			svc.Next = func(after time.Time) time.Time { return cron.Next(after, loc) }
 		}
 		for _, e := range s.Endpoints {
 			svc.Endpoints = append(svc.Endpoints, fmt.Sprintf("%s %s %d %s", e.Name, e.Protocol, e.Port, e.Expose))
@@ -118,6 +123,9 @@ func (d *Deployment) ServiceNames() []string {
 
 // Cache parses each distinct file once.
 type Cache struct {
+	// Location is the time zone of cron schedules; nil means UTC.
+	Location *time.Location
+
 	mu sync.Mutex
 	m  map[[32]byte]*Deployment
 }
@@ -130,7 +138,11 @@ func (c *Cache) Get(fileName string, data []byte) (*Deployment, error) {
 	if d, ok := c.m[key]; ok {
 		return d, nil
 	}
-	d, err := Parse(fileName, data)
+	loc := c.Location
+	if loc == nil {
+		loc = time.UTC
+	}
+	d, err := parseIn(fileName, data, loc)
 	if err != nil {
 		return nil, err
 	}
