@@ -147,6 +147,16 @@ services:
 	if per := spread(first); len(per) != 3 {
 		t.Fatalf("3 replicas should spread over 3 nodes, got %v", per)
 	}
+	// logs of a replica on another node: zlctl says where it is.
+	for _, r := range first.running(t, "app") {
+		if r.Node != first.name {
+			out, code := first.zlctl(t, "logs", fmt.Sprintf("app/web/%d", r.Index))
+			if code == 0 || !strings.Contains(out, "runs on node "+r.Node) {
+				t.Errorf("logs of a replica on %s, asked on %s: exit %d\n%s", r.Node, first.name, code, out)
+			}
+			break
+		}
+	}
 
 	// Kill -9 the leader's scheduler: a new leader is elected, a deploy
 	// succeeds, and the old leader (restarted by devctl) catches up.

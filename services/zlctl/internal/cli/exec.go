@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -38,6 +39,9 @@ func newExecCmd(g *globals) *cobra.Command {
 			}
 			defer closeFn()
 			id, err := resolveTarget(cmd.Context(), c, args[0])
+			if err != nil && strings.Contains(args[0], "/") {
+				err = g.elsewhere(cmd.Context(), args[0], err)
+			}
 			if err != nil {
 				return g.rpcError("agent", err)
 			}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -64,7 +65,10 @@ func newLogsCmd(g *globals) *cobra.Command {
 				return err
 			}
 			defer closeFn()
-			if req.Id, err = resolveTarget(cmd.Context(), c, args[0]); err != nil {
+			if req.Id, err = resolveTarget(cmd.Context(), c, args[0]); err != nil && strings.Contains(args[0], "/") {
+				err = g.elsewhere(cmd.Context(), args[0], err)
+			}
+			if err != nil {
 				return g.rpcError("agent", err)
 			}
 			st, err := c.StreamLogs(cmd.Context(), req)
