@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -419,4 +420,57 @@ services:
 		out, code := run(t, "grpcurl", "-plaintext", "unix://"+n.runDir+"/agent.sock", "zlayer.agent.v1.AgentService/ListReplicas")
 		return code == 0 && !strings.Contains(out, "init-")
 	})
+}
+
+// TestExampleChain deploys deploy/examples/chain.yaml (with the test's
+// registry): the api's init steps wait for db.global's port and health,
+// names resolved from the cluster's running replicas; the front waits for
+// the api to be ready. The start order shows in the events.
+func TestExampleChain(t *testing.T) {
+	reg := demoRegistry(t)
+	n := startNode(t, "--arg", "registry:--insecure-registry="+reg.Addr)
+	n.explainOnFailure(t, "chain")
+	text, err := os.ReadFile(filepath.Join(repoRoot(t), "deploy", "examples", "chain.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(t.TempDir(), "chain.yaml")
+	if err := os.WriteFile(file, []byte(strings.ReplaceAll(string(text), "127.0.0.1:5005", reg.Addr)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, code := n.zlctl(t, "deploy", file); code != 0 {
+		t.Fatalf("deploy: exit %d\n%s", code, out)
+	}
+	events, _ := n.zlctl(t, "events", "chain", "--limit", "500")
+	at := func(what string) int {
+		for i, line := range strings.Split(events, "\n") {
+			if strings.Contains(line, what) {
+				return i
+			}
+		}
+		t.Fatalf("no event %q:\n%s", what, events)
+		return -1
+	}
+	// db's process starts first but listens 3s later; the api's process
+	// starts only after its init steps reached db.global; the front only
+	// once the api is ready.
+	dbStarted, apiStarted, frontStarted := at("started     chain/db/"), at("started     chain/api/"), at("started     chain/front/")
+	if !(dbStarted < apiStarted && apiStarted < frontStarted) {
+		t.Errorf("start order db (%d) < api (%d) < front (%d) not kept:\n%s", dbStarted, apiStarted, frontStarted, events)
+	}
+	if !regexp.MustCompile(`wait-db-port ok \(\d+ attempts, [2-9][.\d]*s\)`).MatchString(events) {
+		t.Errorf("the api's wait for db's port should have taken the 3s db needs to listen:\n%s", events)
+	}
+	for _, want := range []string{"wait-db-port ok", "wait-db-health ok"} {
+		if !strings.Contains(events, want) {
+			t.Errorf("api's init steps not in the events (%q):\n%s", want, events)
+		}
+	}
+	out, code := n.zlctl(t, "exec", "chain/api", "--", "/bin/busybox", "cat", "/etc/hosts")
+	if code != 0 || !strings.Contains(out, "db.global") || !strings.Contains(out, "front.global") {
+		t.Errorf("the api's /etc/hosts lacks the deployment's names: exit %d\n%s", code, out)
+	}
+	if out, code := n.zlctl(t, "delete", "chain"); code != 0 {
+		t.Fatalf("delete: %s", out)
+	}
 }

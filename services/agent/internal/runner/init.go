@@ -60,7 +60,7 @@ const initOutputTail = 1024
 // runInit runs steps in order for container id. It returns every step's
 // result and, when a step with on_failure fail failed, an error wrapping
 // ErrInit that names it.
-func (rn *Runner) runInit(ctx context.Context, log *zap.Logger, id, netnsPath string, steps []InitStep) ([]InitResult, error) {
+func (rn *Runner) runInit(ctx context.Context, log *zap.Logger, id, deployment, netnsPath string, steps []InitStep) ([]InitResult, error) {
 	var results []InitResult
 	for _, st := range steps {
 		start := time.Now()
@@ -70,7 +70,7 @@ func (rn *Runner) runInit(ctx context.Context, log *zap.Logger, id, netnsPath st
 		for attempt := 0; attempt <= st.Retry; attempt++ {
 			res.Attempts++
 			actx, cancel := context.WithTimeout(ctx, cmp(st.Timeout, 30*time.Second))
-			out, err = rn.initAttempt(actx, id, netnsPath, st)
+			out, err = rn.initAttempt(actx, id, deployment, netnsPath, st)
 			cancel()
 			if err == nil || ctx.Err() != nil {
 				break
@@ -119,12 +119,15 @@ func tail(s string, n int) string {
 }
 
 // initAttempt runs one attempt of a step and returns its output.
-func (rn *Runner) initAttempt(ctx context.Context, id, netnsPath string, st InitStep) (string, error) {
+func (rn *Runner) initAttempt(ctx context.Context, id, deployment, netnsPath string, st InitStep) (string, error) {
+	// Service names (db.global) come from the scheduler's table, looked up
+	// again on every try: the service may start while this one waits.
+	resolve := func(host string) string { return rn.resolve(deployment, host) }
 	switch st.Action {
 	case ActionWaitTCP:
-		return "", waitTCP(ctx, netnsPath, net.JoinHostPort(st.Host, strconv.Itoa(st.Port)))
+		return "", waitTCP(ctx, netnsPath, func() string { return net.JoinHostPort(resolve(st.Host), strconv.Itoa(st.Port)) })
 	case ActionWaitHTTP:
-		return "", waitHTTP(ctx, netnsPath, st.URL, st.ExpectStatus)
+		return "", waitHTTP(ctx, netnsPath, st.URL, st.ExpectStatus, resolve)
 	case ActionRun:
 		var out bytes.Buffer
 		code, err := rn.exec(ctx, id, ExecSpec{Args: st.Command}, ExecIO{Stdout: &out, Stderr: &out})
@@ -174,9 +177,10 @@ func inNetns(path string, fn func() error) error {
 	return <-errc
 }
 
-// waitTCP connects to addr from the container's network until it answers.
-func waitTCP(ctx context.Context, netnsPath, addr string) error {
+// waitTCP connects to addr() from the container's network until it answers.
+func waitTCP(ctx context.Context, netnsPath string, target func() string) error {
 	for {
+		addr := target()
 		var conn net.Conn
 		err := inNetns(netnsPath, func() error {
 			var d net.Dialer
@@ -196,13 +200,16 @@ func waitTCP(ctx context.Context, netnsPath, addr string) error {
 }
 
 // waitHTTP polls url from the container's network until it answers want.
-func waitHTTP(ctx context.Context, netnsPath, url string, want int) error {
+func waitHTTP(ctx context.Context, netnsPath, url string, want int, resolve func(string) string) error {
 	if want == 0 {
 		want = http.StatusOK
 	}
 	client := &http.Client{Transport: &http.Transport{
 		DisableKeepAlives: true,
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			if host, port, err := net.SplitHostPort(addr); err == nil {
+				addr = net.JoinHostPort(resolve(host), port)
+			}
 			var conn net.Conn
 			err := inNetns(netnsPath, func() error {
 				var d net.Dialer

@@ -56,7 +56,8 @@ type Runner struct {
 
 	mu       sync.Mutex
 	ctrs     map[string]*container
-	creating map[string]bool // ids whose Run is under way (guarded by mu)
+	creating map[string]bool   // ids whose Run is under way (guarded by mu)
+	names    map[string][]Name // service names per deployment (guarded by mu)
 	subs     map[*Subscription]struct{}
 	bg       sync.WaitGroup // watchers
 	ctx      context.Context
@@ -318,14 +319,14 @@ func (rn *Runner) Run(ctx context.Context, s Spec) (rec Record, err error) {
 	c.mon, c.rec.Pid, c.rec.MonitorPid, c.rec.MonitorT0 = mon, pid, mon.Pid, mon.Start
 	c.rec.IP = at.a.IP.String()
 	// Written in place: the file is already bind-mounted by runc create.
-	if err := os.WriteFile(filepath.Join(dir, "hosts"), bundle.Hosts(bcfg.Hostname, at.a.IP), 0o644); err != nil {
+	if err := rn.writeHosts(c.rec); err != nil {
 		return rec, fmt.Errorf("container %s: %w", s.ID, err)
 	}
 	if err := rn.save(&c.rec); err != nil {
 		return rec, fmt.Errorf("container %s: %w", s.ID, err)
 	}
 	if len(s.Init) > 0 {
-		results, err := rn.runInit(ctx, log, s.ID, c.rec.Netns, s.Init)
+		results, err := rn.runInit(ctx, log, s.ID, s.Identity.Deployment, c.rec.Netns, s.Init)
 		c.rec.Init = results
 		if err != nil {
 			return rec, fmt.Errorf("container %s: %w", s.ID, err)

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"sync"
 	"time"
 
@@ -316,4 +317,17 @@ func (s *Server) GetStats(ctx context.Context, req *agentv1.GetStatsRequest) (*a
 		})
 	}
 	return resp, nil
+}
+
+// SetNames replaces the node's table of service names.
+func (s *Server) SetNames(_ context.Context, req *agentv1.SetNamesRequest) (*agentv1.SetNamesResponse, error) {
+	names := make([]runner.Name, 0, len(req.GetNames()))
+	for _, n := range req.GetNames() {
+		if net.ParseIP(n.GetIp()) == nil {
+			return nil, fmt.Errorf("name %s: address %q is not an IP: %w", n.GetName(), n.GetIp(), errkind.Invalid)
+		}
+		names = append(names, runner.Name{Deployment: n.GetDeployment(), Name: n.GetName(), IP: n.GetIp()})
+	}
+	s.runner.SetNames(names)
+	return &agentv1.SetNamesResponse{}, nil
 }

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
 
+	agentv1 "zlayer.dev/libs/api/zlayer/agent/v1"
 	proxyv1 "zlayer.dev/libs/api/zlayer/proxy/v1"
 	schedulerv1 "zlayer.dev/libs/api/zlayer/scheduler/v1"
 	"zlayer.dev/libs/daemon"
@@ -26,6 +27,7 @@ import (
 	"zlayer.dev/services/scheduler/internal/agentclient"
 	"zlayer.dev/services/scheduler/internal/clusterserver"
 	"zlayer.dev/services/scheduler/internal/fsm"
+	"zlayer.dev/services/scheduler/internal/names"
 	"zlayer.dev/services/scheduler/internal/nodeside"
 	"zlayer.dev/services/scheduler/internal/raftnode"
 	"zlayer.dev/services/scheduler/internal/reconcile"
@@ -141,6 +143,9 @@ func start(ctx context.Context, env daemon.Env, srv *grpc.Server, o options) (fu
 		g, ctx := errgroup.WithContext(ctx)
 		g.Go(func() error {
 			return routes.Push(ctx, env.Log, state, specs, proxyv1.NewProxyServiceClient(proxyConn), 5*time.Second)
+		})
+		g.Go(func() error {
+			return names.Push(ctx, env.Log, state, agentv1.NewAgentServiceClient(agentConn), 5*time.Second)
 		})
 		g.Go(func() error { return node.Run(ctx) })
 		g.Go(func() error { return side.Run(ctx) })

@@ -9,8 +9,6 @@ import (
 	"slices"
 	"strings"
 
-	"google.golang.org/protobuf/proto"
-
 	proxyv1 "zlayer.dev/libs/api/zlayer/proxy/v1"
 	schedulerv1 "zlayer.dev/libs/api/zlayer/scheduler/v1"
 	"zlayer.dev/libs/spec"
@@ -84,11 +82,6 @@ func Table(st *fsm.State, specs *specinfo.Cache) []*proxyv1.Route {
 		return strings.Compare(a.Deployment+"/"+a.Service+"/"+a.Endpoint, b.Deployment+"/"+b.Service+"/"+b.Endpoint)
 	})
 	return out
-}
-
-// Equal reports whether two tables are the same.
-func Equal(a, b []*proxyv1.Route) bool {
-	return slices.EqualFunc(a, b, func(x, y *proxyv1.Route) bool { return proto.Equal(x, y) })
 }
 
 func sortedKeys[V any](m map[string]V) []string {

@@ -2393,6 +2393,153 @@ func (x *InitStepResult) GetOutput() string {
 	return ""
 }
 
+// ServiceName is one address of a service name.
+type ServiceName struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// deployment is the deployment whose containers resolve the name.
+	Deployment string `protobuf:"bytes,1,opt,name=deployment,proto3" json:"deployment,omitempty"`
+	// name is the name, e.g. db.global.
+	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// ip is one of its addresses.
+	Ip            string `protobuf:"bytes,3,opt,name=ip,proto3" json:"ip,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ServiceName) Reset() {
+	*x = ServiceName{}
+	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ServiceName) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ServiceName) ProtoMessage() {}
+
+func (x *ServiceName) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ServiceName.ProtoReflect.Descriptor instead.
+func (*ServiceName) Descriptor() ([]byte, []int) {
+	return file_zlayer_agent_v1_agent_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *ServiceName) GetDeployment() string {
+	if x != nil {
+		return x.Deployment
+	}
+	return ""
+}
+
+func (x *ServiceName) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ServiceName) GetIp() string {
+	if x != nil {
+		return x.Ip
+	}
+	return ""
+}
+
+// SetNamesRequest is the whole table.
+type SetNamesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// names are every name's addresses.
+	Names         []*ServiceName `protobuf:"bytes,1,rep,name=names,proto3" json:"names,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetNamesRequest) Reset() {
+	*x = SetNamesRequest{}
+	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetNamesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetNamesRequest) ProtoMessage() {}
+
+func (x *SetNamesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetNamesRequest.ProtoReflect.Descriptor instead.
+func (*SetNamesRequest) Descriptor() ([]byte, []int) {
+	return file_zlayer_agent_v1_agent_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *SetNamesRequest) GetNames() []*ServiceName {
+	if x != nil {
+		return x.Names
+	}
+	return nil
+}
+
+// SetNamesResponse is empty.
+type SetNamesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetNamesResponse) Reset() {
+	*x = SetNamesResponse{}
+	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetNamesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetNamesResponse) ProtoMessage() {}
+
+func (x *SetNamesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetNamesResponse.ProtoReflect.Descriptor instead.
+func (*SetNamesResponse) Descriptor() ([]byte, []int) {
+	return file_zlayer_agent_v1_agent_proto_rawDescGZIP(), []int{35}
+}
+
 var File_zlayer_agent_v1_agent_proto protoreflect.FileDescriptor
 
 const file_zlayer_agent_v1_agent_proto_rawDesc = "" +
@@ -2548,7 +2695,16 @@ const file_zlayer_agent_v1_agent_proto_rawDesc = "" +
 	"\aoutcome\x18\x02 \x01(\tR\aoutcome\x12\x1a\n" +
 	"\battempts\x18\x03 \x01(\rR\battempts\x125\n" +
 	"\bduration\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\bduration\x12\x16\n" +
-	"\x06output\x18\x05 \x01(\tR\x06output*\xb2\x01\n" +
+	"\x06output\x18\x05 \x01(\tR\x06output\"Q\n" +
+	"\vServiceName\x12\x1e\n" +
+	"\n" +
+	"deployment\x18\x01 \x01(\tR\n" +
+	"deployment\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x0e\n" +
+	"\x02ip\x18\x03 \x01(\tR\x02ip\"E\n" +
+	"\x0fSetNamesRequest\x122\n" +
+	"\x05names\x18\x01 \x03(\v2\x1c.zlayer.agent.v1.ServiceNameR\x05names\"\x12\n" +
+	"\x10SetNamesResponse*\xb2\x01\n" +
 	"\fReplicaState\x12\x1d\n" +
 	"\x19REPLICA_STATE_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16REPLICA_STATE_CREATING\x10\x01\x12\x19\n" +
@@ -2565,7 +2721,7 @@ const file_zlayer_agent_v1_agent_proto_rawDesc = "" +
 	"\tLogStream\x12\x1a\n" +
 	"\x16LOG_STREAM_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11LOG_STREAM_STDOUT\x10\x01\x12\x15\n" +
-	"\x11LOG_STREAM_STDERR\x10\x022\xf6\x06\n" +
+	"\x11LOG_STREAM_STDERR\x10\x022\xc7\a\n" +
 	"\fAgentService\x12L\n" +
 	"\aGetInfo\x12\x1f.zlayer.agent.v1.GetInfoRequest\x1a .zlayer.agent.v1.GetInfoResponse\x12U\n" +
 	"\n" +
@@ -2579,7 +2735,8 @@ const file_zlayer_agent_v1_agent_proto_rawDesc = "" +
 	"\n" +
 	"StreamLogs\x12\".zlayer.agent.v1.StreamLogsRequest\x1a#.zlayer.agent.v1.StreamLogsResponse0\x01\x12G\n" +
 	"\x04Exec\x12\x1c.zlayer.agent.v1.ExecRequest\x1a\x1d.zlayer.agent.v1.ExecResponse(\x010\x01\x12O\n" +
-	"\bGetStats\x12 .zlayer.agent.v1.GetStatsRequest\x1a!.zlayer.agent.v1.GetStatsResponseB-Z+zlayer.dev/libs/api/zlayer/agent/v1;agentv1b\x06proto3"
+	"\bGetStats\x12 .zlayer.agent.v1.GetStatsRequest\x1a!.zlayer.agent.v1.GetStatsResponse\x12O\n" +
+	"\bSetNames\x12 .zlayer.agent.v1.SetNamesRequest\x1a!.zlayer.agent.v1.SetNamesResponseB-Z+zlayer.dev/libs/api/zlayer/agent/v1;agentv1b\x06proto3"
 
 var (
 	file_zlayer_agent_v1_agent_proto_rawDescOnce sync.Once
@@ -2594,7 +2751,7 @@ func file_zlayer_agent_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_zlayer_agent_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_zlayer_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
+var file_zlayer_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
 var file_zlayer_agent_v1_agent_proto_goTypes = []any{
 	(ReplicaState)(0),             // 0: zlayer.agent.v1.ReplicaState
 	(PullPolicy)(0),               // 1: zlayer.agent.v1.PullPolicy
@@ -2632,72 +2789,78 @@ var file_zlayer_agent_v1_agent_proto_goTypes = []any{
 	(*GetStatsResponse)(nil),      // 33: zlayer.agent.v1.GetStatsResponse
 	(*InitStep)(nil),              // 34: zlayer.agent.v1.InitStep
 	(*InitStepResult)(nil),        // 35: zlayer.agent.v1.InitStepResult
-	nil,                           // 36: zlayer.agent.v1.ReplicaSpec.EnvEntry
-	(*v1.DaemonInfo)(nil),         // 37: zlayer.types.v1.DaemonInfo
-	(*timestamppb.Timestamp)(nil), // 38: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 39: google.protobuf.Duration
+	(*ServiceName)(nil),           // 36: zlayer.agent.v1.ServiceName
+	(*SetNamesRequest)(nil),       // 37: zlayer.agent.v1.SetNamesRequest
+	(*SetNamesResponse)(nil),      // 38: zlayer.agent.v1.SetNamesResponse
+	nil,                           // 39: zlayer.agent.v1.ReplicaSpec.EnvEntry
+	(*v1.DaemonInfo)(nil),         // 40: zlayer.types.v1.DaemonInfo
+	(*timestamppb.Timestamp)(nil), // 41: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 42: google.protobuf.Duration
 }
 var file_zlayer_agent_v1_agent_proto_depIdxs = []int32{
-	37, // 0: zlayer.agent.v1.GetInfoResponse.info:type_name -> zlayer.types.v1.DaemonInfo
+	40, // 0: zlayer.agent.v1.GetInfoResponse.info:type_name -> zlayer.types.v1.DaemonInfo
 	5,  // 1: zlayer.agent.v1.ReplicaSpec.identity:type_name -> zlayer.agent.v1.ReplicaIdentity
 	1,  // 2: zlayer.agent.v1.ReplicaSpec.pull_policy:type_name -> zlayer.agent.v1.PullPolicy
 	6,  // 3: zlayer.agent.v1.ReplicaSpec.command:type_name -> zlayer.agent.v1.Argv
 	6,  // 4: zlayer.agent.v1.ReplicaSpec.args:type_name -> zlayer.agent.v1.Argv
-	36, // 5: zlayer.agent.v1.ReplicaSpec.env:type_name -> zlayer.agent.v1.ReplicaSpec.EnvEntry
+	39, // 5: zlayer.agent.v1.ReplicaSpec.env:type_name -> zlayer.agent.v1.ReplicaSpec.EnvEntry
 	7,  // 6: zlayer.agent.v1.ReplicaSpec.resources:type_name -> zlayer.agent.v1.Resources
 	8,  // 7: zlayer.agent.v1.ReplicaSpec.endpoints:type_name -> zlayer.agent.v1.Endpoint
 	34, // 8: zlayer.agent.v1.ReplicaSpec.init_steps:type_name -> zlayer.agent.v1.InitStep
-	38, // 9: zlayer.agent.v1.ExitStatus.exited_at:type_name -> google.protobuf.Timestamp
+	41, // 9: zlayer.agent.v1.ExitStatus.exited_at:type_name -> google.protobuf.Timestamp
 	9,  // 10: zlayer.agent.v1.Replica.spec:type_name -> zlayer.agent.v1.ReplicaSpec
 	0,  // 11: zlayer.agent.v1.Replica.state:type_name -> zlayer.agent.v1.ReplicaState
-	38, // 12: zlayer.agent.v1.Replica.created_at:type_name -> google.protobuf.Timestamp
-	38, // 13: zlayer.agent.v1.Replica.started_at:type_name -> google.protobuf.Timestamp
+	41, // 12: zlayer.agent.v1.Replica.created_at:type_name -> google.protobuf.Timestamp
+	41, // 13: zlayer.agent.v1.Replica.started_at:type_name -> google.protobuf.Timestamp
 	10, // 14: zlayer.agent.v1.Replica.exit:type_name -> zlayer.agent.v1.ExitStatus
 	35, // 15: zlayer.agent.v1.Replica.init:type_name -> zlayer.agent.v1.InitStepResult
 	9,  // 16: zlayer.agent.v1.RunReplicaRequest.spec:type_name -> zlayer.agent.v1.ReplicaSpec
 	11, // 17: zlayer.agent.v1.RunReplicaResponse.replica:type_name -> zlayer.agent.v1.Replica
-	39, // 18: zlayer.agent.v1.StopReplicaRequest.grace:type_name -> google.protobuf.Duration
+	42, // 18: zlayer.agent.v1.StopReplicaRequest.grace:type_name -> google.protobuf.Duration
 	11, // 19: zlayer.agent.v1.StopReplicaResponse.replica:type_name -> zlayer.agent.v1.Replica
 	11, // 20: zlayer.agent.v1.GetReplicaResponse.replica:type_name -> zlayer.agent.v1.Replica
 	11, // 21: zlayer.agent.v1.ListReplicasResponse.replicas:type_name -> zlayer.agent.v1.Replica
 	11, // 22: zlayer.agent.v1.WatchReplicasResponse.replica:type_name -> zlayer.agent.v1.Replica
-	38, // 23: zlayer.agent.v1.LogEntry.time:type_name -> google.protobuf.Timestamp
+	41, // 23: zlayer.agent.v1.LogEntry.time:type_name -> google.protobuf.Timestamp
 	2,  // 24: zlayer.agent.v1.LogEntry.stream:type_name -> zlayer.agent.v1.LogStream
-	38, // 25: zlayer.agent.v1.StreamLogsRequest.since:type_name -> google.protobuf.Timestamp
+	41, // 25: zlayer.agent.v1.StreamLogsRequest.since:type_name -> google.protobuf.Timestamp
 	24, // 26: zlayer.agent.v1.StreamLogsResponse.entries:type_name -> zlayer.agent.v1.LogEntry
 	27, // 27: zlayer.agent.v1.ExecStart.size:type_name -> zlayer.agent.v1.TerminalSize
 	28, // 28: zlayer.agent.v1.ExecRequest.start:type_name -> zlayer.agent.v1.ExecStart
 	27, // 29: zlayer.agent.v1.ExecRequest.resize:type_name -> zlayer.agent.v1.TerminalSize
-	38, // 30: zlayer.agent.v1.ReplicaStats.sampled_at:type_name -> google.protobuf.Timestamp
-	39, // 31: zlayer.agent.v1.ReplicaStats.cpu_usage:type_name -> google.protobuf.Duration
+	41, // 30: zlayer.agent.v1.ReplicaStats.sampled_at:type_name -> google.protobuf.Timestamp
+	42, // 31: zlayer.agent.v1.ReplicaStats.cpu_usage:type_name -> google.protobuf.Duration
 	32, // 32: zlayer.agent.v1.GetStatsResponse.stats:type_name -> zlayer.agent.v1.ReplicaStats
-	39, // 33: zlayer.agent.v1.InitStep.timeout:type_name -> google.protobuf.Duration
-	39, // 34: zlayer.agent.v1.InitStepResult.duration:type_name -> google.protobuf.Duration
-	3,  // 35: zlayer.agent.v1.AgentService.GetInfo:input_type -> zlayer.agent.v1.GetInfoRequest
-	12, // 36: zlayer.agent.v1.AgentService.RunReplica:input_type -> zlayer.agent.v1.RunReplicaRequest
-	14, // 37: zlayer.agent.v1.AgentService.StopReplica:input_type -> zlayer.agent.v1.StopReplicaRequest
-	16, // 38: zlayer.agent.v1.AgentService.RemoveReplica:input_type -> zlayer.agent.v1.RemoveReplicaRequest
-	18, // 39: zlayer.agent.v1.AgentService.GetReplica:input_type -> zlayer.agent.v1.GetReplicaRequest
-	20, // 40: zlayer.agent.v1.AgentService.ListReplicas:input_type -> zlayer.agent.v1.ListReplicasRequest
-	22, // 41: zlayer.agent.v1.AgentService.WatchReplicas:input_type -> zlayer.agent.v1.WatchReplicasRequest
-	25, // 42: zlayer.agent.v1.AgentService.StreamLogs:input_type -> zlayer.agent.v1.StreamLogsRequest
-	29, // 43: zlayer.agent.v1.AgentService.Exec:input_type -> zlayer.agent.v1.ExecRequest
-	31, // 44: zlayer.agent.v1.AgentService.GetStats:input_type -> zlayer.agent.v1.GetStatsRequest
-	4,  // 45: zlayer.agent.v1.AgentService.GetInfo:output_type -> zlayer.agent.v1.GetInfoResponse
-	13, // 46: zlayer.agent.v1.AgentService.RunReplica:output_type -> zlayer.agent.v1.RunReplicaResponse
-	15, // 47: zlayer.agent.v1.AgentService.StopReplica:output_type -> zlayer.agent.v1.StopReplicaResponse
-	17, // 48: zlayer.agent.v1.AgentService.RemoveReplica:output_type -> zlayer.agent.v1.RemoveReplicaResponse
-	19, // 49: zlayer.agent.v1.AgentService.GetReplica:output_type -> zlayer.agent.v1.GetReplicaResponse
-	21, // 50: zlayer.agent.v1.AgentService.ListReplicas:output_type -> zlayer.agent.v1.ListReplicasResponse
-	23, // 51: zlayer.agent.v1.AgentService.WatchReplicas:output_type -> zlayer.agent.v1.WatchReplicasResponse
-	26, // 52: zlayer.agent.v1.AgentService.StreamLogs:output_type -> zlayer.agent.v1.StreamLogsResponse
-	30, // 53: zlayer.agent.v1.AgentService.Exec:output_type -> zlayer.agent.v1.ExecResponse
-	33, // 54: zlayer.agent.v1.AgentService.GetStats:output_type -> zlayer.agent.v1.GetStatsResponse
-	45, // [45:55] is the sub-list for method output_type
-	35, // [35:45] is the sub-list for method input_type
-	35, // [35:35] is the sub-list for extension type_name
-	35, // [35:35] is the sub-list for extension extendee
-	0,  // [0:35] is the sub-list for field type_name
+	42, // 33: zlayer.agent.v1.InitStep.timeout:type_name -> google.protobuf.Duration
+	42, // 34: zlayer.agent.v1.InitStepResult.duration:type_name -> google.protobuf.Duration
+	36, // 35: zlayer.agent.v1.SetNamesRequest.names:type_name -> zlayer.agent.v1.ServiceName
+	3,  // 36: zlayer.agent.v1.AgentService.GetInfo:input_type -> zlayer.agent.v1.GetInfoRequest
+	12, // 37: zlayer.agent.v1.AgentService.RunReplica:input_type -> zlayer.agent.v1.RunReplicaRequest
+	14, // 38: zlayer.agent.v1.AgentService.StopReplica:input_type -> zlayer.agent.v1.StopReplicaRequest
+	16, // 39: zlayer.agent.v1.AgentService.RemoveReplica:input_type -> zlayer.agent.v1.RemoveReplicaRequest
+	18, // 40: zlayer.agent.v1.AgentService.GetReplica:input_type -> zlayer.agent.v1.GetReplicaRequest
+	20, // 41: zlayer.agent.v1.AgentService.ListReplicas:input_type -> zlayer.agent.v1.ListReplicasRequest
+	22, // 42: zlayer.agent.v1.AgentService.WatchReplicas:input_type -> zlayer.agent.v1.WatchReplicasRequest
+	25, // 43: zlayer.agent.v1.AgentService.StreamLogs:input_type -> zlayer.agent.v1.StreamLogsRequest
+	29, // 44: zlayer.agent.v1.AgentService.Exec:input_type -> zlayer.agent.v1.ExecRequest
+	31, // 45: zlayer.agent.v1.AgentService.GetStats:input_type -> zlayer.agent.v1.GetStatsRequest
+	37, // 46: zlayer.agent.v1.AgentService.SetNames:input_type -> zlayer.agent.v1.SetNamesRequest
+	4,  // 47: zlayer.agent.v1.AgentService.GetInfo:output_type -> zlayer.agent.v1.GetInfoResponse
+	13, // 48: zlayer.agent.v1.AgentService.RunReplica:output_type -> zlayer.agent.v1.RunReplicaResponse
+	15, // 49: zlayer.agent.v1.AgentService.StopReplica:output_type -> zlayer.agent.v1.StopReplicaResponse
+	17, // 50: zlayer.agent.v1.AgentService.RemoveReplica:output_type -> zlayer.agent.v1.RemoveReplicaResponse
+	19, // 51: zlayer.agent.v1.AgentService.GetReplica:output_type -> zlayer.agent.v1.GetReplicaResponse
+	21, // 52: zlayer.agent.v1.AgentService.ListReplicas:output_type -> zlayer.agent.v1.ListReplicasResponse
+	23, // 53: zlayer.agent.v1.AgentService.WatchReplicas:output_type -> zlayer.agent.v1.WatchReplicasResponse
+	26, // 54: zlayer.agent.v1.AgentService.StreamLogs:output_type -> zlayer.agent.v1.StreamLogsResponse
+	30, // 55: zlayer.agent.v1.AgentService.Exec:output_type -> zlayer.agent.v1.ExecResponse
+	33, // 56: zlayer.agent.v1.AgentService.GetStats:output_type -> zlayer.agent.v1.GetStatsResponse
+	38, // 57: zlayer.agent.v1.AgentService.SetNames:output_type -> zlayer.agent.v1.SetNamesResponse
+	47, // [47:58] is the sub-list for method output_type
+	36, // [36:47] is the sub-list for method input_type
+	36, // [36:36] is the sub-list for extension type_name
+	36, // [36:36] is the sub-list for extension extendee
+	0,  // [0:36] is the sub-list for field type_name
 }
 
 func init() { file_zlayer_agent_v1_agent_proto_init() }
@@ -2723,7 +2886,7 @@ func file_zlayer_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_zlayer_agent_v1_agent_proto_rawDesc), len(file_zlayer_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   34,
+			NumMessages:   37,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

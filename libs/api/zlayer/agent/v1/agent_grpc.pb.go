@@ -29,6 +29,7 @@ const (
 	AgentService_StreamLogs_FullMethodName    = "/zlayer.agent.v1.AgentService/StreamLogs"
 	AgentService_Exec_FullMethodName          = "/zlayer.agent.v1.AgentService/Exec"
 	AgentService_GetStats_FullMethodName      = "/zlayer.agent.v1.AgentService/GetStats"
+	AgentService_SetNames_FullMethodName      = "/zlayer.agent.v1.AgentService/SetNames"
 )
 
 // AgentServiceClient is the client API for AgentService service.
@@ -75,6 +76,10 @@ type AgentServiceClient interface {
 	Exec(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ExecRequest, ExecResponse], error)
 	// GetStats reads replicas' resource use from their cgroups.
 	GetStats(ctx context.Context, in *GetStatsRequest, opts ...grpc.CallOption) (*GetStatsResponse, error)
+	// SetNames replaces the table of service names (<service>.global) that
+	// the node's containers resolve through their /etc/hosts, each
+	// container seeing its own deployment's. Called by the local scheduler.
+	SetNames(ctx context.Context, in *SetNamesRequest, opts ...grpc.CallOption) (*SetNamesResponse, error)
 }
 
 type agentServiceClient struct {
@@ -206,6 +211,16 @@ func (c *agentServiceClient) GetStats(ctx context.Context, in *GetStatsRequest, 
 	return out, nil
 }
 
+func (c *agentServiceClient) SetNames(ctx context.Context, in *SetNamesRequest, opts ...grpc.CallOption) (*SetNamesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SetNamesResponse)
+	err := c.cc.Invoke(ctx, AgentService_SetNames_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AgentServiceServer is the server API for AgentService service.
 // All implementations must embed UnimplementedAgentServiceServer
 // for forward compatibility.
@@ -250,6 +265,10 @@ type AgentServiceServer interface {
 	Exec(grpc.BidiStreamingServer[ExecRequest, ExecResponse]) error
 	// GetStats reads replicas' resource use from their cgroups.
 	GetStats(context.Context, *GetStatsRequest) (*GetStatsResponse, error)
+	// SetNames replaces the table of service names (<service>.global) that
+	// the node's containers resolve through their /etc/hosts, each
+	// container seeing its own deployment's. Called by the local scheduler.
+	SetNames(context.Context, *SetNamesRequest) (*SetNamesResponse, error)
 	mustEmbedUnimplementedAgentServiceServer()
 }
 
@@ -289,6 +308,9 @@ func (UnimplementedAgentServiceServer) Exec(grpc.BidiStreamingServer[ExecRequest
 }
 func (UnimplementedAgentServiceServer) GetStats(context.Context, *GetStatsRequest) (*GetStatsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetStats not implemented")
+}
+func (UnimplementedAgentServiceServer) SetNames(context.Context, *SetNamesRequest) (*SetNamesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetNames not implemented")
 }
 func (UnimplementedAgentServiceServer) mustEmbedUnimplementedAgentServiceServer() {}
 func (UnimplementedAgentServiceServer) testEmbeddedByValue()                      {}
@@ -466,6 +488,24 @@ func _AgentService_GetStats_Handler(srv interface{}, ctx context.Context, dec fu
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AgentService_SetNames_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetNamesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServiceServer).SetNames(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AgentService_SetNames_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServiceServer).SetNames(ctx, req.(*SetNamesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AgentService_ServiceDesc is the grpc.ServiceDesc for AgentService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -500,6 +540,10 @@ var AgentService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetStats",
 			Handler:    _AgentService_GetStats_Handler,
+		},
+		{
+			MethodName: "SetNames",
+			Handler:    _AgentService_SetNames_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -68,6 +68,11 @@ class AgentServiceStub(object):
                 request_serializer=zlayer_dot_agent_dot_v1_dot_agent__pb2.GetStatsRequest.SerializeToString,
                 response_deserializer=zlayer_dot_agent_dot_v1_dot_agent__pb2.GetStatsResponse.FromString,
                 )
+        self.SetNames = channel.unary_unary(
+                '/zlayer.agent.v1.AgentService/SetNames',
+                request_serializer=zlayer_dot_agent_dot_v1_dot_agent__pb2.SetNamesRequest.SerializeToString,
+                response_deserializer=zlayer_dot_agent_dot_v1_dot_agent__pb2.SetNamesResponse.FromString,
+                )
 
 
 class AgentServiceServicer(object):
@@ -162,6 +167,15 @@ class AgentServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetNames(self, request, context):
+        """SetNames replaces the table of service names (<service>.global) that
+        the node's containers resolve through their /etc/hosts, each
+        container seeing its own deployment's. Called by the local scheduler.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -214,6 +228,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.GetStats,
                     request_deserializer=zlayer_dot_agent_dot_v1_dot_agent__pb2.GetStatsRequest.FromString,
                     response_serializer=zlayer_dot_agent_dot_v1_dot_agent__pb2.GetStatsResponse.SerializeToString,
+            ),
+            'SetNames': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetNames,
+                    request_deserializer=zlayer_dot_agent_dot_v1_dot_agent__pb2.SetNamesRequest.FromString,
+                    response_serializer=zlayer_dot_agent_dot_v1_dot_agent__pb2.SetNamesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -396,5 +415,22 @@ class AgentService(object):
         return grpc.experimental.unary_unary(request, target, '/zlayer.agent.v1.AgentService/GetStats',
             zlayer_dot_agent_dot_v1_dot_agent__pb2.GetStatsRequest.SerializeToString,
             zlayer_dot_agent_dot_v1_dot_agent__pb2.GetStatsResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def SetNames(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/zlayer.agent.v1.AgentService/SetNames',
+            zlayer_dot_agent_dot_v1_dot_agent__pb2.SetNamesRequest.SerializeToString,
+            zlayer_dot_agent_dot_v1_dot_agent__pb2.SetNamesResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)

@@ -1,0 +1,46 @@
+// Package names computes the service names a deployment's containers
+// resolve: <service>.global for every running replica of every service of
+// the deployment, on any node. The agent writes them into its containers'
+// /etc/hosts; it stands in for the overlay's DNS until that exists.
+package names
+
+import (
+	"context"
+	"slices"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+
+	agentv1 "zlayer.dev/libs/api/zlayer/agent/v1"
+	schedulerv1 "zlayer.dev/libs/api/zlayer/scheduler/v1"
+	"zlayer.dev/services/scheduler/internal/fsm"
+	"zlayer.dev/services/scheduler/internal/push"
+)
+
+// Table returns every name's addresses, sorted.
+func Table(st *fsm.State) []*agentv1.ServiceName {
+	var out []*agentv1.ServiceName
+	for _, r := range st.Replicas {
+		if r.Ip == "" || r.Run || r.DesiredStop || r.Phase != schedulerv1.ReplicaPhase_REPLICA_PHASE_RUNNING {
+			continue
+		}
+		if d := st.Deployments[r.Deployment]; d == nil || d.Deleting {
+			continue
+		}
+		out = append(out, &agentv1.ServiceName{Deployment: r.Deployment, Name: r.Service + ".global", Ip: r.Ip})
+	}
+	slices.SortFunc(out, func(a, b *agentv1.ServiceName) int {
+		return strings.Compare(a.Deployment+" "+a.Name+" "+a.Ip, b.Deployment+" "+b.Name+" "+b.Ip)
+	})
+	return out
+}
+
+// Push keeps the local agent's table equal to Table(state) until ctx is done.
+func Push(ctx context.Context, log *zap.Logger, state *fsm.FSM, agent agentv1.AgentServiceClient, resync time.Duration) error {
+	return push.Loop(ctx, log.Named("names"), state, Table,
+		func(ctx context.Context, table []*agentv1.ServiceName) error {
+			_, err := agent.SetNames(ctx, &agentv1.SetNamesRequest{Names: table})
+			return err
+		}, resync)
+}
