@@ -327,6 +327,11 @@ services:
           uses: init.run
           with: {command: "exit 1"}
           on_failure: continue
+        - id: advisory
+          uses: init.run
+          with: {command: "echo disk is getting full; exit 2"}
+          retry: 1
+          on_failure: warn
   broken:
     image: {name: %[1]s}
     scale: {mode: fixed, replicas: 1}
@@ -405,7 +410,7 @@ services:
 	})
 	events, _ := n.zlctl(t, "events", "init", "--limit", "500")
 	for _, want := range []string{
-		"wait-port ok", "wait-ready ok", "migrate ok", "optional continued", // the api's init results
+		"wait-port ok", "wait-ready ok", "migrate ok", "optional continued", "advisory warned (2 attempts", // the api's init results
 		"check-config", "config missing", "on_init_failure: fail", // the broken one's reason, with its output
 		"on_init_failure: backoff",
 	} {

@@ -497,7 +497,7 @@ func (p *planner) runs(d *schedulerv1.Deployment, svc Service, all []*schedulerv
 		return
 	}
 	// The newest scheduled time that has come: earlier ones missed while no
-	// leader ran the schedule are not run (at most one run, late).
+	// leader ran the schedule are dropped (at most one run, late).
 	for range 10000 {
 		n := svc.Next(due)
 		if n.IsZero() || n.After(p.now) {
@@ -505,13 +505,12 @@ func (p *planner) runs(d *schedulerv1.Deployment, svc Service, all []*schedulerv
 		}
 		due = n
 	}
+	// The newest time that came runs (late, if a leader was missing: it
+	// is less than one interval ago by construction); older ones are not.
 	tick := &schedulerv1.CronTick{Deployment: d.Name, Service: svc.Name, ScheduledAt: timestamppb.New(due)}
-	switch interval := svc.Next(due).Sub(due); {
-	case active:
+	if active {
 		tick.Reason = "the previous run is still running"
-	case interval > 0 && p.now.Sub(due) > interval:
-		tick.Reason = fmt.Sprintf("missed by %s, more than the schedule's interval (%s)", p.now.Sub(due).Truncate(time.Second), interval)
-	default:
+	} else {
 		r := &schedulerv1.Replica{
 			Id: fmt.Sprintf("%s-%s-run-%s", d.Name, svc.Name, randomSuffix()), Deployment: d.Name, Service: svc.Name,
 			Version: d.Current, SpecHash: svc.Hash, Run: true, Trigger: "cron",

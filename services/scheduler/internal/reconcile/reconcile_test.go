@@ -474,3 +474,72 @@ func TestAutoscaleFollowsRequests(t *testing.T) {
 		t.Error("no event says why the autoscaler scaled")
 	}
 }
+
+// TestCronRunsOnScheduleAndCatchesUpOnce: a cron service runs when its
+// schedule comes, never overlaps its own run (the skip is recorded), and
+// after a gap with no leader runs once, late, for the newest missed time.
+func TestCronRunsOnScheduleAndCatchesUpOnce(t *testing.T) {
+	s := newSim(t, "n1")
+	every := 10 * time.Second
+	s.specFn = func(d *schedulerv1.Deployment, v *schedulerv1.DeploymentVersion) (map[string]Service, error) {
+		svcs, err := specs(d, v)
+		c := svcs["tick"]
+		c.RType = "cron"
+		c.Next = func(after time.Time) time.Time { return after.Truncate(every).Add(every) }
+		svcs["tick"] = c
+		return svcs, err
+	}
+	s.deploy("app", "tick:c1:0")
+	runs := func() (all, active int) {
+		for _, r := range s.f.Copy().Replicas {
+			if r.Run {
+				all++
+				if r.Phase != schedulerv1.ReplicaPhase_REPLICA_PHASE_SUCCEEDED && r.Phase != schedulerv1.ReplicaPhase_REPLICA_PHASE_FAILED {
+					active++
+				}
+			}
+		}
+		return all, active
+	}
+	// The simulated agent never finishes a run: every later tick is skipped.
+	s.run(25)
+	if all, active := runs(); all != 1 || active != 1 {
+		t.Fatalf("%d runs (%d active), want the one run that never ends", all, active)
+	}
+	events, _ := s.f.Events("app", 0, 0)
+	ran, skipped := 0, 0
+	for _, e := range events {
+		switch e.Kind {
+		case "run":
+			ran++
+		case "cron-skipped":
+			skipped++
+			if !strings.Contains(e.Message, "previous run is still running") {
+				t.Errorf("skip reason %q", e.Message)
+			}
+		}
+	}
+	if ran != 1 || skipped < 1 {
+		t.Fatalf("%d runs, %d skips: want exactly one run (never overlapping) and the later ticks skipped", ran, skipped)
+	}
+	// A leader gap of 35s (several ticks) is not caught up.
+	d := s.f.Copy().Deployments["app"]
+	last := d.CronLast["tick"].AsTime()
+	for _, r := range s.f.Copy().Replicas {
+		if r.Run {
+			s.apply(&schedulerv1.Command{Kind: &schedulerv1.Command_Plan{Plan: &schedulerv1.PlanCommand{Stop: []*schedulerv1.StopReplica{{Replica: r.Id, Reason: "test"}}}}})
+		}
+	}
+	s.run(2) // the stopped run is forgotten
+	s.now = last.Add(every*3 + 5*time.Second + 500*time.Millisecond)
+	before, _ := runs()
+	for _, c := range Plan(s.f.Copy(), s.specFn, s.now, s.cfg) {
+		s.apply(c)
+	}
+	after, _ := runs()
+	// The newest tick (last+30s) was 5.5s ago: less than the interval, so it
+	// runs once, late; the two before it are dropped, not run.
+	if after != before+1 {
+		t.Fatalf("after a gap: %d new runs, want exactly 1 (late)", after-before)
+	}
+}
