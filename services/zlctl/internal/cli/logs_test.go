@@ -11,7 +11,9 @@ import (
 
 func TestLogs(t *testing.T) {
 	n := startAgentDaemon(t)
-	n.run(t, "logs-1", "sh", "-c", `echo one; echo two; echo err >&2; trap "echo three; exit 0" HUP; sleep 100000 & wait`)
+	// stderr first, and a pause: the two streams are read separately, so
+	// only their order in time makes "two" the last line for --tail 1.
+	n.run(t, "logs-1", "sh", "-c", `echo err >&2; sleep 0.3; echo one; echo two; trap "echo three; exit 0" HUP; sleep 100000 & wait`)
 	// Wait (through the API, not sleeping) until the first lines are kept.
 	deadline := time.Now().Add(10 * time.Second)
 	for {
