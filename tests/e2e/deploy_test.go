@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -289,7 +290,7 @@ func TestAutoscaleOnRequests(t *testing.T) {
 	n.explainOnFailure(t, "auto")
 	file := demoFileHealth(t, reg, "auto", "", "")
 	text, _ := os.ReadFile(file)
-	text = []byte(strings.Replace(string(text), "      max: 5\n", "      max: 3\n      cooldown: 1s\n      targets:\n        rps: 5\n", 1))
+	text = []byte(strings.Replace(string(text), "      max: 5\n", "      max: 3\n      cooldown: 1s\n      targets:\n        rps: 2\n", 1))
 	if err := os.WriteFile(file, text, 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -303,30 +304,35 @@ func TestAutoscaleOnRequests(t *testing.T) {
 		}
 		return st.Deployments[0].Services[0].Desired
 	}
-	// About 40 requests/s for at most 30 s, to 127.0.0.1 only, until the
-	// service has scaled to its maximum.
+	// Four clients, each at most 20 requests/s for at most 30 s, to
+	// 127.0.0.1 only, until the service has scaled to its maximum: even a
+	// busy machine sends far more than the 3 × 2 requests/s that need 3
+	// replicas.
 	stop := make(chan struct{})
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		c := http.Client{Timeout: 2 * time.Second}
-		tick := time.NewTicker(25 * time.Millisecond)
-		defer tick.Stop()
-		for i := 0; i < 1200; i++ {
-			select {
-			case <-stop:
-				return
-			case <-tick.C:
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := http.Client{Timeout: 2 * time.Second}
+			tick := time.NewTicker(50 * time.Millisecond)
+			defer tick.Stop()
+			for i := 0; i < 600; i++ {
+				select {
+				case <-stop:
+					return
+				case <-tick.C:
+				}
+				if resp, err := c.Get("http://" + n.httpAddr + "/"); err == nil {
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+				}
 			}
-			if resp, err := c.Get("http://" + n.httpAddr + "/"); err == nil {
-				io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-			}
-		}
-	}()
+		}()
+	}
 	eventually(t, 30*time.Second, "scaled up to 3 under load", func() bool { return desired() == 3 })
 	close(stop)
-	<-done
+	wg.Wait()
 	eventually(t, 30*time.Second, "back to 1 without load", func() bool { return desired() == 1 })
 	events, _ := n.zlctl(t, "events", "auto")
 	if !strings.Contains(events, "autoscaler:") {

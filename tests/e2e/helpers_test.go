@@ -321,6 +321,8 @@ func (n *node) explainOnFailure(t *testing.T, dep string) {
 		}
 		st, _ := n.zlctl(t, "status", dep)
 		ev, _ := n.zlctl(t, "events", dep, "--limit", "300")
-		t.Logf("status of %s:\n%s\nevents:\n%s", dep, st, ev)
+		routes, _ := n.zlctl(t, "routes")
+		nodes, _ := n.zlctl(t, "node", "ls", "-o", "json")
+		t.Logf("status of %s:\n%s\nevents:\n%s\nroutes:\n%s\nnodes:\n%s", dep, st, ev, routes, nodes)
 	})
 }

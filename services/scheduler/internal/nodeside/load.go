@@ -31,7 +31,9 @@ func (r *Runner) measureLoad(ctx context.Context, st *fsm.State, window time.Dur
 	}
 	if r.proxy != nil {
 		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		resp, err := r.proxy.GetStats(cctx, &proxyv1.GetStatsRequest{Window: durationpb.New(window)})
+		// The proxy samples its counters every second: a rate over less
+		// than a few seconds is mostly noise.
+		resp, err := r.proxy.GetStats(cctx, &proxyv1.GetStatsRequest{Window: durationpb.New(max(window, 5*time.Second))})
 		cancel()
 		if err == nil {
 			for _, e := range resp.Endpoints {
