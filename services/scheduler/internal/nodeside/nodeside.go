@@ -24,14 +24,6 @@ import (
 	"zlayer.dev/services/scheduler/internal/specinfo"
 )
 
-// Observed is the agent's view of one replica.
-type Observed struct {
-	ID       string
-	Status   *schedulerv1.ReplicaStatus
-	Removed  bool // the agent has no such replica
-	Starting bool
-}
-
 // Agent is the local agent as the node side uses it.
 type Agent interface {
 	// Run starts the replica if the agent does not have it yet (idempotent).
@@ -136,41 +128,19 @@ func (r *Runner) Run(ctx context.Context) error {
 	}
 	r.log.Info("node registered", zap.String(obs.KeyNode, r.cfg.Node.Name))
 	// Heartbeats run on their own: a sync blocked on a slow agent call must
-	// never make the node look dead.
-	hbDone := make(chan struct{})
-	go func() {
-		defer close(hbDone)
-		tick := time.NewTicker(r.cfg.Heartbeat)
-		defer tick.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-tick.C:
-				if err := r.heartbeat(ctx); err != nil {
-					r.log.Warn("heartbeat not committed", zap.Error(err))
-				}
-			}
+	// never make the node look dead. Load is measured on its own too, so a
+	// slow proxy or agent never delays a heartbeat; the next heartbeat
+	// carries the result.
+	hbDone := every(ctx, r.cfg.Heartbeat, func() {
+		if err := r.heartbeat(ctx); err != nil {
+			r.log.Warn("heartbeat not committed", zap.Error(err))
 		}
-	}()
-	loadDone := make(chan struct{})
-	go func() {
-		// Measured on its own, so a slow proxy or agent never delays a
-		// heartbeat; the next heartbeat carries the result.
-		defer close(loadDone)
-		tick := time.NewTicker(r.cfg.LoadInterval)
-		defer tick.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-tick.C:
-				mctx, cancel := context.WithTimeout(ctx, r.cfg.LoadInterval)
-				r.putLoad(r.measureLoad(mctx, r.state.Copy(), r.cfg.LoadInterval))
-				cancel()
-			}
-		}
-	}()
+	})
+	loadDone := every(ctx, r.cfg.LoadInterval, func() {
+		mctx, cancel := context.WithTimeout(ctx, r.cfg.LoadInterval)
+		defer cancel()
+		r.putLoad(r.measureLoad(mctx, r.state.Copy(), r.cfg.LoadInterval))
+	})
 	defer func() {
 		<-hbDone
 		<-loadDone
@@ -189,6 +159,26 @@ func (r *Runner) Run(ctx context.Context) error {
 		case <-changed:
 		}
 	}
+}
+
+// every runs fn each interval in its own goroutine until ctx is done; the
+// returned channel is closed when it has stopped.
+func every(ctx context.Context, interval time.Duration, fn func()) <-chan struct{} {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		tick := time.NewTicker(interval)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+				fn()
+			}
+		}
+	}()
+	return done
 }
 
 // sync starts assigned replicas the agent lacks and removes replicas the

@@ -277,24 +277,33 @@ func (s *Server) WatchDeployment(req *schedulerv1.WatchDeploymentRequest, stream
 	}
 }
 
-// Scale sets a service's replica count.
-func (s *Server) Scale(ctx context.Context, req *schedulerv1.ScaleRequest) (*schedulerv1.ScaleResponse, error) {
+// currentService finds a service in the current version of a live
+// deployment, after a linearizable read.
+func (s *Server) currentService(ctx context.Context, deployment, service string) (*schedulerv1.Deployment, specinfo.Service, error) {
 	if err := s.raft.LinearizableRead(ctx); err != nil {
-		return nil, err
+		return nil, specinfo.Service{}, err
 	}
-	st := s.state.Copy()
-	d := st.Deployments[req.GetDeployment()]
+	d := s.state.Copy().Deployments[deployment]
 	if d == nil || d.Deleting {
-		return nil, fmt.Errorf("deployment %q: %w", req.GetDeployment(), errkind.NotFound)
+		return nil, specinfo.Service{}, fmt.Errorf("deployment %q: %w", deployment, errkind.NotFound)
 	}
 	v := fsm.Version(d, d.Current)
 	parsed, err := s.specs.Get(v.GetFileName(), v.GetSpecYaml())
 	if err != nil {
-		return nil, fmt.Errorf("deployment %q: stored file does not parse: %v: %w", d.Name, err, errkind.Precondition)
+		return nil, specinfo.Service{}, fmt.Errorf("deployment %q: stored file does not parse: %v: %w", d.Name, err, errkind.Precondition)
 	}
-	svc, ok := parsed.Services[req.GetService()]
+	svc, ok := parsed.Services[service]
 	if !ok {
-		return nil, fmt.Errorf("service %q of deployment %q: %w (services: %s)", req.GetService(), d.Name, errkind.NotFound, strings.Join(parsed.ServiceNames(), ", "))
+		return nil, specinfo.Service{}, fmt.Errorf("service %q of deployment %q: %w (services: %s)", service, d.Name, errkind.NotFound, strings.Join(parsed.ServiceNames(), ", "))
+	}
+	return d, svc, nil
+}
+
+// Scale sets a service's replica count.
+func (s *Server) Scale(ctx context.Context, req *schedulerv1.ScaleRequest) (*schedulerv1.ScaleResponse, error) {
+	d, svc, err := s.currentService(ctx, req.GetDeployment(), req.GetService())
+	if err != nil {
+		return nil, err
 	}
 	n := req.GetReplicas()
 	switch {
@@ -440,22 +449,9 @@ func (s *Server) FindReplica(ctx context.Context, req *schedulerv1.FindReplicaRe
 // RunJob starts a run of a job or cron job and returns it once placed (or
 // after a few seconds, still pending with the reason).
 func (s *Server) RunJob(ctx context.Context, req *schedulerv1.RunJobRequest) (*schedulerv1.RunJobResponse, error) {
-	if err := s.raft.LinearizableRead(ctx); err != nil {
-		return nil, err
-	}
-	st := s.state.Copy()
-	d := st.Deployments[req.GetDeployment()]
-	if d == nil || d.Deleting {
-		return nil, fmt.Errorf("deployment %q: %w", req.GetDeployment(), errkind.NotFound)
-	}
-	v := fsm.Version(d, d.Current)
-	parsed, err := s.specs.Get(v.GetFileName(), v.GetSpecYaml())
+	d, svc, err := s.currentService(ctx, req.GetDeployment(), req.GetService())
 	if err != nil {
-		return nil, fmt.Errorf("deployment %q: stored file does not parse: %v: %w", d.Name, err, errkind.Precondition)
-	}
-	svc, ok := parsed.Services[req.GetService()]
-	if !ok {
-		return nil, fmt.Errorf("service %q of deployment %q: %w (services: %s)", req.GetService(), d.Name, errkind.NotFound, strings.Join(parsed.ServiceNames(), ", "))
+		return nil, err
 	}
 	if svc.RType == string(spec.RTypeService) {
 		return nil, fmt.Errorf("%s/%s is a long-running service, not a job: %w", d.Name, svc.Name, errkind.Invalid)
