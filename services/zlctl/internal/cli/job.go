@@ -104,8 +104,8 @@ func newJobRunsCmd(g *globals) *cobra.Command {
 				return g.rpcError("scheduler", err)
 			}
 			out := cmd.OutOrStdout()
-			if output == "json" {
-				return printJSON(out, resp)
+			if js, err := asJSON(output); err != nil || js {
+				return jsonOr(err, out, resp)
 			}
 			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "RUN\tID\tTRIGGER\tNODE\tSTATE\tEXIT\tSTARTED\tREASON")

@@ -168,8 +168,8 @@ func newNodeLsCmd(g *globals) *cobra.Command {
 				return g.rpcError("scheduler", err)
 			}
 			out := cmd.OutOrStdout()
-			if output == "json" {
-				return printJSON(out, resp)
+			if js, err := asJSON(output); err != nil || js {
+				return jsonOr(err, out, resp)
 			}
 			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "NODE\tSTATE\tCPUS\tMEMORY\tREPLICAS\tLAST HEARTBEAT")

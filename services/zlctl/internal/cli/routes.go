@@ -30,12 +30,8 @@ func newRoutesCmd(g *globals) *cobra.Command {
 				return g.rpcError("proxy", err)
 			}
 			out := cmd.OutOrStdout()
-			switch output {
-			case "json":
-				return printJSON(out, list)
-			case "table":
-			default:
-				return fmt.Errorf("output %q: want table or json", output)
+			if js, err := asJSON(output); err != nil || js {
+				return jsonOr(err, out, list)
 			}
 			stats, err := client.GetStats(cmd.Context(), &proxyv1.GetStatsRequest{})
 			if err != nil {

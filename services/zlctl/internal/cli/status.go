@@ -23,6 +23,26 @@ func enumWord(s fmt.Stringer, prefix string) string {
 	return strings.ReplaceAll(strings.ToLower(strings.TrimPrefix(s.String(), prefix)), "_", "-")
 }
 
+// asJSON reports whether -o asks for JSON; values other than table and
+// json are an error.
+func asJSON(output string) (bool, error) {
+	switch output {
+	case "json":
+		return true, nil
+	case "table":
+		return false, nil
+	}
+	return false, fmt.Errorf("output %q: want table or json", output)
+}
+
+// jsonOr returns err, or prints m as JSON when there is none.
+func jsonOr(err error, out io.Writer, m proto.Message) error {
+	if err != nil {
+		return err
+	}
+	return printJSON(out, m)
+}
+
 // printJSON writes a proto message as indented JSON.
 func printJSON(out io.Writer, m proto.Message) error {
 	b, err := protojson.MarshalOptions{Multiline: true, Indent: "  ", EmitUnpopulated: false}.Marshal(m)
@@ -54,12 +74,8 @@ func newStatusCmd(g *globals) *cobra.Command {
 				return g.rpcError("scheduler", err)
 			}
 			out := cmd.OutOrStdout()
-			switch output {
-			case "json":
-				return printJSON(out, resp)
-			case "table":
-			default:
-				return fmt.Errorf("output %q: want table or json", output)
+			if js, err := asJSON(output); err != nil || js {
+				return jsonOr(err, out, resp)
 			}
 			if len(resp.Deployments) == 0 {
 				fmt.Fprintln(out, "no deployments")
@@ -121,9 +137,9 @@ func newScaleCmd(g *globals) *cobra.Command {
 		Short: "Set the replica count of a service",
 		Args:  cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			dep, svc, ok := strings.Cut(args[0], "/")
-			if !ok || dep == "" || svc == "" {
-				return fmt.Errorf("target %q: want DEPLOYMENT/SERVICE", args[0])
+			dep, svc, err := splitTarget(args[0])
+			if err != nil {
+				return err
 			}
 			n, err := strconv.ParseUint(args[1], 10, 32)
 			if err != nil {
@@ -232,8 +248,8 @@ func newHistoryCmd(g *globals) *cobra.Command {
 				return g.rpcError("scheduler", err)
 			}
 			out := cmd.OutOrStdout()
-			if output == "json" {
-				return printJSON(out, resp)
+			if js, err := asJSON(output); err != nil || js {
+				return jsonOr(err, out, resp)
 			}
 			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "VERSION\tCREATED\tFILE\tOUTCOME\tNOTE")
