@@ -276,10 +276,7 @@ services:
 		t.Fatalf("delete: %s", out)
 	}
 	for _, n := range nodes {
-		eventually(t, 60*time.Second, "node "+n.name+" to run nothing", func() bool {
-			out, code := run(t, "grpcurl", "-plaintext", "unix://"+n.runDir+"/agent.sock", "zlayer.agent.v1.AgentService/ListReplicas")
-			return code == 0 && !strings.Contains(out, "app-web")
-		})
+		n.waitAgentWithout(t, "app-web")
 	}
 }
 

@@ -275,10 +275,7 @@ func TestDeployServesPage(t *testing.T) {
 	if !strings.Contains(out, "no deployments") {
 		t.Errorf("status after delete:\n%s", out)
 	}
-	eventually(t, 30*time.Second, "the agent to have no replica left", func() bool {
-		out, code := run(t, "grpcurl", "-plaintext", "unix://"+n.runDir+"/agent.sock", "zlayer.agent.v1.AgentService/ListReplicas")
-		return code == 0 && !strings.Contains(out, "web1")
-	})
+	n.waitAgentWithout(t, "web1")
 }
 
 // TestAutoscaleOnRequests sends requests through the node's proxy to an

@@ -326,3 +326,25 @@ func (n *node) explainOnFailure(t *testing.T, dep string) {
 		t.Logf("status of %s:\n%s\nevents:\n%s\nroutes:\n%s\nnodes:\n%s", dep, st, ev, routes, nodes)
 	})
 }
+
+// waitAgentWithout waits until the node's agent has no replica whose id
+// contains prefix: what a deleted deployment ran is gone.
+func (n *node) waitAgentWithout(t *testing.T, prefix string) {
+	t.Helper()
+	eventually(t, 60*time.Second, "the agent of "+n.name+" to run no "+prefix+" replica", func() bool {
+		out, code := run(t, "grpcurl", "-plaintext", "unix://"+n.runDir+"/agent.sock", "zlayer.agent.v1.AgentService/ListReplicas")
+		return code == 0 && !strings.Contains(out, prefix)
+	})
+}
+
+// byService returns the deployment's replicas by service.
+func (n *node) byService(t *testing.T, dep string) map[string][]replicaJSON {
+	t.Helper()
+	out := map[string][]replicaJSON{}
+	for _, d := range n.status(t, dep).Deployments {
+		for _, r := range d.Replicas {
+			out[r.Service] = append(out[r.Service], r)
+		}
+	}
+	return out
+}

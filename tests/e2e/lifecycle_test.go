@@ -107,16 +107,7 @@ services:
 		t.Errorf("api's wait for db is not in the events:\n%s", events)
 	}
 
-	byService := func() map[string][]replicaJSON {
-		out := map[string][]replicaJSON{}
-		st := n.status(t, "life")
-		if len(st.Deployments) == 1 {
-			for _, r := range st.Deployments[0].Replicas {
-				out[r.Service] = append(out[r.Service], r)
-			}
-		}
-		return out
-	}
+	byService := func() map[string][]replicaJSON { return n.byService(t, "life") }
 
 	// restart: the crash loop restarts in place, with backoff.
 	eventually(t, 60*time.Second, "crashy restarted at least 3 times", func() bool {
@@ -178,10 +169,7 @@ services:
 	if out, code := n.zlctl(t, "delete", "life"); code != 0 {
 		t.Fatalf("delete: %s", out)
 	}
-	eventually(t, 60*time.Second, "nothing left on the agent", func() bool {
-		out, code := run(t, "grpcurl", "-plaintext", "unix://"+n.runDir+"/agent.sock", "zlayer.agent.v1.AgentService/ListReplicas")
-		return code == 0 && !strings.Contains(out, "life-")
-	})
+	n.waitAgentWithout(t, "life-")
 }
 
 // TestJobsAndCron runs a job by hand (its output and exit code come back
@@ -267,10 +255,7 @@ services:
 	if out, code := n.zlctl(t, "delete", "jobs"); code != 0 {
 		t.Fatalf("delete: %s", out)
 	}
-	eventually(t, 60*time.Second, "nothing left on the agent", func() bool {
-		out, code := run(t, "grpcurl", "-plaintext", "unix://"+n.runDir+"/agent.sock", "zlayer.agent.v1.AgentService/ListReplicas")
-		return code == 0 && !strings.Contains(out, "jobs-")
-	})
+	n.waitAgentWithout(t, "jobs-")
 }
 
 // TestInitSteps runs init steps before a container's process: a wait for a
@@ -357,16 +342,7 @@ services:
 	if out, code := n.zlctl(t, "deploy", "--detach", file); code != 0 {
 		t.Fatalf("deploy: exit %d\n%s", code, out)
 	}
-	byService := func() map[string][]replicaJSON {
-		out := map[string][]replicaJSON{}
-		st := n.status(t, "init")
-		if len(st.Deployments) == 1 {
-			for _, r := range st.Deployments[0].Replicas {
-				out[r.Service] = append(out[r.Service], r)
-			}
-		}
-		return out
-	}
+	byService := func() map[string][]replicaJSON { return n.byService(t, "init") }
 	// api waits: nothing listens on the port yet.
 	eventually(t, 30*time.Second, "the broken service failed and held", func() bool {
 		rs := byService()["broken"]
@@ -421,10 +397,7 @@ services:
 	if out, code := n.zlctl(t, "delete", "init"); code != 0 {
 		t.Fatalf("delete: %s", out)
 	}
-	eventually(t, 60*time.Second, "nothing left on the agent", func() bool {
-		out, code := run(t, "grpcurl", "-plaintext", "unix://"+n.runDir+"/agent.sock", "zlayer.agent.v1.AgentService/ListReplicas")
-		return code == 0 && !strings.Contains(out, "init-")
-	})
+	n.waitAgentWithout(t, "init-")
 }
 
 // TestExampleChain deploys deploy/examples/chain.yaml (with the test's
