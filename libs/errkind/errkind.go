@@ -19,6 +19,8 @@ var (
 	Unavailable = errors.New("unavailable")
 	// Unauthenticated: credentials are missing or wrong.
 	Unauthenticated = errors.New("unauthenticated")
+	// Denied: the caller is known but not allowed to do this.
+	Denied = errors.New("permission denied")
 	// Exhausted: a resource (disk, addresses, ports) has run out.
 	Exhausted = errors.New("resource exhausted")
 )

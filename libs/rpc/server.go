@@ -63,6 +63,8 @@ func Code(err error) codes.Code {
 		return codes.Unavailable
 	case errors.Is(err, errkind.Unauthenticated):
 		return codes.Unauthenticated
+	case errors.Is(err, errkind.Denied):
+		return codes.PermissionDenied
 	case errors.Is(err, errkind.Exhausted):
 		return codes.ResourceExhausted
 	case errors.Is(err, context.DeadlineExceeded):

@@ -1,6 +1,7 @@
-// Package runs follows one run of a job or cron job: its output from the
-// agent of the node it runs on, and its end (phase and exit code) from the
-// scheduler. zlctl and zlayer-proxy use it; it starts nothing itself.
+// Package runs follows one run of a job or cron job: its output (from the
+// agent of the node it runs on, directly or through the scheduler), and its
+// end (phase and exit code) from the scheduler. zlctl and zlayer-proxy use
+// it; it starts nothing itself.
 package runs
 
 import (
@@ -45,17 +46,49 @@ func Wait(ctx context.Context, sched schedulerv1.SchedulerServiceClient, deploym
 	}
 }
 
-// Output copies the run's output from the agent to stdout and stderr,
-// following it until ctx is done or the agent ends the stream. Until the
-// container exists (the image is being pulled) it retries; it returns at
-// once if the agent says anything but "not found".
-func Output(ctx context.Context, agent agentv1.AgentServiceClient, id string, stdout, stderr io.Writer) error {
-	for {
+// Logs opens a replica's output, following it; next returns lines until
+// io.EOF.
+type Logs func(ctx context.Context, id string) (next func() ([]*agentv1.LogEntry, error), err error)
+
+// AgentLogs reads output from agent, for runs on the agent's node.
+func AgentLogs(agent agentv1.AgentServiceClient) Logs {
+	return func(ctx context.Context, id string) (func() ([]*agentv1.LogEntry, error), error) {
 		st, err := agent.StreamLogs(ctx, &agentv1.StreamLogsRequest{Id: id, Follow: true})
+		if err != nil {
+			return nil, err
+		}
+		return func() ([]*agentv1.LogEntry, error) {
+			m, err := st.Recv()
+			return m.GetEntries(), err
+		}, nil
+	}
+}
+
+// ClusterLogs reads output through the scheduler, for runs on any node.
+func ClusterLogs(sched schedulerv1.SchedulerServiceClient) Logs {
+	return func(ctx context.Context, id string) (func() ([]*agentv1.LogEntry, error), error) {
+		st, err := sched.ReplicaLogs(ctx, &schedulerv1.ReplicaLogsRequest{Target: id, Options: &agentv1.StreamLogsRequest{Follow: true}})
+		if err != nil {
+			return nil, err
+		}
+		return func() ([]*agentv1.LogEntry, error) {
+			m, err := st.Recv()
+			return m.GetEntries(), err
+		}, nil
+	}
+}
+
+// Output copies the run's output to stdout and stderr, following it until
+// ctx is done or the stream ends. Until the container exists (the run is
+// being placed, or its image pulled) it retries; it returns at once on any
+// error but "not found".
+func Output(ctx context.Context, logs Logs, id string, stdout, stderr io.Writer) error {
+	for {
+		next, err := logs(ctx, id)
 		if err == nil {
-			var m *agentv1.StreamLogsResponse
-			for m, err = st.Recv(); err == nil; m, err = st.Recv() {
-				for _, e := range m.GetEntries() {
+			var entries []*agentv1.LogEntry
+			for entries, err = next(); err == nil; entries, err = next() {
+				for _, e := range entries {
 					w := stdout
 					if e.GetStream() == agentv1.LogStream_LOG_STREAM_STDERR {
 						w = stderr
@@ -89,13 +122,13 @@ func Output(ctx context.Context, agent agentv1.AgentServiceClient, id string, st
 
 // Follow streams the run's output and returns the ended run. The output is
 // given up to two seconds after the end to drain.
-func Follow(ctx context.Context, sched schedulerv1.SchedulerServiceClient, agent agentv1.AgentServiceClient, deployment, id string, stdout, stderr io.Writer) (*schedulerv1.Replica, error) {
+func Follow(ctx context.Context, sched schedulerv1.SchedulerServiceClient, logs Logs, deployment, id string, stdout, stderr io.Writer) (*schedulerv1.Replica, error) {
 	lctx, stop := context.WithCancel(ctx)
 	defer stop()
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		_ = Output(lctx, agent, id, stdout, stderr)
+		_ = Output(lctx, logs, id, stdout, stderr)
 	}()
 	final, err := Wait(ctx, sched, deployment, id)
 	select {

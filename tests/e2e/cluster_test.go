@@ -147,16 +147,38 @@ services:
 	if per := spread(first); len(per) != 3 {
 		t.Fatalf("3 replicas should spread over 3 nodes, got %v", per)
 	}
-	// logs of a replica on another node: zlctl says where it is.
+	// logs and exec of a replica on another node: the local scheduler
+	// reaches it through that node's scheduler.
+	remoteChecked := false
 	for _, r := range first.running(t, "app") {
-		if r.Node != first.name {
-			out, code := first.zlctl(t, "logs", fmt.Sprintf("app/web/%d", r.Index))
-			if code == 0 || !strings.Contains(out, "runs on node "+r.Node) {
-				t.Errorf("logs of a replica on %s, asked on %s: exit %d\n%s", r.Node, first.name, code, out)
-			}
-			break
+		if r.Node == first.name {
+			continue
 		}
+		target := fmt.Sprintf("app/web/%d", r.Index)
+		out, code := first.zlctl(t, "exec", target, "--", "/bin/busybox", "sh", "-c",
+			"/bin/busybox wget -q -O- http://127.0.0.1/ && echo greeting=$GREETING host=$(/bin/busybox hostname); exit 7")
+		if code != 7 || !strings.Contains(out, "ZLayer demo") || !strings.Contains(out, "greeting=one") {
+			t.Fatalf("exec in %s (on %s) from %s: exit %d, want 7 with the page and the greeting\n%s", target, r.Node, first.name, code, out)
+		}
+		var last string
+		t.Cleanup(func() {
+			if t.Failed() {
+				t.Logf("last zlctl logs %s:\n%s", target, last)
+			}
+		})
+		eventually(t, 10*time.Second, "the remote replica's log of that request", func() bool {
+			out, code := first.zlctl(t, "logs", "--tail", "20", target)
+			last = fmt.Sprintf("exit %d\n%s", code, out)
+			return code == 0 && strings.Contains(out, "127.0.0.1]:") && strings.Contains(out, "response:200")
+		})
+		remoteChecked = true
+		break
 	}
+	if !remoteChecked {
+		t.Fatal("no replica of app/web runs on another node than the first")
+	}
+
+	testJoin(t, nodes, reg.Addr)
 
 	// Kill -9 the leader's scheduler: a new leader is elected, a deploy
 	// succeeds, and the old leader (restarted by devctl) catches up.
@@ -301,4 +323,65 @@ func ids(st statusJSON) []string {
 		}
 	}
 	return out
+}
+
+// testJoin: a node enrolled for a service with a join token gets its
+// replicas (without it they spread); a wrong token, and joining without one,
+// are refused.
+func testJoin(t *testing.T, nodes []*node, regAddr string) {
+	t.Helper()
+	file := filepath.Join(t.TempDir(), "pinned.yaml")
+	text := fmt.Sprintf(`version: v1
+deployment: pinned
+services:
+  db:
+    image:
+      name: %s/demo-http:latest
+    network:
+      join:
+        mode: token
+    scale:
+      mode: manual
+      replicas: 0
+`, regAddr)
+	if err := os.WriteFile(file, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	first, joiner := nodes[0], nodes[2]
+	if out, code := first.zlctl(t, "deploy", file); code != 0 {
+		t.Fatalf("deploy pinned: exit %d\n%s", code, out)
+	}
+	if out, code := joiner.zlctl(t, "node", "join", "pinned/db"); code == 0 || !strings.Contains(out, "token") {
+		t.Errorf("joining a token service without a token: exit %d, want a refusal naming the token\n%s", code, out)
+	}
+	if out, code := joiner.zlctl(t, "node", "join", "0123456789abcdef:db"); code == 0 || !strings.Contains(out, "unknown") {
+		t.Errorf("joining with a made-up token: exit %d, want a refusal\n%s", code, out)
+	}
+	out, code := first.zlctl(t, "token", "create", "pinned/db")
+	tok := strings.TrimSpace(out)
+	if code != 0 || !strings.HasSuffix(tok, ":db") {
+		t.Fatalf("token create: exit %d\n%s", code, out)
+	}
+	if out, code := joiner.zlctl(t, "node", "join", tok); code != 0 || !strings.Contains(out, "joined pinned/db") {
+		t.Fatalf("node join with the token: exit %d\n%s", code, out)
+	}
+	if out, _ := first.zlctl(t, "node", "ls"); !strings.Contains(out, "pinned/db") {
+		t.Errorf("node ls does not show the join:\n%s", out)
+	}
+	if out, code := first.zlctl(t, "scale", "pinned/db", "2"); code != 0 {
+		t.Fatalf("scale pinned/db 2: exit %d\n%s", code, out)
+	}
+	eventually(t, 60*time.Second, "both db replicas running", func() bool { return len(first.running(t, "pinned")) == 2 })
+	for _, r := range first.running(t, "pinned") {
+		if r.Node != joiner.name {
+			t.Errorf("replica %d of pinned/db runs on %s, want the joined node %s", r.Index, r.Node, joiner.name)
+		}
+	}
+	if out, code := first.zlctl(t, "delete", "pinned"); code != 0 {
+		t.Fatalf("delete pinned: %s", out)
+	}
+	eventually(t, 60*time.Second, "pinned gone", func() bool {
+		out, _ := first.zlctl(t, "node", "ls")
+		return !strings.Contains(out, "pinned/db")
+	})
 }

@@ -104,6 +104,8 @@ func start(ctx context.Context, env daemon.Env, srv *grpc.Server, o options) (fu
 		state.Close()
 		return nil, fmt.Errorf("raft: %w", err)
 	}
+	peers := &server.PeerServer{}
+	cfg.PeerServices = func(r grpc.ServiceRegistrar) { schedulerv1.RegisterSchedulerServiceServer(r, peers) }
 	node, err := raftnode.New(cfg, state, env.Log)
 	if err != nil {
 		state.Close()
@@ -113,14 +115,18 @@ func start(ctx context.Context, env daemon.Env, srv *grpc.Server, o options) (fu
 		DataDir: env.DataDir, AdvertiseAddr: o.advertiseAddr, PeerAddr: o.peerAddr, Log: env.Log,
 	})
 	specs := &specinfo.Cache{Location: loc}
-	schedulerv1.RegisterSchedulerServiceServer(srv, server.New(env, node, state, specs))
-
 	agentConn, err := rpc.Dial(rpc.SocketPath(env.RunDir, "agent"))
 	if err != nil {
 		state.Close()
 		return nil, err
 	}
-	self, err := describeNode(env.Node, o)
+	api := server.New(env, node, state, specs, server.Local{
+		Node: env.Node, Agent: agentv1.NewAgentServiceClient(agentConn), DialMember: node.DialMember,
+	})
+	schedulerv1.RegisterSchedulerServiceServer(srv, api)
+	peers.Serve(api)
+
+	self, err := describeNode(env.Node, node.ID(), o)
 	if err != nil {
 		state.Close()
 		agentConn.Close()
@@ -217,8 +223,8 @@ func reconcileLoop(ctx context.Context, log *zap.Logger, node *raftnode.Node, st
 }
 
 // describeNode is this node as it registers itself.
-func describeNode(name string, o options) (*schedulerv1.Node, error) {
-	n := &schedulerv1.Node{Name: name, Cpu: o.cpus, MemoryBytes: uint64(max(o.memory, 0)), Labels: map[string]string{}, Address: o.advertiseAddr}
+func describeNode(name string, member uint64, o options) (*schedulerv1.Node, error) {
+	n := &schedulerv1.Node{Name: name, Cpu: o.cpus, MemoryBytes: uint64(max(o.memory, 0)), Labels: map[string]string{}, Address: o.advertiseAddr, MemberId: member}
 	if n.Cpu == 0 {
 		n.Cpu = float64(runtime.NumCPU())
 	}

@@ -74,6 +74,10 @@ func (t *txn) apply(cmd *schedulerv1.Command) Result {
 		return t.plan(c.Plan)
 	case *schedulerv1.Command_RunJob:
 		return t.runJob(c.RunJob)
+	case *schedulerv1.Command_JoinToken:
+		return t.joinToken(c.JoinToken)
+	case *schedulerv1.Command_Join:
+		return t.join(c.Join)
 	default:
 		return Result{Err: fmt.Errorf("unknown command %T: %w", c, errkind.Invalid)}
 	}
@@ -150,6 +154,7 @@ func (t *txn) deleteDeployment(c *schedulerv1.DeleteDeploymentCommand) Result {
 		return Result{Err: fmt.Errorf("deployment %q: %w", c.Name, errkind.NotFound)}
 	}
 	d.Deleting = true
+	d.JoinTokens = nil
 	t.supersede(d)
 	t.touchDeployment(d.Name)
 	for _, id := range sortedKeys(t.f.replicas) {
@@ -174,6 +179,7 @@ func (t *txn) forgetDeploymentIfEmpty(name string) {
 	}
 	delete(t.f.deployments, name)
 	t.touchDeployment(name)
+	t.forgetJoins(name)
 	t.event(&schedulerv1.Event{Deployment: name, Kind: "removed", Message: "every replica stopped; deployment removed"})
 }
 
@@ -271,7 +277,9 @@ func (t *txn) registerNode(c *schedulerv1.RegisterNodeCommand) Result {
 	n := t.f.nodes[in.Name]
 	isNew := n == nil
 	wasDown := n.GetState() == schedulerv1.NodeState_NODE_STATE_DOWN
+	joined := n.GetJoinedServices()
 	n = proto.CloneOf(in)
+	n.JoinedServices = joined // kept across restarts: joins come from JoinCommand only
 	n.State = schedulerv1.NodeState_NODE_STATE_READY
 	n.LastHeartbeat = ts(t.now)
 	t.f.nodes[n.Name] = n

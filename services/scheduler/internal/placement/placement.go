@@ -16,8 +16,9 @@ type Node struct {
 	CPU    float64 // capacity in CPUs
 	Memory int64   // capacity in bytes
 	Ready  bool
-	// Joined lists "deployment/service" names the node joined; placement
-	// prefers it for those services.
+	// Joined lists "deployment/service" names the node joined
+	// ("deployment/*" for all of a deployment's services); placement prefers
+	// it for those services.
 	Joined []string
 }
 
@@ -117,7 +118,7 @@ func (c *Cluster) Place(service string, d Demand) (string, string) {
 func (c *Cluster) better(service string, i, j int) bool {
 	a, b := c.nodes[i], c.nodes[j]
 	ua, ub := c.usage[a.Name], c.usage[b.Name]
-	if ja, jb := slices.Contains(a.Joined, service), slices.Contains(b.Joined, service); ja != jb {
+	if ja, jb := a.joined(service), b.joined(service); ja != jb {
 		return ja
 	}
 	if sa, sb := ua.Services[service], ub.Services[service]; sa != sb {
@@ -134,4 +135,14 @@ func (c *Cluster) better(service string, i, j int) bool {
 
 func mib(b int64) string {
 	return fmt.Sprintf("%dMiB", b>>20)
+}
+
+// joined reports whether the node joined service ("deployment/service"),
+// by name or through "deployment/*".
+func (n *Node) joined(service string) bool {
+	if slices.Contains(n.Joined, service) {
+		return true
+	}
+	dep, _, ok := strings.Cut(service, "/")
+	return ok && slices.Contains(n.Joined, dep+"/*")
 }

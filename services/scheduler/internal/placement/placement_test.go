@@ -62,6 +62,12 @@ func TestPlace(t *testing.T) {
 			steps: []step{{"d/db", Demand{}, "b", ""}, {"d/db", Demand{}, "b", ""}, {"d/web", Demand{}, "a", ""}},
 		},
 		{
+			name: "a global join covers every service of its deployment only",
+			nodes: []Node{{Name: "a", CPU: 4, Memory: 8 * gib, Ready: true, Joined: []string{"e/*"}},
+				{Name: "b", CPU: 4, Memory: 8 * gib, Ready: true, Joined: []string{"d/*"}}},
+			steps: []step{{"d/db", Demand{}, "b", ""}, {"d/web", Demand{}, "b", ""}, {"e/web", Demand{}, "a", ""}, {"f/web", Demand{}, "a", ""}},
+		},
+		{
 			name:  "existing replicas count for spread",
 			nodes: []Node{{Name: "a", CPU: 4, Memory: 8 * gib, Ready: true}, {Name: "b", CPU: 4, Memory: 8 * gib, Ready: true}},
 			pre:   map[string][]string{"a": {"d/web", "d/web"}},

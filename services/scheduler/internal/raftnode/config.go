@@ -6,6 +6,8 @@ import (
 	"net"
 	"time"
 
+	"google.golang.org/grpc"
+
 	"zlayer.dev/libs/errkind"
 	"zlayer.dev/services/scheduler/internal/pki"
 )
@@ -71,6 +73,10 @@ type Config struct {
 	TLS *pki.Credentials
 	// Bootstrap says how to start when DataDir holds no log.
 	Bootstrap Bootstrap
+	// PeerServices, when set, registers more gRPC services on the peer
+	// listener (the node side's logs and exec relay). Only current members
+	// may call them: the peer server checks the caller's certificate.
+	PeerServices func(grpc.ServiceRegistrar)
 	// Peers are the members to contact when joining (from the join bundle),
 	// used only to find their addresses until the log says otherwise.
 	Peers []Member

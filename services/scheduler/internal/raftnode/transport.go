@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -23,6 +24,8 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	schedulerv1 "zlayer.dev/libs/api/zlayer/scheduler/v1"
+	"zlayer.dev/libs/errkind"
+	"zlayer.dev/libs/rpc"
 	"zlayer.dev/services/scheduler/internal/pki"
 )
 
@@ -74,9 +77,74 @@ func newTransport(n *Node, creds *pki.Credentials, l net.Listener, addr string) 
 		grpc.MaxRecvMsgSize(maxMessageSize),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 10 * time.Second, Timeout: 5 * time.Second}),
+		grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+			if err := t.checkMember(ctx, info.FullMethod); err != nil {
+				return nil, err
+			}
+			res, err := h(ctx, req)
+			return res, rpc.ToStatus(err)
+		}),
+		grpc.ChainStreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+			if err := t.checkMember(ss.Context(), info.FullMethod); err != nil {
+				return err
+			}
+			return rpc.ToStatus(h(srv, ss))
+		}),
 	)
 	schedulerv1.RegisterRaftServiceServer(t.srv, &raftService{t: t})
+	if n.cfg.PeerServices != nil {
+		n.cfg.PeerServices(t.srv)
+	}
 	return t, nil
+}
+
+// checkMember lets current members call the services other than
+// RaftService (which checks every message's sender itself): the certificate
+// was verified against the cluster CA by TLS; its member must not have been
+// removed and must be in the membership.
+func (t *transport) checkMember(ctx context.Context, method string) error {
+	if strings.HasPrefix(method, "/"+schedulerv1.RaftService_ServiceDesc.ServiceName+"/") {
+		return nil
+	}
+	id, err := callerID(ctx)
+	if err != nil {
+		return status.Error(codes.Unauthenticated, err.Error())
+	}
+	t.n.mu.Lock()
+	_, member := t.n.members[id]
+	removed := t.n.removed[id]
+	t.n.mu.Unlock()
+	if removed || !member {
+		return status.Errorf(codes.PermissionDenied, "%s: caller %s is not a member of the cluster", method, idString(id))
+	}
+	return nil
+}
+
+// DialMember connects to member id's peer listener with this member's
+// credentials, for the services registered with Config.PeerServices. The
+// caller closes the connection.
+func (n *Node) DialMember(id uint64) (*grpc.ClientConn, error) {
+	t := n.tr.Load()
+	if t == nil {
+		return nil, fmt.Errorf("dial member %s: this scheduler is not part of a cluster (zlctl cluster init): %w", idString(id), errkind.Precondition)
+	}
+	n.mu.Lock()
+	addr := n.members[id]
+	if addr == "" {
+		addr = n.seeds[id]
+	}
+	n.mu.Unlock()
+	if addr == "" {
+		return nil, fmt.Errorf("dial member %s: no address known: %w", idString(id), errkind.NotFound)
+	}
+	cc, err := grpc.NewClient("passthrough:///"+addr,
+		grpc.WithTransportCredentials(credentials.NewTLS(t.creds.ClientTLS())),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 10 * time.Second, Timeout: 5 * time.Second}),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("dial member %s at %s: %w", idString(id), addr, err)
+	}
+	return cc, nil
 }
 
 // serve runs the RaftService server until ctx is done, then stops it

@@ -17,11 +17,13 @@ import (
 	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	agentv1 "zlayer.dev/libs/api/zlayer/agent/v1"
 	schedulerv1 "zlayer.dev/libs/api/zlayer/scheduler/v1"
 	typesv1 "zlayer.dev/libs/api/zlayer/types/v1"
 	"zlayer.dev/libs/errkind"
@@ -53,13 +55,26 @@ type Server struct {
 	raft  Raft
 	state *fsm.FSM
 	specs *specinfo.Cache
+	local Local
 	now   func() time.Time
+}
+
+// Local is this node as the server reaches it, for the calls that act on
+// replicas (logs, exec) and on this node (join, leave).
+type Local struct {
+	// Node is this node's name.
+	Node string
+	// Agent is this node's agent.
+	Agent agentv1.AgentServiceClient
+	// DialMember connects to another member's peer listener, where the
+	// server's PeerServer answers for that member's node.
+	DialMember func(id uint64) (*grpc.ClientConn, error)
 }
 
 // New returns a Server. Calls made while the cluster has no leader (an
 // election is under way) wait for one, up to electionWait.
-func New(info Info, raft Raft, state *fsm.FSM, specs *specinfo.Cache) *Server {
-	return &Server{info: info, raft: &patientRaft{Raft: raft, wait: electionWait}, state: state, specs: specs, now: time.Now}
+func New(info Info, raft Raft, state *fsm.FSM, specs *specinfo.Cache, local Local) *Server {
+	return &Server{info: info, raft: &patientRaft{Raft: raft, wait: electionWait}, state: state, specs: specs, local: local, now: time.Now}
 }
 
 // electionWait bounds how long a call waits for a leader: a few election
@@ -414,10 +429,18 @@ func (s *Server) ListEvents(req *schedulerv1.ListEventsRequest, stream scheduler
 
 // FindReplica resolves deployment/service[/index] or a replica id.
 func (s *Server) FindReplica(ctx context.Context, req *schedulerv1.FindReplicaRequest) (*schedulerv1.FindReplicaResponse, error) {
-	st := s.state.Copy()
-	target := req.GetTarget()
+	r, err := s.findReplica(s.state.Copy(), req.GetTarget())
+	if err != nil {
+		return nil, err
+	}
+	return &schedulerv1.FindReplicaResponse{Replica: r}, nil
+}
+
+// findReplica resolves deployment/service[/index] or a replica id: with no
+// index, the lowest-index running replica (or any placed one).
+func (s *Server) findReplica(st *fsm.State, target string) (*schedulerv1.Replica, error) {
 	if r := st.Replicas[target]; r != nil {
-		return &schedulerv1.FindReplicaResponse{Replica: r}, nil
+		return r, nil
 	}
 	parts := strings.Split(target, "/")
 	if len(parts) < 2 || len(parts) > 3 {
@@ -443,7 +466,7 @@ func (s *Server) FindReplica(ctx context.Context, req *schedulerv1.FindReplicaRe
 	if best == nil {
 		return nil, fmt.Errorf("no replica of %s runs on any node: %w", target, errkind.NotFound)
 	}
-	return &schedulerv1.FindReplicaResponse{Replica: best}, nil
+	return best, nil
 }
 
 // RunJob starts a run of a job or cron job and returns it once placed (or

@@ -6,7 +6,6 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -27,25 +26,19 @@ func newExecCmd(g *globals) *cobra.Command {
 		Long: "Runs CMD inside a running container, with its user, capabilities and\n" +
 			"seccomp profile; zlctl exits with the command's exit code. -i passes stdin,\n" +
 			"-t gives the command a terminal (use both for a shell: zlctl exec -it ID -- sh).\n" +
-			"TARGET is a container id or deployment/service[/index].",
+			"TARGET is a container id or deployment/service[/index], on any node of the\n" +
+			"cluster (see zlctl logs).",
 		Args: cobra.MinimumNArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if cmd.ArgsLenAtDash() != 1 {
 				return errors.New("usage: zlctl exec TARGET -- CMD [ARG...]")
 			}
-			c, closeFn, err := agentClient(g)
+			path, err := g.reach(cmd.Context(), args[0])
 			if err != nil {
 				return err
 			}
-			defer closeFn()
-			id, err := resolveTarget(cmd.Context(), c, args[0])
-			if err != nil && strings.Contains(args[0], "/") {
-				err = g.elsewhere(cmd.Context(), args[0], err)
-			}
-			if err != nil {
-				return g.rpcError("agent", err)
-			}
-			start := &agentv1.ExecStart{Id: id, Args: args[1:], Env: env, Cwd: workdir, Tty: tty}
+			defer path.close()
+			start := &agentv1.ExecStart{Args: args[1:], Env: env, Cwd: workdir, Tty: tty}
 			in := cmd.InOrStdin()
 			inFile, isFile := in.(*os.File)
 			if tty && isFile && term.IsTerminal(int(inFile.Fd())) {
@@ -58,15 +51,15 @@ func newExecCmd(g *globals) *cobra.Command {
 				}
 				defer term.Restore(int(inFile.Fd()), old)
 			}
-			st, err := c.Exec(cmd.Context())
+			st, err := path.exec(cmd.Context(), args[0])
 			if err != nil {
-				return g.rpcError("agent", err)
+				return g.rpcError(path.caller, err)
 			}
 			send := make(chan *agentv1.ExecRequest, 16)
 			send <- &agentv1.ExecRequest{Input: &agentv1.ExecRequest_Start{Start: start}}
 			go func() { // the only sender on st
 				for m := range send {
-					if st.Send(m) != nil {
+					if st.send(m) != nil {
 						return
 					}
 				}
@@ -101,12 +94,12 @@ func newExecCmd(g *globals) *cobra.Command {
 				}()
 			}
 			for {
-				m, err := st.Recv()
+				m, err := st.recv()
 				if errors.Is(err, io.EOF) {
-					return errors.New("exec: the agent ended the stream without an exit code")
+					return fmt.Errorf("exec: the %s ended the stream without an exit code", path.caller)
 				}
 				if err != nil {
-					return g.rpcError("agent", err)
+					return g.rpcError(path.caller, err)
 				}
 				switch o := m.GetOutput().(type) {
 				case *agentv1.ExecResponse_Stdout:

@@ -56,12 +56,7 @@ func newJobRunCmd(g *globals) *cobra.Command {
 			if detach {
 				return nil
 			}
-			agent, closeAgent, err := agentClient(g)
-			if err != nil {
-				return err
-			}
-			defer closeAgent()
-			final, err := runs.Follow(ctx, client, agent, dep, run.GetId(), cmd.OutOrStdout(), cmd.ErrOrStderr())
+			final, err := runs.Follow(ctx, client, runs.ClusterLogs(client), dep, run.GetId(), cmd.OutOrStdout(), cmd.ErrOrStderr())
 			if err != nil {
 				return g.rpcError("scheduler", err)
 			}

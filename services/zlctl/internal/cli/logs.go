@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -41,7 +40,9 @@ func newLogsCmd(g *globals) *cobra.Command {
 		Use:   "logs TARGET",
 		Short: "Show a container's output",
 		Long: "Prints a container's stdout and stderr (to this command's stdout and stderr).\n" +
-			"TARGET is a container id or deployment/service[/index].",
+			"TARGET is a container id or deployment/service[/index] (the lowest running\n" +
+			"index when none is given), on any node of the cluster: the local scheduler\n" +
+			"reaches the replica's node over the peer transport.",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			req := &agentv1.StreamLogsRequest{Follow: follow}
@@ -60,23 +61,17 @@ func newLogsCmd(g *globals) *cobra.Command {
 				v := int32(n)
 				req.Tail = &v
 			}
-			c, closeFn, err := agentClient(g)
+			path, err := g.reach(cmd.Context(), args[0])
 			if err != nil {
 				return err
 			}
-			defer closeFn()
-			if req.Id, err = resolveTarget(cmd.Context(), c, args[0]); err != nil && strings.Contains(args[0], "/") {
-				err = g.elsewhere(cmd.Context(), args[0], err)
-			}
+			defer path.close()
+			next, err := path.logs(cmd.Context(), args[0], req)
 			if err != nil {
-				return g.rpcError("agent", err)
-			}
-			st, err := c.StreamLogs(cmd.Context(), req)
-			if err != nil {
-				return g.rpcError("agent", err)
+				return g.rpcError(path.caller, err)
 			}
 			for {
-				m, err := st.Recv()
+				entries, err := next()
 				if errors.Is(err, io.EOF) {
 					return nil
 				}
@@ -84,9 +79,9 @@ func newLogsCmd(g *globals) *cobra.Command {
 					if cmd.Context().Err() != nil {
 						return nil // interrupted while following
 					}
-					return g.rpcError("agent", err)
+					return g.rpcError(path.caller, err)
 				}
-				for _, e := range m.GetEntries() {
+				for _, e := range entries {
 					w := cmd.OutOrStdout()
 					if e.GetStream() == agentv1.LogStream_LOG_STREAM_STDERR {
 						w = cmd.ErrOrStderr()

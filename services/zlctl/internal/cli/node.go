@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -89,7 +90,7 @@ func probe(ctx context.Context, g *globals, component string) daemonStatus {
 }
 
 func newNodeCmd(g *globals) *cobra.Command {
-	node := &cobra.Command{Use: "node", Short: "Inspect the local node"}
+	node := &cobra.Command{Use: "node", Short: "Inspect the local node and the cluster's nodes"}
 	var output string
 	statusCmd := &cobra.Command{
 		Use:   "status",
@@ -140,7 +141,7 @@ func newNodeCmd(g *globals) *cobra.Command {
 		},
 	}
 	statusCmd.Flags().StringVarP(&output, "output", "o", "table", "output format: table or json")
-	node.AddCommand(statusCmd, newNodeLsCmd(g))
+	node.AddCommand(statusCmd, newNodeLsCmd(g), newNodeJoinCmd(g), newNodeLeaveCmd(g))
 	return node
 }
 
@@ -172,10 +173,10 @@ func newNodeLsCmd(g *globals) *cobra.Command {
 				return jsonOr(err, out, resp)
 			}
 			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NODE\tSTATE\tCPUS\tMEMORY\tREPLICAS\tLAST HEARTBEAT")
+			fmt.Fprintln(tw, "NODE\tSTATE\tCPUS\tMEMORY\tREPLICAS\tLAST HEARTBEAT\tJOINED")
 			for _, n := range resp.Nodes {
-				fmt.Fprintf(tw, "%s\t%s\t%.1f\t%dMiB\t%d\t%s ago\n", n.Name, enumWord(n.State, "NODE_STATE_"), n.Cpu, n.MemoryBytes>>20,
-					resp.Replicas[n.Name], time.Since(n.LastHeartbeat.AsTime()).Truncate(100*time.Millisecond))
+				fmt.Fprintf(tw, "%s\t%s\t%.1f\t%dMiB\t%d\t%s ago\t%s\n", n.Name, enumWord(n.State, "NODE_STATE_"), n.Cpu, n.MemoryBytes>>20,
+					resp.Replicas[n.Name], time.Since(n.LastHeartbeat.AsTime()).Truncate(100*time.Millisecond), orDash(strings.Join(n.JoinedServices, ",")))
 			}
 			return tw.Flush()
 		},

@@ -11,7 +11,6 @@ import (
 	"github.com/spf13/cobra"
 
 	agentv1 "zlayer.dev/libs/api/zlayer/agent/v1"
-	schedulerv1 "zlayer.dev/libs/api/zlayer/scheduler/v1"
 )
 
 // agentClient dials the local agent.
@@ -64,23 +63,6 @@ func resolveTarget(ctx context.Context, c agentv1.AgentServiceClient, target str
 		return "", fmt.Errorf("target %q: no such replica on this node", target)
 	}
 	return best, nil
-}
-
-// elsewhere improves a "no such replica on this node" error with what the
-// scheduler knows: the node the replica runs on. It returns err unchanged
-// when the scheduler cannot say.
-func (g *globals) elsewhere(ctx context.Context, target string, err error) error {
-	client, closeFn, derr := g.scheduler()
-	if derr != nil {
-		return err
-	}
-	defer closeFn()
-	resp, ferr := client.FindReplica(ctx, &schedulerv1.FindReplicaRequest{Target: target})
-	if ferr != nil || resp.GetReplica().GetNode() == "" {
-		return err
-	}
-	r := resp.GetReplica()
-	return fmt.Errorf("%s (%s) runs on node %s, not this one: run zlctl on that node (its agent is reached through its own run dir)", target, r.GetId(), r.GetNode())
 }
 
 // psState is the state column: the state word, with the exit code once

@@ -89,6 +89,7 @@ func newRootCmd(getenv func(string) string) *cobra.Command {
 		newClusterCmd(g),
 		newJobCmd(g),
 		newRoutesCmd(g),
+		newTokenCmd(g),
 	)
 	return root
 }

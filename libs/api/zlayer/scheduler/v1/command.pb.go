@@ -42,6 +42,8 @@ type Command struct {
 	//	*Command_SetNodeState
 	//	*Command_Plan
 	//	*Command_RunJob
+	//	*Command_JoinToken
+	//	*Command_Join
 	Kind          isCommand_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -172,6 +174,24 @@ func (x *Command) GetRunJob() *RunJobCommand {
 	return nil
 }
 
+func (x *Command) GetJoinToken() *JoinTokenCommand {
+	if x != nil {
+		if x, ok := x.Kind.(*Command_JoinToken); ok {
+			return x.JoinToken
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetJoin() *JoinCommand {
+	if x != nil {
+		if x, ok := x.Kind.(*Command_Join); ok {
+			return x.Join
+		}
+	}
+	return nil
+}
+
 type isCommand_Kind interface {
 	isCommand_Kind()
 }
@@ -221,6 +241,16 @@ type Command_RunJob struct {
 	RunJob *RunJobCommand `protobuf:"bytes,10,opt,name=run_job,json=runJob,proto3,oneof"`
 }
 
+type Command_JoinToken struct {
+	// join_token adds or revokes a join token.
+	JoinToken *JoinTokenCommand `protobuf:"bytes,11,opt,name=join_token,json=joinToken,proto3,oneof"`
+}
+
+type Command_Join struct {
+	// join enrols a node for a service, or takes it out.
+	Join *JoinCommand `protobuf:"bytes,12,opt,name=join,proto3,oneof"`
+}
+
 func (*Command_PutDeployment) isCommand_Kind() {}
 
 func (*Command_DeleteDeployment) isCommand_Kind() {}
@@ -238,6 +268,10 @@ func (*Command_SetNodeState) isCommand_Kind() {}
 func (*Command_Plan) isCommand_Kind() {}
 
 func (*Command_RunJob) isCommand_Kind() {}
+
+func (*Command_JoinToken) isCommand_Kind() {}
+
+func (*Command_Join) isCommand_Kind() {}
 
 // PutDeploymentCommand adds version (the next number) of a deployment.
 type PutDeploymentCommand struct {
@@ -882,6 +916,164 @@ func (x *RunJobCommand) GetNode() string {
 	return ""
 }
 
+// JoinTokenCommand adds a join token to a deployment, or revokes one.
+type JoinTokenCommand struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// deployment names the deployment.
+	Deployment string `protobuf:"bytes,1,opt,name=deployment,proto3" json:"deployment,omitempty"`
+	// service names the service the token is for (when adding).
+	Service string `protobuf:"bytes,2,opt,name=service,proto3" json:"service,omitempty"`
+	// key is the token's secret, chosen by the proposer.
+	Key string `protobuf:"bytes,3,opt,name=key,proto3" json:"key,omitempty"`
+	// revoke removes the token instead of adding it.
+	Revoke        bool `protobuf:"varint,4,opt,name=revoke,proto3" json:"revoke,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JoinTokenCommand) Reset() {
+	*x = JoinTokenCommand{}
+	mi := &file_zlayer_scheduler_v1_command_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JoinTokenCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JoinTokenCommand) ProtoMessage() {}
+
+func (x *JoinTokenCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_scheduler_v1_command_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JoinTokenCommand.ProtoReflect.Descriptor instead.
+func (*JoinTokenCommand) Descriptor() ([]byte, []int) {
+	return file_zlayer_scheduler_v1_command_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *JoinTokenCommand) GetDeployment() string {
+	if x != nil {
+		return x.Deployment
+	}
+	return ""
+}
+
+func (x *JoinTokenCommand) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *JoinTokenCommand) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *JoinTokenCommand) GetRevoke() bool {
+	if x != nil {
+		return x.Revoke
+	}
+	return false
+}
+
+// JoinCommand enrols a node for a service of a deployment (or, with
+// leave, takes it out). The proposer checked the service's join mode.
+type JoinCommand struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// node names the node.
+	Node string `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	// deployment names the deployment.
+	Deployment string `protobuf:"bytes,2,opt,name=deployment,proto3" json:"deployment,omitempty"`
+	// service names the service; "*" enrols the node for every service of
+	// the deployment (a token of scope global).
+	Service string `protobuf:"bytes,3,opt,name=service,proto3" json:"service,omitempty"`
+	// key is the join token's key, which must exist and be for service;
+	// empty for a service whose join mode is open, and when leaving.
+	Key string `protobuf:"bytes,4,opt,name=key,proto3" json:"key,omitempty"`
+	// leave takes the node out instead.
+	Leave         bool `protobuf:"varint,5,opt,name=leave,proto3" json:"leave,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JoinCommand) Reset() {
+	*x = JoinCommand{}
+	mi := &file_zlayer_scheduler_v1_command_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JoinCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JoinCommand) ProtoMessage() {}
+
+func (x *JoinCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_scheduler_v1_command_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JoinCommand.ProtoReflect.Descriptor instead.
+func (*JoinCommand) Descriptor() ([]byte, []int) {
+	return file_zlayer_scheduler_v1_command_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *JoinCommand) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *JoinCommand) GetDeployment() string {
+	if x != nil {
+		return x.Deployment
+	}
+	return ""
+}
+
+func (x *JoinCommand) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *JoinCommand) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *JoinCommand) GetLeave() bool {
+	if x != nil {
+		return x.Leave
+	}
+	return false
+}
+
 // CronTick records that a cron service's scheduled time came: its run was
 // started (run_id set) or skipped (reason set).
 type CronTick struct {
@@ -902,7 +1094,7 @@ type CronTick struct {
 
 func (x *CronTick) Reset() {
 	*x = CronTick{}
-	mi := &file_zlayer_scheduler_v1_command_proto_msgTypes[10]
+	mi := &file_zlayer_scheduler_v1_command_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -914,7 +1106,7 @@ func (x *CronTick) String() string {
 func (*CronTick) ProtoMessage() {}
 
 func (x *CronTick) ProtoReflect() protoreflect.Message {
-	mi := &file_zlayer_scheduler_v1_command_proto_msgTypes[10]
+	mi := &file_zlayer_scheduler_v1_command_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -927,7 +1119,7 @@ func (x *CronTick) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CronTick.ProtoReflect.Descriptor instead.
 func (*CronTick) Descriptor() ([]byte, []int) {
-	return file_zlayer_scheduler_v1_command_proto_rawDescGZIP(), []int{10}
+	return file_zlayer_scheduler_v1_command_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *CronTick) GetDeployment() string {
@@ -991,7 +1183,7 @@ type PlanCommand struct {
 
 func (x *PlanCommand) Reset() {
 	*x = PlanCommand{}
-	mi := &file_zlayer_scheduler_v1_command_proto_msgTypes[11]
+	mi := &file_zlayer_scheduler_v1_command_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1003,7 +1195,7 @@ func (x *PlanCommand) String() string {
 func (*PlanCommand) ProtoMessage() {}
 
 func (x *PlanCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_zlayer_scheduler_v1_command_proto_msgTypes[11]
+	mi := &file_zlayer_scheduler_v1_command_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1016,7 +1208,7 @@ func (x *PlanCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlanCommand.ProtoReflect.Descriptor instead.
 func (*PlanCommand) Descriptor() ([]byte, []int) {
-	return file_zlayer_scheduler_v1_command_proto_rawDescGZIP(), []int{11}
+	return file_zlayer_scheduler_v1_command_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *PlanCommand) GetCreate() []*Replica {
@@ -1083,7 +1275,7 @@ type Placement struct {
 
 func (x *Placement) Reset() {
 	*x = Placement{}
-	mi := &file_zlayer_scheduler_v1_command_proto_msgTypes[12]
+	mi := &file_zlayer_scheduler_v1_command_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1095,7 +1287,7 @@ func (x *Placement) String() string {
 func (*Placement) ProtoMessage() {}
 
 func (x *Placement) ProtoReflect() protoreflect.Message {
-	mi := &file_zlayer_scheduler_v1_command_proto_msgTypes[12]
+	mi := &file_zlayer_scheduler_v1_command_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1108,7 +1300,7 @@ func (x *Placement) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Placement.ProtoReflect.Descriptor instead.
 func (*Placement) Descriptor() ([]byte, []int) {
-	return file_zlayer_scheduler_v1_command_proto_rawDescGZIP(), []int{12}
+	return file_zlayer_scheduler_v1_command_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Placement) GetReplica() string {
@@ -1145,7 +1337,7 @@ type StopReplica struct {
 
 func (x *StopReplica) Reset() {
 	*x = StopReplica{}
-	mi := &file_zlayer_scheduler_v1_command_proto_msgTypes[13]
+	mi := &file_zlayer_scheduler_v1_command_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1157,7 +1349,7 @@ func (x *StopReplica) String() string {
 func (*StopReplica) ProtoMessage() {}
 
 func (x *StopReplica) ProtoReflect() protoreflect.Message {
-	mi := &file_zlayer_scheduler_v1_command_proto_msgTypes[13]
+	mi := &file_zlayer_scheduler_v1_command_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1170,7 +1362,7 @@ func (x *StopReplica) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopReplica.ProtoReflect.Descriptor instead.
 func (*StopReplica) Descriptor() ([]byte, []int) {
-	return file_zlayer_scheduler_v1_command_proto_rawDescGZIP(), []int{13}
+	return file_zlayer_scheduler_v1_command_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *StopReplica) GetReplica() string {
@@ -1204,7 +1396,7 @@ type RolloutResult struct {
 
 func (x *RolloutResult) Reset() {
 	*x = RolloutResult{}
-	mi := &file_zlayer_scheduler_v1_command_proto_msgTypes[14]
+	mi := &file_zlayer_scheduler_v1_command_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1216,7 +1408,7 @@ func (x *RolloutResult) String() string {
 func (*RolloutResult) ProtoMessage() {}
 
 func (x *RolloutResult) ProtoReflect() protoreflect.Message {
-	mi := &file_zlayer_scheduler_v1_command_proto_msgTypes[14]
+	mi := &file_zlayer_scheduler_v1_command_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1229,7 +1421,7 @@ func (x *RolloutResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RolloutResult.ProtoReflect.Descriptor instead.
 func (*RolloutResult) Descriptor() ([]byte, []int) {
-	return file_zlayer_scheduler_v1_command_proto_rawDescGZIP(), []int{14}
+	return file_zlayer_scheduler_v1_command_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *RolloutResult) GetDeployment() string {
@@ -1279,7 +1471,7 @@ type Snapshot struct {
 
 func (x *Snapshot) Reset() {
 	*x = Snapshot{}
-	mi := &file_zlayer_scheduler_v1_command_proto_msgTypes[15]
+	mi := &file_zlayer_scheduler_v1_command_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1291,7 +1483,7 @@ func (x *Snapshot) String() string {
 func (*Snapshot) ProtoMessage() {}
 
 func (x *Snapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_zlayer_scheduler_v1_command_proto_msgTypes[15]
+	mi := &file_zlayer_scheduler_v1_command_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1304,7 +1496,7 @@ func (x *Snapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Snapshot.ProtoReflect.Descriptor instead.
 func (*Snapshot) Descriptor() ([]byte, []int) {
-	return file_zlayer_scheduler_v1_command_proto_rawDescGZIP(), []int{15}
+	return file_zlayer_scheduler_v1_command_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Snapshot) GetAppliedIndex() uint64 {
@@ -1346,7 +1538,7 @@ var File_zlayer_scheduler_v1_command_proto protoreflect.FileDescriptor
 
 const file_zlayer_scheduler_v1_command_proto_rawDesc = "" +
 	"\n" +
-	"!zlayer/scheduler/v1/command.proto\x12\x13zlayer.scheduler.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fzlayer/scheduler/v1/state.proto\"\xdf\x05\n" +
+	"!zlayer/scheduler/v1/command.proto\x12\x13zlayer.scheduler.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fzlayer/scheduler/v1/state.proto\"\xdf\x06\n" +
 	"\aCommand\x12;\n" +
 	"\vproposed_at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"proposedAt\x12R\n" +
@@ -1359,7 +1551,10 @@ const file_zlayer_scheduler_v1_command_proto_rawDesc = "" +
 	"\x0eset_node_state\x18\b \x01(\v2(.zlayer.scheduler.v1.SetNodeStateCommandH\x00R\fsetNodeState\x126\n" +
 	"\x04plan\x18\t \x01(\v2 .zlayer.scheduler.v1.PlanCommandH\x00R\x04plan\x12=\n" +
 	"\arun_job\x18\n" +
-	" \x01(\v2\".zlayer.scheduler.v1.RunJobCommandH\x00R\x06runJobB\x06\n" +
+	" \x01(\v2\".zlayer.scheduler.v1.RunJobCommandH\x00R\x06runJob\x12F\n" +
+	"\n" +
+	"join_token\x18\v \x01(\v2%.zlayer.scheduler.v1.JoinTokenCommandH\x00R\tjoinToken\x126\n" +
+	"\x04join\x18\f \x01(\v2 .zlayer.scheduler.v1.JoinCommandH\x00R\x04joinB\x06\n" +
 	"\x04kind\"\xae\x03\n" +
 	"\x14PutDeploymentCommand\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1b\n" +
@@ -1417,7 +1612,22 @@ const file_zlayer_scheduler_v1_command_proto_rawDesc = "" +
 	"\n" +
 	"replica_id\x18\x03 \x01(\tR\treplicaId\x12\x18\n" +
 	"\atrigger\x18\x04 \x01(\tR\atrigger\x12\x12\n" +
-	"\x04node\x18\x05 \x01(\tR\x04node\"\xb2\x01\n" +
+	"\x04node\x18\x05 \x01(\tR\x04node\"v\n" +
+	"\x10JoinTokenCommand\x12\x1e\n" +
+	"\n" +
+	"deployment\x18\x01 \x01(\tR\n" +
+	"deployment\x12\x18\n" +
+	"\aservice\x18\x02 \x01(\tR\aservice\x12\x10\n" +
+	"\x03key\x18\x03 \x01(\tR\x03key\x12\x16\n" +
+	"\x06revoke\x18\x04 \x01(\bR\x06revoke\"\x83\x01\n" +
+	"\vJoinCommand\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12\x1e\n" +
+	"\n" +
+	"deployment\x18\x02 \x01(\tR\n" +
+	"deployment\x12\x18\n" +
+	"\aservice\x18\x03 \x01(\tR\aservice\x12\x10\n" +
+	"\x03key\x18\x04 \x01(\tR\x03key\x12\x14\n" +
+	"\x05leave\x18\x05 \x01(\bR\x05leave\"\xb2\x01\n" +
 	"\bCronTick\x12\x1e\n" +
 	"\n" +
 	"deployment\x18\x01 \x01(\tR\n" +
@@ -1467,7 +1677,7 @@ func file_zlayer_scheduler_v1_command_proto_rawDescGZIP() []byte {
 	return file_zlayer_scheduler_v1_command_proto_rawDescData
 }
 
-var file_zlayer_scheduler_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_zlayer_scheduler_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_zlayer_scheduler_v1_command_proto_goTypes = []any{
 	(*Command)(nil),                 // 0: zlayer.scheduler.v1.Command
 	(*PutDeploymentCommand)(nil),    // 1: zlayer.scheduler.v1.PutDeploymentCommand
@@ -1479,27 +1689,29 @@ var file_zlayer_scheduler_v1_command_proto_goTypes = []any{
 	(*HeartbeatCommand)(nil),        // 7: zlayer.scheduler.v1.HeartbeatCommand
 	(*SetNodeStateCommand)(nil),     // 8: zlayer.scheduler.v1.SetNodeStateCommand
 	(*RunJobCommand)(nil),           // 9: zlayer.scheduler.v1.RunJobCommand
-	(*CronTick)(nil),                // 10: zlayer.scheduler.v1.CronTick
-	(*PlanCommand)(nil),             // 11: zlayer.scheduler.v1.PlanCommand
-	(*Placement)(nil),               // 12: zlayer.scheduler.v1.Placement
-	(*StopReplica)(nil),             // 13: zlayer.scheduler.v1.StopReplica
-	(*RolloutResult)(nil),           // 14: zlayer.scheduler.v1.RolloutResult
-	(*Snapshot)(nil),                // 15: zlayer.scheduler.v1.Snapshot
-	nil,                             // 16: zlayer.scheduler.v1.PutDeploymentCommand.ServiceHashesEntry
-	nil,                             // 17: zlayer.scheduler.v1.PutDeploymentCommand.InitialScaleEntry
-	(*timestamppb.Timestamp)(nil),   // 18: google.protobuf.Timestamp
-	(*Node)(nil),                    // 19: zlayer.scheduler.v1.Node
-	(ReplicaPhase)(0),               // 20: zlayer.scheduler.v1.ReplicaPhase
-	(Health)(0),                     // 21: zlayer.scheduler.v1.Health
-	(*ServiceLoad)(nil),             // 22: zlayer.scheduler.v1.ServiceLoad
-	(NodeState)(0),                  // 23: zlayer.scheduler.v1.NodeState
-	(*Replica)(nil),                 // 24: zlayer.scheduler.v1.Replica
-	(RolloutOutcome)(0),             // 25: zlayer.scheduler.v1.RolloutOutcome
-	(*Deployment)(nil),              // 26: zlayer.scheduler.v1.Deployment
-	(*Event)(nil),                   // 27: zlayer.scheduler.v1.Event
+	(*JoinTokenCommand)(nil),        // 10: zlayer.scheduler.v1.JoinTokenCommand
+	(*JoinCommand)(nil),             // 11: zlayer.scheduler.v1.JoinCommand
+	(*CronTick)(nil),                // 12: zlayer.scheduler.v1.CronTick
+	(*PlanCommand)(nil),             // 13: zlayer.scheduler.v1.PlanCommand
+	(*Placement)(nil),               // 14: zlayer.scheduler.v1.Placement
+	(*StopReplica)(nil),             // 15: zlayer.scheduler.v1.StopReplica
+	(*RolloutResult)(nil),           // 16: zlayer.scheduler.v1.RolloutResult
+	(*Snapshot)(nil),                // 17: zlayer.scheduler.v1.Snapshot
+	nil,                             // 18: zlayer.scheduler.v1.PutDeploymentCommand.ServiceHashesEntry
+	nil,                             // 19: zlayer.scheduler.v1.PutDeploymentCommand.InitialScaleEntry
+	(*timestamppb.Timestamp)(nil),   // 20: google.protobuf.Timestamp
+	(*Node)(nil),                    // 21: zlayer.scheduler.v1.Node
+	(ReplicaPhase)(0),               // 22: zlayer.scheduler.v1.ReplicaPhase
+	(Health)(0),                     // 23: zlayer.scheduler.v1.Health
+	(*ServiceLoad)(nil),             // 24: zlayer.scheduler.v1.ServiceLoad
+	(NodeState)(0),                  // 25: zlayer.scheduler.v1.NodeState
+	(*Replica)(nil),                 // 26: zlayer.scheduler.v1.Replica
+	(RolloutOutcome)(0),             // 27: zlayer.scheduler.v1.RolloutOutcome
+	(*Deployment)(nil),              // 28: zlayer.scheduler.v1.Deployment
+	(*Event)(nil),                   // 29: zlayer.scheduler.v1.Event
 }
 var file_zlayer_scheduler_v1_command_proto_depIdxs = []int32{
-	18, // 0: zlayer.scheduler.v1.Command.proposed_at:type_name -> google.protobuf.Timestamp
+	20, // 0: zlayer.scheduler.v1.Command.proposed_at:type_name -> google.protobuf.Timestamp
 	1,  // 1: zlayer.scheduler.v1.Command.put_deployment:type_name -> zlayer.scheduler.v1.PutDeploymentCommand
 	2,  // 2: zlayer.scheduler.v1.Command.delete_deployment:type_name -> zlayer.scheduler.v1.DeleteDeploymentCommand
 	3,  // 3: zlayer.scheduler.v1.Command.scale:type_name -> zlayer.scheduler.v1.ScaleCommand
@@ -1507,33 +1719,35 @@ var file_zlayer_scheduler_v1_command_proto_depIdxs = []int32{
 	5,  // 5: zlayer.scheduler.v1.Command.register_node:type_name -> zlayer.scheduler.v1.RegisterNodeCommand
 	7,  // 6: zlayer.scheduler.v1.Command.heartbeat:type_name -> zlayer.scheduler.v1.HeartbeatCommand
 	8,  // 7: zlayer.scheduler.v1.Command.set_node_state:type_name -> zlayer.scheduler.v1.SetNodeStateCommand
-	11, // 8: zlayer.scheduler.v1.Command.plan:type_name -> zlayer.scheduler.v1.PlanCommand
+	13, // 8: zlayer.scheduler.v1.Command.plan:type_name -> zlayer.scheduler.v1.PlanCommand
 	9,  // 9: zlayer.scheduler.v1.Command.run_job:type_name -> zlayer.scheduler.v1.RunJobCommand
-	16, // 10: zlayer.scheduler.v1.PutDeploymentCommand.service_hashes:type_name -> zlayer.scheduler.v1.PutDeploymentCommand.ServiceHashesEntry
-	17, // 11: zlayer.scheduler.v1.PutDeploymentCommand.initial_scale:type_name -> zlayer.scheduler.v1.PutDeploymentCommand.InitialScaleEntry
-	19, // 12: zlayer.scheduler.v1.RegisterNodeCommand.node:type_name -> zlayer.scheduler.v1.Node
-	20, // 13: zlayer.scheduler.v1.ReplicaStatus.phase:type_name -> zlayer.scheduler.v1.ReplicaPhase
-	21, // 14: zlayer.scheduler.v1.ReplicaStatus.health:type_name -> zlayer.scheduler.v1.Health
-	6,  // 15: zlayer.scheduler.v1.HeartbeatCommand.statuses:type_name -> zlayer.scheduler.v1.ReplicaStatus
-	22, // 16: zlayer.scheduler.v1.HeartbeatCommand.load:type_name -> zlayer.scheduler.v1.ServiceLoad
-	23, // 17: zlayer.scheduler.v1.SetNodeStateCommand.state:type_name -> zlayer.scheduler.v1.NodeState
-	18, // 18: zlayer.scheduler.v1.CronTick.scheduled_at:type_name -> google.protobuf.Timestamp
-	24, // 19: zlayer.scheduler.v1.PlanCommand.create:type_name -> zlayer.scheduler.v1.Replica
-	12, // 20: zlayer.scheduler.v1.PlanCommand.place:type_name -> zlayer.scheduler.v1.Placement
-	13, // 21: zlayer.scheduler.v1.PlanCommand.stop:type_name -> zlayer.scheduler.v1.StopReplica
-	14, // 22: zlayer.scheduler.v1.PlanCommand.outcomes:type_name -> zlayer.scheduler.v1.RolloutResult
-	12, // 23: zlayer.scheduler.v1.PlanCommand.pending:type_name -> zlayer.scheduler.v1.Placement
-	10, // 24: zlayer.scheduler.v1.PlanCommand.cron:type_name -> zlayer.scheduler.v1.CronTick
-	25, // 25: zlayer.scheduler.v1.RolloutResult.outcome:type_name -> zlayer.scheduler.v1.RolloutOutcome
-	26, // 26: zlayer.scheduler.v1.Snapshot.deployments:type_name -> zlayer.scheduler.v1.Deployment
-	24, // 27: zlayer.scheduler.v1.Snapshot.replicas:type_name -> zlayer.scheduler.v1.Replica
-	19, // 28: zlayer.scheduler.v1.Snapshot.nodes:type_name -> zlayer.scheduler.v1.Node
-	27, // 29: zlayer.scheduler.v1.Snapshot.events:type_name -> zlayer.scheduler.v1.Event
-	30, // [30:30] is the sub-list for method output_type
-	30, // [30:30] is the sub-list for method input_type
-	30, // [30:30] is the sub-list for extension type_name
-	30, // [30:30] is the sub-list for extension extendee
-	0,  // [0:30] is the sub-list for field type_name
+	10, // 10: zlayer.scheduler.v1.Command.join_token:type_name -> zlayer.scheduler.v1.JoinTokenCommand
+	11, // 11: zlayer.scheduler.v1.Command.join:type_name -> zlayer.scheduler.v1.JoinCommand
+	18, // 12: zlayer.scheduler.v1.PutDeploymentCommand.service_hashes:type_name -> zlayer.scheduler.v1.PutDeploymentCommand.ServiceHashesEntry
+	19, // 13: zlayer.scheduler.v1.PutDeploymentCommand.initial_scale:type_name -> zlayer.scheduler.v1.PutDeploymentCommand.InitialScaleEntry
+	21, // 14: zlayer.scheduler.v1.RegisterNodeCommand.node:type_name -> zlayer.scheduler.v1.Node
+	22, // 15: zlayer.scheduler.v1.ReplicaStatus.phase:type_name -> zlayer.scheduler.v1.ReplicaPhase
+	23, // 16: zlayer.scheduler.v1.ReplicaStatus.health:type_name -> zlayer.scheduler.v1.Health
+	6,  // 17: zlayer.scheduler.v1.HeartbeatCommand.statuses:type_name -> zlayer.scheduler.v1.ReplicaStatus
+	24, // 18: zlayer.scheduler.v1.HeartbeatCommand.load:type_name -> zlayer.scheduler.v1.ServiceLoad
+	25, // 19: zlayer.scheduler.v1.SetNodeStateCommand.state:type_name -> zlayer.scheduler.v1.NodeState
+	20, // 20: zlayer.scheduler.v1.CronTick.scheduled_at:type_name -> google.protobuf.Timestamp
+	26, // 21: zlayer.scheduler.v1.PlanCommand.create:type_name -> zlayer.scheduler.v1.Replica
+	14, // 22: zlayer.scheduler.v1.PlanCommand.place:type_name -> zlayer.scheduler.v1.Placement
+	15, // 23: zlayer.scheduler.v1.PlanCommand.stop:type_name -> zlayer.scheduler.v1.StopReplica
+	16, // 24: zlayer.scheduler.v1.PlanCommand.outcomes:type_name -> zlayer.scheduler.v1.RolloutResult
+	14, // 25: zlayer.scheduler.v1.PlanCommand.pending:type_name -> zlayer.scheduler.v1.Placement
+	12, // 26: zlayer.scheduler.v1.PlanCommand.cron:type_name -> zlayer.scheduler.v1.CronTick
+	27, // 27: zlayer.scheduler.v1.RolloutResult.outcome:type_name -> zlayer.scheduler.v1.RolloutOutcome
+	28, // 28: zlayer.scheduler.v1.Snapshot.deployments:type_name -> zlayer.scheduler.v1.Deployment
+	26, // 29: zlayer.scheduler.v1.Snapshot.replicas:type_name -> zlayer.scheduler.v1.Replica
+	21, // 30: zlayer.scheduler.v1.Snapshot.nodes:type_name -> zlayer.scheduler.v1.Node
+	29, // 31: zlayer.scheduler.v1.Snapshot.events:type_name -> zlayer.scheduler.v1.Event
+	32, // [32:32] is the sub-list for method output_type
+	32, // [32:32] is the sub-list for method input_type
+	32, // [32:32] is the sub-list for extension type_name
+	32, // [32:32] is the sub-list for extension extendee
+	0,  // [0:32] is the sub-list for field type_name
 }
 
 func init() { file_zlayer_scheduler_v1_command_proto_init() }
@@ -1552,6 +1766,8 @@ func file_zlayer_scheduler_v1_command_proto_init() {
 		(*Command_SetNodeState)(nil),
 		(*Command_Plan)(nil),
 		(*Command_RunJob)(nil),
+		(*Command_JoinToken)(nil),
+		(*Command_Join)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1559,7 +1775,7 @@ func file_zlayer_scheduler_v1_command_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_zlayer_scheduler_v1_command_proto_rawDesc), len(file_zlayer_scheduler_v1_command_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   18,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

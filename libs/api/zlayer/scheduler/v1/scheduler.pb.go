@@ -9,9 +9,11 @@ package schedulerv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
+	v11 "zlayer.dev/libs/api/zlayer/agent/v1"
 	v1 "zlayer.dev/libs/api/zlayer/types/v1"
 )
 
@@ -1554,11 +1556,783 @@ func (x *ListJobRunsResponse) GetRuns() []*Replica {
 	return nil
 }
 
+// CreateJoinTokenRequest names the service.
+type CreateJoinTokenRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// deployment names the deployment.
+	Deployment string `protobuf:"bytes,1,opt,name=deployment,proto3" json:"deployment,omitempty"`
+	// service names the service; its join mode must be token.
+	Service       string `protobuf:"bytes,2,opt,name=service,proto3" json:"service,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateJoinTokenRequest) Reset() {
+	*x = CreateJoinTokenRequest{}
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateJoinTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateJoinTokenRequest) ProtoMessage() {}
+
+func (x *CreateJoinTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateJoinTokenRequest.ProtoReflect.Descriptor instead.
+func (*CreateJoinTokenRequest) Descriptor() ([]byte, []int) {
+	return file_zlayer_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *CreateJoinTokenRequest) GetDeployment() string {
+	if x != nil {
+		return x.Deployment
+	}
+	return ""
+}
+
+func (x *CreateJoinTokenRequest) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+// CreateJoinTokenResponse carries the token.
+type CreateJoinTokenResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// token is <key>:<service>, for `zlctl node join TOKEN` on the joining node.
+	Token         string `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateJoinTokenResponse) Reset() {
+	*x = CreateJoinTokenResponse{}
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateJoinTokenResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateJoinTokenResponse) ProtoMessage() {}
+
+func (x *CreateJoinTokenResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateJoinTokenResponse.ProtoReflect.Descriptor instead.
+func (*CreateJoinTokenResponse) Descriptor() ([]byte, []int) {
+	return file_zlayer_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *CreateJoinTokenResponse) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+// ListJoinTokensRequest filters tokens.
+type ListJoinTokensRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// deployment limits the list to one deployment; empty for all.
+	Deployment    string `protobuf:"bytes,1,opt,name=deployment,proto3" json:"deployment,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListJoinTokensRequest) Reset() {
+	*x = ListJoinTokensRequest{}
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListJoinTokensRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListJoinTokensRequest) ProtoMessage() {}
+
+func (x *ListJoinTokensRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListJoinTokensRequest.ProtoReflect.Descriptor instead.
+func (*ListJoinTokensRequest) Descriptor() ([]byte, []int) {
+	return file_zlayer_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *ListJoinTokensRequest) GetDeployment() string {
+	if x != nil {
+		return x.Deployment
+	}
+	return ""
+}
+
+// JoinTokenInfo is one token.
+type JoinTokenInfo struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// deployment names the deployment.
+	Deployment string `protobuf:"bytes,1,opt,name=deployment,proto3" json:"deployment,omitempty"`
+	// token is <key>:<service>.
+	Token string `protobuf:"bytes,2,opt,name=token,proto3" json:"token,omitempty"`
+	// created_at is when it was made.
+	CreatedAt     *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JoinTokenInfo) Reset() {
+	*x = JoinTokenInfo{}
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JoinTokenInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JoinTokenInfo) ProtoMessage() {}
+
+func (x *JoinTokenInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JoinTokenInfo.ProtoReflect.Descriptor instead.
+func (*JoinTokenInfo) Descriptor() ([]byte, []int) {
+	return file_zlayer_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *JoinTokenInfo) GetDeployment() string {
+	if x != nil {
+		return x.Deployment
+	}
+	return ""
+}
+
+func (x *JoinTokenInfo) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *JoinTokenInfo) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+// ListJoinTokensResponse lists tokens by deployment, then creation.
+type ListJoinTokensResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// tokens are the tokens.
+	Tokens        []*JoinTokenInfo `protobuf:"bytes,1,rep,name=tokens,proto3" json:"tokens,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListJoinTokensResponse) Reset() {
+	*x = ListJoinTokensResponse{}
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListJoinTokensResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListJoinTokensResponse) ProtoMessage() {}
+
+func (x *ListJoinTokensResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListJoinTokensResponse.ProtoReflect.Descriptor instead.
+func (*ListJoinTokensResponse) Descriptor() ([]byte, []int) {
+	return file_zlayer_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *ListJoinTokensResponse) GetTokens() []*JoinTokenInfo {
+	if x != nil {
+		return x.Tokens
+	}
+	return nil
+}
+
+// RevokeJoinTokenRequest names the token.
+type RevokeJoinTokenRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// token is <key>:<service>, or just its key.
+	Token         string `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeJoinTokenRequest) Reset() {
+	*x = RevokeJoinTokenRequest{}
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeJoinTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeJoinTokenRequest) ProtoMessage() {}
+
+func (x *RevokeJoinTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeJoinTokenRequest.ProtoReflect.Descriptor instead.
+func (*RevokeJoinTokenRequest) Descriptor() ([]byte, []int) {
+	return file_zlayer_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *RevokeJoinTokenRequest) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+// RevokeJoinTokenResponse is empty.
+type RevokeJoinTokenResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeJoinTokenResponse) Reset() {
+	*x = RevokeJoinTokenResponse{}
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeJoinTokenResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeJoinTokenResponse) ProtoMessage() {}
+
+func (x *RevokeJoinTokenResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeJoinTokenResponse.ProtoReflect.Descriptor instead.
+func (*RevokeJoinTokenResponse) Descriptor() ([]byte, []int) {
+	return file_zlayer_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{34}
+}
+
+// JoinServiceRequest names what to join.
+type JoinServiceRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// deployment names the deployment.
+	Deployment string `protobuf:"bytes,1,opt,name=deployment,proto3" json:"deployment,omitempty"`
+	// service names the service.
+	Service string `protobuf:"bytes,2,opt,name=service,proto3" json:"service,omitempty"`
+	// token is a join token <key>:<service>, for join mode token.
+	Token         string `protobuf:"bytes,3,opt,name=token,proto3" json:"token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JoinServiceRequest) Reset() {
+	*x = JoinServiceRequest{}
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JoinServiceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JoinServiceRequest) ProtoMessage() {}
+
+func (x *JoinServiceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JoinServiceRequest.ProtoReflect.Descriptor instead.
+func (*JoinServiceRequest) Descriptor() ([]byte, []int) {
+	return file_zlayer_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *JoinServiceRequest) GetDeployment() string {
+	if x != nil {
+		return x.Deployment
+	}
+	return ""
+}
+
+func (x *JoinServiceRequest) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *JoinServiceRequest) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+// JoinServiceResponse says what the node joined.
+type JoinServiceResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// node names this node.
+	Node string `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	// joined is deployment/service, or deployment/* for a token of scope global.
+	Joined        string `protobuf:"bytes,2,opt,name=joined,proto3" json:"joined,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JoinServiceResponse) Reset() {
+	*x = JoinServiceResponse{}
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JoinServiceResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JoinServiceResponse) ProtoMessage() {}
+
+func (x *JoinServiceResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JoinServiceResponse.ProtoReflect.Descriptor instead.
+func (*JoinServiceResponse) Descriptor() ([]byte, []int) {
+	return file_zlayer_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *JoinServiceResponse) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *JoinServiceResponse) GetJoined() string {
+	if x != nil {
+		return x.Joined
+	}
+	return ""
+}
+
+// LeaveServiceRequest names what to leave.
+type LeaveServiceRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// deployment names the deployment.
+	Deployment string `protobuf:"bytes,1,opt,name=deployment,proto3" json:"deployment,omitempty"`
+	// service names the service, or * for a global join.
+	Service       string `protobuf:"bytes,2,opt,name=service,proto3" json:"service,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaveServiceRequest) Reset() {
+	*x = LeaveServiceRequest{}
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaveServiceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaveServiceRequest) ProtoMessage() {}
+
+func (x *LeaveServiceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaveServiceRequest.ProtoReflect.Descriptor instead.
+func (*LeaveServiceRequest) Descriptor() ([]byte, []int) {
+	return file_zlayer_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *LeaveServiceRequest) GetDeployment() string {
+	if x != nil {
+		return x.Deployment
+	}
+	return ""
+}
+
+func (x *LeaveServiceRequest) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+// LeaveServiceResponse is empty.
+type LeaveServiceResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaveServiceResponse) Reset() {
+	*x = LeaveServiceResponse{}
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaveServiceResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaveServiceResponse) ProtoMessage() {}
+
+func (x *LeaveServiceResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaveServiceResponse.ProtoReflect.Descriptor instead.
+func (*LeaveServiceResponse) Descriptor() ([]byte, []int) {
+	return file_zlayer_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{38}
+}
+
+// ReplicaLogsRequest selects a replica's output anywhere in the cluster.
+type ReplicaLogsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// target is deployment/service[/index] or a replica id.
+	Target string `protobuf:"bytes,1,opt,name=target,proto3" json:"target,omitempty"`
+	// options are follow, since and tail; their id is ignored.
+	Options       *v11.StreamLogsRequest `protobuf:"bytes,2,opt,name=options,proto3" json:"options,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplicaLogsRequest) Reset() {
+	*x = ReplicaLogsRequest{}
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplicaLogsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplicaLogsRequest) ProtoMessage() {}
+
+func (x *ReplicaLogsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplicaLogsRequest.ProtoReflect.Descriptor instead.
+func (*ReplicaLogsRequest) Descriptor() ([]byte, []int) {
+	return file_zlayer_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *ReplicaLogsRequest) GetTarget() string {
+	if x != nil {
+		return x.Target
+	}
+	return ""
+}
+
+func (x *ReplicaLogsRequest) GetOptions() *v11.StreamLogsRequest {
+	if x != nil {
+		return x.Options
+	}
+	return nil
+}
+
+// ReplicaLogsResponse carries lines, in order.
+type ReplicaLogsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// entries are the lines.
+	Entries []*v11.LogEntry `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
+	// replica is the replica's id, in the first message.
+	Replica string `protobuf:"bytes,2,opt,name=replica,proto3" json:"replica,omitempty"`
+	// node is the replica's node, in the first message.
+	Node          string `protobuf:"bytes,3,opt,name=node,proto3" json:"node,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplicaLogsResponse) Reset() {
+	*x = ReplicaLogsResponse{}
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplicaLogsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplicaLogsResponse) ProtoMessage() {}
+
+func (x *ReplicaLogsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplicaLogsResponse.ProtoReflect.Descriptor instead.
+func (*ReplicaLogsResponse) Descriptor() ([]byte, []int) {
+	return file_zlayer_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *ReplicaLogsResponse) GetEntries() []*v11.LogEntry {
+	if x != nil {
+		return x.Entries
+	}
+	return nil
+}
+
+func (x *ReplicaLogsResponse) GetReplica() string {
+	if x != nil {
+		return x.Replica
+	}
+	return ""
+}
+
+func (x *ReplicaLogsResponse) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+// ReplicaExecRequest is one message from the caller of ReplicaExec.
+type ReplicaExecRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// target, in the first message only, is deployment/service[/index] or a
+	// replica id; the first message's exec.start.id is ignored.
+	Target string `protobuf:"bytes,1,opt,name=target,proto3" json:"target,omitempty"`
+	// exec is what the agent's Exec takes.
+	Exec          *v11.ExecRequest `protobuf:"bytes,2,opt,name=exec,proto3" json:"exec,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplicaExecRequest) Reset() {
+	*x = ReplicaExecRequest{}
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplicaExecRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplicaExecRequest) ProtoMessage() {}
+
+func (x *ReplicaExecRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplicaExecRequest.ProtoReflect.Descriptor instead.
+func (*ReplicaExecRequest) Descriptor() ([]byte, []int) {
+	return file_zlayer_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *ReplicaExecRequest) GetTarget() string {
+	if x != nil {
+		return x.Target
+	}
+	return ""
+}
+
+func (x *ReplicaExecRequest) GetExec() *v11.ExecRequest {
+	if x != nil {
+		return x.Exec
+	}
+	return nil
+}
+
+// ReplicaExecResponse is one message to the caller of ReplicaExec.
+type ReplicaExecResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// exec is what the agent's Exec sends.
+	Exec          *v11.ExecResponse `protobuf:"bytes,1,opt,name=exec,proto3" json:"exec,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplicaExecResponse) Reset() {
+	*x = ReplicaExecResponse{}
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplicaExecResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplicaExecResponse) ProtoMessage() {}
+
+func (x *ReplicaExecResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_scheduler_v1_scheduler_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplicaExecResponse.ProtoReflect.Descriptor instead.
+func (*ReplicaExecResponse) Descriptor() ([]byte, []int) {
+	return file_zlayer_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *ReplicaExecResponse) GetExec() *v11.ExecResponse {
+	if x != nil {
+		return x.Exec
+	}
+	return nil
+}
+
 var File_zlayer_scheduler_v1_scheduler_proto protoreflect.FileDescriptor
 
 const file_zlayer_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\n" +
-	"#zlayer/scheduler/v1/scheduler.proto\x12\x13zlayer.scheduler.v1\x1a\x1fzlayer/scheduler/v1/state.proto\x1a\x1bzlayer/types/v1/types.proto\"\x10\n" +
+	"#zlayer/scheduler/v1/scheduler.proto\x12\x13zlayer.scheduler.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bzlayer/agent/v1/agent.proto\x1a\x1fzlayer/scheduler/v1/state.proto\x1a\x1bzlayer/types/v1/types.proto\"\x10\n" +
 	"\x0eGetInfoRequest\"B\n" +
 	"\x0fGetInfoResponse\x12/\n" +
 	"\x04info\x18\x01 \x01(\v2\x1b.zlayer.types.v1.DaemonInfoR\x04info\"I\n" +
@@ -1665,7 +2439,57 @@ const file_zlayer_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"deployment\x12\x18\n" +
 	"\aservice\x18\x02 \x01(\tR\aservice\"G\n" +
 	"\x13ListJobRunsResponse\x120\n" +
-	"\x04runs\x18\x01 \x03(\v2\x1c.zlayer.scheduler.v1.ReplicaR\x04runs2\xd4\t\n" +
+	"\x04runs\x18\x01 \x03(\v2\x1c.zlayer.scheduler.v1.ReplicaR\x04runs\"R\n" +
+	"\x16CreateJoinTokenRequest\x12\x1e\n" +
+	"\n" +
+	"deployment\x18\x01 \x01(\tR\n" +
+	"deployment\x12\x18\n" +
+	"\aservice\x18\x02 \x01(\tR\aservice\"/\n" +
+	"\x17CreateJoinTokenResponse\x12\x14\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token\"7\n" +
+	"\x15ListJoinTokensRequest\x12\x1e\n" +
+	"\n" +
+	"deployment\x18\x01 \x01(\tR\n" +
+	"deployment\"\x80\x01\n" +
+	"\rJoinTokenInfo\x12\x1e\n" +
+	"\n" +
+	"deployment\x18\x01 \x01(\tR\n" +
+	"deployment\x12\x14\n" +
+	"\x05token\x18\x02 \x01(\tR\x05token\x129\n" +
+	"\n" +
+	"created_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\"T\n" +
+	"\x16ListJoinTokensResponse\x12:\n" +
+	"\x06tokens\x18\x01 \x03(\v2\".zlayer.scheduler.v1.JoinTokenInfoR\x06tokens\".\n" +
+	"\x16RevokeJoinTokenRequest\x12\x14\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token\"\x19\n" +
+	"\x17RevokeJoinTokenResponse\"d\n" +
+	"\x12JoinServiceRequest\x12\x1e\n" +
+	"\n" +
+	"deployment\x18\x01 \x01(\tR\n" +
+	"deployment\x12\x18\n" +
+	"\aservice\x18\x02 \x01(\tR\aservice\x12\x14\n" +
+	"\x05token\x18\x03 \x01(\tR\x05token\"A\n" +
+	"\x13JoinServiceResponse\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12\x16\n" +
+	"\x06joined\x18\x02 \x01(\tR\x06joined\"O\n" +
+	"\x13LeaveServiceRequest\x12\x1e\n" +
+	"\n" +
+	"deployment\x18\x01 \x01(\tR\n" +
+	"deployment\x12\x18\n" +
+	"\aservice\x18\x02 \x01(\tR\aservice\"\x16\n" +
+	"\x14LeaveServiceResponse\"j\n" +
+	"\x12ReplicaLogsRequest\x12\x16\n" +
+	"\x06target\x18\x01 \x01(\tR\x06target\x12<\n" +
+	"\aoptions\x18\x02 \x01(\v2\".zlayer.agent.v1.StreamLogsRequestR\aoptions\"x\n" +
+	"\x13ReplicaLogsResponse\x123\n" +
+	"\aentries\x18\x01 \x03(\v2\x19.zlayer.agent.v1.LogEntryR\aentries\x12\x18\n" +
+	"\areplica\x18\x02 \x01(\tR\areplica\x12\x12\n" +
+	"\x04node\x18\x03 \x01(\tR\x04node\"^\n" +
+	"\x12ReplicaExecRequest\x12\x16\n" +
+	"\x06target\x18\x01 \x01(\tR\x06target\x120\n" +
+	"\x04exec\x18\x02 \x01(\v2\x1c.zlayer.agent.v1.ExecRequestR\x04exec\"H\n" +
+	"\x13ReplicaExecResponse\x121\n" +
+	"\x04exec\x18\x01 \x01(\v2\x1d.zlayer.agent.v1.ExecResponseR\x04exec2\xac\x0f\n" +
 	"\x10SchedulerService\x12T\n" +
 	"\aGetInfo\x12#.zlayer.scheduler.v1.GetInfoRequest\x1a$.zlayer.scheduler.v1.GetInfoResponse\x12Q\n" +
 	"\x06Deploy\x12\".zlayer.scheduler.v1.DeployRequest\x1a#.zlayer.scheduler.v1.DeployResponse\x12n\n" +
@@ -1681,7 +2505,14 @@ const file_zlayer_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"ListEvents\x12&.zlayer.scheduler.v1.ListEventsRequest\x1a'.zlayer.scheduler.v1.ListEventsResponse0\x01\x12`\n" +
 	"\vFindReplica\x12'.zlayer.scheduler.v1.FindReplicaRequest\x1a(.zlayer.scheduler.v1.FindReplicaResponse\x12Q\n" +
 	"\x06RunJob\x12\".zlayer.scheduler.v1.RunJobRequest\x1a#.zlayer.scheduler.v1.RunJobResponse\x12`\n" +
-	"\vListJobRuns\x12'.zlayer.scheduler.v1.ListJobRunsRequest\x1a(.zlayer.scheduler.v1.ListJobRunsResponseB5Z3zlayer.dev/libs/api/zlayer/scheduler/v1;schedulerv1b\x06proto3"
+	"\vListJobRuns\x12'.zlayer.scheduler.v1.ListJobRunsRequest\x1a(.zlayer.scheduler.v1.ListJobRunsResponse\x12l\n" +
+	"\x0fCreateJoinToken\x12+.zlayer.scheduler.v1.CreateJoinTokenRequest\x1a,.zlayer.scheduler.v1.CreateJoinTokenResponse\x12i\n" +
+	"\x0eListJoinTokens\x12*.zlayer.scheduler.v1.ListJoinTokensRequest\x1a+.zlayer.scheduler.v1.ListJoinTokensResponse\x12l\n" +
+	"\x0fRevokeJoinToken\x12+.zlayer.scheduler.v1.RevokeJoinTokenRequest\x1a,.zlayer.scheduler.v1.RevokeJoinTokenResponse\x12`\n" +
+	"\vJoinService\x12'.zlayer.scheduler.v1.JoinServiceRequest\x1a(.zlayer.scheduler.v1.JoinServiceResponse\x12c\n" +
+	"\fLeaveService\x12(.zlayer.scheduler.v1.LeaveServiceRequest\x1a).zlayer.scheduler.v1.LeaveServiceResponse\x12b\n" +
+	"\vReplicaLogs\x12'.zlayer.scheduler.v1.ReplicaLogsRequest\x1a(.zlayer.scheduler.v1.ReplicaLogsResponse0\x01\x12d\n" +
+	"\vReplicaExec\x12'.zlayer.scheduler.v1.ReplicaExecRequest\x1a(.zlayer.scheduler.v1.ReplicaExecResponse(\x010\x01B5Z3zlayer.dev/libs/api/zlayer/scheduler/v1;schedulerv1b\x06proto3"
 
 var (
 	file_zlayer_scheduler_v1_scheduler_proto_rawDescOnce sync.Once
@@ -1695,7 +2526,7 @@ func file_zlayer_scheduler_v1_scheduler_proto_rawDescGZIP() []byte {
 	return file_zlayer_scheduler_v1_scheduler_proto_rawDescData
 }
 
-var file_zlayer_scheduler_v1_scheduler_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
+var file_zlayer_scheduler_v1_scheduler_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
 var file_zlayer_scheduler_v1_scheduler_proto_goTypes = []any{
 	(*GetInfoRequest)(nil),           // 0: zlayer.scheduler.v1.GetInfoRequest
 	(*GetInfoResponse)(nil),          // 1: zlayer.scheduler.v1.GetInfoResponse
@@ -1725,59 +2556,99 @@ var file_zlayer_scheduler_v1_scheduler_proto_goTypes = []any{
 	(*RunJobResponse)(nil),           // 25: zlayer.scheduler.v1.RunJobResponse
 	(*ListJobRunsRequest)(nil),       // 26: zlayer.scheduler.v1.ListJobRunsRequest
 	(*ListJobRunsResponse)(nil),      // 27: zlayer.scheduler.v1.ListJobRunsResponse
-	nil,                              // 28: zlayer.scheduler.v1.ListNodesResponse.ReplicasEntry
-	(*v1.DaemonInfo)(nil),            // 29: zlayer.types.v1.DaemonInfo
-	(RolloutOutcome)(0),              // 30: zlayer.scheduler.v1.RolloutOutcome
-	(*Replica)(nil),                  // 31: zlayer.scheduler.v1.Replica
-	(*DeploymentVersion)(nil),        // 32: zlayer.scheduler.v1.DeploymentVersion
-	(*Node)(nil),                     // 33: zlayer.scheduler.v1.Node
-	(*Event)(nil),                    // 34: zlayer.scheduler.v1.Event
+	(*CreateJoinTokenRequest)(nil),   // 28: zlayer.scheduler.v1.CreateJoinTokenRequest
+	(*CreateJoinTokenResponse)(nil),  // 29: zlayer.scheduler.v1.CreateJoinTokenResponse
+	(*ListJoinTokensRequest)(nil),    // 30: zlayer.scheduler.v1.ListJoinTokensRequest
+	(*JoinTokenInfo)(nil),            // 31: zlayer.scheduler.v1.JoinTokenInfo
+	(*ListJoinTokensResponse)(nil),   // 32: zlayer.scheduler.v1.ListJoinTokensResponse
+	(*RevokeJoinTokenRequest)(nil),   // 33: zlayer.scheduler.v1.RevokeJoinTokenRequest
+	(*RevokeJoinTokenResponse)(nil),  // 34: zlayer.scheduler.v1.RevokeJoinTokenResponse
+	(*JoinServiceRequest)(nil),       // 35: zlayer.scheduler.v1.JoinServiceRequest
+	(*JoinServiceResponse)(nil),      // 36: zlayer.scheduler.v1.JoinServiceResponse
+	(*LeaveServiceRequest)(nil),      // 37: zlayer.scheduler.v1.LeaveServiceRequest
+	(*LeaveServiceResponse)(nil),     // 38: zlayer.scheduler.v1.LeaveServiceResponse
+	(*ReplicaLogsRequest)(nil),       // 39: zlayer.scheduler.v1.ReplicaLogsRequest
+	(*ReplicaLogsResponse)(nil),      // 40: zlayer.scheduler.v1.ReplicaLogsResponse
+	(*ReplicaExecRequest)(nil),       // 41: zlayer.scheduler.v1.ReplicaExecRequest
+	(*ReplicaExecResponse)(nil),      // 42: zlayer.scheduler.v1.ReplicaExecResponse
+	nil,                              // 43: zlayer.scheduler.v1.ListNodesResponse.ReplicasEntry
+	(*v1.DaemonInfo)(nil),            // 44: zlayer.types.v1.DaemonInfo
+	(RolloutOutcome)(0),              // 45: zlayer.scheduler.v1.RolloutOutcome
+	(*Replica)(nil),                  // 46: zlayer.scheduler.v1.Replica
+	(*DeploymentVersion)(nil),        // 47: zlayer.scheduler.v1.DeploymentVersion
+	(*Node)(nil),                     // 48: zlayer.scheduler.v1.Node
+	(*Event)(nil),                    // 49: zlayer.scheduler.v1.Event
+	(*timestamppb.Timestamp)(nil),    // 50: google.protobuf.Timestamp
+	(*v11.StreamLogsRequest)(nil),    // 51: zlayer.agent.v1.StreamLogsRequest
+	(*v11.LogEntry)(nil),             // 52: zlayer.agent.v1.LogEntry
+	(*v11.ExecRequest)(nil),          // 53: zlayer.agent.v1.ExecRequest
+	(*v11.ExecResponse)(nil),         // 54: zlayer.agent.v1.ExecResponse
 }
 var file_zlayer_scheduler_v1_scheduler_proto_depIdxs = []int32{
-	29, // 0: zlayer.scheduler.v1.GetInfoResponse.info:type_name -> zlayer.types.v1.DaemonInfo
-	30, // 1: zlayer.scheduler.v1.DeploymentStatus.outcome:type_name -> zlayer.scheduler.v1.RolloutOutcome
+	44, // 0: zlayer.scheduler.v1.GetInfoResponse.info:type_name -> zlayer.types.v1.DaemonInfo
+	45, // 1: zlayer.scheduler.v1.DeploymentStatus.outcome:type_name -> zlayer.scheduler.v1.RolloutOutcome
 	4,  // 2: zlayer.scheduler.v1.DeploymentStatus.services:type_name -> zlayer.scheduler.v1.ServiceStatus
-	31, // 3: zlayer.scheduler.v1.DeploymentStatus.replicas:type_name -> zlayer.scheduler.v1.Replica
+	46, // 3: zlayer.scheduler.v1.DeploymentStatus.replicas:type_name -> zlayer.scheduler.v1.Replica
 	5,  // 4: zlayer.scheduler.v1.WatchDeploymentResponse.status:type_name -> zlayer.scheduler.v1.DeploymentStatus
 	5,  // 5: zlayer.scheduler.v1.GetStatusResponse.deployments:type_name -> zlayer.scheduler.v1.DeploymentStatus
-	32, // 6: zlayer.scheduler.v1.GetHistoryResponse.versions:type_name -> zlayer.scheduler.v1.DeploymentVersion
-	33, // 7: zlayer.scheduler.v1.ListNodesResponse.nodes:type_name -> zlayer.scheduler.v1.Node
-	28, // 8: zlayer.scheduler.v1.ListNodesResponse.replicas:type_name -> zlayer.scheduler.v1.ListNodesResponse.ReplicasEntry
-	34, // 9: zlayer.scheduler.v1.ListEventsResponse.event:type_name -> zlayer.scheduler.v1.Event
-	31, // 10: zlayer.scheduler.v1.FindReplicaResponse.replica:type_name -> zlayer.scheduler.v1.Replica
-	31, // 11: zlayer.scheduler.v1.RunJobResponse.run:type_name -> zlayer.scheduler.v1.Replica
-	31, // 12: zlayer.scheduler.v1.ListJobRunsResponse.runs:type_name -> zlayer.scheduler.v1.Replica
-	0,  // 13: zlayer.scheduler.v1.SchedulerService.GetInfo:input_type -> zlayer.scheduler.v1.GetInfoRequest
-	2,  // 14: zlayer.scheduler.v1.SchedulerService.Deploy:input_type -> zlayer.scheduler.v1.DeployRequest
-	6,  // 15: zlayer.scheduler.v1.SchedulerService.WatchDeployment:input_type -> zlayer.scheduler.v1.WatchDeploymentRequest
-	8,  // 16: zlayer.scheduler.v1.SchedulerService.GetStatus:input_type -> zlayer.scheduler.v1.GetStatusRequest
-	10, // 17: zlayer.scheduler.v1.SchedulerService.Scale:input_type -> zlayer.scheduler.v1.ScaleRequest
-	12, // 18: zlayer.scheduler.v1.SchedulerService.DeleteDeployment:input_type -> zlayer.scheduler.v1.DeleteDeploymentRequest
-	14, // 19: zlayer.scheduler.v1.SchedulerService.Rollback:input_type -> zlayer.scheduler.v1.RollbackRequest
-	16, // 20: zlayer.scheduler.v1.SchedulerService.GetHistory:input_type -> zlayer.scheduler.v1.GetHistoryRequest
-	18, // 21: zlayer.scheduler.v1.SchedulerService.ListNodes:input_type -> zlayer.scheduler.v1.ListNodesRequest
-	20, // 22: zlayer.scheduler.v1.SchedulerService.ListEvents:input_type -> zlayer.scheduler.v1.ListEventsRequest
-	22, // 23: zlayer.scheduler.v1.SchedulerService.FindReplica:input_type -> zlayer.scheduler.v1.FindReplicaRequest
-	24, // 24: zlayer.scheduler.v1.SchedulerService.RunJob:input_type -> zlayer.scheduler.v1.RunJobRequest
-	26, // 25: zlayer.scheduler.v1.SchedulerService.ListJobRuns:input_type -> zlayer.scheduler.v1.ListJobRunsRequest
-	1,  // 26: zlayer.scheduler.v1.SchedulerService.GetInfo:output_type -> zlayer.scheduler.v1.GetInfoResponse
-	3,  // 27: zlayer.scheduler.v1.SchedulerService.Deploy:output_type -> zlayer.scheduler.v1.DeployResponse
-	7,  // 28: zlayer.scheduler.v1.SchedulerService.WatchDeployment:output_type -> zlayer.scheduler.v1.WatchDeploymentResponse
-	9,  // 29: zlayer.scheduler.v1.SchedulerService.GetStatus:output_type -> zlayer.scheduler.v1.GetStatusResponse
-	11, // 30: zlayer.scheduler.v1.SchedulerService.Scale:output_type -> zlayer.scheduler.v1.ScaleResponse
-	13, // 31: zlayer.scheduler.v1.SchedulerService.DeleteDeployment:output_type -> zlayer.scheduler.v1.DeleteDeploymentResponse
-	15, // 32: zlayer.scheduler.v1.SchedulerService.Rollback:output_type -> zlayer.scheduler.v1.RollbackResponse
-	17, // 33: zlayer.scheduler.v1.SchedulerService.GetHistory:output_type -> zlayer.scheduler.v1.GetHistoryResponse
-	19, // 34: zlayer.scheduler.v1.SchedulerService.ListNodes:output_type -> zlayer.scheduler.v1.ListNodesResponse
-	21, // 35: zlayer.scheduler.v1.SchedulerService.ListEvents:output_type -> zlayer.scheduler.v1.ListEventsResponse
-	23, // 36: zlayer.scheduler.v1.SchedulerService.FindReplica:output_type -> zlayer.scheduler.v1.FindReplicaResponse
-	25, // 37: zlayer.scheduler.v1.SchedulerService.RunJob:output_type -> zlayer.scheduler.v1.RunJobResponse
-	27, // 38: zlayer.scheduler.v1.SchedulerService.ListJobRuns:output_type -> zlayer.scheduler.v1.ListJobRunsResponse
-	26, // [26:39] is the sub-list for method output_type
-	13, // [13:26] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	47, // 6: zlayer.scheduler.v1.GetHistoryResponse.versions:type_name -> zlayer.scheduler.v1.DeploymentVersion
+	48, // 7: zlayer.scheduler.v1.ListNodesResponse.nodes:type_name -> zlayer.scheduler.v1.Node
+	43, // 8: zlayer.scheduler.v1.ListNodesResponse.replicas:type_name -> zlayer.scheduler.v1.ListNodesResponse.ReplicasEntry
+	49, // 9: zlayer.scheduler.v1.ListEventsResponse.event:type_name -> zlayer.scheduler.v1.Event
+	46, // 10: zlayer.scheduler.v1.FindReplicaResponse.replica:type_name -> zlayer.scheduler.v1.Replica
+	46, // 11: zlayer.scheduler.v1.RunJobResponse.run:type_name -> zlayer.scheduler.v1.Replica
+	46, // 12: zlayer.scheduler.v1.ListJobRunsResponse.runs:type_name -> zlayer.scheduler.v1.Replica
+	50, // 13: zlayer.scheduler.v1.JoinTokenInfo.created_at:type_name -> google.protobuf.Timestamp
+	31, // 14: zlayer.scheduler.v1.ListJoinTokensResponse.tokens:type_name -> zlayer.scheduler.v1.JoinTokenInfo
+	51, // 15: zlayer.scheduler.v1.ReplicaLogsRequest.options:type_name -> zlayer.agent.v1.StreamLogsRequest
+	52, // 16: zlayer.scheduler.v1.ReplicaLogsResponse.entries:type_name -> zlayer.agent.v1.LogEntry
+	53, // 17: zlayer.scheduler.v1.ReplicaExecRequest.exec:type_name -> zlayer.agent.v1.ExecRequest
+	54, // 18: zlayer.scheduler.v1.ReplicaExecResponse.exec:type_name -> zlayer.agent.v1.ExecResponse
+	0,  // 19: zlayer.scheduler.v1.SchedulerService.GetInfo:input_type -> zlayer.scheduler.v1.GetInfoRequest
+	2,  // 20: zlayer.scheduler.v1.SchedulerService.Deploy:input_type -> zlayer.scheduler.v1.DeployRequest
+	6,  // 21: zlayer.scheduler.v1.SchedulerService.WatchDeployment:input_type -> zlayer.scheduler.v1.WatchDeploymentRequest
+	8,  // 22: zlayer.scheduler.v1.SchedulerService.GetStatus:input_type -> zlayer.scheduler.v1.GetStatusRequest
+	10, // 23: zlayer.scheduler.v1.SchedulerService.Scale:input_type -> zlayer.scheduler.v1.ScaleRequest
+	12, // 24: zlayer.scheduler.v1.SchedulerService.DeleteDeployment:input_type -> zlayer.scheduler.v1.DeleteDeploymentRequest
+	14, // 25: zlayer.scheduler.v1.SchedulerService.Rollback:input_type -> zlayer.scheduler.v1.RollbackRequest
+	16, // 26: zlayer.scheduler.v1.SchedulerService.GetHistory:input_type -> zlayer.scheduler.v1.GetHistoryRequest
+	18, // 27: zlayer.scheduler.v1.SchedulerService.ListNodes:input_type -> zlayer.scheduler.v1.ListNodesRequest
+	20, // 28: zlayer.scheduler.v1.SchedulerService.ListEvents:input_type -> zlayer.scheduler.v1.ListEventsRequest
+	22, // 29: zlayer.scheduler.v1.SchedulerService.FindReplica:input_type -> zlayer.scheduler.v1.FindReplicaRequest
+	24, // 30: zlayer.scheduler.v1.SchedulerService.RunJob:input_type -> zlayer.scheduler.v1.RunJobRequest
+	26, // 31: zlayer.scheduler.v1.SchedulerService.ListJobRuns:input_type -> zlayer.scheduler.v1.ListJobRunsRequest
+	28, // 32: zlayer.scheduler.v1.SchedulerService.CreateJoinToken:input_type -> zlayer.scheduler.v1.CreateJoinTokenRequest
+	30, // 33: zlayer.scheduler.v1.SchedulerService.ListJoinTokens:input_type -> zlayer.scheduler.v1.ListJoinTokensRequest
+	33, // 34: zlayer.scheduler.v1.SchedulerService.RevokeJoinToken:input_type -> zlayer.scheduler.v1.RevokeJoinTokenRequest
+	35, // 35: zlayer.scheduler.v1.SchedulerService.JoinService:input_type -> zlayer.scheduler.v1.JoinServiceRequest
+	37, // 36: zlayer.scheduler.v1.SchedulerService.LeaveService:input_type -> zlayer.scheduler.v1.LeaveServiceRequest
+	39, // 37: zlayer.scheduler.v1.SchedulerService.ReplicaLogs:input_type -> zlayer.scheduler.v1.ReplicaLogsRequest
+	41, // 38: zlayer.scheduler.v1.SchedulerService.ReplicaExec:input_type -> zlayer.scheduler.v1.ReplicaExecRequest
+	1,  // 39: zlayer.scheduler.v1.SchedulerService.GetInfo:output_type -> zlayer.scheduler.v1.GetInfoResponse
+	3,  // 40: zlayer.scheduler.v1.SchedulerService.Deploy:output_type -> zlayer.scheduler.v1.DeployResponse
+	7,  // 41: zlayer.scheduler.v1.SchedulerService.WatchDeployment:output_type -> zlayer.scheduler.v1.WatchDeploymentResponse
+	9,  // 42: zlayer.scheduler.v1.SchedulerService.GetStatus:output_type -> zlayer.scheduler.v1.GetStatusResponse
+	11, // 43: zlayer.scheduler.v1.SchedulerService.Scale:output_type -> zlayer.scheduler.v1.ScaleResponse
+	13, // 44: zlayer.scheduler.v1.SchedulerService.DeleteDeployment:output_type -> zlayer.scheduler.v1.DeleteDeploymentResponse
+	15, // 45: zlayer.scheduler.v1.SchedulerService.Rollback:output_type -> zlayer.scheduler.v1.RollbackResponse
+	17, // 46: zlayer.scheduler.v1.SchedulerService.GetHistory:output_type -> zlayer.scheduler.v1.GetHistoryResponse
+	19, // 47: zlayer.scheduler.v1.SchedulerService.ListNodes:output_type -> zlayer.scheduler.v1.ListNodesResponse
+	21, // 48: zlayer.scheduler.v1.SchedulerService.ListEvents:output_type -> zlayer.scheduler.v1.ListEventsResponse
+	23, // 49: zlayer.scheduler.v1.SchedulerService.FindReplica:output_type -> zlayer.scheduler.v1.FindReplicaResponse
+	25, // 50: zlayer.scheduler.v1.SchedulerService.RunJob:output_type -> zlayer.scheduler.v1.RunJobResponse
+	27, // 51: zlayer.scheduler.v1.SchedulerService.ListJobRuns:output_type -> zlayer.scheduler.v1.ListJobRunsResponse
+	29, // 52: zlayer.scheduler.v1.SchedulerService.CreateJoinToken:output_type -> zlayer.scheduler.v1.CreateJoinTokenResponse
+	32, // 53: zlayer.scheduler.v1.SchedulerService.ListJoinTokens:output_type -> zlayer.scheduler.v1.ListJoinTokensResponse
+	34, // 54: zlayer.scheduler.v1.SchedulerService.RevokeJoinToken:output_type -> zlayer.scheduler.v1.RevokeJoinTokenResponse
+	36, // 55: zlayer.scheduler.v1.SchedulerService.JoinService:output_type -> zlayer.scheduler.v1.JoinServiceResponse
+	38, // 56: zlayer.scheduler.v1.SchedulerService.LeaveService:output_type -> zlayer.scheduler.v1.LeaveServiceResponse
+	40, // 57: zlayer.scheduler.v1.SchedulerService.ReplicaLogs:output_type -> zlayer.scheduler.v1.ReplicaLogsResponse
+	42, // 58: zlayer.scheduler.v1.SchedulerService.ReplicaExec:output_type -> zlayer.scheduler.v1.ReplicaExecResponse
+	39, // [39:59] is the sub-list for method output_type
+	19, // [19:39] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_zlayer_scheduler_v1_scheduler_proto_init() }
@@ -1792,7 +2663,7 @@ func file_zlayer_scheduler_v1_scheduler_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_zlayer_scheduler_v1_scheduler_proto_rawDesc), len(file_zlayer_scheduler_v1_scheduler_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   29,
+			NumMessages:   44,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

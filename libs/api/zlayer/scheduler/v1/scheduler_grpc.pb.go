@@ -32,6 +32,13 @@ const (
 	SchedulerService_FindReplica_FullMethodName      = "/zlayer.scheduler.v1.SchedulerService/FindReplica"
 	SchedulerService_RunJob_FullMethodName           = "/zlayer.scheduler.v1.SchedulerService/RunJob"
 	SchedulerService_ListJobRuns_FullMethodName      = "/zlayer.scheduler.v1.SchedulerService/ListJobRuns"
+	SchedulerService_CreateJoinToken_FullMethodName  = "/zlayer.scheduler.v1.SchedulerService/CreateJoinToken"
+	SchedulerService_ListJoinTokens_FullMethodName   = "/zlayer.scheduler.v1.SchedulerService/ListJoinTokens"
+	SchedulerService_RevokeJoinToken_FullMethodName  = "/zlayer.scheduler.v1.SchedulerService/RevokeJoinToken"
+	SchedulerService_JoinService_FullMethodName      = "/zlayer.scheduler.v1.SchedulerService/JoinService"
+	SchedulerService_LeaveService_FullMethodName     = "/zlayer.scheduler.v1.SchedulerService/LeaveService"
+	SchedulerService_ReplicaLogs_FullMethodName      = "/zlayer.scheduler.v1.SchedulerService/ReplicaLogs"
+	SchedulerService_ReplicaExec_FullMethodName      = "/zlayer.scheduler.v1.SchedulerService/ReplicaExec"
 )
 
 // SchedulerServiceClient is the client API for SchedulerService service.
@@ -74,6 +81,27 @@ type SchedulerServiceClient interface {
 	RunJob(ctx context.Context, in *RunJobRequest, opts ...grpc.CallOption) (*RunJobResponse, error)
 	// ListJobRuns lists a job's or cron job's kept runs, newest first.
 	ListJobRuns(ctx context.Context, in *ListJobRunsRequest, opts ...grpc.CallOption) (*ListJobRunsResponse, error)
+	// CreateJoinToken makes a join token, <key>:<service>, for a service whose
+	// join mode is token. Tokens last until revoked or the deployment is deleted.
+	CreateJoinToken(ctx context.Context, in *CreateJoinTokenRequest, opts ...grpc.CallOption) (*CreateJoinTokenResponse, error)
+	// ListJoinTokens lists a deployment's join tokens (or every deployment's).
+	ListJoinTokens(ctx context.Context, in *ListJoinTokensRequest, opts ...grpc.CallOption) (*ListJoinTokensResponse, error)
+	// RevokeJoinToken deletes a join token; nodes that joined with it stay
+	// joined until they leave.
+	RevokeJoinToken(ctx context.Context, in *RevokeJoinTokenRequest, opts ...grpc.CallOption) (*RevokeJoinTokenResponse, error)
+	// JoinService enrols this node (the scheduler's own) for a service:
+	// placement then prefers it for the service's replicas. A service whose
+	// join mode is token needs a token, open needs none, closed refuses.
+	JoinService(ctx context.Context, in *JoinServiceRequest, opts ...grpc.CallOption) (*JoinServiceResponse, error)
+	// LeaveService takes this node out of a service it joined.
+	LeaveService(ctx context.Context, in *LeaveServiceRequest, opts ...grpc.CallOption) (*LeaveServiceResponse, error)
+	// ReplicaLogs streams a replica's output from whichever node runs it:
+	// this node's agent, or another member's scheduler over the peer
+	// transport (mutual TLS), which asks its agent.
+	ReplicaLogs(ctx context.Context, in *ReplicaLogsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ReplicaLogsResponse], error)
+	// ReplicaExec runs a command in a replica on whichever node runs it, like
+	// ReplicaLogs. The first message names the target and carries start.
+	ReplicaExec(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ReplicaExecRequest, ReplicaExecResponse], error)
 }
 
 type schedulerServiceClient struct {
@@ -232,6 +260,88 @@ func (c *schedulerServiceClient) ListJobRuns(ctx context.Context, in *ListJobRun
 	return out, nil
 }
 
+func (c *schedulerServiceClient) CreateJoinToken(ctx context.Context, in *CreateJoinTokenRequest, opts ...grpc.CallOption) (*CreateJoinTokenResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CreateJoinTokenResponse)
+	err := c.cc.Invoke(ctx, SchedulerService_CreateJoinToken_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *schedulerServiceClient) ListJoinTokens(ctx context.Context, in *ListJoinTokensRequest, opts ...grpc.CallOption) (*ListJoinTokensResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListJoinTokensResponse)
+	err := c.cc.Invoke(ctx, SchedulerService_ListJoinTokens_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *schedulerServiceClient) RevokeJoinToken(ctx context.Context, in *RevokeJoinTokenRequest, opts ...grpc.CallOption) (*RevokeJoinTokenResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RevokeJoinTokenResponse)
+	err := c.cc.Invoke(ctx, SchedulerService_RevokeJoinToken_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *schedulerServiceClient) JoinService(ctx context.Context, in *JoinServiceRequest, opts ...grpc.CallOption) (*JoinServiceResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(JoinServiceResponse)
+	err := c.cc.Invoke(ctx, SchedulerService_JoinService_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *schedulerServiceClient) LeaveService(ctx context.Context, in *LeaveServiceRequest, opts ...grpc.CallOption) (*LeaveServiceResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(LeaveServiceResponse)
+	err := c.cc.Invoke(ctx, SchedulerService_LeaveService_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *schedulerServiceClient) ReplicaLogs(ctx context.Context, in *ReplicaLogsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ReplicaLogsResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &SchedulerService_ServiceDesc.Streams[2], SchedulerService_ReplicaLogs_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ReplicaLogsRequest, ReplicaLogsResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type SchedulerService_ReplicaLogsClient = grpc.ServerStreamingClient[ReplicaLogsResponse]
+
+func (c *schedulerServiceClient) ReplicaExec(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ReplicaExecRequest, ReplicaExecResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &SchedulerService_ServiceDesc.Streams[3], SchedulerService_ReplicaExec_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ReplicaExecRequest, ReplicaExecResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type SchedulerService_ReplicaExecClient = grpc.BidiStreamingClient[ReplicaExecRequest, ReplicaExecResponse]
+
 // SchedulerServiceServer is the server API for SchedulerService service.
 // All implementations must embed UnimplementedSchedulerServiceServer
 // for forward compatibility.
@@ -272,6 +382,27 @@ type SchedulerServiceServer interface {
 	RunJob(context.Context, *RunJobRequest) (*RunJobResponse, error)
 	// ListJobRuns lists a job's or cron job's kept runs, newest first.
 	ListJobRuns(context.Context, *ListJobRunsRequest) (*ListJobRunsResponse, error)
+	// CreateJoinToken makes a join token, <key>:<service>, for a service whose
+	// join mode is token. Tokens last until revoked or the deployment is deleted.
+	CreateJoinToken(context.Context, *CreateJoinTokenRequest) (*CreateJoinTokenResponse, error)
+	// ListJoinTokens lists a deployment's join tokens (or every deployment's).
+	ListJoinTokens(context.Context, *ListJoinTokensRequest) (*ListJoinTokensResponse, error)
+	// RevokeJoinToken deletes a join token; nodes that joined with it stay
+	// joined until they leave.
+	RevokeJoinToken(context.Context, *RevokeJoinTokenRequest) (*RevokeJoinTokenResponse, error)
+	// JoinService enrols this node (the scheduler's own) for a service:
+	// placement then prefers it for the service's replicas. A service whose
+	// join mode is token needs a token, open needs none, closed refuses.
+	JoinService(context.Context, *JoinServiceRequest) (*JoinServiceResponse, error)
+	// LeaveService takes this node out of a service it joined.
+	LeaveService(context.Context, *LeaveServiceRequest) (*LeaveServiceResponse, error)
+	// ReplicaLogs streams a replica's output from whichever node runs it:
+	// this node's agent, or another member's scheduler over the peer
+	// transport (mutual TLS), which asks its agent.
+	ReplicaLogs(*ReplicaLogsRequest, grpc.ServerStreamingServer[ReplicaLogsResponse]) error
+	// ReplicaExec runs a command in a replica on whichever node runs it, like
+	// ReplicaLogs. The first message names the target and carries start.
+	ReplicaExec(grpc.BidiStreamingServer[ReplicaExecRequest, ReplicaExecResponse]) error
 	mustEmbedUnimplementedSchedulerServiceServer()
 }
 
@@ -320,6 +451,27 @@ func (UnimplementedSchedulerServiceServer) RunJob(context.Context, *RunJobReques
 }
 func (UnimplementedSchedulerServiceServer) ListJobRuns(context.Context, *ListJobRunsRequest) (*ListJobRunsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListJobRuns not implemented")
+}
+func (UnimplementedSchedulerServiceServer) CreateJoinToken(context.Context, *CreateJoinTokenRequest) (*CreateJoinTokenResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CreateJoinToken not implemented")
+}
+func (UnimplementedSchedulerServiceServer) ListJoinTokens(context.Context, *ListJoinTokensRequest) (*ListJoinTokensResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListJoinTokens not implemented")
+}
+func (UnimplementedSchedulerServiceServer) RevokeJoinToken(context.Context, *RevokeJoinTokenRequest) (*RevokeJoinTokenResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RevokeJoinToken not implemented")
+}
+func (UnimplementedSchedulerServiceServer) JoinService(context.Context, *JoinServiceRequest) (*JoinServiceResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method JoinService not implemented")
+}
+func (UnimplementedSchedulerServiceServer) LeaveService(context.Context, *LeaveServiceRequest) (*LeaveServiceResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method LeaveService not implemented")
+}
+func (UnimplementedSchedulerServiceServer) ReplicaLogs(*ReplicaLogsRequest, grpc.ServerStreamingServer[ReplicaLogsResponse]) error {
+	return status.Error(codes.Unimplemented, "method ReplicaLogs not implemented")
+}
+func (UnimplementedSchedulerServiceServer) ReplicaExec(grpc.BidiStreamingServer[ReplicaExecRequest, ReplicaExecResponse]) error {
+	return status.Error(codes.Unimplemented, "method ReplicaExec not implemented")
 }
 func (UnimplementedSchedulerServiceServer) mustEmbedUnimplementedSchedulerServiceServer() {}
 func (UnimplementedSchedulerServiceServer) testEmbeddedByValue()                          {}
@@ -562,6 +714,114 @@ func _SchedulerService_ListJobRuns_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
+func _SchedulerService_CreateJoinToken_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateJoinTokenRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SchedulerServiceServer).CreateJoinToken(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SchedulerService_CreateJoinToken_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SchedulerServiceServer).CreateJoinToken(ctx, req.(*CreateJoinTokenRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _SchedulerService_ListJoinTokens_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListJoinTokensRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SchedulerServiceServer).ListJoinTokens(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SchedulerService_ListJoinTokens_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SchedulerServiceServer).ListJoinTokens(ctx, req.(*ListJoinTokensRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _SchedulerService_RevokeJoinToken_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RevokeJoinTokenRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SchedulerServiceServer).RevokeJoinToken(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SchedulerService_RevokeJoinToken_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SchedulerServiceServer).RevokeJoinToken(ctx, req.(*RevokeJoinTokenRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _SchedulerService_JoinService_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(JoinServiceRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SchedulerServiceServer).JoinService(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SchedulerService_JoinService_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SchedulerServiceServer).JoinService(ctx, req.(*JoinServiceRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _SchedulerService_LeaveService_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(LeaveServiceRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SchedulerServiceServer).LeaveService(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SchedulerService_LeaveService_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SchedulerServiceServer).LeaveService(ctx, req.(*LeaveServiceRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _SchedulerService_ReplicaLogs_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(ReplicaLogsRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(SchedulerServiceServer).ReplicaLogs(m, &grpc.GenericServerStream[ReplicaLogsRequest, ReplicaLogsResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type SchedulerService_ReplicaLogsServer = grpc.ServerStreamingServer[ReplicaLogsResponse]
+
+func _SchedulerService_ReplicaExec_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(SchedulerServiceServer).ReplicaExec(&grpc.GenericServerStream[ReplicaExecRequest, ReplicaExecResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type SchedulerService_ReplicaExecServer = grpc.BidiStreamingServer[ReplicaExecRequest, ReplicaExecResponse]
+
 // SchedulerService_ServiceDesc is the grpc.ServiceDesc for SchedulerService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -613,6 +873,26 @@ var SchedulerService_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "ListJobRuns",
 			Handler:    _SchedulerService_ListJobRuns_Handler,
 		},
+		{
+			MethodName: "CreateJoinToken",
+			Handler:    _SchedulerService_CreateJoinToken_Handler,
+		},
+		{
+			MethodName: "ListJoinTokens",
+			Handler:    _SchedulerService_ListJoinTokens_Handler,
+		},
+		{
+			MethodName: "RevokeJoinToken",
+			Handler:    _SchedulerService_RevokeJoinToken_Handler,
+		},
+		{
+			MethodName: "JoinService",
+			Handler:    _SchedulerService_JoinService_Handler,
+		},
+		{
+			MethodName: "LeaveService",
+			Handler:    _SchedulerService_LeaveService_Handler,
+		},
 	},
 	Streams: []grpc.StreamDesc{
 		{
@@ -624,6 +904,17 @@ var SchedulerService_ServiceDesc = grpc.ServiceDesc{
 			StreamName:    "ListEvents",
 			Handler:       _SchedulerService_ListEvents_Handler,
 			ServerStreams: true,
+		},
+		{
+			StreamName:    "ReplicaLogs",
+			Handler:       _SchedulerService_ReplicaLogs_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "ReplicaExec",
+			Handler:       _SchedulerService_ReplicaExec_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
 		},
 	},
 	Metadata: "zlayer/scheduler/v1/scheduler.proto",

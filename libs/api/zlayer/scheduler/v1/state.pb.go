@@ -408,7 +408,9 @@ type Deployment struct {
 	// cron_last is, per cron service, the scheduled time of its last run (or skip).
 	CronLast map[string]*timestamppb.Timestamp `protobuf:"bytes,6,rep,name=cron_last,json=cronLast,proto3" json:"cron_last,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// scaled_at is, per service, when its count last changed (autoscaler cooldown).
-	ScaledAt      map[string]*timestamppb.Timestamp `protobuf:"bytes,7,rep,name=scaled_at,json=scaledAt,proto3" json:"scaled_at,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	ScaledAt map[string]*timestamppb.Timestamp `protobuf:"bytes,7,rep,name=scaled_at,json=scaledAt,proto3" json:"scaled_at,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// join_tokens are the deployment's join tokens, by key.
+	JoinTokens    map[string]*JoinToken `protobuf:"bytes,8,rep,name=join_tokens,json=joinTokens,proto3" json:"join_tokens,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -492,6 +494,69 @@ func (x *Deployment) GetScaledAt() map[string]*timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Deployment) GetJoinTokens() map[string]*JoinToken {
+	if x != nil {
+		return x.JoinTokens
+	}
+	return nil
+}
+
+// JoinToken lets a node enrol itself for a service whose join mode is
+// token; it is written <key>:<service>.
+type JoinToken struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// service names the service.
+	Service string `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
+	// created_at is when it was made.
+	CreatedAt     *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JoinToken) Reset() {
+	*x = JoinToken{}
+	mi := &file_zlayer_scheduler_v1_state_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JoinToken) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JoinToken) ProtoMessage() {}
+
+func (x *JoinToken) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_scheduler_v1_state_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JoinToken.ProtoReflect.Descriptor instead.
+func (*JoinToken) Descriptor() ([]byte, []int) {
+	return file_zlayer_scheduler_v1_state_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *JoinToken) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *JoinToken) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
 // Replica is one instance of a service, placed on a node.
 type Replica struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -541,7 +606,7 @@ type Replica struct {
 
 func (x *Replica) Reset() {
 	*x = Replica{}
-	mi := &file_zlayer_scheduler_v1_state_proto_msgTypes[2]
+	mi := &file_zlayer_scheduler_v1_state_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -553,7 +618,7 @@ func (x *Replica) String() string {
 func (*Replica) ProtoMessage() {}
 
 func (x *Replica) ProtoReflect() protoreflect.Message {
-	mi := &file_zlayer_scheduler_v1_state_proto_msgTypes[2]
+	mi := &file_zlayer_scheduler_v1_state_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -566,7 +631,7 @@ func (x *Replica) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Replica.ProtoReflect.Descriptor instead.
 func (*Replica) Descriptor() ([]byte, []int) {
-	return file_zlayer_scheduler_v1_state_proto_rawDescGZIP(), []int{2}
+	return file_zlayer_scheduler_v1_state_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Replica) GetId() string {
@@ -717,21 +782,27 @@ type Node struct {
 	State NodeState `protobuf:"varint,5,opt,name=state,proto3,enum=zlayer.scheduler.v1.NodeState" json:"state,omitempty"`
 	// last_heartbeat is when it was last heard from.
 	LastHeartbeat *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=last_heartbeat,json=lastHeartbeat,proto3" json:"last_heartbeat,omitempty"`
-	// joined_services lists deployment/service names the node joined (join tokens); placement prefers it for them.
+	// joined_services lists deployment/service names the node joined
+	// (`zlctl node join`), sorted; deployment/* stands for every service of
+	// the deployment. Placement prefers the node for them.
 	JoinedServices []string `protobuf:"bytes,7,rep,name=joined_services,json=joinedServices,proto3" json:"joined_services,omitempty"`
 	// address is where the node's scheduler can be reached, if any.
 	Address string `protobuf:"bytes,8,opt,name=address,proto3" json:"address,omitempty"`
 	// load is the node's latest measurement per service.
 	Load []*ServiceLoad `protobuf:"bytes,9,rep,name=load,proto3" json:"load,omitempty"`
 	// load_at is when load was measured.
-	LoadAt        *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=load_at,json=loadAt,proto3" json:"load_at,omitempty"`
+	LoadAt *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=load_at,json=loadAt,proto3" json:"load_at,omitempty"`
+	// member_id is the Raft member ID of the node's scheduler; its peer
+	// address (from the Raft membership) is where other members reach the
+	// node, e.g. for logs and exec.
+	MemberId      uint64 `protobuf:"varint,11,opt,name=member_id,json=memberId,proto3" json:"member_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_zlayer_scheduler_v1_state_proto_msgTypes[3]
+	mi := &file_zlayer_scheduler_v1_state_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -743,7 +814,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_zlayer_scheduler_v1_state_proto_msgTypes[3]
+	mi := &file_zlayer_scheduler_v1_state_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -756,7 +827,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_zlayer_scheduler_v1_state_proto_rawDescGZIP(), []int{3}
+	return file_zlayer_scheduler_v1_state_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Node) GetName() string {
@@ -829,6 +900,13 @@ func (x *Node) GetLoadAt() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Node) GetMemberId() uint64 {
+	if x != nil {
+		return x.MemberId
+	}
+	return 0
+}
+
 // ServiceLoad is one node's measurement of one service.
 type ServiceLoad struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -852,7 +930,7 @@ type ServiceLoad struct {
 
 func (x *ServiceLoad) Reset() {
 	*x = ServiceLoad{}
-	mi := &file_zlayer_scheduler_v1_state_proto_msgTypes[4]
+	mi := &file_zlayer_scheduler_v1_state_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -864,7 +942,7 @@ func (x *ServiceLoad) String() string {
 func (*ServiceLoad) ProtoMessage() {}
 
 func (x *ServiceLoad) ProtoReflect() protoreflect.Message {
-	mi := &file_zlayer_scheduler_v1_state_proto_msgTypes[4]
+	mi := &file_zlayer_scheduler_v1_state_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -877,7 +955,7 @@ func (x *ServiceLoad) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceLoad.ProtoReflect.Descriptor instead.
 func (*ServiceLoad) Descriptor() ([]byte, []int) {
-	return file_zlayer_scheduler_v1_state_proto_rawDescGZIP(), []int{4}
+	return file_zlayer_scheduler_v1_state_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ServiceLoad) GetDeployment() string {
@@ -947,7 +1025,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_zlayer_scheduler_v1_state_proto_msgTypes[5]
+	mi := &file_zlayer_scheduler_v1_state_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -959,7 +1037,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_zlayer_scheduler_v1_state_proto_msgTypes[5]
+	mi := &file_zlayer_scheduler_v1_state_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -972,7 +1050,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_zlayer_scheduler_v1_state_proto_rawDescGZIP(), []int{5}
+	return file_zlayer_scheduler_v1_state_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Event) GetSeq() uint64 {
@@ -1052,7 +1130,7 @@ const file_zlayer_scheduler_v1_state_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a?\n" +
 	"\x11InitialScaleEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\"\xe0\x04\n" +
+	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\"\x91\x06\n" +
 	"\n" +
 	"Deployment\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
@@ -1061,7 +1139,9 @@ const file_zlayer_scheduler_v1_state_proto_rawDesc = "" +
 	"\x05scale\x18\x04 \x03(\v2*.zlayer.scheduler.v1.Deployment.ScaleEntryR\x05scale\x12\x1a\n" +
 	"\bdeleting\x18\x05 \x01(\bR\bdeleting\x12J\n" +
 	"\tcron_last\x18\x06 \x03(\v2-.zlayer.scheduler.v1.Deployment.CronLastEntryR\bcronLast\x12J\n" +
-	"\tscaled_at\x18\a \x03(\v2-.zlayer.scheduler.v1.Deployment.ScaledAtEntryR\bscaledAt\x1a8\n" +
+	"\tscaled_at\x18\a \x03(\v2-.zlayer.scheduler.v1.Deployment.ScaledAtEntryR\bscaledAt\x12P\n" +
+	"\vjoin_tokens\x18\b \x03(\v2/.zlayer.scheduler.v1.Deployment.JoinTokensEntryR\n" +
+	"joinTokens\x1a8\n" +
 	"\n" +
 	"ScaleEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
@@ -1071,7 +1151,14 @@ const file_zlayer_scheduler_v1_state_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x05value:\x028\x01\x1aW\n" +
 	"\rScaledAtEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x120\n" +
-	"\x05value\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x05value:\x028\x01\"\xdc\x04\n" +
+	"\x05value\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x05value:\x028\x01\x1a]\n" +
+	"\x0fJoinTokensEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x124\n" +
+	"\x05value\x18\x02 \x01(\v2\x1e.zlayer.scheduler.v1.JoinTokenR\x05value:\x028\x01\"`\n" +
+	"\tJoinToken\x12\x18\n" +
+	"\aservice\x18\x01 \x01(\tR\aservice\x129\n" +
+	"\n" +
+	"created_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\"\xdc\x04\n" +
 	"\aReplica\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1e\n" +
 	"\n" +
@@ -1096,7 +1183,7 @@ const file_zlayer_scheduler_v1_state_proto_rawDesc = "" +
 	"created_at\x18\x10 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x12\n" +
 	"\x04held\x18\x11 \x01(\tR\x04held\x12\x10\n" +
 	"\x03run\x18\x12 \x01(\bR\x03run\x12\x18\n" +
-	"\atrigger\x18\x13 \x01(\tR\atrigger\"\xf0\x03\n" +
+	"\atrigger\x18\x13 \x01(\tR\atrigger\"\x8d\x04\n" +
 	"\x04Node\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x10\n" +
 	"\x03cpu\x18\x02 \x01(\x01R\x03cpu\x12!\n" +
@@ -1108,7 +1195,8 @@ const file_zlayer_scheduler_v1_state_proto_rawDesc = "" +
 	"\aaddress\x18\b \x01(\tR\aaddress\x124\n" +
 	"\x04load\x18\t \x03(\v2 .zlayer.scheduler.v1.ServiceLoadR\x04load\x123\n" +
 	"\aload_at\x18\n" +
-	" \x01(\v2\x1a.google.protobuf.TimestampR\x06loadAt\x1a9\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\x06loadAt\x12\x1b\n" +
+	"\tmember_id\x18\v \x01(\x04R\bmemberId\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xbd\x01\n" +
@@ -1173,7 +1261,7 @@ func file_zlayer_scheduler_v1_state_proto_rawDescGZIP() []byte {
 }
 
 var file_zlayer_scheduler_v1_state_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_zlayer_scheduler_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_zlayer_scheduler_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_zlayer_scheduler_v1_state_proto_goTypes = []any{
 	(RolloutOutcome)(0),           // 0: zlayer.scheduler.v1.RolloutOutcome
 	(ReplicaPhase)(0),             // 1: zlayer.scheduler.v1.ReplicaPhase
@@ -1181,44 +1269,49 @@ var file_zlayer_scheduler_v1_state_proto_goTypes = []any{
 	(NodeState)(0),                // 3: zlayer.scheduler.v1.NodeState
 	(*DeploymentVersion)(nil),     // 4: zlayer.scheduler.v1.DeploymentVersion
 	(*Deployment)(nil),            // 5: zlayer.scheduler.v1.Deployment
-	(*Replica)(nil),               // 6: zlayer.scheduler.v1.Replica
-	(*Node)(nil),                  // 7: zlayer.scheduler.v1.Node
-	(*ServiceLoad)(nil),           // 8: zlayer.scheduler.v1.ServiceLoad
-	(*Event)(nil),                 // 9: zlayer.scheduler.v1.Event
-	nil,                           // 10: zlayer.scheduler.v1.DeploymentVersion.ServiceHashesEntry
-	nil,                           // 11: zlayer.scheduler.v1.DeploymentVersion.InitialScaleEntry
-	nil,                           // 12: zlayer.scheduler.v1.Deployment.ScaleEntry
-	nil,                           // 13: zlayer.scheduler.v1.Deployment.CronLastEntry
-	nil,                           // 14: zlayer.scheduler.v1.Deployment.ScaledAtEntry
-	nil,                           // 15: zlayer.scheduler.v1.Node.LabelsEntry
-	(*timestamppb.Timestamp)(nil), // 16: google.protobuf.Timestamp
+	(*JoinToken)(nil),             // 6: zlayer.scheduler.v1.JoinToken
+	(*Replica)(nil),               // 7: zlayer.scheduler.v1.Replica
+	(*Node)(nil),                  // 8: zlayer.scheduler.v1.Node
+	(*ServiceLoad)(nil),           // 9: zlayer.scheduler.v1.ServiceLoad
+	(*Event)(nil),                 // 10: zlayer.scheduler.v1.Event
+	nil,                           // 11: zlayer.scheduler.v1.DeploymentVersion.ServiceHashesEntry
+	nil,                           // 12: zlayer.scheduler.v1.DeploymentVersion.InitialScaleEntry
+	nil,                           // 13: zlayer.scheduler.v1.Deployment.ScaleEntry
+	nil,                           // 14: zlayer.scheduler.v1.Deployment.CronLastEntry
+	nil,                           // 15: zlayer.scheduler.v1.Deployment.ScaledAtEntry
+	nil,                           // 16: zlayer.scheduler.v1.Deployment.JoinTokensEntry
+	nil,                           // 17: zlayer.scheduler.v1.Node.LabelsEntry
+	(*timestamppb.Timestamp)(nil), // 18: google.protobuf.Timestamp
 }
 var file_zlayer_scheduler_v1_state_proto_depIdxs = []int32{
-	10, // 0: zlayer.scheduler.v1.DeploymentVersion.service_hashes:type_name -> zlayer.scheduler.v1.DeploymentVersion.ServiceHashesEntry
-	16, // 1: zlayer.scheduler.v1.DeploymentVersion.created_at:type_name -> google.protobuf.Timestamp
+	11, // 0: zlayer.scheduler.v1.DeploymentVersion.service_hashes:type_name -> zlayer.scheduler.v1.DeploymentVersion.ServiceHashesEntry
+	18, // 1: zlayer.scheduler.v1.DeploymentVersion.created_at:type_name -> google.protobuf.Timestamp
 	0,  // 2: zlayer.scheduler.v1.DeploymentVersion.outcome:type_name -> zlayer.scheduler.v1.RolloutOutcome
-	11, // 3: zlayer.scheduler.v1.DeploymentVersion.initial_scale:type_name -> zlayer.scheduler.v1.DeploymentVersion.InitialScaleEntry
+	12, // 3: zlayer.scheduler.v1.DeploymentVersion.initial_scale:type_name -> zlayer.scheduler.v1.DeploymentVersion.InitialScaleEntry
 	4,  // 4: zlayer.scheduler.v1.Deployment.versions:type_name -> zlayer.scheduler.v1.DeploymentVersion
-	12, // 5: zlayer.scheduler.v1.Deployment.scale:type_name -> zlayer.scheduler.v1.Deployment.ScaleEntry
-	13, // 6: zlayer.scheduler.v1.Deployment.cron_last:type_name -> zlayer.scheduler.v1.Deployment.CronLastEntry
-	14, // 7: zlayer.scheduler.v1.Deployment.scaled_at:type_name -> zlayer.scheduler.v1.Deployment.ScaledAtEntry
-	1,  // 8: zlayer.scheduler.v1.Replica.phase:type_name -> zlayer.scheduler.v1.ReplicaPhase
-	2,  // 9: zlayer.scheduler.v1.Replica.health:type_name -> zlayer.scheduler.v1.Health
-	16, // 10: zlayer.scheduler.v1.Replica.changed_at:type_name -> google.protobuf.Timestamp
-	16, // 11: zlayer.scheduler.v1.Replica.created_at:type_name -> google.protobuf.Timestamp
-	15, // 12: zlayer.scheduler.v1.Node.labels:type_name -> zlayer.scheduler.v1.Node.LabelsEntry
-	3,  // 13: zlayer.scheduler.v1.Node.state:type_name -> zlayer.scheduler.v1.NodeState
-	16, // 14: zlayer.scheduler.v1.Node.last_heartbeat:type_name -> google.protobuf.Timestamp
-	8,  // 15: zlayer.scheduler.v1.Node.load:type_name -> zlayer.scheduler.v1.ServiceLoad
-	16, // 16: zlayer.scheduler.v1.Node.load_at:type_name -> google.protobuf.Timestamp
-	16, // 17: zlayer.scheduler.v1.Event.time:type_name -> google.protobuf.Timestamp
-	16, // 18: zlayer.scheduler.v1.Deployment.CronLastEntry.value:type_name -> google.protobuf.Timestamp
-	16, // 19: zlayer.scheduler.v1.Deployment.ScaledAtEntry.value:type_name -> google.protobuf.Timestamp
-	20, // [20:20] is the sub-list for method output_type
-	20, // [20:20] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	13, // 5: zlayer.scheduler.v1.Deployment.scale:type_name -> zlayer.scheduler.v1.Deployment.ScaleEntry
+	14, // 6: zlayer.scheduler.v1.Deployment.cron_last:type_name -> zlayer.scheduler.v1.Deployment.CronLastEntry
+	15, // 7: zlayer.scheduler.v1.Deployment.scaled_at:type_name -> zlayer.scheduler.v1.Deployment.ScaledAtEntry
+	16, // 8: zlayer.scheduler.v1.Deployment.join_tokens:type_name -> zlayer.scheduler.v1.Deployment.JoinTokensEntry
+	18, // 9: zlayer.scheduler.v1.JoinToken.created_at:type_name -> google.protobuf.Timestamp
+	1,  // 10: zlayer.scheduler.v1.Replica.phase:type_name -> zlayer.scheduler.v1.ReplicaPhase
+	2,  // 11: zlayer.scheduler.v1.Replica.health:type_name -> zlayer.scheduler.v1.Health
+	18, // 12: zlayer.scheduler.v1.Replica.changed_at:type_name -> google.protobuf.Timestamp
+	18, // 13: zlayer.scheduler.v1.Replica.created_at:type_name -> google.protobuf.Timestamp
+	17, // 14: zlayer.scheduler.v1.Node.labels:type_name -> zlayer.scheduler.v1.Node.LabelsEntry
+	3,  // 15: zlayer.scheduler.v1.Node.state:type_name -> zlayer.scheduler.v1.NodeState
+	18, // 16: zlayer.scheduler.v1.Node.last_heartbeat:type_name -> google.protobuf.Timestamp
+	9,  // 17: zlayer.scheduler.v1.Node.load:type_name -> zlayer.scheduler.v1.ServiceLoad
+	18, // 18: zlayer.scheduler.v1.Node.load_at:type_name -> google.protobuf.Timestamp
+	18, // 19: zlayer.scheduler.v1.Event.time:type_name -> google.protobuf.Timestamp
+	18, // 20: zlayer.scheduler.v1.Deployment.CronLastEntry.value:type_name -> google.protobuf.Timestamp
+	18, // 21: zlayer.scheduler.v1.Deployment.ScaledAtEntry.value:type_name -> google.protobuf.Timestamp
+	6,  // 22: zlayer.scheduler.v1.Deployment.JoinTokensEntry.value:type_name -> zlayer.scheduler.v1.JoinToken
+	23, // [23:23] is the sub-list for method output_type
+	23, // [23:23] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_zlayer_scheduler_v1_state_proto_init() }
@@ -1232,7 +1325,7 @@ func file_zlayer_scheduler_v1_state_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_zlayer_scheduler_v1_state_proto_rawDesc), len(file_zlayer_scheduler_v1_state_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   12,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

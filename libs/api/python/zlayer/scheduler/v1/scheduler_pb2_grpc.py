@@ -82,6 +82,41 @@ class SchedulerServiceStub(object):
                 request_serializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.ListJobRunsRequest.SerializeToString,
                 response_deserializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.ListJobRunsResponse.FromString,
                 )
+        self.CreateJoinToken = channel.unary_unary(
+                '/zlayer.scheduler.v1.SchedulerService/CreateJoinToken',
+                request_serializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.CreateJoinTokenRequest.SerializeToString,
+                response_deserializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.CreateJoinTokenResponse.FromString,
+                )
+        self.ListJoinTokens = channel.unary_unary(
+                '/zlayer.scheduler.v1.SchedulerService/ListJoinTokens',
+                request_serializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.ListJoinTokensRequest.SerializeToString,
+                response_deserializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.ListJoinTokensResponse.FromString,
+                )
+        self.RevokeJoinToken = channel.unary_unary(
+                '/zlayer.scheduler.v1.SchedulerService/RevokeJoinToken',
+                request_serializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.RevokeJoinTokenRequest.SerializeToString,
+                response_deserializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.RevokeJoinTokenResponse.FromString,
+                )
+        self.JoinService = channel.unary_unary(
+                '/zlayer.scheduler.v1.SchedulerService/JoinService',
+                request_serializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.JoinServiceRequest.SerializeToString,
+                response_deserializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.JoinServiceResponse.FromString,
+                )
+        self.LeaveService = channel.unary_unary(
+                '/zlayer.scheduler.v1.SchedulerService/LeaveService',
+                request_serializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.LeaveServiceRequest.SerializeToString,
+                response_deserializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.LeaveServiceResponse.FromString,
+                )
+        self.ReplicaLogs = channel.unary_stream(
+                '/zlayer.scheduler.v1.SchedulerService/ReplicaLogs',
+                request_serializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.ReplicaLogsRequest.SerializeToString,
+                response_deserializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.ReplicaLogsResponse.FromString,
+                )
+        self.ReplicaExec = channel.stream_stream(
+                '/zlayer.scheduler.v1.SchedulerService/ReplicaExec',
+                request_serializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.ReplicaExecRequest.SerializeToString,
+                response_deserializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.ReplicaExecResponse.FromString,
+                )
 
 
 class SchedulerServiceServicer(object):
@@ -187,6 +222,62 @@ class SchedulerServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateJoinToken(self, request, context):
+        """CreateJoinToken makes a join token, <key>:<service>, for a service whose
+        join mode is token. Tokens last until revoked or the deployment is deleted.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListJoinTokens(self, request, context):
+        """ListJoinTokens lists a deployment's join tokens (or every deployment's).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeJoinToken(self, request, context):
+        """RevokeJoinToken deletes a join token; nodes that joined with it stay
+        joined until they leave.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def JoinService(self, request, context):
+        """JoinService enrols this node (the scheduler's own) for a service:
+        placement then prefers it for the service's replicas. A service whose
+        join mode is token needs a token, open needs none, closed refuses.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LeaveService(self, request, context):
+        """LeaveService takes this node out of a service it joined.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReplicaLogs(self, request, context):
+        """ReplicaLogs streams a replica's output from whichever node runs it:
+        this node's agent, or another member's scheduler over the peer
+        transport (mutual TLS), which asks its agent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReplicaExec(self, request_iterator, context):
+        """ReplicaExec runs a command in a replica on whichever node runs it, like
+        ReplicaLogs. The first message names the target and carries start.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SchedulerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -254,6 +345,41 @@ def add_SchedulerServiceServicer_to_server(servicer, server):
                     servicer.ListJobRuns,
                     request_deserializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.ListJobRunsRequest.FromString,
                     response_serializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.ListJobRunsResponse.SerializeToString,
+            ),
+            'CreateJoinToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateJoinToken,
+                    request_deserializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.CreateJoinTokenRequest.FromString,
+                    response_serializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.CreateJoinTokenResponse.SerializeToString,
+            ),
+            'ListJoinTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListJoinTokens,
+                    request_deserializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.ListJoinTokensRequest.FromString,
+                    response_serializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.ListJoinTokensResponse.SerializeToString,
+            ),
+            'RevokeJoinToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeJoinToken,
+                    request_deserializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.RevokeJoinTokenRequest.FromString,
+                    response_serializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.RevokeJoinTokenResponse.SerializeToString,
+            ),
+            'JoinService': grpc.unary_unary_rpc_method_handler(
+                    servicer.JoinService,
+                    request_deserializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.JoinServiceRequest.FromString,
+                    response_serializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.JoinServiceResponse.SerializeToString,
+            ),
+            'LeaveService': grpc.unary_unary_rpc_method_handler(
+                    servicer.LeaveService,
+                    request_deserializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.LeaveServiceRequest.FromString,
+                    response_serializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.LeaveServiceResponse.SerializeToString,
+            ),
+            'ReplicaLogs': grpc.unary_stream_rpc_method_handler(
+                    servicer.ReplicaLogs,
+                    request_deserializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.ReplicaLogsRequest.FromString,
+                    response_serializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.ReplicaLogsResponse.SerializeToString,
+            ),
+            'ReplicaExec': grpc.stream_stream_rpc_method_handler(
+                    servicer.ReplicaExec,
+                    request_deserializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.ReplicaExecRequest.FromString,
+                    response_serializer=zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.ReplicaExecResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -486,5 +612,124 @@ class SchedulerService(object):
         return grpc.experimental.unary_unary(request, target, '/zlayer.scheduler.v1.SchedulerService/ListJobRuns',
             zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.ListJobRunsRequest.SerializeToString,
             zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.ListJobRunsResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def CreateJoinToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/zlayer.scheduler.v1.SchedulerService/CreateJoinToken',
+            zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.CreateJoinTokenRequest.SerializeToString,
+            zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.CreateJoinTokenResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def ListJoinTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/zlayer.scheduler.v1.SchedulerService/ListJoinTokens',
+            zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.ListJoinTokensRequest.SerializeToString,
+            zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.ListJoinTokensResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def RevokeJoinToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/zlayer.scheduler.v1.SchedulerService/RevokeJoinToken',
+            zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.RevokeJoinTokenRequest.SerializeToString,
+            zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.RevokeJoinTokenResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def JoinService(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/zlayer.scheduler.v1.SchedulerService/JoinService',
+            zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.JoinServiceRequest.SerializeToString,
+            zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.JoinServiceResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def LeaveService(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/zlayer.scheduler.v1.SchedulerService/LeaveService',
+            zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.LeaveServiceRequest.SerializeToString,
+            zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.LeaveServiceResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def ReplicaLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(request, target, '/zlayer.scheduler.v1.SchedulerService/ReplicaLogs',
+            zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.ReplicaLogsRequest.SerializeToString,
+            zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.ReplicaLogsResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def ReplicaExec(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(request_iterator, target, '/zlayer.scheduler.v1.SchedulerService/ReplicaExec',
+            zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.ReplicaExecRequest.SerializeToString,
+            zlayer_dot_scheduler_dot_v1_dot_scheduler__pb2.ReplicaExecResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)

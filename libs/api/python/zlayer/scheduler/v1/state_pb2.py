@@ -14,7 +14,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fzlayer/scheduler/v1/state.proto\x12\x13zlayer.scheduler.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe7\x04\n\x11\x44\x65ploymentVersion\x12\x18\n\x07version\x18\x01 \x01(\x04R\x07version\x12\x1b\n\tspec_yaml\x18\x02 \x01(\x0cR\x08specYaml\x12\x1b\n\tfile_name\x18\x03 \x01(\tR\x08\x66ileName\x12`\n\x0eservice_hashes\x18\x04 \x03(\x0b\x32\x39.zlayer.scheduler.v1.DeploymentVersion.ServiceHashesEntryR\rserviceHashes\x12\x39\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tcreatedAt\x12=\n\x07outcome\x18\x06 \x01(\x0e\x32#.zlayer.scheduler.v1.RolloutOutcomeR\x07outcome\x12\x16\n\x06reason\x18\x07 \x01(\tR\x06reason\x12(\n\x10rolled_back_from\x18\x08 \x01(\x04R\x0erolledBackFrom\x12]\n\rinitial_scale\x18\t \x03(\x0b\x32\x38.zlayer.scheduler.v1.DeploymentVersion.InitialScaleEntryR\x0cinitialScale\x1a@\n\x12ServiceHashesEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01\x1a?\n\x11InitialScaleEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\rR\x05value:\x02\x38\x01\"\xe0\x04\n\nDeployment\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n\x07\x63urrent\x18\x02 \x01(\x04R\x07\x63urrent\x12\x42\n\x08versions\x18\x03 \x03(\x0b\x32&.zlayer.scheduler.v1.DeploymentVersionR\x08versions\x12@\n\x05scale\x18\x04 \x03(\x0b\x32*.zlayer.scheduler.v1.Deployment.ScaleEntryR\x05scale\x12\x1a\n\x08\x64\x65leting\x18\x05 \x01(\x08R\x08\x64\x65leting\x12J\n\tcron_last\x18\x06 \x03(\x0b\x32-.zlayer.scheduler.v1.Deployment.CronLastEntryR\x08\x63ronLast\x12J\n\tscaled_at\x18\x07 \x03(\x0b\x32-.zlayer.scheduler.v1.Deployment.ScaledAtEntryR\x08scaledAt\x1a\x38\n\nScaleEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\rR\x05value:\x02\x38\x01\x1aW\n\rCronLastEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x30\n\x05value\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x05value:\x02\x38\x01\x1aW\n\rScaledAtEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x30\n\x05value\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x05value:\x02\x38\x01\"\xdc\x04\n\x07Replica\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x1e\n\ndeployment\x18\x02 \x01(\tR\ndeployment\x12\x18\n\x07service\x18\x03 \x01(\tR\x07service\x12\x14\n\x05index\x18\x04 \x01(\rR\x05index\x12\x18\n\x07version\x18\x05 \x01(\x04R\x07version\x12\x1b\n\tspec_hash\x18\x06 \x01(\tR\x08specHash\x12\x12\n\x04node\x18\x07 \x01(\tR\x04node\x12\x37\n\x05phase\x18\x08 \x01(\x0e\x32!.zlayer.scheduler.v1.ReplicaPhaseR\x05phase\x12\x33\n\x06health\x18\t \x01(\x0e\x32\x1b.zlayer.scheduler.v1.HealthR\x06health\x12!\n\x0c\x64\x65sired_stop\x18\n \x01(\x08R\x0b\x64\x65siredStop\x12\x0e\n\x02ip\x18\x0b \x01(\tR\x02ip\x12\x1a\n\x08restarts\x18\x0c \x01(\rR\x08restarts\x12\x16\n\x06reason\x18\r \x01(\tR\x06reason\x12\x1b\n\texit_code\x18\x0e \x01(\x05R\x08\x65xitCode\x12\x39\n\nchanged_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tchangedAt\x12\x39\n\ncreated_at\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x12\n\x04held\x18\x11 \x01(\tR\x04held\x12\x10\n\x03run\x18\x12 \x01(\x08R\x03run\x12\x18\n\x07trigger\x18\x13 \x01(\tR\x07trigger\"\xf0\x03\n\x04Node\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x10\n\x03\x63pu\x18\x02 \x01(\x01R\x03\x63pu\x12!\n\x0cmemory_bytes\x18\x03 \x01(\x04R\x0bmemoryBytes\x12=\n\x06labels\x18\x04 \x03(\x0b\x32%.zlayer.scheduler.v1.Node.LabelsEntryR\x06labels\x12\x34\n\x05state\x18\x05 \x01(\x0e\x32\x1e.zlayer.scheduler.v1.NodeStateR\x05state\x12\x41\n\x0elast_heartbeat\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\rlastHeartbeat\x12\'\n\x0fjoined_services\x18\x07 \x03(\tR\x0ejoinedServices\x12\x18\n\x07\x61\x64\x64ress\x18\x08 \x01(\tR\x07\x61\x64\x64ress\x12\x34\n\x04load\x18\t \x03(\x0b\x32 .zlayer.scheduler.v1.ServiceLoadR\x04load\x12\x33\n\x07load_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x06loadAt\x1a\x39\n\x0bLabelsEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01\"\xbd\x01\n\x0bServiceLoad\x12\x1e\n\ndeployment\x18\x01 \x01(\tR\ndeployment\x12\x18\n\x07service\x18\x02 \x01(\tR\x07service\x12\x10\n\x03rps\x18\x03 \x01(\x01R\x03rps\x12\x1a\n\x08replicas\x18\x04 \x01(\rR\x08replicas\x12\x1f\n\x0b\x63pu_percent\x18\x05 \x01(\x01R\ncpuPercent\x12%\n\x0ememory_percent\x18\x06 \x01(\x01R\rmemoryPercent\"\xdf\x01\n\x05\x45vent\x12\x10\n\x03seq\x18\x01 \x01(\x04R\x03seq\x12.\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x04time\x12\x1e\n\ndeployment\x18\x03 \x01(\tR\ndeployment\x12\x18\n\x07service\x18\x04 \x01(\tR\x07service\x12\x18\n\x07replica\x18\x05 \x01(\tR\x07replica\x12\x12\n\x04node\x18\x06 \x01(\tR\x04node\x12\x12\n\x04kind\x18\x07 \x01(\tR\x04kind\x12\x18\n\x07message\x18\x08 \x01(\tR\x07message*\xac\x01\n\x0eRolloutOutcome\x12\x1f\n\x1bROLLOUT_OUTCOME_UNSPECIFIED\x10\x00\x12\x1f\n\x1bROLLOUT_OUTCOME_IN_PROGRESS\x10\x01\x12\x1c\n\x18ROLLOUT_OUTCOME_COMPLETE\x10\x02\x12\x1a\n\x16ROLLOUT_OUTCOME_FAILED\x10\x03\x12\x1e\n\x1aROLLOUT_OUTCOME_SUPERSEDED\x10\x04*\xa1\x02\n\x0cReplicaPhase\x12\x1d\n\x19REPLICA_PHASE_UNSPECIFIED\x10\x00\x12\x19\n\x15REPLICA_PHASE_PENDING\x10\x01\x12\x1a\n\x16REPLICA_PHASE_ASSIGNED\x10\x02\x12\x1a\n\x16REPLICA_PHASE_STARTING\x10\x03\x12\x19\n\x15REPLICA_PHASE_RUNNING\x10\x04\x12\x18\n\x14REPLICA_PHASE_FAILED\x10\x05\x12\x1a\n\x16REPLICA_PHASE_STOPPING\x10\x06\x12\x19\n\x15REPLICA_PHASE_STOPPED\x10\x07\x12\x16\n\x12REPLICA_PHASE_LOST\x10\x08\x12\x1b\n\x17REPLICA_PHASE_SUCCEEDED\x10\t*_\n\x06Health\x12\x16\n\x12HEALTH_UNSPECIFIED\x10\x00\x12\x13\n\x0fHEALTH_STARTING\x10\x01\x12\x12\n\x0eHEALTH_HEALTHY\x10\x02\x12\x14\n\x10HEALTH_UNHEALTHY\x10\x03*R\n\tNodeState\x12\x1a\n\x16NODE_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10NODE_STATE_READY\x10\x01\x12\x13\n\x0fNODE_STATE_DOWN\x10\x02\x42\x35Z3zlayer.dev/libs/api/zlayer/scheduler/v1;schedulerv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fzlayer/scheduler/v1/state.proto\x12\x13zlayer.scheduler.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe7\x04\n\x11\x44\x65ploymentVersion\x12\x18\n\x07version\x18\x01 \x01(\x04R\x07version\x12\x1b\n\tspec_yaml\x18\x02 \x01(\x0cR\x08specYaml\x12\x1b\n\tfile_name\x18\x03 \x01(\tR\x08\x66ileName\x12`\n\x0eservice_hashes\x18\x04 \x03(\x0b\x32\x39.zlayer.scheduler.v1.DeploymentVersion.ServiceHashesEntryR\rserviceHashes\x12\x39\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tcreatedAt\x12=\n\x07outcome\x18\x06 \x01(\x0e\x32#.zlayer.scheduler.v1.RolloutOutcomeR\x07outcome\x12\x16\n\x06reason\x18\x07 \x01(\tR\x06reason\x12(\n\x10rolled_back_from\x18\x08 \x01(\x04R\x0erolledBackFrom\x12]\n\rinitial_scale\x18\t \x03(\x0b\x32\x38.zlayer.scheduler.v1.DeploymentVersion.InitialScaleEntryR\x0cinitialScale\x1a@\n\x12ServiceHashesEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01\x1a?\n\x11InitialScaleEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\rR\x05value:\x02\x38\x01\"\x91\x06\n\nDeployment\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n\x07\x63urrent\x18\x02 \x01(\x04R\x07\x63urrent\x12\x42\n\x08versions\x18\x03 \x03(\x0b\x32&.zlayer.scheduler.v1.DeploymentVersionR\x08versions\x12@\n\x05scale\x18\x04 \x03(\x0b\x32*.zlayer.scheduler.v1.Deployment.ScaleEntryR\x05scale\x12\x1a\n\x08\x64\x65leting\x18\x05 \x01(\x08R\x08\x64\x65leting\x12J\n\tcron_last\x18\x06 \x03(\x0b\x32-.zlayer.scheduler.v1.Deployment.CronLastEntryR\x08\x63ronLast\x12J\n\tscaled_at\x18\x07 \x03(\x0b\x32-.zlayer.scheduler.v1.Deployment.ScaledAtEntryR\x08scaledAt\x12P\n\x0bjoin_tokens\x18\x08 \x03(\x0b\x32/.zlayer.scheduler.v1.Deployment.JoinTokensEntryR\njoinTokens\x1a\x38\n\nScaleEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\rR\x05value:\x02\x38\x01\x1aW\n\rCronLastEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x30\n\x05value\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x05value:\x02\x38\x01\x1aW\n\rScaledAtEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x30\n\x05value\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x05value:\x02\x38\x01\x1a]\n\x0fJoinTokensEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x34\n\x05value\x18\x02 \x01(\x0b\x32\x1e.zlayer.scheduler.v1.JoinTokenR\x05value:\x02\x38\x01\"`\n\tJoinToken\x12\x18\n\x07service\x18\x01 \x01(\tR\x07service\x12\x39\n\ncreated_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tcreatedAt\"\xdc\x04\n\x07Replica\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x1e\n\ndeployment\x18\x02 \x01(\tR\ndeployment\x12\x18\n\x07service\x18\x03 \x01(\tR\x07service\x12\x14\n\x05index\x18\x04 \x01(\rR\x05index\x12\x18\n\x07version\x18\x05 \x01(\x04R\x07version\x12\x1b\n\tspec_hash\x18\x06 \x01(\tR\x08specHash\x12\x12\n\x04node\x18\x07 \x01(\tR\x04node\x12\x37\n\x05phase\x18\x08 \x01(\x0e\x32!.zlayer.scheduler.v1.ReplicaPhaseR\x05phase\x12\x33\n\x06health\x18\t \x01(\x0e\x32\x1b.zlayer.scheduler.v1.HealthR\x06health\x12!\n\x0c\x64\x65sired_stop\x18\n \x01(\x08R\x0b\x64\x65siredStop\x12\x0e\n\x02ip\x18\x0b \x01(\tR\x02ip\x12\x1a\n\x08restarts\x18\x0c \x01(\rR\x08restarts\x12\x16\n\x06reason\x18\r \x01(\tR\x06reason\x12\x1b\n\texit_code\x18\x0e \x01(\x05R\x08\x65xitCode\x12\x39\n\nchanged_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tchangedAt\x12\x39\n\ncreated_at\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x12\n\x04held\x18\x11 \x01(\tR\x04held\x12\x10\n\x03run\x18\x12 \x01(\x08R\x03run\x12\x18\n\x07trigger\x18\x13 \x01(\tR\x07trigger\"\x8d\x04\n\x04Node\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x10\n\x03\x63pu\x18\x02 \x01(\x01R\x03\x63pu\x12!\n\x0cmemory_bytes\x18\x03 \x01(\x04R\x0bmemoryBytes\x12=\n\x06labels\x18\x04 \x03(\x0b\x32%.zlayer.scheduler.v1.Node.LabelsEntryR\x06labels\x12\x34\n\x05state\x18\x05 \x01(\x0e\x32\x1e.zlayer.scheduler.v1.NodeStateR\x05state\x12\x41\n\x0elast_heartbeat\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\rlastHeartbeat\x12\'\n\x0fjoined_services\x18\x07 \x03(\tR\x0ejoinedServices\x12\x18\n\x07\x61\x64\x64ress\x18\x08 \x01(\tR\x07\x61\x64\x64ress\x12\x34\n\x04load\x18\t \x03(\x0b\x32 .zlayer.scheduler.v1.ServiceLoadR\x04load\x12\x33\n\x07load_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x06loadAt\x12\x1b\n\tmember_id\x18\x0b \x01(\x04R\x08memberId\x1a\x39\n\x0bLabelsEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01\"\xbd\x01\n\x0bServiceLoad\x12\x1e\n\ndeployment\x18\x01 \x01(\tR\ndeployment\x12\x18\n\x07service\x18\x02 \x01(\tR\x07service\x12\x10\n\x03rps\x18\x03 \x01(\x01R\x03rps\x12\x1a\n\x08replicas\x18\x04 \x01(\rR\x08replicas\x12\x1f\n\x0b\x63pu_percent\x18\x05 \x01(\x01R\ncpuPercent\x12%\n\x0ememory_percent\x18\x06 \x01(\x01R\rmemoryPercent\"\xdf\x01\n\x05\x45vent\x12\x10\n\x03seq\x18\x01 \x01(\x04R\x03seq\x12.\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x04time\x12\x1e\n\ndeployment\x18\x03 \x01(\tR\ndeployment\x12\x18\n\x07service\x18\x04 \x01(\tR\x07service\x12\x18\n\x07replica\x18\x05 \x01(\tR\x07replica\x12\x12\n\x04node\x18\x06 \x01(\tR\x04node\x12\x12\n\x04kind\x18\x07 \x01(\tR\x04kind\x12\x18\n\x07message\x18\x08 \x01(\tR\x07message*\xac\x01\n\x0eRolloutOutcome\x12\x1f\n\x1bROLLOUT_OUTCOME_UNSPECIFIED\x10\x00\x12\x1f\n\x1bROLLOUT_OUTCOME_IN_PROGRESS\x10\x01\x12\x1c\n\x18ROLLOUT_OUTCOME_COMPLETE\x10\x02\x12\x1a\n\x16ROLLOUT_OUTCOME_FAILED\x10\x03\x12\x1e\n\x1aROLLOUT_OUTCOME_SUPERSEDED\x10\x04*\xa1\x02\n\x0cReplicaPhase\x12\x1d\n\x19REPLICA_PHASE_UNSPECIFIED\x10\x00\x12\x19\n\x15REPLICA_PHASE_PENDING\x10\x01\x12\x1a\n\x16REPLICA_PHASE_ASSIGNED\x10\x02\x12\x1a\n\x16REPLICA_PHASE_STARTING\x10\x03\x12\x19\n\x15REPLICA_PHASE_RUNNING\x10\x04\x12\x18\n\x14REPLICA_PHASE_FAILED\x10\x05\x12\x1a\n\x16REPLICA_PHASE_STOPPING\x10\x06\x12\x19\n\x15REPLICA_PHASE_STOPPED\x10\x07\x12\x16\n\x12REPLICA_PHASE_LOST\x10\x08\x12\x1b\n\x17REPLICA_PHASE_SUCCEEDED\x10\t*_\n\x06Health\x12\x16\n\x12HEALTH_UNSPECIFIED\x10\x00\x12\x13\n\x0fHEALTH_STARTING\x10\x01\x12\x12\n\x0eHEALTH_HEALTHY\x10\x02\x12\x14\n\x10HEALTH_UNHEALTHY\x10\x03*R\n\tNodeState\x12\x1a\n\x16NODE_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10NODE_STATE_READY\x10\x01\x12\x13\n\x0fNODE_STATE_DOWN\x10\x02\x42\x35Z3zlayer.dev/libs/api/zlayer/scheduler/v1;schedulerv1b\x06proto3')
 
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, globals())
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'zlayer.scheduler.v1.state_pb2', globals())
@@ -32,16 +32,18 @@ if _descriptor._USE_C_DESCRIPTORS == False:
   _DEPLOYMENT_CRONLASTENTRY._serialized_options = b'8\001'
   _DEPLOYMENT_SCALEDATENTRY._options = None
   _DEPLOYMENT_SCALEDATENTRY._serialized_options = b'8\001'
+  _DEPLOYMENT_JOINTOKENSENTRY._options = None
+  _DEPLOYMENT_JOINTOKENSENTRY._serialized_options = b'8\001'
   _NODE_LABELSENTRY._options = None
   _NODE_LABELSENTRY._serialized_options = b'8\001'
-  _ROLLOUTOUTCOME._serialized_start=2843
-  _ROLLOUTOUTCOME._serialized_end=3015
-  _REPLICAPHASE._serialized_start=3018
-  _REPLICAPHASE._serialized_end=3307
-  _HEALTH._serialized_start=3309
-  _HEALTH._serialized_end=3404
-  _NODESTATE._serialized_start=3406
-  _NODESTATE._serialized_end=3488
+  _ROLLOUTOUTCOME._serialized_start=3147
+  _ROLLOUTOUTCOME._serialized_end=3319
+  _REPLICAPHASE._serialized_start=3322
+  _REPLICAPHASE._serialized_end=3611
+  _HEALTH._serialized_start=3613
+  _HEALTH._serialized_end=3708
+  _NODESTATE._serialized_start=3710
+  _NODESTATE._serialized_end=3792
   _DEPLOYMENTVERSION._serialized_start=90
   _DEPLOYMENTVERSION._serialized_end=705
   _DEPLOYMENTVERSION_SERVICEHASHESENTRY._serialized_start=576
@@ -49,21 +51,25 @@ if _descriptor._USE_C_DESCRIPTORS == False:
   _DEPLOYMENTVERSION_INITIALSCALEENTRY._serialized_start=642
   _DEPLOYMENTVERSION_INITIALSCALEENTRY._serialized_end=705
   _DEPLOYMENT._serialized_start=708
-  _DEPLOYMENT._serialized_end=1316
-  _DEPLOYMENT_SCALEENTRY._serialized_start=1082
-  _DEPLOYMENT_SCALEENTRY._serialized_end=1138
-  _DEPLOYMENT_CRONLASTENTRY._serialized_start=1140
-  _DEPLOYMENT_CRONLASTENTRY._serialized_end=1227
-  _DEPLOYMENT_SCALEDATENTRY._serialized_start=1229
-  _DEPLOYMENT_SCALEDATENTRY._serialized_end=1316
-  _REPLICA._serialized_start=1319
-  _REPLICA._serialized_end=1923
-  _NODE._serialized_start=1926
-  _NODE._serialized_end=2422
-  _NODE_LABELSENTRY._serialized_start=2365
-  _NODE_LABELSENTRY._serialized_end=2422
-  _SERVICELOAD._serialized_start=2425
-  _SERVICELOAD._serialized_end=2614
-  _EVENT._serialized_start=2617
-  _EVENT._serialized_end=2840
+  _DEPLOYMENT._serialized_end=1493
+  _DEPLOYMENT_SCALEENTRY._serialized_start=1164
+  _DEPLOYMENT_SCALEENTRY._serialized_end=1220
+  _DEPLOYMENT_CRONLASTENTRY._serialized_start=1222
+  _DEPLOYMENT_CRONLASTENTRY._serialized_end=1309
+  _DEPLOYMENT_SCALEDATENTRY._serialized_start=1311
+  _DEPLOYMENT_SCALEDATENTRY._serialized_end=1398
+  _DEPLOYMENT_JOINTOKENSENTRY._serialized_start=1400
+  _DEPLOYMENT_JOINTOKENSENTRY._serialized_end=1493
+  _JOINTOKEN._serialized_start=1495
+  _JOINTOKEN._serialized_end=1591
+  _REPLICA._serialized_start=1594
+  _REPLICA._serialized_end=2198
+  _NODE._serialized_start=2201
+  _NODE._serialized_end=2726
+  _NODE_LABELSENTRY._serialized_start=2669
+  _NODE_LABELSENTRY._serialized_end=2726
+  _SERVICELOAD._serialized_start=2729
+  _SERVICELOAD._serialized_end=2918
+  _EVENT._serialized_start=2921
+  _EVENT._serialized_end=3144
 # @@protoc_insertion_point(module_scope)
