@@ -248,7 +248,7 @@ func TestFailures(t *testing.T) {
 		{"missing entrypoint", &agentv1.ReplicaSpec{Id: "f2", Image: busyboxRef, Command: &agentv1.Argv{Values: []string{"/bin/nosuch"}}}, codes.InvalidArgument, "no such executable file in the image"},
 		{"exec format error", &agentv1.ReplicaSpec{Id: "f3", Image: busyboxRef, Command: &agentv1.Argv{Values: []string{"/etc/passwd"}}}, codes.InvalidArgument, "no such executable"},
 		{"invalid limits", &agentv1.ReplicaSpec{Id: "f4", Image: busyboxRef, Resources: &agentv1.Resources{MemoryBytes: 1000}}, codes.InvalidArgument, "below the minimum"},
-		{"runc failure", &agentv1.ReplicaSpec{Id: "f5", Image: brokenRef}, codes.Unknown, "runc create failed: unable to start container process"},
+		{"runc failure", &agentv1.ReplicaSpec{Id: "f5", Image: brokenRef}, codes.Unknown, "runc run failed: unable to start container process"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -40,12 +42,17 @@ func median(ds []time.Duration) time.Duration {
 
 // BenchmarkStart measures request → process running with the image
 // cached: RunReplica through the agent (rootfs from the registry daemon,
-// netns + CNI, monitor, runc create + start) against `runc run -d` of the
-// same bundle (the agent's config.json on its own rootfs from the same
-// registry, in a new network namespace runc makes), for 1 container and
-// for 20 at once. It prints a table and reports the ratios as metrics.
-// Run it through scripts/bench/agent.sh.
+// netns + CNI, monitor, runc run) against `runc run -d` of the same bundle
+// (the agent's config.json on its own rootfs from the same registry, in a
+// new network namespace runc makes), for 1 container and for 20 at once.
+// It also measures the CPU time (user+sys) each start costs, of every
+// process involved, and from it the least wall time 20 starts at once can
+// take on this machine's CPUs. It prints a table and reports the ratios
+// as metrics. Run it through scripts/bench/agent.sh.
 func BenchmarkStart(b *testing.B) {
+	// Before the agent starts, so that it and everything it starts
+	// (monitors, runc, CNI plugins) are accounted too.
+	acct := newCPUAcct(b)
 	a := startAgent(b)
 	ctx := context.Background()
 	spec := func(id string) *agentv1.ReplicaSpec {
@@ -119,6 +126,8 @@ func BenchmarkStart(b *testing.B) {
 		}
 		return d
 	}
+	runcCPU := func(id string) time.Duration { return cgroupCPU(b, "/zlayer-bench/"+id) }
+	agentCPU := func(id string) time.Duration { return cgroupCPU(b, path.Join("/zlayer", a.node, id)) }
 	runcClean := func(id string) {
 		exec.Command("runc", "--root", runcRoot, "delete", "-f", id).Run()
 		reg.ReleaseRootfs(ctx, &registryv1.ReleaseRootfsRequest{ContainerId: id})
@@ -131,14 +140,29 @@ func BenchmarkStart(b *testing.B) {
 		return time.Since(start)
 	}
 
+	// CPU time of a start: what the processes in the benchmark's cpuacct
+	// group used meanwhile (the agent, registry daemon, monitors, runc,
+	// runc init until it moves into the container's cgroup, CNI plugins,
+	// and this process: the gRPC client, or the fork and exec of runc),
+	// plus what the container's own cgroup used (runc init after it moved
+	// there; `sleep` itself uses none).
 	var one, oneRunc, twenty, twentyRunc []time.Duration
+	var cpu, cpuRunc, cpu20, cpu20Runc []time.Duration
 	for round := range benchRounds {
 		// Alternate the order so neither side always runs on a warmer cache.
 		sides := []func(){
-			func() { one = append(one, agentRun(fmt.Sprintf("one-%d", round))) },
+			func() {
+				id := fmt.Sprintf("one-%d", round)
+				u := acct.usage()
+				one = append(one, agentRun(id))
+				cpu = append(cpu, acct.usage()-u+agentCPU(id))
+			},
 			func() {
 				id := fmt.Sprintf("runc-%d", round)
-				oneRunc = append(oneRunc, runcRun(id, runcBundle(id)))
+				dir := runcBundle(id)
+				u := acct.usage()
+				oneRunc = append(oneRunc, runcRun(id, dir))
+				cpuRunc = append(cpuRunc, acct.usage()-u+runcCPU(id))
 			},
 		}
 		if round%2 == 1 {
@@ -152,12 +176,18 @@ func BenchmarkStart(b *testing.B) {
 	}
 	for round := range max(benchRounds/2, 3) {
 		var wg sync.WaitGroup
+		u := acct.usage()
 		start := time.Now()
 		for i := range 20 {
 			wg.Go(func() { agentRun(fmt.Sprintf("many-%d-%d", round, i)) })
 		}
 		wg.Wait()
 		twenty = append(twenty, time.Since(start))
+		used := acct.usage() - u
+		for i := range 20 {
+			used += agentCPU(fmt.Sprintf("many-%d-%d", round, i))
+		}
+		cpu20 = append(cpu20, used/20)
 		for i := range 20 {
 			a.removeB(b, fmt.Sprintf("many-%d-%d", round, i))
 		}
@@ -165,12 +195,18 @@ func BenchmarkStart(b *testing.B) {
 		for i := range 20 {
 			dirs[i] = runcBundle(fmt.Sprintf("rmany-%d-%d", round, i))
 		}
+		u = acct.usage()
 		start = time.Now()
 		for i := range 20 {
 			wg.Go(func() { runcRun(fmt.Sprintf("rmany-%d-%d", round, i), dirs[i]) })
 		}
 		wg.Wait()
 		twentyRunc = append(twentyRunc, time.Since(start))
+		used = acct.usage() - u
+		for i := range 20 {
+			used += runcCPU(fmt.Sprintf("rmany-%d-%d", round, i))
+		}
+		cpu20Runc = append(cpu20Runc, used/20)
 		for i := range 20 {
 			runcClean(fmt.Sprintf("rmany-%d-%d", round, i))
 		}
@@ -184,8 +220,82 @@ func BenchmarkStart(b *testing.B) {
 	fmt.Printf("  %-28s %10s %10s %8.2f\n", "1 container", m1.Round(100*time.Microsecond), r1.Round(100*time.Microsecond), float64(m1)/float64(r1))
 	fmt.Printf("  %-28s %10s %10s %8.2f\n", "20 at once (wall)", m20.Round(100*time.Microsecond), r20.Round(100*time.Microsecond), float64(m20)/float64(r20))
 	fmt.Printf("  20 at once / 1: zlayer %.2f, runc %.2f\n", float64(m20)/float64(m1), float64(r20)/float64(r1))
+
+	// However the starts are scheduled, 20 of them cannot finish before
+	// the CPUs have done 20 starts' work: wall(20) ≥ 20 × CPU(1) / CPUs.
+	// CPU(1) is measured one start at a time (no contention), so this is
+	// the most favourable bound; it ignores waits (fsync, pipes) and
+	// serial steps, which only add to it.
+	cpus := runtime.NumCPU()
+	c1, cr1, c20, cr20 := median(cpu), median(cpuRunc), median(cpu20), median(cpu20Runc)
+	floor := func(c time.Duration) time.Duration { return 20 * c / time.Duration(cpus) }
+	ms := func(d time.Duration) string { return d.Round(100 * time.Microsecond).String() }
+	fmt.Printf("\nCPU time per start, user+sys of every process involved (median)\n")
+	fmt.Printf("  %-28s %10s %10s %8s\n", "", "zlayer", "runc run", "ratio")
+	fmt.Printf("  %-28s %10s %10s %8.2f\n", "1 at a time", ms(c1), ms(cr1), float64(c1)/float64(cr1))
+	fmt.Printf("  %-28s %10s %10s %8.2f\n", "in the 20 at once", ms(c20), ms(cr20), float64(c20)/float64(cr20))
+	fmt.Printf("  %-28s %10s %10s\n", fmt.Sprintf("floor for 20, %d CPUs", cpus), ms(floor(c1)), ms(floor(cr1)))
+	fmt.Printf("  %-28s %10s %10s\n", "20 at once measured (wall)", ms(m20), ms(r20))
+	fmt.Printf("  %-28s %10s %10s\n", "2 × 1 container (the goal)", ms(2*m1), ms(2*r1))
+	// The goal needs 20 × CPU(1) / CPUs < 2 × wall(1).
+	fmt.Printf("  CPUs needed before 20 at once can take < 2 × one: zlayer %.1f, runc %.1f (this machine: %d)\n",
+		20*float64(c1)/(2*float64(m1)), 20*float64(cr1)/(2*float64(r1)), cpus)
 	b.ReportMetric(float64(m1)/float64(r1), "ratio-1")
 	b.ReportMetric(float64(m20)/float64(m1), "20/1")
+	b.ReportMetric(float64(c1)/float64(cr1), "cpu-ratio-1")
+}
+
+// cpuAcct is a cpuacct cgroup (v1) that the benchmark process and the
+// registry daemon are moved into; every process they start afterwards
+// is in it too, until runc moves a container's process into the
+// container's own cgroup.
+type cpuAcct struct{ dir string }
+
+const cpuacctRoot = "/sys/fs/cgroup/cpuacct"
+
+func newCPUAcct(b *testing.B) *cpuAcct {
+	c := &cpuAcct{dir: filepath.Join(cpuacctRoot, fmt.Sprintf("zlayer-bench-cpu-%d", os.Getpid()))}
+	if err := os.Mkdir(c.dir, 0o755); err != nil {
+		b.Fatalf("cpu accounting: %v", err)
+	}
+	move := func(dir string, pid int) {
+		if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0o644); err != nil {
+			b.Fatalf("cpu accounting: move %d to %s: %v", pid, dir, err)
+		}
+	}
+	move(c.dir, os.Getpid())
+	move(c.dir, regPid)
+	b.Cleanup(func() {
+		// Everything else in it has exited by now (the agent's cleanup
+		// ran first).
+		move(cpuacctRoot, os.Getpid())
+		move(cpuacctRoot, regPid)
+		if err := os.Remove(c.dir); err != nil {
+			b.Logf("cpu accounting: %v", err)
+		}
+	})
+	return c
+}
+
+func (c *cpuAcct) usage() time.Duration { return readUsage(c.dir) }
+
+// cgroupCPU is what a container's cgroup (its path, as in config.json)
+// has used.
+func cgroupCPU(b *testing.B, p string) time.Duration {
+	d := readUsage(filepath.Join(cpuacctRoot, p))
+	if d == 0 {
+		b.Fatalf("cpu accounting: no usage in %s", p)
+	}
+	return d
+}
+
+func readUsage(dir string) time.Duration {
+	data, err := os.ReadFile(filepath.Join(dir, "cpuacct.usage"))
+	if err != nil {
+		return 0
+	}
+	n, _ := strconv.ParseInt(strings.TrimSpace(string(data)), 10, 64)
+	return time.Duration(n)
 }
 
 // BenchmarkMemory measures the agent's RSS idle and with 50 containers, and

@@ -34,6 +34,7 @@ var (
 	brokenRef   string
 	regRunDir   string
 	regDataDir  string
+	regPid      int // the zlayer-registry daemon
 )
 
 func TestMain(m *testing.M) {
@@ -131,6 +132,7 @@ func run(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
+	regPid = rcmd.Process.Pid
 	defer func() {
 		rcmd.Process.Signal(syscall.SIGTERM)
 		rcmd.Wait()

@@ -238,11 +238,13 @@ func defaultMounts() []specs.Mount {
 	}
 }
 
-// Write writes s as dir/config.json, atomically.
+// Write writes s as dir/config.json, atomically. It does not wait for the
+// disk: runc reads the file at once, and after a power loss the container
+// it describes is gone.
 func Write(dir string, s *specs.Spec) error {
 	b, err := json.Marshal(s)
 	if err != nil {
 		return fmt.Errorf("encode config.json: %w", err)
 	}
-	return atomicfile.Write(filepath.Join(dir, "config.json"), b, 0o600)
+	return atomicfile.WriteUnsynced(filepath.Join(dir, "config.json"), b, 0o600)
 }

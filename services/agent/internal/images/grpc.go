@@ -39,8 +39,17 @@ func policyToProto(p Policy) registryv1.PullPolicy {
 }
 
 // Prepare pulls ref as policy says, then mounts a root filesystem for the
-// container.
+// container. Unless the policy is Always, it asks for the root filesystem
+// first, which works exactly when the image is present: one call instead
+// of two in the usual case. When that fails (not present, or any other
+// error) it goes the long way, pull then prepare, so the outcome and its
+// error are the same as always pulling first.
 func (r *Registry) Prepare(ctx context.Context, ref string, p Policy, id string) (Rootfs, error) {
+	if p != PolicyAlways {
+		if rf, err := r.prepare(ctx, ref, id); err == nil {
+			return rf, nil
+		}
+	}
 	st, err := r.c.PullImage(ctx, &registryv1.PullImageRequest{Image: ref, PullPolicy: policyToProto(p)})
 	if err != nil {
 		return Rootfs{}, fmt.Errorf("pull %s: %w", ref, fromStatus(err))
@@ -53,6 +62,11 @@ func (r *Registry) Prepare(ctx context.Context, ref string, p Policy, id string)
 			return Rootfs{}, fmt.Errorf("pull %s: %w", ref, fromStatus(err))
 		}
 	}
+	return r.prepare(ctx, ref, id)
+}
+
+// prepare mounts a root filesystem of ref, which must be present.
+func (r *Registry) prepare(ctx context.Context, ref, id string) (Rootfs, error) {
 	resp, err := r.c.PrepareRootfs(ctx, &registryv1.PrepareRootfsRequest{Image: ref, ContainerId: id})
 	if err != nil {
 		return Rootfs{}, fmt.Errorf("prepare rootfs of %s: %w", ref, fromStatus(err))

@@ -22,6 +22,10 @@ type Options struct {
 	LogMax    int64  // rotate the log at this size
 	LogKeep   int    // rotated files kept
 	MemCgroup string // memory cgroup directory, for the OOM kill count; may be empty
+	// Start runs the container's process too (`runc run -d`), instead of
+	// only creating the container (`runc create`) for the agent to start
+	// later (with `runc start`, after init steps).
+	Start bool
 }
 
 // Args renders o as a monitor command line (without the program name).
@@ -30,7 +34,7 @@ func (o Options) Args() []string {
 		"-id", o.ID, "-bundle", o.Bundle, "-runc", o.Runc, "-runc-root", o.RuncRoot,
 		"-dir", o.Dir, "-log", o.Log,
 		"-log-max", strconv.FormatInt(o.LogMax, 10), "-log-keep", strconv.Itoa(o.LogKeep),
-		"-memcg", o.MemCgroup,
+		"-memcg", o.MemCgroup, "-start=" + strconv.FormatBool(o.Start),
 	}
 }
 
@@ -47,6 +51,7 @@ func ParseArgs(args []string) (Options, error) {
 	fs.Int64Var(&o.LogMax, "log-max", 10<<20, "log rotation size in bytes")
 	fs.IntVar(&o.LogKeep, "log-keep", 2, "rotated log files kept")
 	fs.StringVar(&o.MemCgroup, "memcg", "", "memory cgroup directory")
+	fs.BoolVar(&o.Start, "start", false, "runc run -d instead of runc create")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}

@@ -30,6 +30,17 @@ import (
 // <monitor pid>" or "err <message>".
 const SyncFD = 3
 
+// GateFD is the file descriptor (the second extra file) on which a monitor,
+// once set up, waits for the agent's go-ahead before it calls runc: the
+// line "go". The agent starts the monitor early, while it still prepares
+// the root filesystem, bundle and network, and sends "go" when they are
+// ready. Anything else, or end of file (the agent gave up, or died), makes
+// the monitor exit without having made a container.
+const GateFD = 4
+
+// goLine is the go-ahead on GateFD.
+const goLine = "go\n"
+
 // drainTimeout bounds how long a monitor waits, after the container's init
 // exited, for the log pipes to close. Every process of the container dies
 // with its init (a pid namespace), so this only matters if something else
@@ -40,6 +51,10 @@ const drainTimeout = 2 * time.Second
 // cmd/zlayer-monitor.
 func Main(args []string) int {
 	runtime.GOMAXPROCS(1)
+	// The runtime has read it (the agent sets it, so that the monitor
+	// starts with one P); runc, which inherits the environment, must not:
+	// it starts a container several milliseconds slower with one.
+	os.Unsetenv("GOMAXPROCS")
 	debug.SetGCPercent(25)
 	syncf := os.NewFile(SyncFD, "sync")
 	report := func(format string, a ...any) {
@@ -78,14 +93,34 @@ func Main(args []string) int {
 	go func() { defer copiers.Done(); w.Copy(logs.Stdout, pio.Stdout()) }()
 	go func() { defer copiers.Done(); w.Copy(logs.Stderr, pio.Stderr()) }()
 
+	if !waitGate() {
+		report("err the agent withdrew before the container was made")
+		pio.Close()
+		return 1
+	}
 	r := &runc.Runc{Command: o.Runc, Root: o.RuncRoot, Log: filepath.Join(o.Dir, RuncLogFile), LogFormat: runc.JSON}
 	pidFile := filepath.Join(o.Dir, PidFile)
-	if err := r.Create(context.Background(), o.ID, o.Bundle, &runc.CreateOpts{IO: pio, PidFile: pidFile}); err != nil {
+	verb := "create"
+	if o.Start {
+		// One runc invocation: create and start. The container's stdio
+		// ends are ours to close once runc has handed them over (go-runc
+		// does this itself for Create only).
+		verb = "run"
+		_, err = r.Run(context.Background(), o.ID, o.Bundle, &runc.CreateOpts{IO: pio, PidFile: pidFile, Detach: true})
+		if c, ok := pio.(runc.StartCloser); ok {
+			if cerr := c.CloseAfterStart(); err == nil && cerr != nil {
+				err = fmt.Errorf("close container stdio: %w", cerr)
+			}
+		}
+	} else {
+		err = r.Create(context.Background(), o.ID, o.Bundle, &runc.CreateOpts{IO: pio, PidFile: pidFile})
+	}
+	if err != nil {
 		msg := runcError(filepath.Join(o.Dir, RuncLogFile))
 		if msg == "" {
 			msg = err.Error()
 		}
-		report("err runc create: %s", oneLine(msg))
+		report("err runc %s: %s", verb, oneLine(msg))
 		pio.Close()
 		return 1
 	}
@@ -125,6 +160,17 @@ func Main(args []string) int {
 		return 1
 	}
 	return 0
+}
+
+// waitGate waits for the agent's go-ahead on GateFD.
+func waitGate() bool {
+	f := os.NewFile(GateFD, "gate")
+	if f == nil {
+		return false
+	}
+	defer f.Close()
+	line, err := bufio.NewReader(f).ReadString('\n')
+	return err == nil && line == goLine
 }
 
 // oneLine keeps an error message on the sync pipe's single line.

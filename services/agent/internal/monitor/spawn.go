@@ -27,69 +27,105 @@ type Process struct {
 // StderrFile receives a monitor's own stderr (not the container's).
 const StderrFile = "monitor.err"
 
-// Spawn starts a monitor for o and waits until it reports: on success the
-// container exists (created, not started) and its init pid is returned.
-// On failure the error carries runc's message; the monitor has exited.
-func Spawn(ctx context.Context, bin string, o Options) (*Process, int, error) {
-	r, w, err := os.Pipe()
+// Pending is a monitor that has been started and waits for its go-ahead
+// (Begin) before it calls runc.
+type Pending struct {
+	*Process
+	dir    string
+	report *os.File // read end of the monitor's report pipe
+	gate   *os.File // write end of the monitor's gate pipe
+}
+
+// Start execs a monitor for o. It returns as soon as the monitor runs;
+// the monitor sets itself up and then waits for Begin, so the exec
+// overlaps with whatever the agent still has to prepare. Every Pending
+// must end in Begin or Abort.
+func Start(bin string, o Options) (*Pending, error) {
+	rr, rw, err := os.Pipe()
 	if err != nil {
-		return nil, 0, fmt.Errorf("spawn monitor: %w", err)
+		return nil, fmt.Errorf("start monitor: %w", err)
 	}
-	defer r.Close()
+	defer rw.Close()
+	gr, gw, err := os.Pipe()
+	if err != nil {
+		rr.Close()
+		return nil, fmt.Errorf("start monitor: %w", err)
+	}
+	defer gr.Close()
 	errf, err := os.OpenFile(filepath.Join(o.Dir, StderrFile), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640)
 	if err != nil {
-		w.Close()
-		return nil, 0, fmt.Errorf("spawn monitor: %w", err)
+		rr.Close()
+		gw.Close()
+		return nil, fmt.Errorf("start monitor: %w", err)
 	}
 	defer errf.Close()
 	cmd := exec.Command(bin, o.Args()...)
 	cmd.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "GOMAXPROCS=1"}
 	cmd.Stdout, cmd.Stderr = errf, errf
-	cmd.ExtraFiles = []*os.File{w}
+	cmd.ExtraFiles = []*os.File{rw, gr} // SyncFD, GateFD
 	// Its own session: no terminal signal and no process-group kill aimed
 	// at the agent reaches it.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	err = cmd.Start()
-	w.Close()
-	if err != nil {
-		return nil, 0, fmt.Errorf("spawn monitor %s: %w", bin, err)
+	if err := cmd.Start(); err != nil {
+		rr.Close()
+		gw.Close()
+		return nil, fmt.Errorf("start monitor %s: %w", bin, err)
 	}
 	p := &Process{Pid: cmd.Process.Pid, cmd: cmd}
 	p.Start, _ = StartTime(p.Pid)
+	return &Pending{Process: p, dir: o.Dir, report: rr, gate: gw}, nil
+}
 
+// Begin lets the monitor call runc and waits until it reports: on success
+// the container exists (created, or running when Options.Start) and its
+// init pid is returned. On failure the error carries runc's message and
+// the monitor has exited, except when ctx ends first: then the monitor
+// goes on, and the caller's cleanup deletes the container, which ends it.
+func (pd *Pending) Begin(ctx context.Context) (pid int, err error) {
+	defer pd.report.Close()
+	// A monitor that failed to set up has already exited: the write fails
+	// and its report says why.
+	pd.gate.WriteString(goLine)
+	pd.gate.Close()
 	type result struct {
 		line string
 		err  error
 	}
 	lc := make(chan result, 1)
 	go func() {
-		line, err := bufio.NewReader(r).ReadString('\n')
+		line, err := bufio.NewReader(pd.report).ReadString('\n')
 		lc <- result{line, err}
 	}()
 	var res result
 	select {
 	case res = <-lc:
 	case <-ctx.Done():
-		// The monitor goes on; the caller's cleanup deletes the container,
-		// which ends it.
-		return p, 0, fmt.Errorf("wait for monitor: %w", ctx.Err())
+		return 0, fmt.Errorf("wait for monitor: %w", ctx.Err())
 	}
 	line := strings.TrimSpace(res.line)
 	if rest, ok := strings.CutPrefix(line, "ok "); ok {
 		f := strings.Fields(rest)
 		if len(f) == 2 {
 			if pid, err := strconv.Atoi(f[0]); err == nil {
-				return p, pid, nil
+				return pid, nil
 			}
 		}
-		return p, 0, fmt.Errorf("monitor: bad report %q", line)
+		return 0, fmt.Errorf("monitor: bad report %q", line)
 	}
-	cmd.Wait()
+	pd.cmd.Wait()
 	if msg, ok := strings.CutPrefix(line, "err "); ok {
-		return nil, 0, errors.New(msg)
+		return 0, errors.New(msg)
 	}
-	b, _ := os.ReadFile(filepath.Join(o.Dir, StderrFile))
-	return nil, 0, fmt.Errorf("monitor exited without a report: %s", strings.TrimSpace(string(b)))
+	b, _ := os.ReadFile(filepath.Join(pd.dir, StderrFile))
+	return 0, fmt.Errorf("monitor exited without a report: %s", strings.TrimSpace(string(b)))
+}
+
+// Abort withdraws the go-ahead from a monitor that has not begun: it
+// exits without touching runc, and Abort waits for it.
+func (pd *Pending) Abort() {
+	pd.gate.Close()
+	pd.report.Close()
+	pd.cmd.Wait()
 }
 
 // Adopt finds a monitor started by an earlier agent. ok is false when it
@@ -108,6 +144,9 @@ func Adopt(pid int, start uint64) (p *Process, ok bool) {
 // Wait blocks until the monitor has exited or ctx is done. It holds no
 // thread while it waits: the monitor's pidfd sits in the Go netpoller.
 func (p *Process) Wait(ctx context.Context) error {
+	if p.cmd != nil && p.cmd.ProcessState != nil {
+		return nil // our child, already reaped
+	}
 	if err := WaitPid(ctx, p.Pid); err != nil {
 		return err
 	}

@@ -35,7 +35,6 @@ type Network struct {
 	subnet   *net.IPNet
 	cni      *libcni.CNIConfig
 	bridge   *libcni.NetworkConfigList
-	loopback *libcni.NetworkConfigList
 	ipamDir  string
 	iptables string
 }
@@ -63,7 +62,7 @@ func New(cfg Config) (*Network, error) {
 	if ones, _ := subnet.Mask.Size(); ones > 30 {
 		return nil, fmt.Errorf("container cidr %q: /%d leaves no room for containers (at most /30): %w", cfg.CIDR, ones, errkind.Invalid)
 	}
-	for _, p := range []string{"bridge", "host-local", "loopback"} {
+	for _, p := range []string{"bridge", "host-local"} {
 		if _, err := os.Stat(filepath.Join(cfg.BinDir, p)); err != nil {
 			return nil, fmt.Errorf("cni plugin %s in %s: %w", p, cfg.BinDir, errkind.Unavailable)
 		}
@@ -101,10 +100,6 @@ func New(cfg Config) (*Network, error) {
 	b, _ := json.Marshal(conf)
 	if n.bridge, err = libcni.ConfListFromBytes(b); err != nil {
 		return nil, fmt.Errorf("cni config: %w", err)
-	}
-	lo := `{"cniVersion":"1.0.0","name":"` + NetworkName(cfg.Node) + `-lo","plugins":[{"type":"loopback"}]}`
-	if n.loopback, err = libcni.ConfListFromBytes([]byte(lo)); err != nil {
-		return nil, fmt.Errorf("cni loopback config: %w", err)
 	}
 	return n, nil
 }
@@ -168,22 +163,11 @@ func (n *Network) rt(id, nsPath string) *libcni.RuntimeConf {
 	return &libcni.RuntimeConf{ContainerID: id, NetNS: nsPath, IfName: IfName}
 }
 
-// Attach connects the namespace at nsPath (container id) to the bridge
-// and brings up its loopback. Running out of addresses is
-// errkind.Exhausted. On error nothing is left attached.
+// Attach connects the namespace at nsPath (container id) to the bridge.
+// (Its loopback is up already: Create does that.) Running out of
+// addresses is errkind.Exhausted. On error nothing is left attached.
 func (n *Network) Attach(ctx context.Context, id, nsPath string) (a Attachment, err error) {
-	// Loopback and bridge touch different interfaces: run both plugins at
-	// once.
-	loErr := make(chan error, 1)
-	go func() {
-		_, err := n.cni.AddNetworkList(ctx, n.loopback, &libcni.RuntimeConf{ContainerID: id, NetNS: nsPath, IfName: "lo"})
-		loErr <- err
-	}()
 	res, err := n.cni.AddNetworkList(ctx, n.bridge, n.rt(id, nsPath))
-	if lerr := <-loErr; lerr != nil && err == nil {
-		n.cni.DelNetworkList(context.WithoutCancel(ctx), n.bridge, n.rt(id, nsPath))
-		return a, fmt.Errorf("cni loopback: %w", lerr)
-	}
 	if err != nil {
 		n.cni.DelNetworkList(context.WithoutCancel(ctx), n.bridge, n.rt(id, nsPath))
 		if exhausted(err) {

@@ -10,9 +10,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Create makes a new network namespace and pins it at path (a bind mount
-// of the namespace over an empty file), so it outlives every process in
-// it and can be joined by path.
+// Create makes a new network namespace with its loopback interface up and
+// pins it at path (a bind mount of the namespace over an empty file), so
+// it outlives every process in it and can be joined by path.
 func Create(path string) (err error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return fmt.Errorf("create netns %s: %w", path, err)
@@ -37,6 +37,12 @@ func Create(path string) (err error) {
 			errc <- fmt.Errorf("unshare: %w", err)
 			return
 		}
+		// What the loopback CNI plugin would do, without a process: set lo
+		// up (the kernel gives it 127.0.0.1 and ::1).
+		if err := loopbackUp(); err != nil {
+			errc <- err
+			return
+		}
 		tid := unix.Gettid()
 		src := fmt.Sprintf("/proc/%d/task/%d/ns/net", os.Getpid(), tid)
 		if err := unix.Mount(src, path, "none", unix.MS_BIND, ""); err != nil {
@@ -59,6 +65,27 @@ func Remove(path string) error {
 	}
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("remove netns %s: %w", path, err)
+	}
+	return nil
+}
+
+// loopbackUp sets lo up in the calling thread's network namespace.
+func loopbackUp() error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("loopback up: socket: %w", err)
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq("lo")
+	if err != nil {
+		return fmt.Errorf("loopback up: %w", err)
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
+		return fmt.Errorf("loopback up: get flags: %w", err)
+	}
+	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+	if err := unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr); err != nil {
+		return fmt.Errorf("loopback up: set flags: %w", err)
 	}
 	return nil
 }

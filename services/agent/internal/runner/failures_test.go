@@ -22,7 +22,10 @@ func TestCreateFailures(t *testing.T) {
 		{name: "missing entrypoint", spec: Spec{Image: "busybox", Command: []string{"/usr/bin/nosuch"}}, kind: errkind.Invalid, wantErr: "no such executable file in the image"},
 		{name: "not on path", spec: Spec{Image: "busybox", Command: []string{"nosuch"}}, kind: errkind.Invalid, wantErr: "not found in the image"},
 		{name: "exec format error", spec: Spec{Image: "busybox", Command: []string{"/bin/bad"}}, kind: errkind.Invalid, wantErr: "exec format error"},
-		{name: "runc failure", spec: Spec{Image: "broken", Command: []string{"/bin/sh"}}, wantErr: "runc create failed"},
+		{name: "runc failure", spec: Spec{Image: "broken", Command: []string{"/bin/sh"}}, wantErr: "runc run failed"},
+		// With init steps the monitor runs runc create, not runc run.
+		{name: "runc failure before init steps", spec: Spec{Image: "broken", Command: []string{"/bin/sh"},
+			Init: []InitStep{{ID: "never", Action: ActionRun, Command: []string{"true"}}}}, wantErr: "runc create failed"},
 		{name: "invalid memory", spec: Spec{Image: "busybox", Memory: 1024}, kind: errkind.Invalid, wantErr: "below the minimum"},
 		{name: "invalid cpu", spec: Spec{Image: "busybox", CPU: 1000}, kind: errkind.Invalid, wantErr: "more than the node's"},
 		{name: "missing env", spec: Spec{Image: "busybox", Env: map[string]string{"A": "$E:NOT_SET_ANYWHERE"}}, kind: errkind.Invalid, wantErr: "NOT_SET_ANYWHERE (for A)"},

@@ -67,13 +67,28 @@ const stateFile = "state.json"
 
 func (rn *Runner) dir(id string) string { return filepath.Join(rn.cfg.StateDir, "containers", id) }
 
-// save writes rec's state file atomically.
+// save writes rec's state file atomically and durably.
 func (rn *Runner) save(rec *Record) error {
 	b, err := json.MarshalIndent(rec, "", "  ")
 	if err != nil {
 		return fmt.Errorf("encode state of %s: %w", rec.ID(), err)
 	}
 	return atomicfile.Write(filepath.Join(rn.dir(rec.ID()), stateFile), b, 0o600)
+}
+
+// note writes rec's state file atomically without waiting for the disk.
+// It is for the steps of a create (rec in StateCreating) after the first,
+// durable, save: an agent that crashes reads what note wrote (the page
+// cache outlives the process) and finds the monitor to stop; a power loss
+// may leave the first save instead, which is as good, because it also
+// ends every process and namespace, and what is left on disk (the root
+// filesystem, the address lease) Recover removes either way.
+func (rn *Runner) note(rec *Record) error {
+	b, err := json.MarshalIndent(rec, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode state of %s: %w", rec.ID(), err)
+	}
+	return atomicfile.WriteUnsynced(filepath.Join(rn.dir(rec.ID()), stateFile), b, 0o600)
 }
 
 func load(dir string) (*Record, error) {

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"zlayer.dev/services/agent/internal/monitor"
 	"zlayer.dev/services/agent/internal/netns"
 	"zlayer.dev/services/agent/internal/stats"
 )
@@ -169,4 +170,47 @@ func zombies(t *testing.T) []string {
 		}
 	}
 	return out
+}
+
+// A create interrupted after the monitor started but before its
+// go-ahead: the record is "creating" with the monitor's pid. The agent's
+// end of the gate closes with it, so the monitor exits having made no
+// container, and Recover removes the rest (namespace, lease, files).
+func TestRecoverBeforeGoAhead(t *testing.T) {
+	tn := newTestNode(t, 24)
+	ctx := context.Background()
+	const id = "gated"
+	rec := Record{Spec: Spec{ID: id, Image: "busybox"}, State: StateCreating, Netns: tn.rn.netnsPath(id), Cgroup: tn.rn.cgroupsPath(id)}
+	dir := tn.rn.dir(id)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	pd, err := monitor.Start(tn.rn.cfg.Monitor, monitor.Options{
+		ID: id, Bundle: dir, Runc: tn.rn.cfg.Runc, RuncRoot: tn.rn.runc.Root, Dir: dir,
+		Log: filepath.Join(dir, LogFile), Start: true,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec.MonitorPid, rec.MonitorT0 = pd.Pid, pd.Start
+	if err := tn.rn.save(&rec); err != nil {
+		t.Fatal(err)
+	}
+	if err := netns.Create(rec.Netns); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tn.net.Attach(ctx, id, rec.Netns); err != nil {
+		t.Fatal(err)
+	}
+	tn.rn.Close()
+	pd.Abort() // what the agent's exit does to the gate
+	if _, err := os.Stat(filepath.Join(dir, monitor.PidFile)); err == nil {
+		t.Fatal("the monitor ran runc without a go-ahead")
+	}
+
+	tn.start(t)
+	if _, err := tn.rn.Get(id); err == nil {
+		t.Fatal("interrupted create still listed")
+	}
+	tn.assertClean(t)
 }

@@ -217,6 +217,79 @@ func (rn *Runner) Run(ctx context.Context, s Spec) (rec Record, err error) {
 		return rec, fmt.Errorf("container %s: %w", s.ID, err)
 	}
 	undo = append(undo, func() { os.RemoveAll(dir) })
+	// Undone after the container and network, before the directory
+	// (releasing a container that has no root filesystem yet is a no-op).
+	undo = append(undo, func() {
+		if err := rn.images.Release(cctx, s.ID); err != nil {
+			log.Warn("release rootfs", zap.Error(err))
+		}
+	})
+
+	// Three things run at once from here, each needing only the id: the
+	// network (namespace pin, then CNI), the monitor's exec (it sets
+	// itself up and waits for its go-ahead before it calls runc), and,
+	// in this goroutine, the durable intent, the root filesystem and the
+	// bundle. The network and the monitor may start before the intent is
+	// on disk: after a crash, Recover's sweep removes namespace pins,
+	// address leases, cgroups and runc containers that no record owns, and
+	// a monitor whose agent is gone exits at its gate having made nothing.
+	// The root filesystem is made only once the intent is durable: the
+	// record is what finds it again.
+	netc := make(chan attached, 1)
+	go func() { netc <- rn.attach(ctx, s.ID, c.rec.Netns) }()
+	var nw attached
+	netWait := sync.OnceFunc(func() { nw = <-netc })
+	undo = append(undo, func() {
+		netWait()
+		if !nw.pinned {
+			return
+		}
+		if err := rn.net.Detach(cctx, s.ID, c.rec.Netns); err != nil {
+			log.Warn("cni del", zap.Error(err))
+		}
+		if err := netns.Remove(c.rec.Netns); err != nil {
+			log.Warn("remove netns", zap.Error(err))
+		}
+	})
+	// Without init steps the monitor runs `runc run -d`: one runc
+	// invocation, once the network is up (the process must find it
+	// ready). With init steps it runs `runc create` while CNI is still
+	// working, the steps run in the created container, and `runc start`
+	// follows.
+	oneShot := len(s.Init) == 0
+	type started struct {
+		pd  *monitor.Pending
+		err error
+	}
+	monc := make(chan started, 1)
+	go func() {
+		pd, err := monitor.Start(rn.cfg.Monitor, monitor.Options{
+			ID: s.ID, Bundle: dir, Runc: rn.cfg.Runc, RuncRoot: rn.runc.Root, Dir: dir,
+			Log: filepath.Join(dir, LogFile), LogMax: rn.cfg.LogMax, LogKeep: rn.cfg.LogKeep,
+			MemCgroup: stats.MemoryCgroup(c.rec.Cgroup), Start: oneShot,
+		})
+		monc <- started{pd, err}
+	}()
+	var mon started
+	monWait := sync.OnceFunc(func() { mon = <-monc })
+	begun := false // whether the monitor has had its go-ahead
+	undo = append(undo, func() {
+		monWait()
+		if mon.pd == nil {
+			return
+		}
+		if !begun {
+			mon.pd.Abort() // it has made nothing
+			return
+		}
+		// runc may have made the container (or left state behind when it
+		// failed); deleting it ends the monitor too.
+		rn.runc.Delete(cctx, s.ID, &gorunc.DeleteOpts{Force: true})
+		wctx, cancel := context.WithTimeout(cctx, 10*time.Second)
+		defer cancel()
+		mon.pd.Wait(wctx)
+	})
+
 	// The intent goes to disk first: whatever a crash interrupts below is
 	// found and cleaned up by Recover.
 	if err := rn.save(&c.rec); err != nil {
@@ -224,11 +297,6 @@ func (rn *Runner) Run(ctx context.Context, s Spec) (rec Record, err error) {
 	}
 
 	root, err := rn.images.Prepare(ctx, s.Image, s.Pull, s.ID)
-	undo = append(undo, func() {
-		if err := rn.images.Release(cctx, s.ID); err != nil {
-			log.Warn("release rootfs", zap.Error(err))
-		}
-	})
 	if err != nil {
 		return rec, fmt.Errorf("container %s: %w", s.ID, err)
 	}
@@ -255,11 +323,16 @@ func (rn *Runner) Run(ctx context.Context, s Spec) (rec Record, err error) {
 		return rec, fmt.Errorf("container %s: %w", s.ID, err)
 	}
 	hostResolv, _ := os.ReadFile(rn.cfg.ResolvConf)
-	for name, b := range map[string][]byte{
-		"hosts":       bundle.Hosts(bcfg.Hostname, nil),
+	files := map[string][]byte{
 		"resolv.conf": bundle.ResolvConf(hostResolv),
 		"hostname":    []byte(bcfg.Hostname + "\n"),
-	} {
+	}
+	if !oneShot {
+		// runc create bind-mounts it before the address is known; it is
+		// rewritten in place below.
+		files["hosts"] = bundle.Hosts(bcfg.Hostname, nil)
+	}
+	for name, b := range files {
 		if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
 			return rec, fmt.Errorf("container %s: %w", s.ID, err)
 		}
@@ -268,75 +341,54 @@ func (rn *Runner) Run(ctx context.Context, s Spec) (rec Record, err error) {
 		return rec, fmt.Errorf("container %s: %w", s.ID, err)
 	}
 
-	if err := netns.Create(c.rec.Netns); err != nil {
-		return rec, fmt.Errorf("container %s: %w", s.ID, err)
+	monWait()
+	if mon.err != nil {
+		return rec, fmt.Errorf("container %s: %w", s.ID, mon.err)
 	}
-	undo = append(undo, func() {
-		if err := netns.Remove(c.rec.Netns); err != nil {
-			log.Warn("remove netns", zap.Error(err))
+	c.mon, c.rec.MonitorPid, c.rec.MonitorT0 = mon.pd.Process, mon.pd.Pid, mon.pd.Start
+	gotNet := func() error {
+		netWait()
+		if nw.err != nil {
+			return nw.err
 		}
-	})
-
-	// The network and the runc container are made at the same time: CNI
-	// only needs the namespace, runc create only needs the bundle.
-	type attached struct {
-		a   netns.Attachment
-		err error
+		c.rec.IP = nw.a.IP.String()
+		// In place: with init steps runc create has bind-mounted it already.
+		return rn.writeHosts(c.rec)
 	}
-	ac := make(chan attached, 1)
-	go func() {
-		a, err := rn.net.Attach(ctx, s.ID, c.rec.Netns)
-		ac <- attached{a, err}
-	}()
-	undo = append(undo, func() {
-		if err := rn.net.Detach(cctx, s.ID, c.rec.Netns); err != nil {
-			log.Warn("cni del", zap.Error(err))
+	if oneShot {
+		if err := gotNet(); err != nil {
+			return rec, fmt.Errorf("container %s: %w", s.ID, err)
 		}
-	})
-	mon, pid, merr := monitor.Spawn(ctx, rn.cfg.Monitor, monitor.Options{
-		ID: s.ID, Bundle: dir, Runc: rn.cfg.Runc, RuncRoot: rn.runc.Root, Dir: dir,
-		Log: filepath.Join(dir, LogFile), LogMax: rn.cfg.LogMax, LogKeep: rn.cfg.LogKeep,
-		MemCgroup: stats.MemoryCgroup(c.rec.Cgroup),
-	})
-	if mon != nil {
-		undo = append(undo, func() {
-			rn.runc.Delete(cctx, s.ID, &gorunc.DeleteOpts{Force: true})
-			wctx, cancel := context.WithTimeout(cctx, 10*time.Second)
-			defer cancel()
-			mon.Wait(wctx)
-		})
-	} else {
-		// runc create failed; runc may still have left state behind.
-		undo = append(undo, func() { rn.runc.Delete(cctx, s.ID, &gorunc.DeleteOpts{Force: true}) })
 	}
-	at := <-ac
-	if merr != nil {
-		return rec, fmt.Errorf("container %s: %w", s.ID, merr)
-	}
-	if at.err != nil {
-		return rec, fmt.Errorf("container %s: %w", s.ID, at.err)
-	}
-	c.mon, c.rec.Pid, c.rec.MonitorPid, c.rec.MonitorT0 = mon, pid, mon.Pid, mon.Start
-	c.rec.IP = at.a.IP.String()
-	// Written in place: the file is already bind-mounted by runc create.
-	if err := rn.writeHosts(c.rec); err != nil {
+	// The monitor's pid is on disk before it calls runc, so Recover can
+	// stop it and wait for it.
+	if err := rn.note(&c.rec); err != nil {
 		return rec, fmt.Errorf("container %s: %w", s.ID, err)
 	}
-	if err := rn.save(&c.rec); err != nil {
+	begun = true
+	pid, err := mon.pd.Begin(ctx)
+	if err != nil {
 		return rec, fmt.Errorf("container %s: %w", s.ID, err)
 	}
-	if len(s.Init) > 0 {
+	c.rec.Pid = pid
+	if !oneShot {
+		if err := gotNet(); err != nil {
+			return rec, fmt.Errorf("container %s: %w", s.ID, err)
+		}
+		if err := rn.note(&c.rec); err != nil {
+			return rec, fmt.Errorf("container %s: %w", s.ID, err)
+		}
 		results, err := rn.runInit(ctx, log, s.ID, s.Identity.Deployment, c.rec.Netns, s.Init)
 		c.rec.Init = results
 		if err != nil {
 			return rec, fmt.Errorf("container %s: %w", s.ID, err)
 		}
-		if err := rn.save(&c.rec); err != nil {
+		if err := rn.note(&c.rec); err != nil {
 			return rec, fmt.Errorf("container %s: %w", s.ID, err)
 		}
-	}
-	if err := rn.runc.Start(ctx, s.ID); err != nil {
-		return rec, fmt.Errorf("container %s: runc start: %w", s.ID, err)
+		if err := rn.runc.Start(ctx, s.ID); err != nil {
+			return rec, fmt.Errorf("container %s: runc start: %w", s.ID, err)
+		}
 	}
 	c.rec.State, c.rec.StartedAt = StateRunning, time.Now().UTC()
 	if err := rn.save(&c.rec); err != nil {
@@ -346,6 +398,25 @@ func (rn *Runner) Run(ctx context.Context, s Spec) (rec Record, err error) {
 	rn.publish(c.rec, false)
 	rn.watch(c)
 	return c.rec, nil
+}
+
+// attached is the network's part of a create: whether the namespace was
+// pinned (then it and any address must be undone on failure) and the
+// address CNI gave.
+type attached struct {
+	pinned bool
+	a      netns.Attachment
+	err    error
+}
+
+// attach pins a new network namespace for container id and connects it
+// through CNI.
+func (rn *Runner) attach(ctx context.Context, id, nsPath string) attached {
+	if err := netns.Create(nsPath); err != nil {
+		return attached{err: err}
+	}
+	a, err := rn.net.Attach(ctx, id, nsPath)
+	return attached{pinned: true, a: a, err: err}
 }
 
 // LogFile is the container's log, in its state directory.
