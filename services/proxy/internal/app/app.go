@@ -137,8 +137,8 @@ func start(env daemon.Env, srv *grpc.Server, cfg *config, jobs httpproxy.JobRunn
 	undo = append(undo, func() { httpsLn.Close() })
 
 	t := httpproxy.Timeouts{ReadHeader: cfg.ReadHeaderTimeout, Idle: cfg.IdleTimeout}
-	plain := httpproxy.Server(cm.HTTPHandler(px.Handler(false)), nil, t, env.Log)
-	secure := httpproxy.Server(px.Handler(true), cm.TLSConfig(), t, env.Log)
+	plain := px.NewFront(cm.HTTPHandler(px.Handler(false)), nil, t, env.Log)
+	secure := px.NewFront(px.Handler(true), cm.TLSConfig(), t, env.Log)
 	proxyv1.RegisterProxyServiceServer(srv, server.New(env, store, time.Now, env.Log))
 	env.Log.Info("proxy listening", zap.String("http", httpLn.Addr().String()), zap.String("https", httpsLn.Addr().String()),
 		zap.String("lb", policy.String()), zap.Bool("acme", cfg.ACMECA != ""))
@@ -146,7 +146,7 @@ func start(env daemon.Env, srv *grpc.Server, cfg *config, jobs httpproxy.JobRunn
 	return func(ctx context.Context) error {
 		g, gctx := errgroup.WithContext(ctx)
 		g.Go(func() error { return serve(plain.Serve(httpLn), "http") })
-		g.Go(func() error { return serve(secure.ServeTLS(httpsLn, "", ""), "https") })
+		g.Go(func() error { return serve(secure.Serve(httpsLn), "https") })
 		g.Go(func() error { return reg.Run(gctx) })
 		g.Go(func() error {
 			<-gctx.Done()

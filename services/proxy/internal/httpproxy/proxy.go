@@ -24,6 +24,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -70,6 +71,8 @@ type Proxy struct {
 	transport *http.Transport // requests with bodies, upgrades
 	h1        *h1Transport    // everything else
 	rp        *httputil.ReverseProxy
+	// fastRequests counts requests the fast path (Front) served.
+	fastRequests atomic.Uint64
 }
 
 // New returns a proxy for cfg.
@@ -154,11 +157,16 @@ type state struct {
 
 func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, secure bool) {
 	start := time.Now()
+	if r.TLS == nil {
+		// A TLS connection the fast path handed off reaches net/http
+		// wrapped, as a plain one; its state came along in the context.
+		r.TLS, _ = r.Context().Value(tlsStateKey{}).(*tls.ConnectionState)
+	}
 	e := p.cfg.Routes.Load().MatchHTTP(r.Host, r.URL.Path)
 	sw := &statusWriter{ResponseWriter: w}
 	if e == nil {
 		http.Error(sw, fmt.Sprintf("zlayer-proxy: no route for host %q and path %q", r.Host, r.URL.Path), http.StatusNotFound)
-		p.access(r, nil, nil, sw.status, sw.bytes, start)
+		p.access(requestInfo(r), nil, nil, sw.status, sw.bytes, start)
 		return
 	}
 	e.Stats.Begin()
@@ -175,7 +183,7 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, secure bool) {
 		sw.status = http.StatusOK
 	}
 	e.Stats.End(sw.status, time.Since(start))
-	p.access(r, e, st.backend, sw.status, sw.bytes, start)
+	p.access(requestInfo(r), e, st.backend, sw.status, sw.bytes, start)
 }
 
 func (p *Proxy) redirect(w http.ResponseWriter, r *http.Request) {
@@ -192,7 +200,16 @@ func (p *Proxy) redirect(w http.ResponseWriter, r *http.Request) {
 	http.Redirect(w, r, "https://"+host+r.URL.RequestURI(), http.StatusPermanentRedirect)
 }
 
-func (p *Proxy) access(r *http.Request, e *routes.Entry, b *balance.Backend, status int, bytes int64, start time.Time) {
+// accessInfo is what the access log says of the request.
+type accessInfo struct {
+	method, host, path, proto, remote string
+}
+
+func requestInfo(r *http.Request) accessInfo {
+	return accessInfo{method: r.Method, host: r.Host, path: r.URL.Path, proto: r.Proto, remote: r.RemoteAddr}
+}
+
+func (p *Proxy) access(r accessInfo, e *routes.Entry, b *balance.Backend, status int, bytes int64, start time.Time) {
 	if p.cfg.AccessLog == nil {
 		return
 	}
@@ -205,9 +222,9 @@ func (p *Proxy) access(r *http.Request, e *routes.Entry, b *balance.Backend, sta
 		fields = append(fields, zap.String(obs.KeyReplica, b.ID), zap.String("backend", b.Addr))
 	}
 	fields = append(fields,
-		zap.String("method", r.Method), zap.String("host", r.Host), zap.String("path", r.URL.Path),
-		zap.String("proto", r.Proto), zap.Int("status", status), zap.Int64("bytes", bytes),
-		zap.Duration("duration", time.Since(start)), zap.String("remote", r.RemoteAddr))
+		zap.String("method", r.method), zap.String("host", r.host), zap.String("path", r.path),
+		zap.String("proto", r.proto), zap.Int("status", status), zap.Int64("bytes", bytes),
+		zap.Duration("duration", time.Since(start)), zap.String("remote", r.remote))
 	p.cfg.AccessLog.Info("request", fields...)
 }
 

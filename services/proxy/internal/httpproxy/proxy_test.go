@@ -32,6 +32,7 @@ import (
 
 // harness is a proxy with its two listeners on 127.0.0.1.
 type harness struct {
+	px       *Proxy
 	store    *routes.Store
 	plain    string // host:port of the HTTP listener
 	secure   string // host:port of the HTTPS listener
@@ -65,16 +66,17 @@ func newHarness(t *testing.T, mod func(*Config)) *harness {
 	}
 	cfg.HTTPSPort = sl.Addr().(*net.TCPAddr).Port
 	px := New(cfg)
+	h.px = px
 	cert, err := certs.SelfSigned("127.0.0.1", time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
 	tc := &tls.Config{Certificates: []tls.Certificate{*cert}, NextProtos: []string{"h2", "http/1.1"}}
 	to := Timeouts{ReadHeader: 5 * time.Second, Idle: time.Minute}
-	ps := Server(px.Handler(false), nil, to, log)
-	ss := Server(px.Handler(true), tc, to, log)
-	go ps.Serve(pl)            //nolint:errcheck // ends with Shutdown
-	go ss.ServeTLS(sl, "", "") //nolint:errcheck // ends with Shutdown
+	ps := px.NewFront(px.Handler(false), nil, to, log)
+	ss := px.NewFront(px.Handler(true), tc, to, log)
+	go ps.Serve(pl) //nolint:errcheck // ends with Shutdown
+	go ss.Serve(sl) //nolint:errcheck // ends with Shutdown
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
@@ -197,12 +199,18 @@ func TestForwardingHeaders(t *testing.T) {
 		t.Run(fmt.Sprintf("trust=%v", trust), func(t *testing.T) {
 			h := newHarness(t, func(c *Config) { c.TrustForwarded = trust })
 			h.set(t, route("web", "", "/", b))
-			for _, scheme := range []string{"http", "https"} {
+			// GET takes the fast path, POST net/http's (Front hands it off).
+			for _, c := range []struct{ scheme, method string }{{"http", "GET"}, {"https", "GET"}, {"http", "POST"}, {"https", "POST"}} {
+				scheme := c.scheme
 				addr := h.plain
 				if scheme == "https" {
 					addr = h.secure
 				}
-				req, _ := http.NewRequest("GET", scheme+"://"+addr+"/p", nil)
+				fastBefore := h.px.fastRequests.Load()
+				req, _ := http.NewRequest(c.method, scheme+"://"+addr+"/p", strings.NewReader("x"))
+				if c.method == "GET" {
+					req.Body, req.ContentLength = nil, 0
+				}
 				req.Host = "shop.example.test"
 				req.Header.Set("X-Forwarded-For", "203.0.113.9")
 				req.Header.Set("Forwarded", "for=203.0.113.9")
@@ -211,6 +219,9 @@ func TestForwardingHeaders(t *testing.T) {
 					t.Fatal(err)
 				}
 				resp.Body.Close()
+				if fast := h.px.fastRequests.Load() > fastBefore; fast != (c.method == "GET") {
+					t.Errorf("%s %s: served by the fast path: %v", scheme, c.method, fast)
+				}
 				g := resp.Header
 				wantXFF, wantFwd := "127.0.0.1", `for=127.0.0.1;host="shop.example.test";proto=`+scheme
 				if trust {
@@ -225,7 +236,7 @@ func TestForwardingHeaders(t *testing.T) {
 				}
 				for k, want := range checks {
 					if got := strings.Join(g.Values(k), ","); got != want {
-						t.Errorf("%s: %s = %q, want %q", scheme, k, got, want)
+						t.Errorf("%s %s: %s = %q, want %q", scheme, c.method, k, got, want)
 					}
 				}
 			}

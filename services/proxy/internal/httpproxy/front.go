@@ -1,0 +1,1006 @@
+package httpproxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"go.uber.org/zap"
+
+	"zlayer.dev/services/proxy/internal/balance"
+	"zlayer.dev/services/proxy/internal/routes"
+)
+
+// Front serves one listener. Each connection starts on a fast path that
+// forwards plain HTTP/1.1 GET and HEAD requests to service routes itself,
+// in the connection's goroutine, copying the request head to a pooled
+// replica connection and the response back with no per-request
+// allocation of requests, header maps or goroutines — the common case of
+// a proxy, and where net/http's server spends most of its time. The first
+// request the fast path does not take (a body, an upgrade, HTTP/2 or h2c,
+// HTTP/1.0, an ACME challenge, a job route, anything unusual in its head)
+// hands the connection, with the bytes already read, to the http.Server,
+// which serves it from then on with the same Proxy.
+type Front struct {
+	p       *Proxy
+	srv     *http.Server
+	secure  bool
+	tlsConf *tls.Config
+	t       Timeouts
+	log     *zap.Logger
+
+	handoff *connListener
+	ln      net.Listener
+
+	mu       sync.Mutex
+	conns    map[*frontConn]struct{}
+	shutdown atomic.Bool
+	wg       sync.WaitGroup
+}
+
+// NewFront returns the front of a listener: h serves what the fast path
+// hands off (for the HTTP listener, with ACME's challenge handler around
+// the proxy's); tlsConfig is nil for plain HTTP and h2c.
+func (p *Proxy) NewFront(h http.Handler, tlsConfig *tls.Config, t Timeouts, log *zap.Logger) *Front {
+	f := &Front{p: p, secure: tlsConfig != nil, t: t, log: log, conns: map[*frontConn]struct{}{}}
+	f.srv = Server(h, tlsConfig, t, log)
+	f.srv.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
+		if pc, ok := c.(*prefixConn); ok && pc.tls != nil {
+			return context.WithValue(ctx, tlsStateKey{}, pc.tls)
+		}
+		return ctx
+	}
+	if tlsConfig != nil {
+		f.tlsConf = tlsConfig.Clone()
+		if !slices.Contains(f.tlsConf.NextProtos, "h2") {
+			f.tlsConf.NextProtos = append([]string{"h2"}, f.tlsConf.NextProtos...)
+		}
+		if !slices.Contains(f.tlsConf.NextProtos, "http/1.1") {
+			f.tlsConf.NextProtos = append(f.tlsConf.NextProtos, "http/1.1")
+		}
+	}
+	return f
+}
+
+// tlsStateKey carries the TLS state of a handed-off TLS connection, which
+// net/http sees as a plain one (it is wrapped to replay the bytes read).
+type tlsStateKey struct{}
+
+// Serve accepts connections on ln until ln is closed or Shutdown. It
+// returns http.ErrServerClosed after Shutdown.
+func (f *Front) Serve(ln net.Listener) error {
+	f.mu.Lock()
+	f.ln = ln
+	f.handoff = newConnListener(ln.Addr())
+	f.mu.Unlock()
+	if f.shutdown.Load() {
+		return http.ErrServerClosed
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- f.srv.Serve(f.handoff) }()
+	var delay time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if f.shutdown.Load() {
+				return http.ErrServerClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				f.log.Warn("accept failed; retrying", zap.Error(err), zap.Duration("in", delay))
+				time.Sleep(delay)
+				continue
+			}
+			f.handoff.Close()
+			return err
+		}
+		delay = 0
+		fc := &frontConn{f: f, c: c}
+		if !f.track(fc) {
+			c.Close()
+			return http.ErrServerClosed
+		}
+		go fc.serve()
+	}
+}
+
+// Shutdown closes the listener, stops the fast path's idle connections at
+// once and its busy ones after their current response, and shuts the
+// http.Server down, waiting for both until ctx is done.
+func (f *Front) Shutdown(ctx context.Context) error {
+	f.shutdown.Store(true)
+	f.mu.Lock()
+	if f.ln != nil {
+		f.ln.Close()
+	}
+	for fc := range f.conns {
+		fc.wake()
+	}
+	f.mu.Unlock()
+	done := make(chan struct{})
+	go func() { f.wg.Wait(); close(done) }()
+	err := f.srv.Shutdown(ctx)
+	select {
+	case <-done:
+	case <-ctx.Done():
+		f.mu.Lock()
+		for fc := range f.conns {
+			fc.c.Close()
+		}
+		f.mu.Unlock()
+		if err == nil {
+			err = ctx.Err()
+		}
+	}
+	return err
+}
+
+func (f *Front) track(fc *frontConn) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.shutdown.Load() {
+		return false
+	}
+	f.conns[fc] = struct{}{}
+	f.wg.Add(1)
+	return true
+}
+
+func (f *Front) untrack(fc *frontConn) {
+	f.mu.Lock()
+	delete(f.conns, fc)
+	f.mu.Unlock()
+	f.wg.Done()
+}
+
+// frontConn is one client connection on the fast path.
+type frontConn struct {
+	f      *Front
+	c      net.Conn
+	tls    *tls.ConnectionState
+	remote string // client IP
+	br     *bufio.Reader
+	bw     *bufio.Writer
+	head   []byte // the current request head as read
+	req    request
+	resp   response    // the current response head, reused
+	idle   atomic.Bool // waiting for the next request
+}
+
+// wake makes an idle connection notice a shutdown.
+func (fc *frontConn) wake() {
+	if fc.idle.Load() {
+		fc.c.SetReadDeadline(time.Unix(1, 0)) //nolint:errcheck // unblocks the read
+	}
+}
+
+var (
+	readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 8<<10) }}
+	writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 8<<10) }}
+)
+
+// maxHead bounds a request head on the fast path; longer ones go to
+// net/http, which answers 431.
+const maxHead = 32 << 10
+
+func (fc *frontConn) serve() {
+	handedOff := false
+	defer func() {
+		if !handedOff {
+			fc.c.Close()
+		}
+		if fc.br != nil {
+			fc.br.Reset(nil)
+			readerPool.Put(fc.br)
+		}
+		if fc.bw != nil {
+			fc.bw.Reset(nil)
+			writerPool.Put(fc.bw)
+		}
+		fc.f.untrack(fc)
+	}()
+	if host, _, err := net.SplitHostPort(fc.c.RemoteAddr().String()); err == nil {
+		fc.remote = host
+	}
+	if fc.f.tlsConf != nil {
+		tc := tls.Server(fc.c, fc.f.tlsConf)
+		if fc.f.t.ReadHeader > 0 {
+			tc.SetDeadline(time.Now().Add(fc.f.t.ReadHeader)) //nolint:errcheck // a failed handshake reports it
+		}
+		if err := tc.Handshake(); err != nil {
+			return
+		}
+		tc.SetDeadline(time.Time{}) //nolint:errcheck // best effort
+		fc.c = tc
+		st := tc.ConnectionState()
+		fc.tls = &st
+		switch st.NegotiatedProtocol {
+		case "h2":
+			handedOff = fc.f.handoff.give(tc)
+			return
+		case "", "http/1.1":
+		default: // acme-tls/1: the handshake was the answer
+			return
+		}
+	}
+	fc.br = readerPool.Get().(*bufio.Reader)
+	fc.br.Reset(fc.c)
+	fc.bw = writerPool.Get().(*bufio.Writer)
+	fc.bw.Reset(fc.c)
+	for {
+		ok, err := fc.readHead()
+		if err != nil {
+			return
+		}
+		if !ok {
+			handedOff = fc.handOff()
+			return
+		}
+		keep, taken := fc.f.p.fast(fc)
+		if !taken {
+			handedOff = fc.handOff()
+			return
+		}
+		if !keep || fc.f.shutdown.Load() {
+			return
+		}
+	}
+}
+
+// handOff gives the connection to the http.Server with what was read.
+func (fc *frontConn) handOff() bool {
+	prefix := make([]byte, 0, len(fc.head)+fc.br.Buffered())
+	prefix = append(prefix, fc.head...)
+	rest, _ := fc.br.Peek(fc.br.Buffered())
+	prefix = append(prefix, rest...)
+	return fc.f.handoff.give(&prefixConn{Conn: fc.c, prefix: prefix, tls: fc.tls})
+}
+
+// readHead reads the next request head into fc.head and parses it. It
+// returns false (no error) when the request is not for the fast path; the
+// head read so far is kept for the hand-off.
+func (fc *frontConn) readHead() (bool, error) {
+	fc.head = fc.head[:0]
+	// Shutdown sets its flag, then wakes idle connections: setting idle and
+	// the deadline before looking at the flag means either this sees the
+	// flag or Shutdown's wake-up comes after the deadline set here.
+	fc.idle.Store(true)
+	var deadline time.Time
+	if fc.f.t.Idle > 0 {
+		deadline = time.Now().Add(fc.f.t.Idle)
+	}
+	fc.c.SetReadDeadline(deadline) //nolint:errcheck // a failed read reports it
+	if fc.f.shutdown.Load() {
+		return false, errors.New("shutting down")
+	}
+	if _, err := fc.br.Peek(1); err != nil {
+		fc.idle.Store(false)
+		return false, err
+	}
+	fc.idle.Store(false)
+	if b, _ := fc.br.Peek(fc.br.Buffered()); fc.f.t.ReadHeader > 0 && !bytes.Contains(b, crlfcrlf) {
+		// The head did not come in one piece: the rest has ReadHeader.
+		fc.c.SetReadDeadline(time.Now().Add(fc.f.t.ReadHeader)) //nolint:errcheck // a failed read reports it
+	}
+	for {
+		line, err := fc.br.ReadSlice('\n')
+		fc.head = append(fc.head, line...)
+		if errors.Is(err, bufio.ErrBufferFull) {
+			if len(fc.head) > maxHead {
+				return false, nil
+			}
+			continue
+		}
+		if err != nil {
+			if len(fc.head) > 0 {
+				return false, nil // let net/http answer what it can
+			}
+			return false, err
+		}
+		if len(fc.head) > maxHead {
+			return false, nil
+		}
+		if len(line) <= 2 && (len(line) == 1 || line[0] == '\r') {
+			if len(fc.head) == len(line) { // leading blank line (RFC 9112 2.2)
+				return false, nil
+			}
+			break
+		}
+	}
+	return fc.req.parse(fc.head), nil
+}
+
+var crlfcrlf = []byte("\r\n\r\n")
+
+// request is a parsed request head; its slices point into the head.
+type request struct {
+	method, target, path, host []byte
+	close                      bool
+	lines                      [][2]int // header lines to forward, as offsets
+	xff                        [][]byte // X-Forwarded-For values
+	fwd                        [][]byte // Forwarded values
+}
+
+// parse reads head and reports whether the fast path takes the request:
+// GET or HEAD, HTTP/1.1, origin-form target without escapes, one Host, no
+// body, no upgrade, no Expect, no hop-by-hop headers beyond the usual, every
+// line ending in CRLF and no control character anywhere (net/http judges
+// everything else, so the fast path never forwards what it would refuse).
+func (r *request) parse(head []byte) bool {
+	*r = request{lines: r.lines[:0], xff: r.xff[:0], fwd: r.fwd[:0]}
+	if !bytes.HasSuffix(head, crlfcrlf) || !cleanHead(head) {
+		return false
+	}
+	eol := bytes.IndexByte(head, '\n')
+	line := trimCR(head[:eol])
+	sp1 := bytes.IndexByte(line, ' ')
+	if sp1 < 0 {
+		return false
+	}
+	r.method = line[:sp1]
+	rest := line[sp1+1:]
+	sp2 := bytes.IndexByte(rest, ' ')
+	if sp2 < 0 || !bytes.Equal(rest[sp2+1:], []byte("HTTP/1.1")) {
+		return false
+	}
+	r.target = rest[:sp2]
+	if string(r.method) != http.MethodGet && string(r.method) != http.MethodHead {
+		return false
+	}
+	if len(r.target) == 0 || r.target[0] != '/' || bytes.IndexByte(r.target, '%') >= 0 {
+		return false
+	}
+	r.path = r.target
+	if q := bytes.IndexByte(r.target, '?'); q >= 0 {
+		r.path = r.target[:q]
+	}
+	if bytes.IndexByte(r.target, '#') >= 0 {
+		return false
+	}
+	hosts := 0
+	off := eol + 1
+	for off < len(head) {
+		n := bytes.IndexByte(head[off:], '\n')
+		if n < 0 {
+			return false
+		}
+		start, end := off, off+n+1
+		off = end
+		l := trimCR(head[start : end-1])
+		if len(l) == 0 {
+			break
+		}
+		if l[0] == ' ' || l[0] == '\t' { // obsolete line folding
+			return false
+		}
+		colon := bytes.IndexByte(l, ':')
+		if colon <= 0 {
+			return false
+		}
+		name, value := l[:colon], bytes.TrimSpace(l[colon+1:])
+		if !isToken(name) {
+			return false
+		}
+		switch {
+		case equalFold(name, "Host"):
+			hosts++
+			r.host = value
+			for _, c := range value {
+				if !validHostByte(c) {
+					return false
+				}
+			}
+		case equalFold(name, "Connection"):
+			for _, tok := range bytes.Split(value, []byte(",")) {
+				tok = bytes.TrimSpace(tok)
+				switch {
+				case equalFold(tok, "close"):
+					r.close = true
+				case equalFold(tok, "keep-alive"), len(tok) == 0:
+				default:
+					return false // upgrade, or headers it names as hop-by-hop
+				}
+			}
+			continue
+		case equalFold(name, "Content-Length"):
+			if string(value) != "0" {
+				return false
+			}
+		case equalFold(name, "Transfer-Encoding"), equalFold(name, "Upgrade"), equalFold(name, "Expect"):
+			return false
+		case equalFold(name, "Keep-Alive"), equalFold(name, "Proxy-Connection"), equalFold(name, "TE"), equalFold(name, "Trailer"),
+			equalFold(name, "X-Forwarded-Host"), equalFold(name, "X-Forwarded-Proto"):
+			continue
+		case equalFold(name, "X-Forwarded-For"):
+			r.xff = append(r.xff, value)
+			continue
+		case equalFold(name, "Forwarded"):
+			r.fwd = append(r.fwd, value)
+			continue
+		}
+		r.lines = append(r.lines, [2]int{start, end})
+	}
+	return hosts == 1 && len(r.host) > 0
+}
+
+// isToken reports whether b is an RFC 9110 token (a header name).
+func isToken(b []byte) bool {
+	for _, c := range b {
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		case strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0:
+		default:
+			return false
+		}
+	}
+	return len(b) > 0
+}
+
+// validHostByte reports whether c may appear in a Host header (the
+// characters of a reg-name, an IP literal and a port).
+func validHostByte(c byte) bool {
+	switch {
+	case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		return true
+	}
+	return strings.IndexByte("!$&'()*+,-.:;=[]_~%", c) >= 0
+}
+
+// cleanHead reports whether every line of head ends in CRLF and no other
+// control character (tab aside) appears.
+func cleanHead(head []byte) bool {
+	for i, c := range head {
+		switch {
+		case c == '\n':
+			if i == 0 || head[i-1] != '\r' {
+				return false
+			}
+		case c == '\r':
+			if i+1 >= len(head) || head[i+1] != '\n' {
+				return false
+			}
+		case c < 0x20 && c != '\t', c == 0x7f:
+			return false
+		}
+	}
+	return true
+}
+
+func trimCR(b []byte) []byte {
+	if len(b) > 0 && b[len(b)-1] == '\r' {
+		return b[:len(b)-1]
+	}
+	return b
+}
+
+// equalFold is ASCII case-insensitive equality of a header name.
+func equalFold(b []byte, s string) bool {
+	if len(b) != len(s) {
+		return false
+	}
+	for i := range len(b) {
+		c, d := b[i], s[i]
+		if c|0x20 != d|0x20 || (c|0x20 < 'a' || c|0x20 > 'z') && c != d {
+			return false
+		}
+	}
+	return true
+}
+
+// prefixConn replays bytes already read before reading the connection.
+type prefixConn struct {
+	net.Conn
+	prefix []byte
+	tls    *tls.ConnectionState
+}
+
+func (c *prefixConn) Read(p []byte) (int, error) {
+	if len(c.prefix) > 0 {
+		n := copy(p, c.prefix)
+		c.prefix = c.prefix[n:]
+		return n, nil
+	}
+	return c.Conn.Read(p)
+}
+
+// connListener is the http.Server's listener: the connections the fast
+// path hands off.
+type connListener struct {
+	addr   net.Addr
+	ch     chan net.Conn
+	done   chan struct{}
+	closed sync.Once
+}
+
+func newConnListener(addr net.Addr) *connListener {
+	return &connListener{addr: addr, ch: make(chan net.Conn), done: make(chan struct{})}
+}
+
+func (l *connListener) give(c net.Conn) bool {
+	select {
+	case l.ch <- c:
+		return true
+	case <-l.done:
+		return false
+	}
+}
+
+func (l *connListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.ch:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *connListener) Close() error {
+	l.closed.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *connListener) Addr() net.Addr { return l.addr }
+
+// fast serves the parsed request on fc if its route is a service route
+// this listener serves; taken is false when it did not touch the request.
+// keep says whether the connection can take another request.
+func (p *Proxy) fast(fc *frontConn) (keep, taken bool) {
+	r := &fc.req
+	if bytes.HasPrefix(r.path, []byte("/.well-known/acme-challenge/")) {
+		return false, false
+	}
+	// The strings only live for the lookup, while the head is untouched.
+	e := p.cfg.Routes.Load().MatchHTTP(unsafe.String(unsafe.SliceData(r.host), len(r.host)), unsafe.String(unsafe.SliceData(r.path), len(r.path)))
+	if e == nil || e.Kind != routes.Service || e.Protocol == routes.HTTPS && !fc.f.secure {
+		return false, false
+	}
+	start := time.Now()
+	p.fastRequests.Add(1)
+	e.Stats.Begin()
+	res := p.exchange(fc, e)
+	e.Stats.End(res.status, time.Since(start))
+	if p.cfg.AccessLog != nil {
+		p.access(accessInfo{method: string(r.method), host: string(r.host), path: string(r.path), proto: "HTTP/1.1",
+			remote: fc.c.RemoteAddr().String()}, e, res.backend, res.status, res.bytes, start)
+	}
+	return res.keep && !r.close, true
+}
+
+// exchangeResult is how a fast-path request ended.
+type exchangeResult struct {
+	status  int
+	bytes   int64
+	keep    bool
+	backend *balance.Backend
+}
+
+// writeError answers with a plain-text error like http.Error.
+func (fc *frontConn) writeError(code int, msg string) exchangeResult {
+	body := msg + "\n"
+	fmt.Fprintf(fc.bw, "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\nContent-Length: %d\r\n",
+		code, http.StatusText(code), len(body))
+	if fc.req.close {
+		fc.bw.WriteString("Connection: close\r\n")
+	}
+	fc.bw.WriteString("\r\n")
+	if string(fc.req.method) != http.MethodHead {
+		fc.bw.WriteString(body)
+	}
+	err := fc.bw.Flush()
+	return exchangeResult{status: code, keep: err == nil}
+}
+
+// writeRequest writes the request head for a replica to w.
+func (p *Proxy) writeRequest(w *bufio.Writer, fc *frontConn) {
+	r := &fc.req
+	w.Write(r.method)
+	w.WriteByte(' ')
+	w.Write(r.target)
+	w.WriteString(" HTTP/1.1\r\n")
+	for _, l := range r.lines {
+		w.Write(fc.head[l[0]:l[1]])
+	}
+	w.WriteString("X-Forwarded-For: ")
+	if p.cfg.TrustForwarded {
+		for _, v := range r.xff {
+			w.Write(v)
+			w.WriteString(", ")
+		}
+	}
+	w.WriteString(fc.remote)
+	w.WriteString("\r\nX-Forwarded-Host: ")
+	w.Write(r.host)
+	proto := "http"
+	if fc.f.secure {
+		proto = "https"
+	}
+	w.WriteString("\r\nX-Forwarded-Proto: ")
+	w.WriteString(proto)
+	w.WriteString("\r\n")
+	if p.cfg.TrustForwarded {
+		for _, v := range r.fwd {
+			w.WriteString("Forwarded: ")
+			w.Write(v)
+			w.WriteString("\r\n")
+		}
+	}
+	w.WriteString("Forwarded: ")
+	if fc.remote != "" {
+		if bytes.IndexByte([]byte(fc.remote), ':') >= 0 {
+			w.WriteString(`for="[` + fc.remote + `]";`)
+		} else {
+			w.WriteString("for=" + fc.remote + ";")
+		}
+	}
+	w.WriteString(`host="`)
+	for _, c := range r.host {
+		if c != '"' {
+			w.WriteByte(c)
+		}
+	}
+	w.WriteString(`";proto=`)
+	w.WriteString(proto)
+	w.WriteString("\r\n\r\n")
+}
+
+// backendFailure says how sending to a replica failed.
+type backendFailure int
+
+const (
+	failNone    backendFailure = iota
+	failDial                   // could not connect: eject, try another replica
+	failStale                  // a pooled connection the replica had closed: try a fresh one
+	failTimeout                // no response head in time: 504
+	failOther                  // 502
+)
+
+// exchange sends the request to a replica of e and copies the response to
+// the client.
+func (p *Proxy) exchange(fc *frontConn, e *routes.Entry) exchangeResult {
+	what := func() string {
+		return fmt.Sprintf("service %q of deployment %q (endpoint %q)", e.Service, e.Deployment, e.Endpoint)
+	}
+	be := e.Pool.Pick(nil)
+	if be == nil {
+		return fc.writeError(http.StatusServiceUnavailable, "zlayer-proxy: "+what()+" has no healthy replica")
+	}
+	retried := false
+	for {
+		res, fail, err := p.try(fc, be)
+		res.backend = be
+		switch fail {
+		case failNone:
+			be.Release()
+			return res
+		case failDial:
+			e.Pool.Eject(be)
+			be.Release()
+			if !retried {
+				retried = true
+				if next := e.Pool.Pick(be); next != nil {
+					be = next
+					continue
+				}
+			}
+		default:
+			be.Release()
+			if isReset(err) {
+				e.Pool.Eject(be)
+			}
+		}
+		replica := fmt.Sprintf("replica %s at %s", be.ID, be.Addr)
+		var out exchangeResult
+		if fail == failTimeout {
+			out = fc.writeError(http.StatusGatewayTimeout, fmt.Sprintf("zlayer-proxy: %s: %s did not answer in time", what(), replica))
+		} else {
+			out = fc.writeError(http.StatusBadGateway, fmt.Sprintf("zlayer-proxy: %s: %s failed: %v", what(), replica, err))
+		}
+		out.backend = be
+		return out
+	}
+}
+
+// try sends the request to be once (twice when a pooled connection turns
+// out stale) and copies the response.
+func (p *Proxy) try(fc *frontConn, be *balance.Backend) (exchangeResult, backendFailure, error) {
+	for {
+		pc, reused := p.h1.get(be.Addr)
+		if pc == nil {
+			c, err := p.h1.dial(context.Background(), "tcp", be.Addr)
+			if err != nil {
+				return exchangeResult{}, failDial, err
+			}
+			pc = &h1Conn{c: c, br: bufio.NewReaderSize(c, 16<<10), bw: bufio.NewWriterSize(c, 16<<10)}
+		}
+		res, fail, err := p.relay(fc, pc, be.Addr)
+		if fail == failStale && reused {
+			continue
+		}
+		if fail == failStale {
+			fail = failOther
+		}
+		return res, fail, err
+	}
+}
+
+// relay writes the request on pc, reads the response head and copies the
+// response to the client. pc goes back to the pool when it can serve again.
+func (p *Proxy) relay(fc *frontConn, pc *h1Conn, addr string) (exchangeResult, backendFailure, error) {
+	p.writeRequest(pc.bw, fc)
+	if err := pc.bw.Flush(); err != nil {
+		pc.c.Close()
+		return exchangeResult{}, failStale, err
+	}
+	if p.h1.responseTimeout > 0 {
+		pc.c.SetReadDeadline(time.Now().Add(p.h1.responseTimeout)) //nolint:errcheck // a failed read reports it
+	}
+	resp := &fc.resp
+	for {
+		if _, err := pc.br.Peek(1); err != nil {
+			pc.c.Close()
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				return exchangeResult{}, failTimeout, err
+			}
+			if errors.Is(err, io.EOF) || isReset(err) {
+				return exchangeResult{}, failStale, err
+			}
+			return exchangeResult{}, failOther, err
+		}
+		if err := resp.read(pc.br); err != nil {
+			pc.c.Close()
+			return exchangeResult{}, failOther, err
+		}
+		if resp.status >= 200 {
+			break
+		}
+		if resp.status == http.StatusSwitchingProtocols {
+			pc.c.Close()
+			return exchangeResult{}, failOther, errors.New("replica switched protocols without being asked to")
+		}
+		// 1xx: the final response follows.
+	}
+	head := string(fc.req.method) == http.MethodHead
+	bodiless := head || resp.status == http.StatusNoContent || resp.status == http.StatusNotModified
+	closeDelimited := !bodiless && !resp.chunked && resp.length < 0
+	res := exchangeResult{status: resp.status}
+	// Response head to the client.
+	w := fc.bw
+	w.WriteString("HTTP/1.1 ")
+	w.Write(resp.statusText)
+	if len(resp.statusText) == 3 { // no reason phrase: the space stays
+		w.WriteByte(' ')
+	}
+	w.WriteString("\r\n")
+	for _, l := range resp.lines {
+		w.Write(resp.head[l[0]:l[1]])
+	}
+	if closeDelimited || fc.req.close {
+		w.WriteString("Connection: close\r\n")
+	}
+	w.WriteString("\r\n")
+	var err error
+	switch {
+	case bodiless:
+	case resp.chunked:
+		if p.h1.responseTimeout > 0 {
+			pc.c.SetReadDeadline(time.Time{}) //nolint:errcheck // streaming: no deadline on the body
+		}
+		res.bytes, err = copyChunked(w, pc.br)
+	case resp.length >= 0:
+		if int64(pc.br.Buffered()) < resp.length && p.h1.responseTimeout > 0 {
+			pc.c.SetReadDeadline(time.Time{}) //nolint:errcheck // streaming: no deadline on the body
+		}
+		res.bytes, err = copyN(w, pc.br, resp.length)
+	default:
+		if p.h1.responseTimeout > 0 {
+			pc.c.SetReadDeadline(time.Time{}) //nolint:errcheck // streaming: no deadline on the body
+		}
+		res.bytes, err = io.Copy(w, pc.br)
+	}
+	if ferr := w.Flush(); err == nil && ferr != nil {
+		err = ferr
+	}
+	reusable := err == nil && !closeDelimited && !resp.close && pc.br.Buffered() == 0
+	if reusable {
+		p.h1.put(addr, pc)
+	} else {
+		pc.c.Close()
+	}
+	res.keep = err == nil && !closeDelimited
+	return res, failNone, nil
+}
+
+// copyN copies n body bytes, flushing w whenever the replica has no more
+// buffered, so a slow body streams instead of waiting for a full buffer.
+func copyN(w *bufio.Writer, r *bufio.Reader, n int64) (int64, error) {
+	var done int64
+	for done < n {
+		if r.Buffered() == 0 && w.Buffered() > 0 {
+			if err := w.Flush(); err != nil {
+				return done, err
+			}
+		}
+		b, err := r.Peek(min(max(r.Buffered(), 1), int(min(n-done, int64(r.Size())))))
+		if len(b) > 0 {
+			m, werr := w.Write(b)
+			r.Discard(m) //nolint:errcheck // m bytes are buffered
+			done += int64(m)
+			if werr != nil {
+				return done, werr
+			}
+		}
+		if err != nil && len(b) == 0 {
+			if errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF
+			}
+			return done, err
+		}
+	}
+	return done, nil
+}
+
+// copyChunked copies a chunked body as it is, chunk sizes, extensions and
+// trailers included, up to and including its last CRLF.
+func copyChunked(w *bufio.Writer, r *bufio.Reader) (int64, error) {
+	var total int64
+	for {
+		line, err := readLine(w, r)
+		if err != nil {
+			return total, err
+		}
+		size := trimCR(line[:len(line)-1])
+		if i := bytes.IndexByte(size, ';'); i >= 0 {
+			size = size[:i]
+		}
+		n, perr := strconv.ParseUint(string(bytes.TrimSpace(size)), 16, 63)
+		if perr != nil {
+			return total, fmt.Errorf("bad chunk size %q: %w", size, perr)
+		}
+		if n == 0 {
+			// Trailers, then the final empty line.
+			for {
+				line, err := readLine(w, r)
+				if err != nil {
+					return total, err
+				}
+				if len(trimCR(line[:len(line)-1])) == 0 {
+					return total, nil
+				}
+			}
+		}
+		m, err := copyN(w, r, int64(n)+2) // the data and its CRLF
+		total += max(m-2, 0)
+		if err != nil {
+			return total, err
+		}
+	}
+}
+
+// readLine copies one line (with its newline) from r to w and returns it;
+// the slice is valid until the next read of r.
+func readLine(w *bufio.Writer, r *bufio.Reader) ([]byte, error) {
+	if r.Buffered() == 0 && w.Buffered() > 0 {
+		if err := w.Flush(); err != nil {
+			return nil, err
+		}
+	}
+	line, err := r.ReadSlice('\n')
+	if err != nil {
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, err
+	}
+	if _, err := w.Write(line); err != nil {
+		return nil, err
+	}
+	return line, nil
+}
+
+// response is a parsed response head.
+type response struct {
+	head       []byte
+	status     int
+	statusText []byte   // "200 OK"
+	lines      [][2]int // header lines to pass on, as offsets into head
+	length     int64    // -1: none
+	chunked    bool
+	close      bool
+}
+
+// read reads and parses one response head from br.
+func (resp *response) read(br *bufio.Reader) error {
+	*resp = response{head: resp.head[:0], lines: resp.lines[:0], length: -1}
+	for {
+		line, err := br.ReadSlice('\n')
+		resp.head = append(resp.head, line...)
+		if errors.Is(err, bufio.ErrBufferFull) {
+			if len(resp.head) > maxHead {
+				return errors.New("response head too large")
+			}
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("read response head: %w", err)
+		}
+		if len(trimCR(line[:len(line)-1])) == 0 {
+			break
+		}
+	}
+	eol := bytes.IndexByte(resp.head, '\n')
+	status := trimCR(resp.head[:eol])
+	proto, rest, ok := bytes.Cut(status, []byte(" "))
+	if !ok || !bytes.HasPrefix(proto, []byte("HTTP/1.")) || len(rest) < 3 {
+		return fmt.Errorf("malformed status line %q", status)
+	}
+	code, err := strconv.Atoi(string(rest[:3]))
+	if err != nil || code < 100 || code > 999 || len(rest) > 3 && rest[3] != ' ' {
+		return fmt.Errorf("malformed status line %q", status)
+	}
+	resp.status, resp.statusText = code, rest
+	resp.close = string(proto) == "HTTP/1.0"
+	off := eol + 1
+	for off < len(resp.head) {
+		n := bytes.IndexByte(resp.head[off:], '\n')
+		start, end := off, off+n+1
+		off = end
+		l := trimCR(resp.head[start : end-1])
+		if len(l) == 0 {
+			break
+		}
+		colon := bytes.IndexByte(l, ':')
+		if colon <= 0 || l[0] == ' ' || l[0] == '\t' {
+			return fmt.Errorf("malformed response header %q", l)
+		}
+		name, value := l[:colon], bytes.TrimSpace(l[colon+1:])
+		switch {
+		case equalFold(name, "Connection"):
+			for _, tok := range bytes.Split(value, []byte(",")) {
+				tok = bytes.TrimSpace(tok)
+				switch {
+				case equalFold(tok, "close"):
+					resp.close = true
+				case equalFold(tok, "keep-alive"):
+					if string(proto) == "HTTP/1.0" {
+						resp.close = false
+					}
+				}
+			}
+			continue
+		case equalFold(name, "Keep-Alive"), equalFold(name, "Proxy-Connection"), equalFold(name, "Upgrade"),
+			equalFold(name, "TE"), equalFold(name, "Proxy-Authenticate"):
+			continue
+		case equalFold(name, "Transfer-Encoding"):
+			if !equalFold(value, "chunked") {
+				return fmt.Errorf("unsupported transfer-encoding %q", value)
+			}
+			resp.chunked = true
+		case equalFold(name, "Content-Length"):
+			n, err := strconv.ParseInt(string(value), 10, 64)
+			if err != nil || n < 0 || resp.length >= 0 && resp.length != n {
+				return fmt.Errorf("bad content-length %q", value)
+			}
+			resp.length = n
+		}
+		resp.lines = append(resp.lines, [2]int{start, end})
+	}
+	if resp.chunked {
+		resp.length = -1
+	}
+	return nil
+}
