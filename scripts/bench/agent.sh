@@ -3,13 +3,17 @@
 #
 # Start latency is request → process running with the image cached:
 # RunReplica through zlayer-agent (rootfs from zlayer-registry, netns +
-# CNI bridge, zlayer-monitor, runc create + start) against plain
-# `runc run -d` of the same bundle (the agent's config.json on its own
-# rootfs from the same registry daemon, in a network namespace runc makes),
-# for 1 container (alternating sides, BENCH_ROUNDS rounds, median) and for
-# 20 at once (wall time). Memory is the agent's RSS idle and with
-# BENCH_CONTAINERS containers, and each container's monitor (RSS, PSS,
-# private).
+# CNI bridge, zlayer-monitor, runc run) against plain `runc run -d` of the
+# same bundle (the agent's config.json on its own rootfs from the same
+# registry daemon, in a network namespace runc makes), for 1 container
+# (alternating sides, BENCH_ROUNDS rounds, median) and for 20 at once
+# (wall time). Next to it, the CPU time (user+sys) one start costs on each
+# side, of every process involved (children included: runc, runc init,
+# CNI plugins, monitor, registry daemon), measured with a cpuacct cgroup,
+# and the least wall time 20 starts at once can take on this machine's
+# CPUs (20 × CPU per start / CPUs). Memory is the agent's RSS idle and
+# with BENCH_CONTAINERS containers, and each container's monitor (RSS,
+# PSS, private).
 #
 # Both are Go benchmarks in services/agent/internal/app (they reuse the
 # end-to-end harness: docker-registry with the fixture images, a
@@ -36,4 +40,4 @@ out=$(go test -count=1 -run '^$' -bench 'BenchmarkStart|BenchmarkMemory' -bencht
   exit 1
 }
 # The tables the benchmarks print, without the harness's logs.
-echo "$out" | awk '/^start latency|^memory \(MiB\)/{p=1} /^goos:|^Benchmark|^PASS|^ok/{p=0} p'
+echo "$out" | awk '/^start latency|^CPU time per start|^memory \(MiB\)/{p=1} /^goos:|^Benchmark|^PASS|^ok/{p=0} p'

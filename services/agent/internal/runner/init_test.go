@@ -1,0 +1,40 @@
+package runner
+
+import (
+	"context"
+	"strings"
+	"testing"
+)
+
+// A container with init steps is created first, the steps run in it (its
+// network is up, its process not started yet), then it starts; its
+// record keeps how the steps went.
+func TestInitSteps(t *testing.T) {
+	tn := newTestNode(t, 24)
+	ctx := context.Background()
+	rec, err := tn.rn.Run(ctx, Spec{ID: "with-init", Image: "busybox", Command: []string{"sleep", "1000"},
+		Init: []InitStep{
+			// The address is on eth0 when the steps run; the main process
+			// (sleep) is not running yet.
+			{ID: "net", Action: ActionRun, Command: []string{"sh", "-c", "ip -4 addr show eth0 | grep -q inet && cat /etc/hosts"}},
+			{ID: "not-started", Action: ActionRun, Command: []string{"sh", "-c", "! pgrep sleep"}},
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.State != StateRunning || rec.IP == "" || len(rec.Init) != 2 {
+		t.Fatalf("record: %+v", rec)
+	}
+	for _, r := range rec.Init {
+		if r.Outcome != "ok" {
+			t.Fatalf("step %s: %+v", r.ID, r)
+		}
+	}
+	if !strings.Contains(rec.Init[0].Output, rec.IP) {
+		t.Fatalf("hosts during init lacks %s: %q", rec.IP, rec.Init[0].Output)
+	}
+	if err := tn.rn.Remove(ctx, "with-init", true); err != nil {
+		t.Fatal(err)
+	}
+	tn.assertClean(t)
+}
