@@ -179,6 +179,7 @@ type frontConn struct {
 	req    request
 	resp   response    // the current response head, reused
 	idle   atomic.Bool // waiting for the next request
+	rdl    time.Time   // the read deadline last set
 }
 
 // wake makes an idle connection notice a shutdown.
@@ -283,7 +284,12 @@ func (fc *frontConn) readHead() (bool, error) {
 	if fc.f.t.Idle > 0 {
 		deadline = time.Now().Add(fc.f.t.Idle)
 	}
-	fc.c.SetReadDeadline(deadline) //nolint:errcheck // a failed read reports it
+	// Moving the deadline costs a timer update: keep the current one while
+	// it is at most a quarter of the idle timeout early.
+	if deadline.IsZero() != fc.rdl.IsZero() || deadline.Sub(fc.rdl) > fc.f.t.Idle/4 {
+		fc.c.SetReadDeadline(deadline) //nolint:errcheck // a failed read reports it
+		fc.rdl = deadline
+	}
 	if fc.f.shutdown.Load() {
 		return false, errors.New("shutting down")
 	}
@@ -294,7 +300,8 @@ func (fc *frontConn) readHead() (bool, error) {
 	fc.idle.Store(false)
 	if b, _ := fc.br.Peek(fc.br.Buffered()); fc.f.t.ReadHeader > 0 && !bytes.Contains(b, crlfcrlf) {
 		// The head did not come in one piece: the rest has ReadHeader.
-		fc.c.SetReadDeadline(time.Now().Add(fc.f.t.ReadHeader)) //nolint:errcheck // a failed read reports it
+		fc.rdl = time.Now().Add(fc.f.t.ReadHeader)
+		fc.c.SetReadDeadline(fc.rdl) //nolint:errcheck // a failed read reports it
 	}
 	for {
 		line, err := fc.br.ReadSlice('\n')
