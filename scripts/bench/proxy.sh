@@ -65,6 +65,8 @@ http {
 EOF
 nginx -c "$W/backend/nginx.conf" -g 'daemon off;' -p "$W/backend" &
 PIDS+=($!)
+declare -A PID
+PID[backend]=$!
 
 # --- nginx as reverse proxy ---
 NGX=$(free_port); NGXS=$(free_port)
@@ -93,6 +95,7 @@ http {
 EOF
 nginx -c "$W/nginx/nginx.conf" -g 'daemon off;' -p "$W/nginx" &
 PIDS+=($!)
+PID[nginx]=$!
 
 # --- HAProxy ---
 HAP=$(free_port); HAPS=$(free_port)
@@ -118,6 +121,7 @@ backend app
 EOF
 haproxy -f "$W/haproxy.cfg" -db &
 PIDS+=($!)
+PID[haproxy]=$!
 
 # --- Caddy ---
 CAD=$(free_port); CADS=$(free_port)
@@ -137,6 +141,7 @@ https://127.0.0.1:$CADS {
 EOF
 XDG_DATA_HOME=$W/caddy XDG_CONFIG_HOME=$W/caddy GOMAXPROCS=$WORKERS caddy run --config "$W/Caddyfile" --adapter caddyfile >"$W/caddy.log" 2>&1 &
 PIDS+=($!)
+PID[caddy]=$!
 
 # --- zlayer-proxy, route pushed as the scheduler would ---
 ZLP=$(free_port); ZLPS=$(free_port)
@@ -144,6 +149,7 @@ GOMAXPROCS=$WORKERS "$W/zlayer-proxy" --node bench --run-dir "$W/zl/run" --data-
   --http-addr 127.0.0.1:$ZLP --https-addr 127.0.0.1:$ZLPS --tls-cert-dir "$W/certs" \
   --access-log=false --log-format console >"$W/zlayer-proxy.log" 2>&1 &
 PIDS+=($!)
+PID[zlayer-proxy]=$!
 
 for p in $BACKEND $NGX $NGXS $HAP $HAPS $CAD $CADS $ZLP $ZLPS; do wait_port "$p"; done
 grpcurl -plaintext -d @ "unix://$W/zl/run/proxy.sock" zlayer.proxy.v1.ProxyService/SetRoutes >/dev/null <<EOF
@@ -158,21 +164,41 @@ for url in "http://127.0.0.1:$ZLP/" "https://127.0.0.1:$ZLPS/" "http://127.0.0.1
   [ "$body" = "hello, world" ] || { echo "proxy.sh: $url answered '$body'" >&2; exit 1; }
 done
 
-# run NAME MODE URL: best of ROUNDS wrk runs; records RPS[NAME.MODE] and P99[NAME.MODE] (ms)
-declare -A RPS P99
+# cpu_ticks PID: CPU time (user+system, clock ticks) of PID and its child
+# processes (nginx's workers), all threads included.
+cpu_ticks() {
+  local t=0 p
+  for p in "$1" $(pgrep -P "$1" || true); do
+    t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat")))
+  done
+  echo "$t"
+}
+HZ=$(getconf CLK_TCK)
+
+# run NAME MODE URL: best of ROUNDS wrk runs; records RPS[NAME.MODE],
+# P99[NAME.MODE] (ms) and CPU[NAME.MODE], the proxy's CPU microseconds per
+# request in that run: the cost of a request, which the shared cores do not
+# blur as much as the rates.
+declare -A RPS P99 CPU
 run() {
-  local best=0 bestp99=0 out rps p99
+  local best=0 bestp99=0 bestcpu=0 out rps p99 t0 t1 n
   for _ in $(seq "$ROUNDS"); do
+    t0=$(cpu_ticks "${PID[$1]}")
     out=$(wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency "$3")
+    t1=$(cpu_ticks "${PID[$1]}")
+    n=$(awk '/requests in/ {print $1}' <<<"$out")
     if grep -q -E "Socket errors|Non-2xx" <<<"$out"; then
       echo "proxy.sh: $1 $2 had errors:" >&2; echo "$out" >&2; exit 1
     fi
     rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
     p99=$(awk '$1=="99%" {v=$2; if (v ~ /us$/) {sub(/us$/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v*=1000}; print v}' <<<"$out")
-    if awk -v a="$rps" -v b="$best" 'BEGIN{exit !(a>b)}'; then best=$rps; bestp99=$p99; fi
+    if awk -v a="$rps" -v b="$best" 'BEGIN{exit !(a>b)}'; then
+      best=$rps; bestp99=$p99
+      bestcpu=$(awk -v d=$((t1 - t0)) -v hz="$HZ" -v n="$n" 'BEGIN { printf "%.2f", d * 1e6 / hz / n }')
+    fi
   done
-  RPS[$1.$2]=$best; P99[$1.$2]=$bestp99
-  printf '  %-13s %-5s %10.0f req/s   p99 %7.2f ms\n' "$1" "$2" "$best" "$bestp99"
+  RPS[$1.$2]=$best; P99[$1.$2]=$bestp99; CPU[$1.$2]=$bestcpu
+  printf '  %-13s %-5s %10.0f req/s   p99 %7.2f ms   cpu %6.2f us/req\n' "$1" "$2" "$best" "$bestp99" "$bestcpu"
 }
 
 echo "wrk -t$THREADS -c$CONNS -d$DURATION, best of $ROUNDS; $(nproc) cores; load before: $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -187,11 +213,12 @@ for mode in plain tls; do
 done
 
 echo
-echo "zlayer-proxy relative to each peer (req/s ratio > 1 and p99 ratio < 1 favour zlayer-proxy):"
+echo "zlayer-proxy relative to each peer (req/s ratio > 1, p99 and cpu ratios < 1 favour zlayer-proxy):"
 for mode in plain tls; do
   for peer in nginx haproxy caddy; do
     awk -v m="$mode" -v p="$peer" -v zr="${RPS[zlayer-proxy.$mode]}" -v pr="${RPS[$peer.$mode]}" \
       -v zl="${P99[zlayer-proxy.$mode]}" -v pl="${P99[$peer.$mode]}" \
-      'BEGIN { printf "  %-5s vs %-8s req/s %.2f   p99 %.2f\n", m, p, zr/pr, (pl>0 ? zl/pl : 0) }'
+      -v zc="${CPU[zlayer-proxy.$mode]}" -v pc="${CPU[$peer.$mode]}" \
+      'BEGIN { printf "  %-5s vs %-8s req/s %.2f   p99 %.2f   cpu/req %.2f\n", m, p, zr/pr, (pl>0 ? zl/pl : 0), (pc>0 ? zc/pc : 0) }'
   done
 done
