@@ -12,6 +12,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	agentv1 "zlayer.dev/libs/api/zlayer/agent/v1"
 	schedulerv1 "zlayer.dev/libs/api/zlayer/scheduler/v1"
@@ -50,31 +51,41 @@ func Wait(ctx context.Context, sched schedulerv1.SchedulerServiceClient, deploym
 // io.EOF.
 type Logs func(ctx context.Context, id string) (next func() ([]*agentv1.LogEntry, error), err error)
 
-// AgentLogs reads output from agent, for runs on the agent's node.
-func AgentLogs(agent agentv1.AgentServiceClient) Logs {
+// AgentLogs reads output from agent, for replicas on the agent's node,
+// with req's options (its id is set by each call).
+func AgentLogs(agent agentv1.AgentServiceClient, req *agentv1.StreamLogsRequest) Logs {
 	return func(ctx context.Context, id string) (func() ([]*agentv1.LogEntry, error), error) {
-		st, err := agent.StreamLogs(ctx, &agentv1.StreamLogsRequest{Id: id, Follow: true})
+		r := proto.CloneOf(req)
+		r.Id = id
+		st, err := agent.StreamLogs(ctx, r)
 		if err != nil {
 			return nil, err
 		}
-		return func() ([]*agentv1.LogEntry, error) {
-			m, err := st.Recv()
-			return m.GetEntries(), err
-		}, nil
+		return entries(st.Recv), nil
 	}
 }
 
-// ClusterLogs reads output through the scheduler, for runs on any node.
-func ClusterLogs(sched schedulerv1.SchedulerServiceClient) Logs {
+// ClusterLogs reads output through the scheduler, for replicas on any
+// node, with req's options; the id given to each call may also be
+// deployment/service[/index].
+func ClusterLogs(sched schedulerv1.SchedulerServiceClient, req *agentv1.StreamLogsRequest) Logs {
 	return func(ctx context.Context, id string) (func() ([]*agentv1.LogEntry, error), error) {
-		st, err := sched.ReplicaLogs(ctx, &schedulerv1.ReplicaLogsRequest{Target: id, Options: &agentv1.StreamLogsRequest{Follow: true}})
+		st, err := sched.ReplicaLogs(ctx, &schedulerv1.ReplicaLogsRequest{Target: id, Options: req})
 		if err != nil {
 			return nil, err
 		}
-		return func() ([]*agentv1.LogEntry, error) {
-			m, err := st.Recv()
-			return m.GetEntries(), err
-		}, nil
+		return entries(st.Recv), nil
+	}
+}
+
+// entries adapts a log stream's Recv to the lines it carries.
+func entries[M interface{ GetEntries() []*agentv1.LogEntry }](recv func() (M, error)) func() ([]*agentv1.LogEntry, error) {
+	return func() ([]*agentv1.LogEntry, error) {
+		m, err := recv()
+		if err != nil {
+			return nil, err
+		}
+		return m.GetEntries(), nil
 	}
 }
 

@@ -54,7 +54,7 @@ func (c *Client) RunJob(ctx context.Context, req httpproxy.JobRequest) (httpprox
 	go func() {
 		// A run that outlives the client keeps running: the output is then
 		// simply not read any more.
-		final, err := runs.Follow(context.WithoutCancel(ctx), c.sched, runs.AgentLogs(c.agent), req.Deployment, id, pw, pw)
+		final, err := runs.Follow(context.WithoutCancel(ctx), c.sched, runs.AgentLogs(c.agent, &agentv1.StreamLogsRequest{Follow: true}), req.Deployment, id, pw, pw)
 		pw.Close()
 		switch {
 		case err != nil:

@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	agentv1 "zlayer.dev/libs/api/zlayer/agent/v1"
 	schedulerv1 "zlayer.dev/libs/api/zlayer/scheduler/v1"
 	"zlayer.dev/libs/runs"
 )
@@ -56,7 +57,7 @@ func newJobRunCmd(g *globals) *cobra.Command {
 			if detach {
 				return nil
 			}
-			final, err := runs.Follow(ctx, client, runs.ClusterLogs(client), dep, run.GetId(), cmd.OutOrStdout(), cmd.ErrOrStderr())
+			final, err := runs.Follow(ctx, client, runs.ClusterLogs(client, &agentv1.StreamLogsRequest{Follow: true}), dep, run.GetId(), cmd.OutOrStdout(), cmd.ErrOrStderr())
 			if err != nil {
 				return g.rpcError("scheduler", err)
 			}

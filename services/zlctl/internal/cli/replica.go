@@ -9,6 +9,7 @@ import (
 
 	agentv1 "zlayer.dev/libs/api/zlayer/agent/v1"
 	schedulerv1 "zlayer.dev/libs/api/zlayer/scheduler/v1"
+	"zlayer.dev/libs/runs"
 )
 
 // replicaPath is how zlctl reaches a TARGET for logs and exec: through the
@@ -52,24 +53,9 @@ func (g *globals) reach(ctx context.Context, target string) (*replicaPath, error
 // logs opens TARGET's output with req's options.
 func (p *replicaPath) logs(ctx context.Context, target string, req *agentv1.StreamLogsRequest) (func() ([]*agentv1.LogEntry, error), error) {
 	if p.sched != nil {
-		st, err := p.sched.ReplicaLogs(ctx, &schedulerv1.ReplicaLogsRequest{Target: target, Options: req})
-		if err != nil {
-			return nil, err
-		}
-		return func() ([]*agentv1.LogEntry, error) {
-			m, err := st.Recv()
-			return m.GetEntries(), err
-		}, nil
+		return runs.ClusterLogs(p.sched, req)(ctx, target)
 	}
-	req.Id = p.id
-	st, err := p.agent.StreamLogs(ctx, req)
-	if err != nil {
-		return nil, err
-	}
-	return func() ([]*agentv1.LogEntry, error) {
-		m, err := st.Recv()
-		return m.GetEntries(), err
-	}, nil
+	return runs.AgentLogs(p.agent, req)(ctx, p.id)
 }
 
 // execStream is one exec: send is called from one goroutine only.
