@@ -1,7 +1,8 @@
 // Package app wires zlayer-agent together: its flags, the container
 // network, the registry client, the runner and the gRPC service, run by
 // libs/daemon until the context is done. Containers are not stopped when
-// the agent stops: the next agent re-adopts them.
+// the agent stops: the next agent re-adopts them. The runner's warm pool
+// of network namespaces (--warm-netns) is released when it stops.
 package app
 
 import (
@@ -37,6 +38,7 @@ type Flags struct {
 	RegistrySocket string
 	LogMaxSize     int64
 	LogFiles       int
+	WarmNetns      int
 }
 
 func (f *Flags) register(fs *flag.FlagSet) {
@@ -49,6 +51,7 @@ func (f *Flags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.RegistrySocket, "registry-socket", "", "the registry daemon's socket (default <run-dir>/registry.sock)")
 	fs.Int64Var(&f.LogMaxSize, "log-max-size", 10<<20, "rotate a container's log file at this many bytes")
 	fs.IntVar(&f.LogFiles, "log-files", 2, "rotated log files kept per container")
+	fs.IntVar(&f.WarmNetns, "warm-netns", 2, "network namespaces kept made and attached (an address and a veth each) for starts to take instead of running CNI; 0 keeps none")
 }
 
 // monitorPath finds zlayer-monitor: next to the running binary, else PATH.
@@ -87,6 +90,9 @@ func start(ctx context.Context, env daemon.Env, srv *grpc.Server, f Flags) (func
 	if f.StopGrace < 0 {
 		return nil, errors.New("--stop-grace: must not be negative")
 	}
+	if f.WarmNetns < 0 {
+		return nil, errors.New("--warm-netns: must not be negative")
+	}
 	nw, err := netns.New(netns.Config{
 		Node: env.Node, CIDR: f.ContainerCIDR, BinDir: f.CNIBinDir,
 		StateDir: filepath.Join(env.DataDir, "cni"),
@@ -108,6 +114,7 @@ func start(ctx context.Context, env daemon.Env, srv *grpc.Server, f Flags) (func
 		StopGrace:    f.StopGrace,
 		LogMax:       f.LogMaxSize,
 		LogKeep:      f.LogFiles,
+		WarmNetns:    f.WarmNetns,
 		LookupEnv: func(k string) (string, bool) {
 			v := env.Getenv(k)
 			return v, v != ""
@@ -139,10 +146,11 @@ func start(ctx context.Context, env daemon.Env, srv *grpc.Server, f Flags) (func
 		return ts
 	}))
 	server.New(rn, env.Info).Register(srv)
-	env.Log.Info("agent ready", zap.Int("containers", len(rn.List())), zap.String("cidr", f.ContainerCIDR))
+	env.Log.Info("agent ready", zap.Int("containers", len(rn.List())), zap.String("cidr", f.ContainerCIDR),
+		zap.Int("warm_netns", f.WarmNetns))
 	return func(ctx context.Context) error {
 		<-ctx.Done()
-		rn.Close() // containers keep running
+		rn.Close() // containers keep running; the warm pool is released
 		if err := cc.Close(); err != nil {
 			return fmt.Errorf("close registry connection: %w", err)
 		}

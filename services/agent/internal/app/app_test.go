@@ -112,7 +112,7 @@ func TestDemoHTTP(t *testing.T) {
 	if _, err := a.c.RemoveReplica(ctx, &agentv1.RemoveReplicaRequest{Id: "web-0"}); err != nil {
 		t.Fatal(err)
 	}
-	if l := a.leftovers(); len(l) > 1 { // the node's bridge stays
+	if l := a.leftoversBesidesPool(); len(l) > 1 { // the node's bridge stays
 		t.Fatalf("leftovers: %v", l)
 	}
 }
@@ -256,7 +256,7 @@ func TestFailures(t *testing.T) {
 			if status.Code(err) != tt.code || !strings.Contains(err.Error(), tt.msg) {
 				t.Fatalf("error %v, want %v containing %q", err, tt.code, tt.msg)
 			}
-			if l := a.leftovers(); len(l) > 1 {
+			if l := a.leftoversBesidesPool(); len(l) > 1 { // the node's bridge stays
 				t.Fatalf("leftovers: %v", l)
 			}
 		})
@@ -279,15 +279,16 @@ func TestRuncMissing(t *testing.T) {
 }
 
 // 100 create/start/stop/remove cycles through the API, with real images,
-// leave nothing behind.
+// leave nothing behind: while the agent runs, nothing besides its full
+// warm pool; once it has stopped, nothing but the node's bridge.
 func TestLeak(t *testing.T) {
 	a := startAgent(t)
 	ctx := context.Background()
-	a.run(webSpec("warmup")) // makes the bridge
+	a.run(webSpec("warmup"))
 	if _, err := a.c.RemoveReplica(ctx, &agentv1.RemoveReplicaRequest{Id: "warmup", Force: true}); err != nil {
 		t.Fatal(err)
 	}
-	before := a.leftovers()
+	before := a.leftoversBesidesPool()
 	fds := countFDs(a.cmd.Process.Pid)
 	for i := range 100 {
 		id := "leak"
@@ -300,12 +301,76 @@ func TestLeak(t *testing.T) {
 			t.Fatalf("cycle %d: %v", i, err)
 		}
 	}
-	after := a.leftovers()
+	after := a.leftoversBesidesPool()
 	if strings.Join(before, "\n") != strings.Join(after, "\n") {
 		t.Fatalf("before:\n%s\nafter:\n%s", strings.Join(before, "\n"), strings.Join(after, "\n"))
 	}
 	if n := countFDs(a.cmd.Process.Pid); n > fds+2 {
 		t.Fatalf("agent file descriptors: %d before, %d after", fds, n)
+	}
+	// A graceful stop releases the warm pool: no pin, slot file, lease or
+	// veth of it is left, nor anything else but the bridge.
+	a.stop(syscall.SIGTERM)
+	if l := a.leftovers(); len(l) != 1 || !strings.HasPrefix(l[0], "bridge ") {
+		t.Fatalf("after the agent stopped:\n%s", strings.Join(l, "\n"))
+	}
+}
+
+// The warm pool through the agent process: a start takes a slot (the
+// replica gets the slot's address) and the pool refills; the agent is
+// killed with idle slots present and the restarted agent releases them
+// and makes new ones; the replica keeps its address and its removal
+// releases it; a graceful stop releases the pool.
+func TestWarmPool(t *testing.T) {
+	a := startAgent(t)
+	ctx := context.Background()
+	first := a.waitPool()
+	r := a.run(webSpec("web-0"))
+	taken := ""
+	for id, ip := range first {
+		if ip == r.GetIp() {
+			taken = id
+		}
+	}
+	if taken == "" {
+		t.Fatalf("replica's address %s is none of the pool's %v", r.GetIp(), first)
+	}
+	eventually(t, 10*time.Second, "the page", func() bool { _, err := get("http://" + r.GetIp() + "/"); return err == nil })
+	second := a.waitPool()
+	if _, ok := second[taken]; ok {
+		t.Fatalf("taken slot %s still in the pool", taken)
+	}
+
+	a.stop(syscall.SIGKILL)
+	a.start()
+	third := a.waitPool()
+	owners := a.leaseOwners()
+	for id := range second {
+		if _, ok := third[id]; ok || owners[id] {
+			t.Fatalf("slot %s of the killed agent is still there (lease %v)", id, owners[id])
+		}
+		if _, err := os.Stat(filepath.Join(a.runDir, "agent", "netns", id)); err == nil {
+			t.Fatalf("slot %s of the killed agent is still pinned", id)
+		}
+	}
+	if !owners[taken] {
+		t.Fatalf("the replica's address (slot %s) was released by the restart", taken)
+	}
+	if _, err := get("http://" + r.GetIp() + "/"); err != nil {
+		t.Fatalf("replica after the restart: %v", err)
+	}
+	if _, err := a.c.RemoveReplica(ctx, &agentv1.RemoveReplicaRequest{Id: "web-0", Force: true}); err != nil {
+		t.Fatal(err)
+	}
+	if a.leaseOwners()[taken] {
+		t.Fatalf("the replica's address (slot %s) survived its removal", taken)
+	}
+	if l := a.leftoversBesidesPool(); len(l) != 1 {
+		t.Fatalf("leftovers: %v", l)
+	}
+	a.stop(syscall.SIGTERM)
+	if l := a.leftovers(); len(l) != 1 || !strings.HasPrefix(l[0], "bridge ") {
+		t.Fatalf("after the agent stopped:\n%s", strings.Join(l, "\n"))
 	}
 }
 

@@ -2,12 +2,14 @@ package app_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -185,6 +187,7 @@ type agent struct {
 	runDir  string
 	dataDir string
 	logPath string
+	warm    int // --warm-netns
 	cmd     *exec.Cmd
 	cc      *grpc.ClientConn
 	c       agentv1.AgentServiceClient
@@ -201,6 +204,7 @@ func startAgent(t testing.TB) *agent {
 		runDir:  filepath.Join(dir, "run"),
 		dataDir: filepath.Join(dir, "data"),
 		logPath: filepath.Join(dir, "agent.log"),
+		warm:    2, // the agent's default
 	}
 	a.start()
 	t.Cleanup(func() {
@@ -247,7 +251,8 @@ func (a *agent) start() {
 	defer logf.Close()
 	a.cmd = exec.Command(filepath.Join(binDir, "zlayer-agent"), "--node", a.node, "--run-dir", a.runDir,
 		"--data-dir", a.dataDir, "--log-format", "console", "--container-cidr", a.cidr,
-		"--registry-socket", rpc.SocketPath(regRunDir, "registry"), "--stop-grace", "5s")
+		"--registry-socket", rpc.SocketPath(regRunDir, "registry"), "--stop-grace", "5s",
+		"--warm-netns", strconv.Itoa(a.warm))
 	a.cmd.Stdout, a.cmd.Stderr = logf, logf
 	if err := a.cmd.Start(); err != nil {
 		a.t.Fatal(err)
@@ -302,7 +307,7 @@ func (a *agent) leftovers() []string {
 			}
 		}
 	}
-	for _, d := range []string{filepath.Join(a.runDir, "agent", "netns"), filepath.Join(a.dataDir, "containers"), filepath.Join(a.runDir, "agent", "runc")} {
+	for _, d := range []string{filepath.Join(a.runDir, "agent", "netns"), filepath.Join(a.runDir, "agent", "warm"), filepath.Join(a.dataDir, "containers"), filepath.Join(a.runDir, "agent", "runc")} {
 		ents, _ := os.ReadDir(d)
 		for _, e := range ents {
 			out = append(out, "file: "+filepath.Join(d, e.Name()))
@@ -331,6 +336,92 @@ func (a *agent) leftovers() []string {
 				out = append(out, "veth: "+i.Name())
 			}
 		}
+	}
+	return out
+}
+
+// poolSlots returns the agent's idle warm netns slots (CNI id → address)
+// from their files in the run directory.
+func (a *agent) poolSlots() map[string]string {
+	dir := filepath.Join(a.runDir, "agent", "warm")
+	ents, _ := os.ReadDir(dir)
+	out := map[string]string{}
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), ".") {
+			continue // being written
+		}
+		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err != nil {
+			continue // taken meanwhile
+		}
+		var s struct {
+			ID string              `json:"cni_id"`
+			A  struct{ IP string } `json:"attachment"`
+		}
+		if err := json.Unmarshal(b, &s); err != nil || s.ID != e.Name() || s.A.IP == "" {
+			a.t.Fatalf("slot file %s: %v: %s", e.Name(), err, b)
+		}
+		out[s.ID] = s.A.IP
+	}
+	return out
+}
+
+// waitPool waits until the agent's warm pool is full again (it refills
+// in the background after a start) and returns its slots.
+func (a *agent) waitPool() map[string]string {
+	a.t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		s := a.poolSlots()
+		if len(s) == a.warm {
+			return s
+		}
+		if time.Now().After(deadline) {
+			a.t.Fatalf("warm pool: %d idle slots after 30s, want %d", len(s), a.warm)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// leftoversBesidesPool is leftovers once the warm pool is full, without
+// the idle slots' parts: their pins (files and mounts) and slot files (by
+// CNI id), their leases (by address) and as many veths as there are
+// slots. A slot that was taken has no file, so whatever of it is left is
+// listed.
+func (a *agent) leftoversBesidesPool() []string {
+	a.t.Helper()
+	slots := a.waitPool()
+	var out []string
+	veths := len(slots)
+	for _, e := range a.leftovers() {
+		if strings.HasPrefix(e, "veth: ") && veths > 0 {
+			veths--
+			continue
+		}
+		owned := false
+		for id, ip := range slots {
+			if strings.Contains(e, "/netns/"+id) || strings.HasSuffix(e, "/warm/"+id) || e == "lease: "+ip {
+				owned = true
+			}
+		}
+		if !owned {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// leaseOwners returns the CNI ids holding an address lease.
+func (a *agent) leaseOwners() map[string]bool {
+	out := map[string]bool{}
+	leases, _ := filepath.Glob(filepath.Join(a.dataDir, "cni", "ipam", "*", "*"))
+	for _, l := range leases {
+		if base := filepath.Base(l); base == "lock" || strings.HasPrefix(base, "last_reserved_ip") {
+			continue
+		}
+		b, _ := os.ReadFile(l)
+		id, _, _ := strings.Cut(string(b), "\n")
+		out[strings.TrimSpace(id)] = true
 	}
 	return out
 }

@@ -3,7 +3,9 @@
 // network namespace and address, starts it under a zlayer-monitor, stops
 // and removes it, and on start re-adopts what an earlier agent left
 // running and cleans up what a crash left half-made. Every create either
-// finishes or undoes what it made, in reverse order.
+// finishes or undoes what it made, in reverse order. A warm pool of
+// network namespaces, made and attached ahead of time, keeps CNI off the
+// start path (pool.go).
 //
 // It does not talk gRPC (package server translates), pull images (the
 // registry does, behind images.Images) or decide what should run (the

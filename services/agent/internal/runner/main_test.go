@@ -159,6 +159,12 @@ type testNode struct {
 
 func newTestNode(t *testing.T, cidrBits int) *testNode {
 	t.Helper()
+	return newWarmTestNode(t, cidrBits, 0)
+}
+
+// newWarmTestNode is newTestNode with a warm pool of warm namespaces.
+func newWarmTestNode(t *testing.T, cidrBits, warm int) *testNode {
+	t.Helper()
 	n := nodeSeq.Add(1)
 	node := fmt.Sprintf("rt%d-%d", os.Getpid()%10000, n)
 	base := t.TempDir()
@@ -177,7 +183,7 @@ func newTestNode(t *testing.T, cidrBits int) *testNode {
 		cfg: Config{
 			Node: node, StateDir: filepath.Join(base, "data", "agent"), RunDir: filepath.Join(base, "run"),
 			Runc: "runc", Monitor: monitorBin, CgroupParent: "zlayer-test/" + node,
-			StopGrace: 5 * time.Second, LogMax: 1 << 20, LogKeep: 1,
+			StopGrace: 5 * time.Second, LogMax: 1 << 20, LogKeep: 1, WarmNetns: warm,
 			LookupEnv: func(k string) (string, bool) {
 				if k == "ZL_TEST_SECRET" {
 					return "s3cret", true
@@ -266,7 +272,7 @@ func (tn *testNode) leftovers(t *testing.T) []string {
 			}
 		}
 	}
-	for _, d := range []string{filepath.Join(tn.cfg.RunDir, "netns"), filepath.Join(tn.cfg.StateDir, "containers"), tn.img.dir} {
+	for _, d := range []string{filepath.Join(tn.cfg.RunDir, "netns"), filepath.Join(tn.cfg.RunDir, "warm"), filepath.Join(tn.cfg.StateDir, "containers"), tn.img.dir} {
 		ents, _ := os.ReadDir(d)
 		for _, e := range ents {
 			out = append(out, "file: "+filepath.Join(d, e.Name()))

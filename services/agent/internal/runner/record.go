@@ -57,11 +57,23 @@ type Record struct {
 	Reason      string        `json:"reason,omitempty"` // why it is Lost, or what went wrong while stopping
 	Cgroup      string        `json:"cgroup"`
 	Netns       string        `json:"netns"`
-	Init        []InitResult  `json:"init,omitempty"` // how the init steps went
+	// CNIID is the CNI container id the address is held under: a warm
+	// pool slot's id when the container took one, else empty (the
+	// container's own id).
+	CNIID string       `json:"cni_id,omitempty"`
+	Init  []InitResult `json:"init,omitempty"` // how the init steps went
 }
 
 // ID is the container id.
 func (r Record) ID() string { return r.Spec.ID }
+
+// cniID is the CNI container id of the container's network.
+func (r Record) cniID() string {
+	if r.CNIID != "" {
+		return r.CNIID
+	}
+	return r.Spec.ID
+}
 
 const stateFile = "state.json"
 

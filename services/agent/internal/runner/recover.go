@@ -28,7 +28,9 @@ import (
 //   - exited or lost: kept for listing until removed.
 //
 // Then anything of this node that no record owns — runc containers,
-// namespace pins, address leases, cgroups — is removed.
+// namespace pins, address leases, cgroups, and so every warm pool slot an
+// earlier agent left that no record took — is removed, and the warm pool
+// starts filling anew in the background.
 func (rn *Runner) Recover(ctx context.Context) error {
 	dirs, err := os.ReadDir(filepath.Join(rn.cfg.StateDir, "containers"))
 	if err != nil {
@@ -57,12 +59,14 @@ func (rn *Runner) Recover(ctx context.Context) error {
 			if err := rn.teardown(ctx, *rec); err != nil {
 				log.Warn("clean up interrupted create", zap.Error(err))
 				known[id] = true // keep its lease and pin for the next try
+				known[rec.cniID()] = true
 				continue
 			}
 			log.Info("cleaned up interrupted create")
 			continue
 		}
 		known[id] = true
+		known[rec.cniID()] = true // a warm slot's pin and lease are the container's
 		c := &container{rec: *rec, done: make(chan struct{})}
 		switch {
 		case rec.State.Terminal():
@@ -75,6 +79,17 @@ func (rn *Runner) Recover(ctx context.Context) error {
 		rn.mu.Unlock()
 	}
 	rn.sweep(ctx, known)
+	// The pool's files describe idle slots of the last agent, all swept
+	// above (or taken by a record, which owns the slot now).
+	warmDir := filepath.Join(rn.cfg.RunDir, "warm")
+	if ents, err := os.ReadDir(warmDir); err == nil {
+		for _, e := range ents {
+			if err := os.Remove(filepath.Join(warmDir, e.Name())); err != nil {
+				rn.log.Warn("remove warm netns file", zap.String("path", filepath.Join(warmDir, e.Name())), zap.Error(err))
+			}
+		}
+	}
+	rn.pool.start()
 	return nil
 }
 
@@ -119,19 +134,38 @@ func (rn *Runner) sweep(ctx context.Context, known map[string]bool) {
 			}
 		}
 	}
+	// Pins and leases are named by CNI id: a container's own id, or a
+	// warm slot's. An orphan pin with an address is detached through it
+	// first, so the bridge plugin deletes its veth at once.
+	leases, err := rn.net.Leases()
+	if err != nil {
+		rn.log.Warn("read address leases", zap.Error(err))
+	}
 	if pins, err := os.ReadDir(filepath.Join(rn.cfg.RunDir, "netns")); err == nil {
 		for _, p := range pins {
-			if !known[p.Name()] {
-				rn.log.Info("remove orphan netns", zap.String(obs.KeyContainer, p.Name()))
-				netns.Remove(rn.netnsPath(p.Name()))
+			id := p.Name()
+			if known[id] {
+				continue
+			}
+			log := rn.log.With(zap.String("cni_id", id), zap.Bool("warm_slot", isPoolID(id)))
+			log.Info("remove orphan netns")
+			if ip, ok := leases[id]; ok {
+				if err := rn.net.Detach(ctx, id, rn.netnsPath(id)); err != nil {
+					log.Warn("release orphan address", zap.Stringer("ip", ip), zap.Error(err))
+				} else {
+					delete(leases, id)
+				}
+			}
+			if err := netns.Remove(rn.netnsPath(id)); err != nil {
+				log.Warn("remove orphan netns", zap.Error(err))
 			}
 		}
 	}
-	if leases, err := rn.net.Leases(); err == nil {
-		for id, ip := range leases {
-			if !known[id] {
-				rn.log.Info("release orphan address", zap.String(obs.KeyContainer, id), zap.Stringer("ip", ip))
-				rn.net.Detach(ctx, id, "")
+	for id, ip := range leases {
+		if !known[id] {
+			rn.log.Info("release orphan address", zap.String("cni_id", id), zap.Stringer("ip", ip))
+			if err := rn.net.Detach(ctx, id, ""); err != nil {
+				rn.log.Warn("release orphan address", zap.String("cni_id", id), zap.Stringer("ip", ip), zap.Error(err))
 			}
 		}
 	}

@@ -2,6 +2,7 @@ package runner
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -120,11 +121,20 @@ func TestOOMKill(t *testing.T) {
 	}
 }
 
-// Create, start, stop and remove 100 times: nothing accumulates.
+// Create, start, stop and remove 100 times, without and with a warm pool:
+// nothing accumulates. With the pool, once it has refilled, what exists
+// besides its idle slots is nothing, and after a graceful stop nothing at
+// all.
 func TestLeak(t *testing.T) {
-	tn := newTestNode(t, 24)
+	for _, warm := range []int{0, 2} {
+		t.Run(fmt.Sprintf("warm=%d", warm), func(t *testing.T) { testLeak(t, warm) })
+	}
+}
+
+func testLeak(t *testing.T, warm int) {
+	tn := newWarmTestNode(t, 24, warm)
 	ctx := context.Background()
-	before := tn.leftovers(t)
+	before := withoutPool(tn.leftovers(t), tn.waitPool(t, warm))
 	fdsBefore := countFDs(t)
 	for i := range 100 {
 		id := "leak-" + strings.Repeat("x", i%3)
@@ -141,6 +151,13 @@ func TestLeak(t *testing.T) {
 	if len(before) != 0 {
 		t.Fatalf("leftovers before: %v", before)
 	}
+	if l := withoutPool(tn.leftovers(t), tn.waitPool(t, warm)); len(l) > 0 {
+		t.Fatalf("leftovers besides the warm pool:\n%s", strings.Join(l, "\n"))
+	}
+	if after := countFDs(t); after > fdsBefore+2 {
+		t.Fatalf("file descriptors: %d before, %d after", fdsBefore, after)
+	}
+	tn.rn.Close() // a graceful stop releases the pool
 	tn.assertClean(t)
 	if after := countFDs(t); after > fdsBefore+2 {
 		t.Fatalf("file descriptors: %d before, %d after", fdsBefore, after)

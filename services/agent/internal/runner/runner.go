@@ -43,6 +43,10 @@ type Config struct {
 	LookupEnv func(string) (string, bool)
 	// ResolvConf is the host resolv.conf containers derive theirs from.
 	ResolvConf string
+	// WarmNetns is how many network namespaces the runner keeps made and
+	// attached ahead of time, for creates to take instead of running CNI
+	// on their start path; 0 keeps none.
+	WarmNetns int
 }
 
 // Runner owns the containers of one node.
@@ -53,6 +57,7 @@ type Runner struct {
 	net    *netns.Network
 	runc   *gorunc.Runc
 	stats  *stats.Tracker
+	pool   *pool
 
 	mu       sync.Mutex
 	ctrs     map[string]*container
@@ -97,19 +102,24 @@ func New(cfg Config, log *zap.Logger, img images.Images, nw *netns.Network) (*Ru
 	if cfg.ResolvConf == "" {
 		cfg.ResolvConf = "/etc/resolv.conf"
 	}
-	for _, d := range []string{filepath.Join(cfg.StateDir, "containers"), filepath.Join(cfg.RunDir, "runc"), filepath.Join(cfg.RunDir, "netns")} {
+	if cfg.WarmNetns < 0 {
+		return nil, fmt.Errorf("warm netns %d: must not be negative: %w", cfg.WarmNetns, errkind.Invalid)
+	}
+	for _, d := range []string{filepath.Join(cfg.StateDir, "containers"), filepath.Join(cfg.RunDir, "runc"), filepath.Join(cfg.RunDir, "netns"), filepath.Join(cfg.RunDir, "warm")} {
 		if err := os.MkdirAll(d, 0o711); err != nil {
 			return nil, fmt.Errorf("runner dirs: %w", err)
 		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
+	log = log.Named("runner")
 	return &Runner{
 		cfg:      cfg,
-		log:      log.Named("runner"),
+		log:      log,
 		images:   img,
 		net:      nw,
 		runc:     &gorunc.Runc{Command: cfg.Runc, Root: filepath.Join(cfg.RunDir, "runc")},
 		stats:    stats.NewTracker(),
+		pool:     newPool(cfg.WarmNetns, nw, filepath.Join(cfg.RunDir, "netns"), filepath.Join(cfg.RunDir, "warm"), log),
 		ctrs:     map[string]*container{},
 		creating: map[string]bool{},
 		subs:     map[*Subscription]struct{}{},
@@ -118,8 +128,12 @@ func New(cfg Config, log *zap.Logger, img images.Images, nw *netns.Network) (*Ru
 	}, nil
 }
 
-// Close stops watching containers. The containers keep running.
+// Close stops watching containers and releases the warm pool's idle
+// namespaces (their addresses and veths). The containers keep running.
 func (rn *Runner) Close() {
+	if err := rn.pool.close(true); err != nil {
+		rn.log.Warn("release warm netns pool", zap.Error(err))
+	}
 	rn.cancel()
 	rn.bg.Wait()
 	rn.mu.Lock()
@@ -195,6 +209,16 @@ func (rn *Runner) Run(ctx context.Context, s Spec) (rec Record, err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 
+	// A warm namespace, if the pool has one: its pin, CNI id and address
+	// become the container's, named in the intent below before anything
+	// runs in it. It is never given back: on failure it is released like
+	// a namespace made for the container.
+	warm, fromPool := rn.pool.take()
+	if fromPool {
+		defer rn.pool.kick() // refill once this create is done
+		c.rec.Netns, c.rec.CNIID, c.rec.IP = warm.Netns, warm.ID, warm.A.IP.String()
+	}
+
 	log := rn.log.With(zap.String(obs.KeyContainer, s.ID), zap.String(obs.KeyImage, s.Image))
 	var undo []func()
 	defer func() {
@@ -212,31 +236,22 @@ func (rn *Runner) Run(ctx context.Context, s Spec) (rec Record, err error) {
 	// Cleanup must run even when the caller's ctx is what failed.
 	cctx := context.WithoutCancel(ctx)
 
-	dir := rn.dir(s.ID)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return rec, fmt.Errorf("container %s: %w", s.ID, err)
-	}
-	undo = append(undo, func() { os.RemoveAll(dir) })
-	// Undone after the container and network, before the directory
-	// (releasing a container that has no root filesystem yet is a no-op).
-	undo = append(undo, func() {
-		if err := rn.images.Release(cctx, s.ID); err != nil {
-			log.Warn("release rootfs", zap.Error(err))
-		}
-	})
-
 	// Three things run at once from here, each needing only the id: the
-	// network (namespace pin, then CNI), the monitor's exec (it sets
-	// itself up and waits for its go-ahead before it calls runc), and,
-	// in this goroutine, the durable intent, the root filesystem and the
-	// bundle. The network and the monitor may start before the intent is
+	// network (a warm namespace is ready at once; else namespace pin, then
+	// CNI), the monitor's exec (it sets itself up and waits for its
+	// go-ahead before it calls runc), and, in this goroutine, the durable
+	// intent, the root filesystem and the bundle. The network and the monitor may start before the intent is
 	// on disk: after a crash, Recover's sweep removes namespace pins,
 	// address leases, cgroups and runc containers that no record owns, and
 	// a monitor whose agent is gone exits at its gate having made nothing.
 	// The root filesystem is made only once the intent is durable: the
 	// record is what finds it again.
 	netc := make(chan attached, 1)
-	go func() { netc <- rn.attach(ctx, s.ID, c.rec.Netns) }()
+	if fromPool {
+		netc <- attached{pinned: true, a: warm.A}
+	} else {
+		go func() { netc <- rn.attach(ctx, s.ID, c.rec.Netns) }()
+	}
 	var nw attached
 	netWait := sync.OnceFunc(func() { nw = <-netc })
 	undo = append(undo, func() {
@@ -244,13 +259,26 @@ func (rn *Runner) Run(ctx context.Context, s Spec) (rec Record, err error) {
 		if !nw.pinned {
 			return
 		}
-		if err := rn.net.Detach(cctx, s.ID, c.rec.Netns); err != nil {
-			log.Warn("cni del", zap.Error(err))
+		if err := rn.net.Detach(cctx, c.rec.cniID(), c.rec.Netns); err != nil {
+			log.Warn("cni del", zap.String("cni_id", c.rec.cniID()), zap.Error(err))
 		}
 		if err := netns.Remove(c.rec.Netns); err != nil {
 			log.Warn("remove netns", zap.Error(err))
 		}
 	})
+	dir := rn.dir(s.ID)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return rec, fmt.Errorf("container %s: %w", s.ID, err)
+	}
+	undo = append(undo, func() { os.RemoveAll(dir) })
+	// Undone after the container, before the directory (releasing a
+	// container that has no root filesystem yet is a no-op).
+	undo = append(undo, func() {
+		if err := rn.images.Release(cctx, s.ID); err != nil {
+			log.Warn("release rootfs", zap.Error(err))
+		}
+	})
+
 	// Without init steps the monitor runs `runc run -d`: one runc
 	// invocation, once the network is up (the process must find it
 	// ready). With init steps it runs `runc create` while CNI is still
@@ -394,7 +422,7 @@ func (rn *Runner) Run(ctx context.Context, s Spec) (rec Record, err error) {
 	if err := rn.save(&c.rec); err != nil {
 		return rec, fmt.Errorf("container %s: %w", s.ID, err)
 	}
-	log.Info("container started", zap.Int("pid", pid), zap.String("ip", c.rec.IP))
+	log.Info("container started", zap.Int("pid", pid), zap.String("ip", c.rec.IP), zap.Bool("warm_netns", fromPool))
 	rn.publish(c.rec, false)
 	rn.watch(c)
 	return c.rec, nil
@@ -608,6 +636,7 @@ func (rn *Runner) Remove(ctx context.Context, id string, force bool) error {
 	rn.mu.Lock()
 	delete(rn.ctrs, id)
 	rn.mu.Unlock()
+	rn.pool.kick() // a freed address may let a short pool fill again
 	rn.stats.Forget(id)
 	rn.log.Info("container removed", zap.String(obs.KeyContainer, id))
 	rn.publish(rec, true)
@@ -625,10 +654,11 @@ func (rn *Runner) teardown(ctx context.Context, rec Record) error {
 			errs = append(errs, fmt.Errorf("runc delete: %w", err))
 		}
 	}
-	if err := rn.net.Detach(ctx, id, rec.Netns); err != nil {
+	nsPath := rn.ownNetns(rec)
+	if err := rn.net.Detach(ctx, rec.cniID(), nsPath); err != nil {
 		errs = append(errs, err)
 	}
-	if err := netns.Remove(rn.netnsPath(id)); err != nil {
+	if err := netns.Remove(nsPath); err != nil {
 		errs = append(errs, err)
 	}
 	if err := rn.images.Release(ctx, id); err != nil {
@@ -644,6 +674,17 @@ func (rn *Runner) teardown(ctx context.Context, rec Record) error {
 		return fmt.Errorf("remove container %s: %w", id, err)
 	}
 	return nil
+}
+
+// ownNetns is the pin of rec's namespace: the one its record names (a
+// warm slot's, or its own), if that is one of this node's pins; its own
+// otherwise.
+func (rn *Runner) ownNetns(rec Record) string {
+	dir := filepath.Join(rn.cfg.RunDir, "netns")
+	if rec.Netns != "" && filepath.Dir(rec.Netns) == dir {
+		return rec.Netns
+	}
+	return rn.netnsPath(rec.ID())
 }
 
 // cgroupControllers are the v1 hierarchies runc makes a container's
