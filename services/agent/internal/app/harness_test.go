@@ -195,6 +195,12 @@ type agent struct {
 
 func startAgent(t testing.TB) *agent {
 	t.Helper()
+	return startAgentWarm(t, 2) // the agent's default
+}
+
+// startAgentWarm starts an agent with a warm netns pool of warm.
+func startAgentWarm(t testing.TB, warm int) *agent {
+	t.Helper()
 	n := nodeSeq.Add(1)
 	dir := t.TempDir()
 	a := &agent{
@@ -204,7 +210,7 @@ func startAgent(t testing.TB) *agent {
 		runDir:  filepath.Join(dir, "run"),
 		dataDir: filepath.Join(dir, "data"),
 		logPath: filepath.Join(dir, "agent.log"),
-		warm:    2, // the agent's default
+		warm:    warm,
 	}
 	a.start()
 	t.Cleanup(func() {
