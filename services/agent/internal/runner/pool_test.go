@@ -219,3 +219,30 @@ func withoutPool(l []string, slots map[string]slot) []string {
 	}
 	return out
 }
+
+// Two nodes on one host keep their pools apart: a node's restart (its
+// sweep) and its graceful stop touch none of the other's slots.
+func TestWarmPoolTwoNodes(t *testing.T) {
+	a := newWarmTestNode(t, 24, 2)
+	b := newWarmTestNode(t, 24, 2)
+	slotsB := b.waitPool(t, 2)
+	a.waitPool(t, 2)
+	a.abandon()
+	a.start(t)
+	a.waitPool(t, 2)
+	a.rn.Close()
+	a.assertClean(t)
+	for id := range slotsB {
+		if lease, pin := b.ownsNetwork(t, id); !lease || !pin {
+			t.Fatalf("node b's slot %s after node a's restart and stop: lease %v, pin %v", id, lease, pin)
+		}
+	}
+	if got := b.waitPool(t, 2); len(got) != 2 || b.veths() != 2 {
+		t.Fatalf("node b's pool %v, %d veths", got, b.veths())
+	}
+	for id := range slotsB {
+		if _, ok := b.poolSlots(t)[id]; !ok {
+			t.Fatalf("node b's slot %s left its pool", id)
+		}
+	}
+}
