@@ -277,9 +277,10 @@ func (t *txn) registerNode(c *schedulerv1.RegisterNodeCommand) Result {
 	n := t.f.nodes[in.Name]
 	isNew := n == nil
 	wasDown := n.GetState() == schedulerv1.NodeState_NODE_STATE_DOWN
-	joined := n.GetJoinedServices()
+	joined, agentDown := n.GetJoinedServices(), n.GetAgentDown()
 	n = proto.CloneOf(in)
 	n.JoinedServices = joined // kept across restarts: joins come from JoinCommand only
+	n.AgentDown = agentDown   // heartbeats say when it changes
 	n.State = schedulerv1.NodeState_NODE_STATE_READY
 	n.LastHeartbeat = ts(t.now)
 	t.f.nodes[n.Name] = n
@@ -306,6 +307,14 @@ func (t *txn) heartbeat(c *schedulerv1.HeartbeatCommand) Result {
 	}
 	if len(c.Load) > 0 {
 		n.Load, n.LoadAt = c.Load, ts(t.now)
+	}
+	if c.AgentDown != n.AgentDown {
+		n.AgentDown = c.AgentDown
+		if n.AgentDown {
+			t.event(&schedulerv1.Event{Node: n.Name, Kind: "agent-down", Message: "the node's agent does not answer: no new replicas go there"})
+		} else {
+			t.event(&schedulerv1.Event{Node: n.Name, Kind: "agent-up", Message: "the node's agent answers again"})
+		}
 	}
 	t.touchNode(n.Name)
 	for _, s := range c.Statuses {

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -67,7 +68,7 @@ type Runner struct {
 	reported  map[string]*schedulerv1.ReplicaStatus // last status sent per replica
 	started   map[string]time.Time                  // replicas asked to start, to avoid asking twice at once
 	failures  chan failure                          // start failures, for the next heartbeat
-	agentDown bool                                  // last sync could not reach the agent
+	agentDown atomic.Bool                           // last sync could not reach the agent; heartbeats say so
 	inflight  sync.Map                              // replica id → true while the agent is asked to run or remove it
 	health    *health.Prober                        // health checks of this node's running replicas
 	calls     sync.WaitGroup                        // agent calls in the background (starts, removes)
@@ -190,15 +191,13 @@ func (r *Runner) sync(ctx context.Context) {
 	}
 	have, err := r.agent.List(ctx)
 	if err != nil {
-		if !r.agentDown {
-			r.log.Warn("agent unreachable; retrying", zap.Error(err))
-			r.agentDown = true
+		if !r.agentDown.Swap(true) {
+			r.log.Warn("agent unreachable; no new replicas will be placed on this node until it answers", zap.Error(err))
 		}
 		return
 	}
-	if r.agentDown {
+	if r.agentDown.Swap(false) {
 		r.log.Info("agent reachable again")
-		r.agentDown = false
 	}
 	now := time.Now()
 	for id, rep := range st.Replicas {
@@ -506,7 +505,7 @@ drain:
 	}
 	load := r.takeLoad()
 	if err := r.propose(ctx, &schedulerv1.Command{Kind: &schedulerv1.Command_Heartbeat{Heartbeat: &schedulerv1.HeartbeatCommand{
-		Node: r.cfg.Node.Name, Statuses: changes, Load: load,
+		Node: r.cfg.Node.Name, Statuses: changes, Load: load, AgentDown: r.agentDown.Load(),
 	}}}, r.cfg.Heartbeat); err != nil {
 		if load != nil {
 			r.putLoad(load) // it goes with the next heartbeat

@@ -16,6 +16,8 @@ type Node struct {
 	CPU    float64 // capacity in CPUs
 	Memory int64   // capacity in bytes
 	Ready  bool
+	// AgentDown: the node's agent does not answer; nothing new goes there.
+	AgentDown bool
 	// Joined lists "deployment/service" names the node joined
 	// ("deployment/*" for all of a deployment's services); placement prefers
 	// it for those services.
@@ -80,6 +82,10 @@ func (c *Cluster) Place(service string, d Demand) (string, string) {
 		u := c.usage[n.Name]
 		if !n.Ready {
 			reasons = append(reasons, n.Name+": not ready")
+			continue
+		}
+		if n.AgentDown {
+			reasons = append(reasons, n.Name+": its agent does not answer")
 			continue
 		}
 		if d.CPU > 0 && u.CPU+d.CPU > n.CPU+1e-9 {

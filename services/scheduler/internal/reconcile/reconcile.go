@@ -174,7 +174,7 @@ func (p *planner) buildCluster() {
 	for _, n := range p.s.Nodes {
 		nodes = append(nodes, placement.Node{
 			Name: n.Name, CPU: n.Cpu, Memory: int64(n.MemoryBytes),
-			Ready: n.State == schedulerv1.NodeState_NODE_STATE_READY, Joined: n.JoinedServices,
+			Ready: n.State == schedulerv1.NodeState_NODE_STATE_READY, AgentDown: n.AgentDown, Joined: n.JoinedServices,
 		})
 	}
 	p.nodes = placement.NewCluster(nodes)

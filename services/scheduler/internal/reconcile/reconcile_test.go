@@ -32,6 +32,7 @@ type sim struct {
 	crash   bool                                // running replicas of failing hashes fail too
 	specFn  Specs                               // nil: specs
 	load    map[string]*schedulerv1.ServiceLoad // node → load sent with its next heartbeat
+	noAgent map[string]bool                     // nodes that heartbeat but whose agent does not answer
 }
 
 func newSim(t *testing.T, nodes ...string) *sim {
@@ -114,8 +115,8 @@ func (s *sim) step() {
 	st := s.f.Copy()
 	byNode := map[string][]*schedulerv1.ReplicaStatus{}
 	for _, r := range st.Replicas {
-		if r.Node == "" || s.down[r.Node] {
-			continue
+		if r.Node == "" || s.down[r.Node] || s.noAgent[r.Node] && r.Phase != schedulerv1.ReplicaPhase_REPLICA_PHASE_RUNNING {
+			continue // an agent that does not answer starts and stops nothing
 		}
 		var out *schedulerv1.ReplicaStatus
 		switch {
@@ -141,7 +142,9 @@ func (s *sim) step() {
 		if l := s.load[n]; l != nil {
 			load = []*schedulerv1.ServiceLoad{l}
 		}
-		s.apply(&schedulerv1.Command{Kind: &schedulerv1.Command_Heartbeat{Heartbeat: &schedulerv1.HeartbeatCommand{Node: n, Statuses: byNode[n], Load: load}}})
+		s.apply(&schedulerv1.Command{Kind: &schedulerv1.Command_Heartbeat{Heartbeat: &schedulerv1.HeartbeatCommand{
+			Node: n, Statuses: byNode[n], Load: load, AgentDown: s.noAgent[n],
+		}}})
 	}
 }
 
@@ -280,6 +283,33 @@ func TestLostNodeReplicasMove(t *testing.T) {
 	}
 	if got, want := s.summary("app"), "web/0:h1:running@n1 web/1:h1:running@n1"; got != want {
 		t.Fatalf("after losing n2:\n got %s\nwant %s", got, want)
+	}
+}
+
+// TestNoPlacementOnNodeWithoutAgent: a node whose agent does not answer
+// keeps its running replicas (they run without the agent) but gets no new
+// ones; once the agent answers, it does again.
+func TestNoPlacementOnNodeWithoutAgent(t *testing.T) {
+	s := newSim(t, "n1", "n2")
+	s.noAgent = map[string]bool{}
+	s.deploy("app", "web:h1:2")
+	s.run(3)
+	s.noAgent["n1"] = true
+	s.run(1) // a heartbeat says so
+	s.apply(&schedulerv1.Command{Kind: &schedulerv1.Command_Scale{Scale: &schedulerv1.ScaleCommand{Deployment: "app", Service: "web", Replicas: 4}}})
+	s.run(4)
+	if got, want := s.summary("app"), "web/0:h1:running@n1 web/1:h1:running@n2 web/2:h1:running@n2 web/3:h1:running@n2"; got != want {
+		t.Fatalf("n1's agent down, scaled to 4:\n got %s\nwant %s", got, want)
+	}
+	if !s.f.Copy().Nodes["n1"].AgentDown {
+		t.Fatal("n1 not marked agent_down")
+	}
+	s.noAgent["n1"] = false
+	s.run(1)
+	s.apply(&schedulerv1.Command{Kind: &schedulerv1.Command_Scale{Scale: &schedulerv1.ScaleCommand{Deployment: "app", Service: "web", Replicas: 5}}})
+	s.run(3)
+	if got, want := s.summary("app"), "web/0:h1:running@n1 web/1:h1:running@n2 web/2:h1:running@n2 web/3:h1:running@n2 web/4:h1:running@n1"; got != want {
+		t.Fatalf("n1's agent back, scaled to 5:\n got %s\nwant %s", got, want)
 	}
 }
 

@@ -175,7 +175,11 @@ func newNodeLsCmd(g *globals) *cobra.Command {
 			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "NODE\tSTATE\tCPUS\tMEMORY\tREPLICAS\tLAST HEARTBEAT\tJOINED")
 			for _, n := range resp.Nodes {
-				fmt.Fprintf(tw, "%s\t%s\t%.1f\t%dMiB\t%d\t%s ago\t%s\n", n.Name, enumWord(n.State, "NODE_STATE_"), n.Cpu, n.MemoryBytes>>20,
+				state := enumWord(n.State, "NODE_STATE_")
+				if n.AgentDown {
+					state += " (agent down)"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%.1f\t%dMiB\t%d\t%s ago\t%s\n", n.Name, state, n.Cpu, n.MemoryBytes>>20,
 					resp.Replicas[n.Name], time.Since(n.LastHeartbeat.AsTime()).Truncate(100*time.Millisecond), orDash(strings.Join(n.JoinedServices, ",")))
 			}
 			return tw.Flush()

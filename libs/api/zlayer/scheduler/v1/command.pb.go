@@ -713,7 +713,9 @@ type HeartbeatCommand struct {
 	Statuses []*ReplicaStatus `protobuf:"bytes,2,rep,name=statuses,proto3" json:"statuses,omitempty"`
 	// load, sent every load interval (not every heartbeat), is what this
 	// node measured per service, for adaptive scaling.
-	Load          []*ServiceLoad `protobuf:"bytes,3,rep,name=load,proto3" json:"load,omitempty"`
+	Load []*ServiceLoad `protobuf:"bytes,3,rep,name=load,proto3" json:"load,omitempty"`
+	// agent_down says the node's scheduler cannot reach its agent.
+	AgentDown     bool `protobuf:"varint,4,opt,name=agent_down,json=agentDown,proto3" json:"agent_down,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -767,6 +769,13 @@ func (x *HeartbeatCommand) GetLoad() []*ServiceLoad {
 		return x.Load
 	}
 	return nil
+}
+
+func (x *HeartbeatCommand) GetAgentDown() bool {
+	if x != nil {
+		return x.AgentDown
+	}
+	return false
 }
 
 // SetNodeStateCommand changes a node's state.
@@ -1595,11 +1604,13 @@ const file_zlayer_scheduler_v1_command_proto_rawDesc = "" +
 	"\brestarts\x18\x05 \x01(\rR\brestarts\x12\x1b\n" +
 	"\texit_code\x18\x06 \x01(\x05R\bexitCode\x12\x16\n" +
 	"\x06reason\x18\a \x01(\tR\x06reason\x12\x12\n" +
-	"\x04held\x18\b \x01(\tR\x04held\"\x9c\x01\n" +
+	"\x04held\x18\b \x01(\tR\x04held\"\xbb\x01\n" +
 	"\x10HeartbeatCommand\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12>\n" +
 	"\bstatuses\x18\x02 \x03(\v2\".zlayer.scheduler.v1.ReplicaStatusR\bstatuses\x124\n" +
-	"\x04load\x18\x03 \x03(\v2 .zlayer.scheduler.v1.ServiceLoadR\x04load\"w\n" +
+	"\x04load\x18\x03 \x03(\v2 .zlayer.scheduler.v1.ServiceLoadR\x04load\x12\x1d\n" +
+	"\n" +
+	"agent_down\x18\x04 \x01(\bR\tagentDown\"w\n" +
 	"\x13SetNodeStateCommand\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x124\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x1e.zlayer.scheduler.v1.NodeStateR\x05state\x12\x16\n" +

@@ -795,7 +795,11 @@ type Node struct {
 	// member_id is the Raft member ID of the node's scheduler; its peer
 	// address (from the Raft membership) is where other members reach the
 	// node, e.g. for logs and exec.
-	MemberId      uint64 `protobuf:"varint,11,opt,name=member_id,json=memberId,proto3" json:"member_id,omitempty"`
+	MemberId uint64 `protobuf:"varint,11,opt,name=member_id,json=memberId,proto3" json:"member_id,omitempty"`
+	// agent_down is set while the node's scheduler cannot reach its agent:
+	// no new replicas are placed there; those it runs are left alone (they
+	// keep running without their agent, and are not moved).
+	AgentDown     bool `protobuf:"varint,12,opt,name=agent_down,json=agentDown,proto3" json:"agent_down,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -905,6 +909,13 @@ func (x *Node) GetMemberId() uint64 {
 		return x.MemberId
 	}
 	return 0
+}
+
+func (x *Node) GetAgentDown() bool {
+	if x != nil {
+		return x.AgentDown
+	}
+	return false
 }
 
 // ServiceLoad is one node's measurement of one service.
@@ -1183,7 +1194,7 @@ const file_zlayer_scheduler_v1_state_proto_rawDesc = "" +
 	"created_at\x18\x10 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x12\n" +
 	"\x04held\x18\x11 \x01(\tR\x04held\x12\x10\n" +
 	"\x03run\x18\x12 \x01(\bR\x03run\x12\x18\n" +
-	"\atrigger\x18\x13 \x01(\tR\atrigger\"\x8d\x04\n" +
+	"\atrigger\x18\x13 \x01(\tR\atrigger\"\xac\x04\n" +
 	"\x04Node\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x10\n" +
 	"\x03cpu\x18\x02 \x01(\x01R\x03cpu\x12!\n" +
@@ -1196,7 +1207,9 @@ const file_zlayer_scheduler_v1_state_proto_rawDesc = "" +
 	"\x04load\x18\t \x03(\v2 .zlayer.scheduler.v1.ServiceLoadR\x04load\x123\n" +
 	"\aload_at\x18\n" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\x06loadAt\x12\x1b\n" +
-	"\tmember_id\x18\v \x01(\x04R\bmemberId\x1a9\n" +
+	"\tmember_id\x18\v \x01(\x04R\bmemberId\x12\x1d\n" +
+	"\n" +
+	"agent_down\x18\f \x01(\bR\tagentDown\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xbd\x01\n" +
