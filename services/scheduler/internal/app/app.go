@@ -52,6 +52,7 @@ type options struct {
 	raftTick      time.Duration
 	snapshotEvery uint64
 	join          string
+	maxVoters     int
 }
 
 func (o *options) register(fs *flag.FlagSet) {
@@ -68,6 +69,7 @@ func (o *options) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.advertiseAddr, "advertise-addr", "", "how other members reach this one (default: --peer-addr)")
 	fs.DurationVar(&o.raftTick, "raft-tick", raftnode.DefaultTickInterval, "Raft tick; elections time out after 10-20 ticks")
 	fs.Uint64Var(&o.snapshotEvery, "snapshot-entries", raftnode.DefaultSnapshotEntries, "snapshot and compact the Raft log every this many entries")
+	fs.IntVar(&o.maxVoters, "max-voters", raftnode.DefaultMaxVoters, "voting Raft members at most (the leader's setting counts); members beyond stay non-voting learners, promoted when a voter is removed")
 	fs.StringVar(&o.join, "join", "", "join bundle written by `zlctl cluster add-member`; read on the first start only")
 }
 
@@ -104,6 +106,11 @@ func start(ctx context.Context, env daemon.Env, srv *grpc.Server, o options) (fu
 		state.Close()
 		return nil, fmt.Errorf("raft: %w", err)
 	}
+	if o.maxVoters < 1 {
+		state.Close()
+		return nil, fmt.Errorf("--max-voters %d: must be at least 1", o.maxVoters)
+	}
+	cfg.MaxVoters = o.maxVoters
 	peers := &server.PeerServer{}
 	cfg.PeerServices = func(r grpc.ServiceRegistrar) { schedulerv1.RegisterSchedulerServiceServer(r, peers) }
 	node, err := raftnode.New(cfg, state, env.Log)

@@ -48,6 +48,7 @@ const (
 	DefaultHeartbeatTicks  = 1
 	DefaultSnapshotEntries = 10000
 	DefaultCatchUpEntries  = 5000
+	DefaultMaxVoters       = 5
 )
 
 // Config is what a Node is made from. Zero values of the timing and
@@ -95,6 +96,12 @@ type Config struct {
 	// slightly lagging members catch up without one (default
 	// min(5000, SnapshotEntries)).
 	CatchUpEntries uint64
+	// MaxVoters caps the voting members (default 5): members added beyond
+	// it stay learners — they receive the log, serve reads and forward
+	// writes, but a commit never waits for them — and one is promoted when
+	// a voter is removed. Raft's writes cost a round trip to a majority of
+	// voters, so a cluster of hundreds of nodes keeps a few voters.
+	MaxVoters int
 	// ProposalTimeout bounds Propose, LinearizableRead and membership
 	// changes whose context has no deadline (default 10 election timeouts).
 	ProposalTimeout time.Duration
@@ -118,6 +125,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.ProposalTimeout <= 0 {
 		c.ProposalTimeout = 10 * time.Duration(c.ElectionTicks) * c.TickInterval
+	}
+	if c.MaxVoters <= 0 {
+		c.MaxVoters = DefaultMaxVoters
 	}
 	if c.AdvertiseAddr == "" {
 		switch {

@@ -79,8 +79,11 @@
 //  4. The new scheduler starts with --join FILE (BootstrapJoin): it installs
 //     the credentials under its data dir and waits for the leader, which
 //     sends it the log or a snapshot. Once its log has caught up, the
-//     leader promotes it to a voter, so adding a member never costs the
-//     cluster its quorum while the new one is still starting.
+//     leader promotes it to a voter — while there are fewer than
+//     Config.MaxVoters (5) voters; beyond that it stays a learner, which
+//     gets the log and forwards writes, until a voter is removed — so
+//     adding a member never costs the cluster its quorum while the new one
+//     is still starting, and hundreds of members still commit with five.
 //  5. `zlctl cluster remove-member ID` removes a member through Raft; its ID
 //     is refused from then on, and a removed member's Run returns
 //     ErrRemoved.

@@ -932,10 +932,11 @@ func (n *Node) changeConf(ctx context.Context, cc *raftpb.ConfChange) error {
 	}
 }
 
-// promoteLearners runs on every member but acts only on the leader: a
-// learner whose log has caught up with the commit index is proposed as a
-// voter. A promotion that raft drops (another change pending) is retried
-// after a few election timeouts.
+// promoteLearners runs on every member but acts only on the leader: while
+// there are fewer than Config.MaxVoters voters, a learner whose log has
+// caught up with the commit index is proposed as a voter. A promotion that
+// raft drops (another change pending) is retried after a few election
+// timeouts.
 func (n *Node) promoteLearners(ctx context.Context) error {
 	t := time.NewTicker(max(n.cfg.TickInterval*time.Duration(n.cfg.HeartbeatTicks)*2, n.cfg.TickInterval))
 	defer t.Stop()
@@ -949,6 +950,9 @@ func (n *Node) promoteLearners(ctx context.Context) error {
 		st := n.rn.Status()
 		if st.RaftState != raft.StateLeader {
 			continue
+		}
+		if len(st.Config.Voters[0]) >= n.cfg.MaxVoters || len(st.Config.Voters[1]) > 0 {
+			continue // enough voters, or a joint change in progress
 		}
 		commit := st.HardState.GetCommit()
 		for id := range st.Config.Learners {
