@@ -160,7 +160,8 @@ func (f *FSM) AppliedIndex() uint64 {
 	return f.applied
 }
 
-// Changed returns a channel closed at the next change of the state.
+// Changed returns a channel closed at the next change of the state, except
+// heartbeats that change only a node's last-heartbeat time and load.
 func (f *FSM) Changed() <-chan struct{} {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
@@ -192,8 +193,14 @@ func (f *FSM) Apply(index uint64, data []byte) any {
 		// is the only safe answer; Raft replays from the stored index.
 		panic(fmt.Sprintf("fsm: persist index %d: %v", index, err))
 	}
-	close(f.changed)
-	f.changed = make(chan struct{})
+	// A heartbeat that changed nothing but the node's last-heartbeat time
+	// (and load) wakes nobody: every node sends one a second, and each wake
+	// makes every watcher copy the whole state. Whatever judges heartbeat
+	// times (node timeouts, the autoscaler) runs on its own tick.
+	if _, hb := cmd.GetKind().(*schedulerv1.Command_Heartbeat); !hb || len(tx.replicas) > 0 || len(tx.deployments) > 0 || len(tx.events) > 0 {
+		close(f.changed)
+		f.changed = make(chan struct{})
+	}
 	return res
 }
 

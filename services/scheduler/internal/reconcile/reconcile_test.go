@@ -573,3 +573,42 @@ func TestCronRunsOnScheduleAndCatchesUpOnce(t *testing.T) {
 		t.Fatalf("after a gap: %d new runs, want exactly 1 (late)", after-before)
 	}
 }
+
+// TestQuietHeartbeatsWakeNobody: a heartbeat that only says "alive" does not
+// wake the state's watchers; one carrying a change, or bringing a node
+// back, does.
+func TestQuietHeartbeatsWakeNobody(t *testing.T) {
+	s := newSim(t, "n1")
+	s.deploy("app", "web:h1:1")
+	s.run(3)
+	woke := func(c *schedulerv1.Command) bool {
+		ch := s.f.Changed()
+		s.apply(c)
+		select {
+		case <-ch:
+			return true
+		default:
+			return false
+		}
+	}
+	hb := func(h *schedulerv1.HeartbeatCommand) *schedulerv1.Command {
+		return &schedulerv1.Command{Kind: &schedulerv1.Command_Heartbeat{Heartbeat: h}}
+	}
+	if woke(hb(&schedulerv1.HeartbeatCommand{Node: "n1"})) {
+		t.Error("a heartbeat with nothing new woke the watchers")
+	}
+	var id string
+	for rid := range s.f.Copy().Replicas {
+		id = rid
+	}
+	failed := &schedulerv1.ReplicaStatus{Id: id, Phase: schedulerv1.ReplicaPhase_REPLICA_PHASE_FAILED, ExitCode: 1, Reason: "crashed"}
+	if !woke(hb(&schedulerv1.HeartbeatCommand{Node: "n1", Statuses: []*schedulerv1.ReplicaStatus{failed}})) {
+		t.Error("a heartbeat with a replica's change did not wake the watchers")
+	}
+	if !woke(hb(&schedulerv1.HeartbeatCommand{Node: "n1", AgentDown: true})) {
+		t.Error("a heartbeat saying the agent is down did not wake the watchers")
+	}
+	if !woke(&schedulerv1.Command{Kind: &schedulerv1.Command_Scale{Scale: &schedulerv1.ScaleCommand{Deployment: "app", Service: "web", Replicas: 2}}}) {
+		t.Error("a scale did not wake the watchers")
+	}
+}
