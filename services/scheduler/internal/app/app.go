@@ -155,7 +155,7 @@ func start(ctx context.Context, env daemon.Env, srv *grpc.Server, o options) (fu
 		defer proxyConn.Close()
 		g, ctx := errgroup.WithContext(ctx)
 		g.Go(func() error {
-			return routes.Push(ctx, env.Log, state, specs, proxyv1.NewProxyServiceClient(proxyConn), 5*time.Second)
+			return routes.Push(ctx, env.Log, state, specs, proxyv1.NewProxyServiceClient(proxyConn), env.Node, 5*time.Second)
 		})
 		g.Go(func() error {
 			return names.Push(ctx, env.Log, state, agentv1.NewAgentServiceClient(agentConn), 5*time.Second)

@@ -1,7 +1,8 @@
 // Package routes computes the proxy's route table from the cluster state:
 // every endpoint of every deployment's current version, with the replicas
-// that serve it (on any node) as backends. It is pure; a small loop in app
-// pushes the table to the local proxy whenever it changes.
+// that serve it and that the proxy can reach as backends. It is pure; a
+// small loop in app pushes the table to the local proxy whenever it
+// changes.
 package routes
 
 import (
@@ -31,8 +32,9 @@ var rtypes = map[spec.RType]proxyv1.ResourceType{
 }
 
 // Table returns the routes of every deployment in st, sorted by
-// deployment, service and endpoint.
-func Table(st *fsm.State, specs *specinfo.Cache) []*proxyv1.Route {
+// deployment, service and endpoint. Replicas on nodes for which reachable
+// is false are left out (nil: every node).
+func Table(st *fsm.State, specs *specinfo.Cache, reachable func(node string) bool) []*proxyv1.Route {
 	var out []*proxyv1.Route
 	for _, name := range sortedKeys(st.Deployments) {
 		d := st.Deployments[name]
@@ -64,6 +66,9 @@ func Table(st *fsm.State, specs *specinfo.Cache) []*proxyv1.Route {
 				}
 				for _, rep := range replicas {
 					if rep.Service != svcName || rep.Ip == "" || rep.Phase != schedulerv1.ReplicaPhase_REPLICA_PHASE_RUNNING {
+						continue
+					}
+					if reachable != nil && !reachable(rep.Node) {
 						continue
 					}
 					healthy := rep.Health == schedulerv1.Health_HEALTH_HEALTHY
