@@ -55,7 +55,10 @@ type Logs func(ctx context.Context, id string) (next func() ([]*agentv1.LogEntry
 // with req's options (its id is set by each call).
 func AgentLogs(agent agentv1.AgentServiceClient, req *agentv1.StreamLogsRequest) Logs {
 	return func(ctx context.Context, id string) (func() ([]*agentv1.LogEntry, error), error) {
-		r := proto.CloneOf(req)
+		r := &agentv1.StreamLogsRequest{}
+		if req != nil {
+			r = proto.CloneOf(req)
+		}
 		r.Id = id
 		st, err := agent.StreamLogs(ctx, r)
 		if err != nil {

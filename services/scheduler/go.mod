@@ -40,6 +40,7 @@ require (
 	zlayer.dev/libs/errkind v0.0.0
 	zlayer.dev/libs/obs v0.0.0
 	zlayer.dev/libs/rpc v0.0.0
+	zlayer.dev/libs/runs v0.0.0
 	zlayer.dev/libs/spec v0.0.0
 )
 
@@ -52,3 +53,5 @@ replace (
 )
 
 replace zlayer.dev/libs/spec => ../../libs/spec
+
+replace zlayer.dev/libs/runs => ../../libs/runs

@@ -13,6 +13,7 @@ import (
 	agentv1 "zlayer.dev/libs/api/zlayer/agent/v1"
 	schedulerv1 "zlayer.dev/libs/api/zlayer/scheduler/v1"
 	"zlayer.dev/libs/errkind"
+	"zlayer.dev/libs/runs"
 )
 
 // Logs and exec reach a replica wherever it runs. A replica on this node is
@@ -106,31 +107,16 @@ func (s *Server) replicaLogs(req *schedulerv1.ReplicaLogsRequest, stream schedul
 		return err
 	}
 	first := &schedulerv1.ReplicaLogsResponse{Replica: rep.Id, Node: rep.Node}
-	var recv func() ([]*agentv1.LogEntry, error)
-	if cc == nil {
-		opts := proto.CloneOf(req.GetOptions())
-		if opts == nil {
-			opts = &agentv1.StreamLogsRequest{}
-		}
-		opts.Id = rep.Id
-		up, err := s.local.Agent.StreamLogs(ctx, opts)
-		if err != nil {
-			return fmt.Errorf("logs of %s: agent: %w", rep.Id, err)
-		}
-		recv = func() ([]*agentv1.LogEntry, error) {
-			m, err := up.Recv()
-			return m.GetEntries(), err
-		}
-	} else {
+	logs := runs.AgentLogs(s.local.Agent, req.GetOptions())
+	where := "agent"
+	if cc != nil {
 		defer cc.Close()
-		up, err := schedulerv1.NewSchedulerServiceClient(cc).ReplicaLogs(ctx, &schedulerv1.ReplicaLogsRequest{Target: rep.Id, Options: req.GetOptions()})
-		if err != nil {
-			return fmt.Errorf("logs of %s: node %s: %w", rep.Id, rep.Node, err)
-		}
-		recv = func() ([]*agentv1.LogEntry, error) {
-			m, err := up.Recv()
-			return m.GetEntries(), err
-		}
+		logs = runs.ClusterLogs(schedulerv1.NewSchedulerServiceClient(cc), req.GetOptions())
+		where = "node " + rep.Node
+	}
+	recv, err := logs(ctx, rep.Id)
+	if err != nil {
+		return fmt.Errorf("logs of %s: %s: %w", rep.Id, where, err)
 	}
 	// The first message names the replica and node, even before any line.
 	if err := stream.Send(first); err != nil {
