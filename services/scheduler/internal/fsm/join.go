@@ -112,9 +112,9 @@ func (t *txn) join(c *schedulerv1.JoinCommand) Result {
 func (t *txn) forgetJoins(deployment string) {
 	for _, name := range sortedKeys(t.f.nodes) {
 		n := t.f.nodes[name]
-		kept := slices.DeleteFunc(n.JoinedServices, func(e string) bool { return strings.HasPrefix(e, deployment+"/") })
-		if len(kept) != len(n.JoinedServices) || len(kept) == 0 && n.JoinedServices != nil {
-			n.JoinedServices = kept
+		before := len(n.JoinedServices)
+		n.JoinedServices = slices.DeleteFunc(n.JoinedServices, func(e string) bool { return strings.HasPrefix(e, deployment+"/") })
+		if len(n.JoinedServices) != before {
 			t.touchNode(name)
 		}
 	}
