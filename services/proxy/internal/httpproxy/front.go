@@ -87,10 +87,14 @@ func (f *Front) Serve(ln net.Listener) error {
 	f.handoff = newConnListener(ln.Addr())
 	f.mu.Unlock()
 	if f.shutdown.Load() {
+		ln.Close()
 		return http.ErrServerClosed
 	}
-	errc := make(chan error, 1)
-	go func() { errc <- f.srv.Serve(f.handoff) }()
+	go func() {
+		if err := f.srv.Serve(f.handoff); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			f.log.Error("serving handed-off connections failed", zap.Error(err))
+		}
+	}()
 	var delay time.Duration
 	for {
 		c, err := ln.Accept()
@@ -140,6 +144,9 @@ func (f *Front) Shutdown(ctx context.Context) error {
 		f.mu.Lock()
 		for fc := range f.conns {
 			fc.c.Close()
+			if pc := fc.backend.Load(); pc != nil {
+				pc.c.Close() // a replica that does not answer must not hold the request
+			}
 		}
 		f.mu.Unlock()
 		if err == nil {
@@ -179,7 +186,10 @@ type frontConn struct {
 	req    request
 	resp   response    // the current response head, reused
 	idle   atomic.Bool // waiting for the next request
-	rdl    time.Time   // the read deadline last set
+	// backend is the replica connection of the request in progress, for a
+	// Shutdown that runs out of time.
+	backend atomic.Pointer[h1Conn]
+	rdl     time.Time // the read deadline last set
 }
 
 // wake makes an idle connection notice a shutdown.
@@ -430,6 +440,7 @@ func (r *request) parse(head []byte) bool {
 		case equalFold(name, "Transfer-Encoding"), equalFold(name, "Upgrade"), equalFold(name, "Expect"):
 			return false
 		case equalFold(name, "Keep-Alive"), equalFold(name, "Proxy-Connection"), equalFold(name, "TE"), equalFold(name, "Trailer"),
+			equalFold(name, "Proxy-Authorization"),
 			equalFold(name, "X-Forwarded-Host"), equalFold(name, "X-Forwarded-Proto"):
 			continue
 		case equalFold(name, "X-Forwarded-For"):
@@ -733,7 +744,7 @@ func (p *Proxy) try(fc *frontConn, be *balance.Backend) (exchangeResult, backend
 			}
 			pc = &h1Conn{c: c, br: bufio.NewReaderSize(c, 16<<10), bw: bufio.NewWriterSize(c, 16<<10)}
 		}
-		res, fail, err := p.relay(fc, pc, be.Addr)
+		res, fail, err := p.relay(fc, pc, be.Addr, reused)
 		if fail == failStale && reused {
 			continue
 		}
@@ -746,7 +757,9 @@ func (p *Proxy) try(fc *frontConn, be *balance.Backend) (exchangeResult, backend
 
 // relay writes the request on pc, reads the response head and copies the
 // response to the client. pc goes back to the pool when it can serve again.
-func (p *Proxy) relay(fc *frontConn, pc *h1Conn, addr string) (exchangeResult, backendFailure, error) {
+func (p *Proxy) relay(fc *frontConn, pc *h1Conn, addr string, reused bool) (exchangeResult, backendFailure, error) {
+	fc.backend.Store(pc)
+	defer fc.backend.Store(nil)
 	p.writeRequest(pc.bw, fc)
 	if err := pc.bw.Flush(); err != nil {
 		pc.c.Close()
@@ -756,7 +769,7 @@ func (p *Proxy) relay(fc *frontConn, pc *h1Conn, addr string) (exchangeResult, b
 		pc.c.SetReadDeadline(time.Now().Add(p.h1.responseTimeout)) //nolint:errcheck // a failed read reports it
 	}
 	resp := &fc.resp
-	for {
+	for first := true; ; first = false {
 		if _, err := pc.br.Peek(1); err != nil {
 			pc.c.Close()
 			var ne net.Error
@@ -770,6 +783,11 @@ func (p *Proxy) relay(fc *frontConn, pc *h1Conn, addr string) (exchangeResult, b
 		}
 		if err := resp.read(pc.br); err != nil {
 			pc.c.Close()
+			if first && reused {
+				// Bytes a replica sent after an earlier answer (a body
+				// after HEAD or 204) spoil the connection, not the request.
+				return exchangeResult{}, failStale, err
+			}
 			return exchangeResult{}, failOther, err
 		}
 		if resp.status >= 200 {
@@ -862,7 +880,11 @@ func copyN(w *bufio.Writer, r *bufio.Reader, n int64) (int64, error) {
 }
 
 // copyChunked copies a chunked body as it is, chunk sizes, extensions and
-// trailers included, up to and including its last CRLF.
+// trailers included, up to and including its last CRLF. It checks the
+// framing strictly (CRLF line ends, hexadecimal sizes, CRLF after each
+// chunk, trailer fields that are name: value): the client must find the
+// body's end exactly where the proxy did, so anything else is an error and
+// the connections are closed.
 func copyChunked(w *bufio.Writer, r *bufio.Reader) (int64, error) {
 	var total int64
 	for {
@@ -870,13 +892,13 @@ func copyChunked(w *bufio.Writer, r *bufio.Reader) (int64, error) {
 		if err != nil {
 			return total, err
 		}
-		size := trimCR(line[:len(line)-1])
+		size := line[:len(line)-2]
 		if i := bytes.IndexByte(size, ';'); i >= 0 {
 			size = size[:i]
 		}
-		n, perr := strconv.ParseUint(string(bytes.TrimSpace(size)), 16, 63)
-		if perr != nil {
-			return total, fmt.Errorf("bad chunk size %q: %w", size, perr)
+		n, ok := parseHex(size)
+		if !ok {
+			return total, fmt.Errorf("bad chunk size line %q", line)
 		}
 		if n == 0 {
 			// Trailers, then the final empty line.
@@ -885,21 +907,55 @@ func copyChunked(w *bufio.Writer, r *bufio.Reader) (int64, error) {
 				if err != nil {
 					return total, err
 				}
-				if len(trimCR(line[:len(line)-1])) == 0 {
+				field := line[:len(line)-2]
+				if len(field) == 0 {
 					return total, nil
+				}
+				if colon := bytes.IndexByte(field, ':'); colon <= 0 || !isToken(field[:colon]) {
+					return total, fmt.Errorf("bad trailer line %q", line)
 				}
 			}
 		}
-		m, err := copyN(w, r, int64(n)+2) // the data and its CRLF
-		total += max(m-2, 0)
+		m, err := copyN(w, r, int64(n))
+		total += m
 		if err != nil {
 			return total, err
 		}
+		crlf, err := r.Peek(2)
+		if err != nil || crlf[0] != '\r' || crlf[1] != '\n' {
+			return total, fmt.Errorf("chunk of %d bytes not followed by CRLF", n)
+		}
+		w.Write(crlf) //nolint:errcheck // the writer's error shows at the next write or flush
+		r.Discard(2)  //nolint:errcheck // two bytes are buffered
 	}
 }
 
-// readLine copies one line (with its newline) from r to w and returns it;
-// the slice is valid until the next read of r.
+// parseHex parses a chunk size: 1 to 15 hexadecimal digits, nothing else.
+func parseHex(b []byte) (uint64, bool) {
+	if len(b) == 0 || len(b) > 15 {
+		return 0, false
+	}
+	var n uint64
+	for _, c := range b {
+		var d byte
+		switch {
+		case c >= '0' && c <= '9':
+			d = c - '0'
+		case c >= 'a' && c <= 'f':
+			d = c - 'a' + 10
+		case c >= 'A' && c <= 'F':
+			d = c - 'A' + 10
+		default:
+			return 0, false
+		}
+		n = n<<4 | uint64(d)
+	}
+	return n, true
+}
+
+// readLine copies one line, which must end in CRLF and hold no other
+// control character than tab, from r to w and returns it; the slice is
+// valid until the next read of r.
 func readLine(w *bufio.Writer, r *bufio.Reader) ([]byte, error) {
 	if r.Buffered() == 0 && w.Buffered() > 0 {
 		if err := w.Flush(); err != nil {
@@ -913,6 +969,9 @@ func readLine(w *bufio.Writer, r *bufio.Reader) ([]byte, error) {
 		}
 		return nil, err
 	}
+	if !cleanHead(line) {
+		return nil, fmt.Errorf("malformed line %q in a chunked body", line)
+	}
 	if _, err := w.Write(line); err != nil {
 		return nil, err
 	}
@@ -925,6 +984,7 @@ type response struct {
 	status     int
 	statusText []byte   // "200 OK"
 	lines      [][2]int // header lines to pass on, as offsets into head
+	hop        [][]byte // header names the replica's Connection header lists
 	length     int64    // -1: none
 	chunked    bool
 	close      bool
@@ -932,7 +992,7 @@ type response struct {
 
 // read reads and parses one response head from br.
 func (resp *response) read(br *bufio.Reader) error {
-	*resp = response{head: resp.head[:0], lines: resp.lines[:0], length: -1}
+	*resp = response{head: resp.head[:0], lines: resp.lines[:0], hop: resp.hop[:0], length: -1}
 	for {
 		line, err := br.ReadSlice('\n')
 		resp.head = append(resp.head, line...)
@@ -949,8 +1009,13 @@ func (resp *response) read(br *bufio.Reader) error {
 			break
 		}
 	}
+	// What passes on must read the same to the client as to the proxy:
+	// CRLF line ends, no control characters, token names, one framing.
+	if !cleanHead(resp.head) {
+		return fmt.Errorf("malformed response head %q", resp.head)
+	}
 	eol := bytes.IndexByte(resp.head, '\n')
-	status := trimCR(resp.head[:eol])
+	status := resp.head[:eol-1]
 	proto, rest, ok := bytes.Cut(status, []byte(" "))
 	if !ok || !bytes.HasPrefix(proto, []byte("HTTP/1.")) || len(rest) < 3 {
 		return fmt.Errorf("malformed status line %q", status)
@@ -961,17 +1026,18 @@ func (resp *response) read(br *bufio.Reader) error {
 	}
 	resp.status, resp.statusText = code, rest
 	resp.close = string(proto) == "HTTP/1.0"
+	var lengthLine = -1 // index in resp.lines of the Content-Length line
 	off := eol + 1
 	for off < len(resp.head) {
 		n := bytes.IndexByte(resp.head[off:], '\n')
 		start, end := off, off+n+1
 		off = end
-		l := trimCR(resp.head[start : end-1])
+		l := resp.head[start : end-2]
 		if len(l) == 0 {
 			break
 		}
 		colon := bytes.IndexByte(l, ':')
-		if colon <= 0 || l[0] == ' ' || l[0] == '\t' {
+		if colon <= 0 || !isToken(l[:colon]) {
 			return fmt.Errorf("malformed response header %q", l)
 		}
 		name, value := l[:colon], bytes.TrimSpace(l[colon+1:])
@@ -986,6 +1052,8 @@ func (resp *response) read(br *bufio.Reader) error {
 					if string(proto) == "HTTP/1.0" {
 						resp.close = false
 					}
+				case len(tok) > 0:
+					resp.hop = append(resp.hop, tok) // a header the replica made hop-by-hop
 				}
 			}
 			continue
@@ -993,21 +1061,51 @@ func (resp *response) read(br *bufio.Reader) error {
 			equalFold(name, "TE"), equalFold(name, "Proxy-Authenticate"):
 			continue
 		case equalFold(name, "Transfer-Encoding"):
-			if !equalFold(value, "chunked") {
+			if resp.chunked || !equalFold(value, "chunked") {
 				return fmt.Errorf("unsupported transfer-encoding %q", value)
 			}
 			resp.chunked = true
 		case equalFold(name, "Content-Length"):
-			n, err := strconv.ParseInt(string(value), 10, 64)
-			if err != nil || n < 0 || resp.length >= 0 && resp.length != n {
+			n, ok := parseDecimal(value)
+			if !ok || resp.length >= 0 && resp.length != n {
 				return fmt.Errorf("bad content-length %q", value)
 			}
+			if resp.length >= 0 {
+				continue // the same length again: once is enough
+			}
 			resp.length = n
+			lengthLine = len(resp.lines)
 		}
 		resp.lines = append(resp.lines, [2]int{start, end})
 	}
 	if resp.chunked {
+		// Chunked wins (RFC 9112 6.3); the length must not reach the client.
 		resp.length = -1
+		if lengthLine >= 0 {
+			resp.lines = slices.Delete(resp.lines, lengthLine, lengthLine+1)
+		}
+	}
+	if len(resp.hop) > 0 {
+		resp.lines = slices.DeleteFunc(resp.lines, func(o [2]int) bool {
+			l := resp.head[o[0]:o[1]]
+			name := l[:bytes.IndexByte(l, ':')]
+			return slices.ContainsFunc(resp.hop, func(h []byte) bool { return bytes.EqualFold(h, name) })
+		})
 	}
 	return nil
+}
+
+// parseDecimal parses a Content-Length: 1 to 18 decimal digits, nothing else.
+func parseDecimal(b []byte) (int64, bool) {
+	if len(b) == 0 || len(b) > 18 {
+		return 0, false
+	}
+	var n int64
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + int64(c-'0')
+	}
+	return n, true
 }

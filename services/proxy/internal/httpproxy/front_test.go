@@ -118,6 +118,18 @@ func TestFastPathFraming(t *testing.T) {
 			return "HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", false
 		case "/hopbyhop":
 			return "HTTP/1.1 200 OK\r\nConnection: close\r\nKeep-Alive: timeout=5\r\nContent-Length: 2\r\n\r\nok", true
+		case "/both":
+			return "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", false
+		case "/named":
+			return "HTTP/1.1 200 OK\r\nConnection: X-Hop\r\nX-Hop: secret\r\nX-Kept: 1\r\nContent-Length: 2\r\n\r\nok", false
+		case "/echo":
+			return fmt.Sprintf("HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(head), head), false
+		case "/plus":
+			return "HTTP/1.1 200 OK\r\nContent-Length: +2\r\n\r\nok", false
+		case "/barelf":
+			return "HTTP/1.1 200 OK\nContent-Length: 2\n\nok", false
+		case "/badchunk":
+			return "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nokXX0\r\n\r\n", false
 		}
 		return "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", false
 	})
@@ -172,6 +184,42 @@ func TestFastPathFraming(t *testing.T) {
 	}
 	if n := h.px.fastRequests.Load(); n != 7 {
 		t.Errorf("fast path served %d requests, want 7", n)
+	}
+	c, br = dialRaw(t, h.plain, false)
+
+	// Chunked wins over a length, and the length does not reach the client.
+	// (Read raw: Go's client would drop the length itself.)
+	raw, rawBR := dialRaw(t, h.plain, false)
+	io.WriteString(raw, "GET /both HTTP/1.1\r\nHost: x.test\r\nConnection: close\r\n\r\n") //nolint:errcheck // read below
+	if b, _ := io.ReadAll(rawBR); strings.Contains(string(b), "Content-Length") || !strings.HasSuffix(string(b), "\r\n\r\n5\r\nhello\r\n0\r\n\r\n") {
+		t.Errorf("/both: the client got\n%q", b)
+	}
+	// Headers the replica names in Connection are hop-by-hop.
+	send("GET", "/named", "")
+	if resp, body = readResp(t, br, "GET"); body != "ok" || resp.Header.Get("X-Hop") != "" || resp.Header.Get("X-Kept") != "1" {
+		t.Errorf("/named: %q headers %v", body, resp.Header)
+	}
+	// Proxy-Authorization is for this proxy, not the replica.
+	send("GET", "/echo", "Proxy-Authorization: Basic c2VjcmV0\r\nX-Mine: 1\r\n")
+	if _, body = readResp(t, br, "GET"); strings.Contains(body, "Proxy-Authorization") || !strings.Contains(body, "X-Mine: 1") {
+		t.Errorf("/echo: the replica got:\n%s", body)
+	}
+	// Heads a client could read differently than the proxy are refused.
+	for _, path := range []string{"/plus", "/barelf"} {
+		send("GET", path, "")
+		if resp, body = readResp(t, br, "GET"); resp.StatusCode != http.StatusBadGateway {
+			t.Errorf("%s: %d %q, want 502", path, resp.StatusCode, body)
+		}
+	}
+	// A chunk not followed by CRLF ends the answer and the connection.
+	c, br = dialRaw(t, h.plain, false)
+	send("GET", "/badchunk", "")
+	resp, err := http.ReadResponse(br, &http.Request{Method: "GET"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, err := io.ReadAll(resp.Body); err == nil {
+		t.Errorf("/badchunk: read %q without an error", b)
 	}
 
 	// Connection: close from the client is honoured.
