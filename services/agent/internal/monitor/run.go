@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -57,12 +58,17 @@ func Main(args []string) int {
 	os.Unsetenv("GOMAXPROCS")
 	debug.SetGCPercent(25)
 	syncf := os.NewFile(SyncFD, "sync")
-	report := func(format string, a ...any) {
-		if syncf != nil {
-			fmt.Fprintf(syncf, format+"\n", a...) // the agent may be gone: ignore errors
-			syncf.Close()
-			syncf = nil
+	// report sends the one report line. It fails (EPIPE: SIGPIPE is
+	// ignored) when the agent that started the monitor is gone or gave up
+	// waiting; only the ok report needs to act on that.
+	report := func(format string, a ...any) error {
+		if syncf == nil {
+			return errors.New("report already sent")
 		}
+		_, err := fmt.Fprintf(syncf, format+"\n", a...)
+		syncf.Close()
+		syncf = nil
+		return err
 	}
 	o, err := ParseArgs(args)
 	if err != nil {
@@ -131,7 +137,16 @@ func Main(args []string) int {
 		return 1
 	}
 	exited := rp.claim(pid)
-	report("ok %d %d", pid, os.Getpid())
+	if err := report("ok %d %d", pid, os.Getpid()); err != nil {
+		// Nobody will learn of this container: the agent died after its
+		// go-ahead (the line was still in the pipe), or stopped waiting
+		// for this report. Its record, if any, still says "creating", and
+		// whoever cleans that up waits for this monitor to exit; the
+		// container must not outlive it.
+		withdraw(r, o.ID, exited, err)
+		pio.Close()
+		return 1
+	}
 
 	ws := <-exited
 	at := time.Now()
@@ -161,6 +176,25 @@ func Main(args []string) int {
 	}
 	return 0
 }
+
+// withdraw deletes a container the agent will never know of (it could not
+// be told: reportErr) and waits, for at most drainTimeout, for its init
+// to be reaped.
+func withdraw(r *runc.Runc, id string, exited <-chan unix.WaitStatus, reportErr error) {
+	fmt.Fprintf(os.Stderr, "zlayer-monitor: container %s: report to the agent: %v; deleting the container\n", id, reportErr)
+	ctx, cancel := context.WithTimeout(context.Background(), withdrawTimeout)
+	defer cancel()
+	if err := r.Delete(ctx, id, &runc.DeleteOpts{Force: true}); err != nil {
+		fmt.Fprintf(os.Stderr, "zlayer-monitor: container %s: runc delete: %v\n", id, err)
+	}
+	select {
+	case <-exited:
+	case <-time.After(drainTimeout):
+	}
+}
+
+// withdrawTimeout bounds the runc delete of a container nobody was told of.
+const withdrawTimeout = 30 * time.Second
 
 // waitGate waits for the agent's go-ahead on GateFD.
 func waitGate() bool {

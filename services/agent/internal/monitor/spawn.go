@@ -79,14 +79,19 @@ func Start(bin string, o Options) (*Pending, error) {
 // Begin lets the monitor call runc and waits until it reports: on success
 // the container exists (created, or running when Options.Start) and its
 // init pid is returned. On failure the error carries runc's message and
-// the monitor has exited, except when ctx ends first: then the monitor
-// goes on, and the caller's cleanup deletes the container, which ends it.
+// the monitor has exited, except when ctx ends first (or had ended: the
+// go-ahead is given all the same, and Begin returns at once): then the
+// monitor goes on with runc, finds its report unread (the pipe is closed
+// when Begin returns), deletes any container it made and exits. The
+// caller waits for that exit before it removes what the container uses.
 func (pd *Pending) Begin(ctx context.Context) (pid int, err error) {
 	defer pd.report.Close()
 	// A monitor that failed to set up has already exited: the write fails
 	// and its report says why.
-	pd.gate.WriteString(goLine)
-	pd.gate.Close()
+	pd.Go()
+	if err := ctx.Err(); err != nil {
+		return 0, fmt.Errorf("wait for monitor: %w", err)
+	}
 	type result struct {
 		line string
 		err  error
@@ -120,11 +125,27 @@ func (pd *Pending) Begin(ctx context.Context) (pid int, err error) {
 	return 0, fmt.Errorf("monitor exited without a report: %s", strings.TrimSpace(string(b)))
 }
 
+// Go gives the monitor its go-ahead and returns without waiting for its
+// report; Begin does this first. It is exported for tests that stand in
+// for an agent killed right after the go-ahead (Go, then Close).
+func (pd *Pending) Go() {
+	pd.gate.WriteString(goLine) // a monitor that already exited: ignored, its report says why
+	pd.gate.Close()
+}
+
+// Close closes the agent's ends of both pipes without waiting for the
+// monitor, as the agent's death does. A monitor without its go-ahead then
+// exits without touching runc; one that has it deletes any container it
+// makes, since its report cannot be delivered.
+func (pd *Pending) Close() {
+	pd.gate.Close()
+	pd.report.Close()
+}
+
 // Abort withdraws the go-ahead from a monitor that has not begun: it
 // exits without touching runc, and Abort waits for it.
 func (pd *Pending) Abort() {
-	pd.gate.Close()
-	pd.report.Close()
+	pd.Close()
 	pd.cmd.Wait()
 }
 

@@ -103,7 +103,16 @@ type localImages struct {
 	// mount /etc/hosts: a real runc failure.
 }
 
+// cancelInPrepare is a context key: a context.CancelFunc under it is
+// called by localImages.Prepare, so a test can cancel a Run's context at a
+// known point (after the network and the monitor were started, before the
+// monitor's go-ahead).
+type cancelInPrepare struct{}
+
 func (l *localImages) Prepare(ctx context.Context, ref string, p images.Policy, id string) (images.Rootfs, error) {
+	if cancel, ok := ctx.Value(cancelInPrepare{}).(context.CancelFunc); ok {
+		cancel()
+	}
 	cfg := bundle.Image{Cmd: []string{"sh"}, Env: []string{"IMAGE_VAR=1"}}
 	lower := lowerDir
 	switch ref {
@@ -165,11 +174,17 @@ func newTestNode(t *testing.T, cidrBits int) *testNode {
 // newWarmTestNode is newTestNode with a warm pool of warm namespaces.
 func newWarmTestNode(t *testing.T, cidrBits, warm int) *testNode {
 	t.Helper()
+	return newCNITestNode(t, cidrBits, warm, "/usr/lib/cni")
+}
+
+// newCNITestNode is newWarmTestNode with the CNI plugins in cniBin.
+func newCNITestNode(t *testing.T, cidrBits, warm int, cniBin string) *testNode {
+	t.Helper()
 	n := nodeSeq.Add(1)
 	node := fmt.Sprintf("rt%d-%d", os.Getpid()%10000, n)
 	base := t.TempDir()
 	cidr := fmt.Sprintf("10.213.%d.0/%d", (os.Getpid()+int(n)*7)%250, cidrBits)
-	nw, err := netns.New(netns.Config{Node: node, CIDR: cidr, BinDir: "/usr/lib/cni", StateDir: filepath.Join(base, "data", "cni")})
+	nw, err := netns.New(netns.Config{Node: node, CIDR: cidr, BinDir: cniBin, StateDir: filepath.Join(base, "data", "cni")})
 	if err != nil {
 		t.Fatal(err)
 	}

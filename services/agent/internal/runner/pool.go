@@ -30,7 +30,10 @@ import (
 //     (poolIDPrefix, and longer than any container id, so it can never be
 //     a container's id).
 //   - A ready, idle slot also has a file <run-dir>/warm/<slot id> with its
-//     address. The file goes when the slot is taken.
+//     address. The file goes when the slot is taken. The agent never reads
+//     these files (Recover only removes them): they are how an observer
+//     outside the agent sees the pool — the end-to-end tests and the
+//     benchmark wait on them for a refill — at one unsynced write per fill.
 //   - A create that takes a slot names the slot's CNI id, pin and address
 //     in its record before anything runs in the namespace (the durable
 //     intent), and from then on the slot is the container's: removal and
@@ -43,6 +46,20 @@ import (
 //
 // Slots live in the per-node run and CNI directories, so nodes sharing a
 // host never see each other's.
+//
+// Liveness: a CNI ADD for a slot is bounded by warmAttachTimeout (a hung
+// plugin is killed), and close waits at most warmCloseWait for the filler,
+// so a stuck plugin never holds up the runner's Close. A failed fill is
+// retried with a backoff (warmRetryMin doubling to warmRetryMax), and is
+// also kicked by every create and removal.
+
+// Pool timings; variables so that tests can shorten them.
+var (
+	warmAttachTimeout = 30 * time.Second
+	warmCloseWait     = 45 * time.Second
+	warmRetryMin      = time.Second
+	warmRetryMax      = time.Minute
+)
 
 // poolIDPrefix starts every slot's CNI id.
 const poolIDPrefix = "warm-"
@@ -82,6 +99,7 @@ type pool struct {
 
 	mu      sync.Mutex
 	idle    []slot
+	started bool
 	closed  bool
 	release bool // on close: release what is being made (false only to simulate a crash)
 }
@@ -92,13 +110,21 @@ func newPool(size int, nw *netns.Network, nsDir, dir string, log *zap.Logger) *p
 }
 
 // start begins filling the pool in the background. Recover calls it once
-// the leftovers of earlier agents are swept.
+// the leftovers of earlier agents are swept; later calls, and calls after
+// close, do nothing.
 func (p *pool) start() {
 	if p.size <= 0 {
 		return
 	}
+	p.mu.Lock()
+	if p.started || p.closed {
+		p.mu.Unlock()
+		return
+	}
+	p.started = true
 	ctx, cancel := context.WithCancel(context.Background())
 	p.cancel = cancel
+	p.mu.Unlock()
 	go p.fill(ctx)
 	p.kick()
 }
@@ -142,23 +168,31 @@ func (p *pool) idleCount() int {
 func (p *pool) file(id string) string { return filepath.Join(p.dir, id) }
 
 // fill makes slots, one at a time, whenever kicked and short. A failure
-// (no free address, a CNI error) is logged and waits for the next kick: a
-// create or a removal.
+// (no free address, a CNI error) is logged and retried after a backoff,
+// or sooner on a kick (a create or a removal).
 func (p *pool) fill(ctx context.Context) {
 	defer close(p.done)
+	retry := time.NewTimer(0)
+	retry.Stop()
+	defer retry.Stop()
+	backoff := warmRetryMin
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-p.kickc:
+		case <-retry.C:
 		}
 		for ctx.Err() == nil && p.idleCount() < p.size {
 			s, err := p.make(ctx)
 			if err != nil {
-				p.log.Warn("warm netns not made; the pool stays short until the next create or removal",
-					zap.Int("idle", p.idleCount()), zap.Int("size", p.size), zap.Error(err))
+				p.log.Warn("warm netns not made; the pool stays short until a retry, create or removal",
+					zap.Int("idle", p.idleCount()), zap.Int("size", p.size), zap.Duration("retry_in", backoff), zap.Error(err))
+				retry.Reset(backoff)
+				backoff = min(2*backoff, warmRetryMax)
 				break
 			}
+			backoff = warmRetryMin
 			p.mu.Lock()
 			if !p.closed {
 				p.idle = append(p.idle, s)
@@ -177,9 +211,10 @@ func (p *pool) fill(ctx context.Context) {
 	}
 }
 
-// make creates one slot: the pin, the CNI attachment, then its file. A
-// make under way is finished even when the pool closes (CNI plugins are
-// not killed half-way); on error nothing of the slot is left.
+// make creates one slot: the pin, the CNI attachment, then its file. A make under
+// way is finished even when the pool closes (CNI plugins are not killed
+// half-way), but a CNI ADD that takes longer than warmAttachTimeout is
+// (a hung plugin); on error nothing of the slot is left.
 func (p *pool) make(ctx context.Context) (s slot, err error) {
 	id, err := newPoolID()
 	if err != nil {
@@ -189,8 +224,9 @@ func (p *pool) make(ctx context.Context) (s slot, err error) {
 	if err := netns.Create(s.Netns); err != nil {
 		return s, fmt.Errorf("warm netns %s: %w", id, err)
 	}
-	cctx := context.WithoutCancel(ctx)
-	if s.A, err = p.net.Attach(cctx, id, s.Netns); err != nil {
+	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), warmAttachTimeout)
+	defer cancel()
+	if s.A, err = p.net.Attach(actx, id, s.Netns); err != nil {
 		if rerr := netns.Remove(s.Netns); rerr != nil {
 			p.log.Warn("remove warm netns", zap.String("slot", id), zap.Error(rerr))
 		}
@@ -201,7 +237,9 @@ func (p *pool) make(ctx context.Context) (s slot, err error) {
 		err = atomicfile.WriteUnsynced(p.file(id), b, 0o600)
 	}
 	if err != nil {
-		if rerr := p.releaseSlot(cctx, s); rerr != nil {
+		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), warmAttachTimeout)
+		defer rcancel()
+		if rerr := p.releaseSlot(rctx, s); rerr != nil {
 			p.log.Warn("release warm netns", zap.String("slot", id), zap.Error(rerr))
 		}
 		return s, fmt.Errorf("warm netns %s: slot file: %w", id, err)
@@ -230,7 +268,10 @@ func (p *pool) releaseSlot(ctx context.Context, s slot) error {
 
 // close stops the filler and, if release, gives back every idle slot (and
 // one being made when close came). Without release (a test's stand-in
-// for a crash) the slots stay for the next Recover to find.
+// for a crash) the slots stay for the next Recover to find. It waits for
+// the filler at most warmCloseWait: a slot still being made after that
+// (a CNI plugin that ignores being killed) is released by the filler if
+// the process lives on, and swept by the next Recover otherwise.
 func (p *pool) close(release bool) error {
 	p.mu.Lock()
 	if p.closed {
@@ -240,10 +281,17 @@ func (p *pool) close(release bool) error {
 	p.closed, p.release = true, release
 	idle := p.idle
 	p.idle = nil
+	cancel := p.cancel
 	p.mu.Unlock()
-	if p.cancel != nil { // started
-		p.cancel()
-		<-p.done
+	if cancel != nil { // started
+		cancel()
+		t := time.NewTimer(warmCloseWait)
+		select {
+		case <-p.done:
+		case <-t.C:
+			p.log.Warn("warm netns filler still busy; not waiting for it", zap.Duration("waited", warmCloseWait))
+		}
+		t.Stop()
 	}
 	if !release {
 		return nil

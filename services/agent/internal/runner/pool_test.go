@@ -246,3 +246,94 @@ func TestWarmPoolTwoNodes(t *testing.T) {
 		}
 	}
 }
+
+// cniDir makes a CNI plugin directory like /usr/lib/cni whose bridge
+// plugin is script (sh; $REAL is the real bridge plugin, $MARK a file
+// next to it the script may use), and returns it with the mark's path.
+func cniDir(t *testing.T, script string) (dir, mark string) {
+	t.Helper()
+	dir = t.TempDir()
+	ents, err := os.ReadDir("/usr/lib/cni")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		if e.Name() != "bridge" {
+			if err := os.Symlink(filepath.Join("/usr/lib/cni", e.Name()), filepath.Join(dir, e.Name())); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	mark = filepath.Join(dir, "mark")
+	body := "#!/bin/sh\nREAL=/usr/lib/cni/bridge\nMARK=" + mark + "\n" + script + "\n"
+	if err := os.WriteFile(filepath.Join(dir, "bridge"), []byte(body), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return dir, mark
+}
+
+// setPoolTimings shortens the pool's timings for one test (before its
+// node is made, so restored after the node is gone).
+func setPoolTimings(t *testing.T, attach, closeWait, retry time.Duration) {
+	t.Helper()
+	a, c, r := warmAttachTimeout, warmCloseWait, warmRetryMin
+	warmAttachTimeout, warmCloseWait, warmRetryMin = attach, closeWait, retry
+	t.Cleanup(func() { warmAttachTimeout, warmCloseWait, warmRetryMin = a, c, r })
+}
+
+// A CNI plugin that hangs on ADD does not hang the runner's Close: the
+// pool's ADD is killed after its timeout and close stops waiting; the
+// slot being made leaves nothing.
+func TestWarmPoolHungCNI(t *testing.T) {
+	bin, mark := cniDir(t, `if [ "$CNI_COMMAND" = ADD ]; then touch "$MARK"; exec sleep 1000; fi
+exec "$REAL"`)
+	setPoolTimings(t, 300*time.Millisecond, 5*time.Second, time.Hour)
+	tn := newCNITestNode(t, 24, 1, bin)
+	eventually(t, 30*time.Second, "the pool's CNI ADD under way", func() bool {
+		_, err := os.Stat(mark)
+		return err == nil
+	})
+	tn.rn.Close() // must return
+	tn.assertClean(t)
+}
+
+// A fill that fails (a transient CNI error right at startup) does not
+// leave the pool empty until some container is removed: the next create
+// kicks it, and without any create it is retried after a backoff.
+func TestWarmPoolRefillAfterFailure(t *testing.T) {
+	// The first ADD fails, every later one succeeds.
+	const flaky = `if [ "$CNI_COMMAND" = ADD ] && [ ! -e "$MARK" ]; then
+	touch "$MARK"
+	echo '{"cniVersion":"1.0.0","code":11,"msg":"transient failure (test)"}'
+	exit 1
+fi
+exec "$REAL"`
+	t.Run("kicked by a create", func(t *testing.T) {
+		bin, mark := cniDir(t, flaky)
+		setPoolTimings(t, 30*time.Second, 30*time.Second, time.Hour) // no retry within the test
+		tn := newCNITestNode(t, 24, 1, bin)
+		eventually(t, 30*time.Second, "the failed fill", func() bool {
+			_, err := os.Stat(mark)
+			return err == nil
+		})
+		eventually(t, 30*time.Second, "the filler idle again", func() bool { return len(tn.rn.pool.kickc) == 0 })
+		rec, err := tn.rn.Run(context.Background(), Spec{ID: "kicker", Image: "busybox", Command: []string{"sleep", "1000"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		tn.waitPool(t, 1)
+		if err := tn.rn.Remove(context.Background(), rec.ID(), true); err != nil {
+			t.Fatal(err)
+		}
+		tn.rn.Close()
+		tn.assertClean(t)
+	})
+	t.Run("retried", func(t *testing.T) {
+		bin, _ := cniDir(t, flaky)
+		setPoolTimings(t, 30*time.Second, 30*time.Second, 10*time.Millisecond)
+		tn := newCNITestNode(t, 24, 1, bin)
+		tn.waitPool(t, 1)
+		tn.rn.Close()
+		tn.assertClean(t)
+	})
+}

@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	gorunc "github.com/containerd/go-runc"
 	"go.uber.org/zap"
 
+	"zlayer.dev/libs/errkind"
 	"zlayer.dev/libs/obs"
 	"zlayer.dev/services/agent/internal/monitor"
 	"zlayer.dev/services/agent/internal/netns"
@@ -27,11 +29,23 @@ import (
 //     exit code will be unknown); otherwise it is lost;
 //   - exited or lost: kept for listing until removed.
 //
+// A creating record whose monitor is alive has that monitor ended first
+// (see endMonitor), within a bounded time; if it will not end, nothing is
+// removed and the record is kept as lost, for a removal to finish.
+//
 // Then anything of this node that no record owns — runc containers,
 // namespace pins, address leases, cgroups, and so every warm pool slot an
 // earlier agent left that no record took — is removed, and the warm pool
-// starts filling anew in the background.
+// starts filling anew in the background. Recover runs once per runner; a
+// second call is errkind.Precondition.
 func (rn *Runner) Recover(ctx context.Context) error {
+	rn.mu.Lock()
+	again := rn.recovered
+	rn.recovered = true
+	rn.mu.Unlock()
+	if again {
+		return fmt.Errorf("recover: already done by this runner: %w", errkind.Precondition)
+	}
 	dirs, err := os.ReadDir(filepath.Join(rn.cfg.StateDir, "containers"))
 	if err != nil {
 		return fmt.Errorf("recover: %w", err)
@@ -52,8 +66,19 @@ func (rn *Runner) Recover(ctx context.Context) error {
 			}
 			if rec.MonitorPid > 0 {
 				if mon, ok := monitor.Adopt(rec.MonitorPid, rec.MonitorT0); ok {
-					rn.runc.Delete(ctx, id, &gorunc.DeleteOpts{Force: true})
-					mon.Wait(ctx)
+					if err := rn.endMonitor(ctx, id, mon); err != nil {
+						// Nothing is removed under a live monitor: the
+						// record stays, lost, for a removal to finish.
+						log.Warn("clean up interrupted create", zap.Error(err))
+						known[id] = true
+						known[rec.cniID()] = true
+						c := &container{rec: *rec, done: make(chan struct{})}
+						rn.keepLost(c, "interrupted create whose monitor did not exit", log)
+						rn.mu.Lock()
+						rn.ctrs[id] = c
+						rn.mu.Unlock()
+						continue
+					}
 				}
 			}
 			if err := rn.teardown(ctx, *rec); err != nil {
@@ -91,6 +116,46 @@ func (rn *Runner) Recover(ctx context.Context) error {
 	}
 	rn.pool.start()
 	return nil
+}
+
+// endMonitorTries and endMonitorWait bound how long endMonitor waits for
+// a monitor: a runc create or run under way takes well under a second.
+const (
+	endMonitorTries = 5
+	endMonitorWait  = 2 * time.Second
+)
+
+// endMonitor ends the monitor of a create that will not finish (the agent
+// that began it died, or gave up), and with it any container its runc
+// made, and waits for it to exit. The monitor's report is unread by then
+// (the agent's end of the pipe is closed), so a monitor whose runc is
+// still under way deletes the container itself once runc returns and
+// exits; it is waited for, not raced: a runc delete then could remove
+// runc's half-made state under it. A monitor whose runc has finished (its
+// pid file exists) may have reported into the pipe before the agent went,
+// and waits for the container: deleting the container ends it. The delete
+// is repeated while the monitor lives, endMonitorTries times, each
+// followed by a wait of endMonitorWait, so a restart is never held up by
+// the container's lifetime.
+func (rn *Runner) endMonitor(ctx context.Context, id string, mon *monitor.Process) error {
+	pidFile := filepath.Join(rn.dir(id), monitor.PidFile)
+	for range endMonitorTries {
+		if _, err := os.Stat(pidFile); err == nil {
+			if err := rn.runc.Delete(ctx, id, &gorunc.DeleteOpts{Force: true}); err != nil {
+				rn.log.Debug("runc delete of an unfinished create", zap.String(obs.KeyContainer, id), zap.Error(err))
+			}
+		}
+		wctx, cancel := context.WithTimeout(ctx, endMonitorWait)
+		err := mon.Wait(wctx)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("container %s: wait for monitor %d: %w", id, mon.Pid, ctx.Err())
+		}
+	}
+	return fmt.Errorf("container %s: monitor %d still running after %d deletes and waits of %v", id, mon.Pid, endMonitorTries, endMonitorWait)
 }
 
 // adopt reattaches to a container that was running when the last agent

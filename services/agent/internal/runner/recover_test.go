@@ -2,6 +2,7 @@ package runner
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -11,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"zlayer.dev/libs/errkind"
+	"zlayer.dev/services/agent/internal/bundle"
 	"zlayer.dev/services/agent/internal/monitor"
 	"zlayer.dev/services/agent/internal/netns"
 	"zlayer.dev/services/agent/internal/stats"
@@ -229,5 +232,150 @@ func TestRecoverBeforeGoAhead(t *testing.T) {
 	if _, err := tn.rn.Get(id); err == nil {
 		t.Fatal("interrupted create still listed")
 	}
+	tn.assertClean(t)
+}
+
+// halfCreate does what Run does up to the monitor's go-ahead, for
+// container id running command: namespace and address, root filesystem,
+// bundle, a monitor waiting at its gate, and the record ("creating", with
+// the monitor's pid).
+func (tn *testNode) halfCreate(t *testing.T, id string, command ...string) *monitor.Pending {
+	t.Helper()
+	ctx := context.Background()
+	rec := Record{Spec: Spec{ID: id, Image: "busybox"}, State: StateCreating, Netns: tn.rn.netnsPath(id), Cgroup: tn.rn.cgroupsPath(id)}
+	dir := tn.rn.dir(id)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := netns.Create(rec.Netns); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tn.net.Attach(ctx, id, rec.Netns); err != nil {
+		t.Fatal(err)
+	}
+	root, err := tn.img.Prepare(ctx, "busybox", 0, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec, err := bundle.Spec(bundle.Config{
+		Rootfs: root.Path, Hostname: id, Image: root.Config, Command: command,
+		CgroupsPath: rec.Cgroup, NetnsPath: rec.Netns,
+		Files: map[string]string{"/etc/hosts": filepath.Join(dir, "hosts")},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "hosts"), bundle.Hosts(id, nil), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := bundle.Write(dir, spec); err != nil {
+		t.Fatal(err)
+	}
+	pd, err := monitor.Start(tn.rn.cfg.Monitor, monitor.Options{
+		ID: id, Bundle: dir, Runc: tn.rn.cfg.Runc, RuncRoot: tn.rn.runc.Root, Dir: dir,
+		Log: filepath.Join(dir, LogFile), LogMax: tn.cfg.LogMax, LogKeep: tn.cfg.LogKeep, Start: true,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec.MonitorPid, rec.MonitorT0 = pd.Pid, pd.Start
+	if err := tn.rn.save(&rec); err != nil {
+		t.Fatal(err)
+	}
+	return pd
+}
+
+// An agent killed at any moment after a monitor's go-ahead leaks nothing,
+// and its restart neither hangs on the container's lifetime nor leaves a
+// container running:
+//   - "raced": killed right after the go-ahead, its report unread, and
+//     restarted at once, while the monitor's runc run may still be under
+//     way. The monitor cannot deliver its report, so it deletes the
+//     container itself; Recover waits for it, then removes the rest.
+//   - "reported": killed after it read the report (the container runs)
+//     but before it recorded the container as running. Recover deletes
+//     the container, which ends the monitor.
+func TestRecoverAfterGoAhead(t *testing.T) {
+	tn := newTestNode(t, 24)
+	raced := tn.halfCreate(t, "raced", "sleep", "1000")
+	reported := tn.halfCreate(t, "reported", "sleep", "1000")
+	if _, err := reported.Begin(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	raced.Go()
+	tn.abandon()
+	raced.Close() // what the agent's death does to its pipe ends
+	reported.Close()
+
+	tn.start(t) // returns only once both monitors are gone
+	for _, id := range []string{"raced", "reported"} {
+		if _, err := tn.rn.Get(id); err == nil {
+			t.Fatalf("interrupted create %s still listed", id)
+		}
+	}
+	tn.assertClean(t)
+}
+
+// A Run whose context ends after the monitor's go-ahead (Begin gives up
+// while runc runs) fails and leaves nothing: the monitor, unable to
+// report, deletes the container it made, and the undo waits for it before
+// it removes the rootfs, directory and network.
+func TestRunCancelledAfterGoAhead(t *testing.T) {
+	tn := newWarmTestNode(t, 24, 1) // a warm slot: no CNI that the cancel would fail first
+	tn.waitPool(t, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	_, err := tn.rn.Run(context.WithValue(ctx, cancelInPrepare{}, cancel),
+		Spec{ID: "cancelled", Image: "busybox", Command: []string{"sleep", "1000"}})
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("run: %v, want context.Canceled", err)
+	}
+	if _, err := tn.rn.Get("cancelled"); err == nil {
+		t.Fatal("failed create still listed")
+	}
+	if l := withoutPool(tn.leftovers(t), tn.waitPool(t, 1)); len(l) > 0 {
+		t.Fatalf("leftovers besides the warm pool:\n%s", strings.Join(l, "\n"))
+	}
+	if z := zombies(t); len(z) > 0 {
+		t.Fatalf("zombie children: %v", z)
+	}
+}
+
+// Recover runs once per runner: a second call is refused, and the warm
+// pool keeps one filler (a second start is a no-op).
+func TestRecoverTwice(t *testing.T) {
+	tn := newWarmTestNode(t, 24, 1)
+	if err := tn.rn.Recover(context.Background()); !errors.Is(err, errkind.Precondition) {
+		t.Fatalf("second Recover: %v, want Precondition", err)
+	}
+	tn.rn.pool.start()
+	tn.waitPool(t, 1)
+	tn.rn.Close()
+	tn.assertClean(t)
+}
+
+// A monitor whose report cannot be delivered (its agent died after the
+// go-ahead) deletes the container it made and exits by itself, with no
+// agent to clean up after it.
+func TestMonitorWithdrawsUnreported(t *testing.T) {
+	tn := newTestNode(t, 24)
+	const id = "unreported"
+	pd := tn.halfCreate(t, id, "sleep", "1000")
+	pd.Go()
+	pd.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := pd.Wait(ctx); err != nil {
+		t.Fatalf("the monitor did not exit: %v", err)
+	}
+	if _, err := tn.rn.runc.State(context.Background(), id); err == nil {
+		t.Fatal("the container is still there")
+	}
+	b, _ := os.ReadFile(filepath.Join(tn.rn.dir(id), monitor.StderrFile))
+	if !strings.Contains(string(b), "deleting the container") {
+		t.Fatalf("monitor stderr %q, want it to say it deleted the container", b)
+	}
+	tn.abandon()
+	tn.start(t) // removes the rest of the interrupted create
 	tn.assertClean(t)
 }

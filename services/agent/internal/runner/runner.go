@@ -59,14 +59,15 @@ type Runner struct {
 	stats  *stats.Tracker
 	pool   *pool
 
-	mu       sync.Mutex
-	ctrs     map[string]*container
-	creating map[string]bool   // ids whose Run is under way (guarded by mu)
-	names    map[string][]Name // service names per deployment (guarded by mu)
-	subs     map[*Subscription]struct{}
-	bg       sync.WaitGroup // watchers
-	ctx      context.Context
-	cancel   context.CancelFunc
+	mu        sync.Mutex
+	recovered bool // Recover has run (guarded by mu)
+	ctrs      map[string]*container
+	creating  map[string]bool   // ids whose Run is under way (guarded by mu)
+	names     map[string][]Name // service names per deployment (guarded by mu)
+	subs      map[*Subscription]struct{}
+	bg        sync.WaitGroup // watchers
+	ctx       context.Context
+	cancel    context.CancelFunc
 }
 
 // container is one container's record and its lock. rec is changed only
@@ -215,18 +216,29 @@ func (rn *Runner) Run(ctx context.Context, s Spec) (rec Record, err error) {
 	// a namespace made for the container.
 	warm, fromPool := rn.pool.take()
 	if fromPool {
-		defer rn.pool.kick() // refill once this create is done
 		c.rec.Netns, c.rec.CNIID, c.rec.IP = warm.Netns, warm.ID, warm.A.IP.String()
 	}
+	// Refill once this create is done: the slot taken, or, when there was
+	// none, whatever a failed fill left short (a CNI error at startup).
+	defer rn.pool.kick()
 
 	log := rn.log.With(zap.String(obs.KeyContainer, s.ID), zap.String(obs.KeyImage, s.Image))
 	var undo []func()
+	// kept is set by the monitor's undo when the monitor would not exit:
+	// then nothing it may use is removed, and the record stays, lost, for
+	// a removal to finish.
+	kept := false
 	defer func() {
 		if err == nil {
 			return
 		}
-		for i := len(undo) - 1; i >= 0; i-- {
+		for i := len(undo) - 1; i >= 0 && !kept; i-- {
 			undo[i]()
+		}
+		if kept {
+			rn.keepLost(c, "create failed and its monitor did not exit", log)
+			log.Warn("container create failed; kept as lost", zap.Error(err))
+			return
 		}
 		rn.mu.Lock()
 		delete(rn.ctrs, s.ID)
@@ -247,10 +259,12 @@ func (rn *Runner) Run(ctx context.Context, s Spec) (rec Record, err error) {
 	// The root filesystem is made only once the intent is durable: the
 	// record is what finds it again.
 	netc := make(chan attached, 1)
+	pinc := make(chan error, 1) // the pin alone, before CNI: runc create joins it
 	if fromPool {
+		pinc <- nil
 		netc <- attached{pinned: true, a: warm.A}
 	} else {
-		go func() { netc <- rn.attach(ctx, s.ID, c.rec.Netns) }()
+		go func() { netc <- rn.attach(ctx, s.ID, c.rec.Netns, pinc) }()
 	}
 	var nw attached
 	netWait := sync.OnceFunc(func() { nw = <-netc })
@@ -310,12 +324,14 @@ func (rn *Runner) Run(ctx context.Context, s Spec) (rec Record, err error) {
 			mon.pd.Abort() // it has made nothing
 			return
 		}
-		// runc may have made the container (or left state behind when it
-		// failed); deleting it ends the monitor too.
-		rn.runc.Delete(cctx, s.ID, &gorunc.DeleteOpts{Force: true})
-		wctx, cancel := context.WithTimeout(cctx, 10*time.Second)
-		defer cancel()
-		mon.pd.Wait(wctx)
+		// runc may have made the container or still be making it (Begin
+		// gave up waiting); either way it must be gone, and the monitor
+		// with it, before what the container uses is removed.
+		if err := rn.endMonitor(cctx, s.ID, mon.pd.Process); err != nil {
+			log.Error("monitor of a failed create did not exit", zap.Error(err))
+			kept = true
+			netWait() // an attach under way ends before a removal can start
+		}
 	})
 
 	// The intent goes to disk first: whatever a crash interrupts below is
@@ -393,6 +409,13 @@ func (rn *Runner) Run(ctx context.Context, s Spec) (rec Record, err error) {
 	if err := rn.note(&c.rec); err != nil {
 		return rec, fmt.Errorf("container %s: %w", s.ID, err)
 	}
+	if !oneShot {
+		// runc create joins the namespace by its pin: it must exist (CNI
+		// may still be working; the address is only needed by the steps).
+		if err := <-pinc; err != nil {
+			return rec, fmt.Errorf("container %s: %w", s.ID, err)
+		}
+	}
 	begun = true
 	pid, err := mon.pd.Begin(ctx)
 	if err != nil {
@@ -438,13 +461,27 @@ type attached struct {
 }
 
 // attach pins a new network namespace for container id and connects it
-// through CNI.
-func (rn *Runner) attach(ctx context.Context, id, nsPath string) attached {
+// through CNI. The pin's outcome is sent on pinned as soon as it is known.
+func (rn *Runner) attach(ctx context.Context, id, nsPath string, pinned chan<- error) attached {
 	if err := netns.Create(nsPath); err != nil {
+		pinned <- err
 		return attached{err: err}
 	}
+	pinned <- nil
 	a, err := rn.net.Attach(ctx, id, nsPath)
 	return attached{pinned: true, a: a, err: err}
+}
+
+// keepLost keeps c, whose create failed but could not be undone, as lost:
+// saved, listed and removable (removal finishes the cleanup). The caller
+// holds c.mu.
+func (rn *Runner) keepLost(c *container, reason string, log *zap.Logger) {
+	c.rec.State, c.rec.Reason = StateLost, reason
+	if err := rn.save(&c.rec); err != nil {
+		log.Warn("save state", zap.Error(err))
+	}
+	close(c.done)
+	rn.publish(c.rec, false)
 }
 
 // LogFile is the container's log, in its state directory.
