@@ -67,6 +67,11 @@ func (rn *Runner) Recover(ctx context.Context) error {
 			if rec.MonitorPid > 0 {
 				if mon, ok := monitor.Adopt(rec.MonitorPid, rec.MonitorT0); ok {
 					if err := rn.endMonitor(ctx, id, mon); err != nil {
+						if ctx.Err() != nil {
+							// The record stays "creating": the next start
+							// tries again.
+							return fmt.Errorf("recover: %w", err)
+						}
 						// Nothing is removed under a live monitor: the
 						// record stays, lost, for a removal to finish.
 						log.Warn("clean up interrupted create", zap.Error(err))
@@ -120,7 +125,8 @@ func (rn *Runner) Recover(ctx context.Context) error {
 
 // endMonitorTries and endMonitorWait bound how long endMonitor waits for
 // a monitor: a runc create or run under way takes well under a second.
-const (
+// Variables so that tests can shorten them.
+var (
 	endMonitorTries = 5
 	endMonitorWait  = 2 * time.Second
 )

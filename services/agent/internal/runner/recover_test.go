@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -377,5 +378,61 @@ func TestMonitorWithdrawsUnreported(t *testing.T) {
 	}
 	tn.abandon()
 	tn.start(t) // removes the rest of the interrupted create
+	tn.assertClean(t)
+}
+
+// An interrupted create whose monitor will not exit (here a process that
+// is no monitor at all stands in for one whose runc hangs) holds up
+// Recover only for a bounded time, and nothing it may use is removed
+// under it: the record is kept as lost, with its network, and a removal
+// finishes the cleanup once it has gone.
+func TestRecoverMonitorStuck(t *testing.T) {
+	tries, wait := endMonitorTries, endMonitorWait
+	endMonitorTries, endMonitorWait = 2, 50*time.Millisecond
+	t.Cleanup(func() { endMonitorTries, endMonitorWait = tries, wait })
+	tn := newTestNode(t, 24)
+	ctx := context.Background()
+	const id = "stuck"
+	stuck := exec.Command("sleep", "1000")
+	if err := stuck.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stuck.Process.Kill(); stuck.Wait() })
+	t0, err := monitor.StartTime(stuck.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := Record{Spec: Spec{ID: id, Image: "busybox"}, State: StateCreating, Netns: tn.rn.netnsPath(id), Cgroup: tn.rn.cgroupsPath(id),
+		MonitorPid: stuck.Process.Pid, MonitorT0: t0}
+	if err := os.MkdirAll(tn.rn.dir(id), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := tn.rn.save(&rec); err != nil {
+		t.Fatal(err)
+	}
+	if err := netns.Create(rec.Netns); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tn.net.Attach(ctx, id, rec.Netns); err != nil {
+		t.Fatal(err)
+	}
+	tn.abandon()
+
+	tn.start(t)
+	got, err := tn.rn.Get(id)
+	if err != nil || got.State != StateLost || !strings.Contains(got.Reason, "monitor did not exit") {
+		t.Fatalf("record %+v %v, want lost", got, err)
+	}
+	if disk, err := load(tn.rn.dir(id)); err != nil || disk.State != StateLost {
+		t.Fatalf("state file %+v %v", disk, err)
+	}
+	if lease, pin := tn.ownsNetwork(t, id); !lease || !pin {
+		t.Fatalf("network removed under a live monitor: lease %v, pin %v", lease, pin)
+	}
+	stuck.Process.Kill()
+	stuck.Wait()
+	if err := tn.rn.Remove(ctx, id, false); err != nil {
+		t.Fatal(err)
+	}
 	tn.assertClean(t)
 }
