@@ -165,7 +165,9 @@ func hostname(s Spec) string {
 // Run creates and starts a container. It is idempotent: a second call
 // with the same id returns the existing container. On error nothing of the
 // container is left: not its rootfs, namespace, address, cgroup, runc
-// state, files or monitor.
+// state, files or monitor. The one exception is a monitor that had its
+// go-ahead and will not exit (its runc hangs): then nothing it may use is
+// removed, and the container stays listed as lost, for Remove to finish.
 func (rn *Runner) Run(ctx context.Context, s Spec) (rec Record, err error) {
 	if !idRe.MatchString(s.ID) {
 		return rec, fmt.Errorf("container id %q: want 1-64 of [a-zA-Z0-9_.-], starting alphanumeric: %w", s.ID, errkind.Invalid)
