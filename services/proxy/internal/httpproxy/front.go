@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -765,15 +766,32 @@ func (p *Proxy) relay(fc *frontConn, pc *h1Conn, addr string, reused bool) (exch
 		pc.c.Close()
 		return exchangeResult{}, failStale, err
 	}
-	if p.h1.responseTimeout > 0 {
-		pc.c.SetReadDeadline(time.Now().Add(p.h1.responseTimeout)) //nolint:errcheck // a failed read reports it
-	}
+	// The answer is awaited in steps: an answer slower than slowAnswer
+	// (a long poll) has a watcher notice a client that leaves meanwhile,
+	// and the response timeout bounds the whole wait.
+	sent := time.Now()
+	pc.c.SetReadDeadline(sent.Add(slowAnswer(p.h1.responseTimeout))) //nolint:errcheck // a failed read reports it
+	var watch *clientWatch
+	defer func() { watch.stop() }()
 	resp := &fc.resp
 	for first := true; ; first = false {
 		if _, err := pc.br.Peek(1); err != nil {
-			pc.c.Close()
 			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
+			timeout := errors.As(err, &ne) && ne.Timeout()
+			if timeout && watch == nil && (p.h1.responseTimeout <= 0 || time.Since(sent) < p.h1.responseTimeout) {
+				watch = fc.watch(pc)
+				var deadline time.Time
+				if p.h1.responseTimeout > 0 {
+					deadline = sent.Add(p.h1.responseTimeout)
+				}
+				pc.c.SetReadDeadline(deadline) //nolint:errcheck // a failed read reports it
+				continue
+			}
+			pc.c.Close()
+			if watch.left() {
+				return exchangeResult{status: statusClientGone}, failNone, nil
+			}
+			if timeout {
 				return exchangeResult{}, failTimeout, err
 			}
 			if errors.Is(err, io.EOF) || isReset(err) {
@@ -791,6 +809,7 @@ func (p *Proxy) relay(fc *frontConn, pc *h1Conn, addr string, reused bool) (exch
 			return exchangeResult{}, failOther, err
 		}
 		if resp.status >= 200 {
+			watch.stop()
 			break
 		}
 		if resp.status == http.StatusSwitchingProtocols {
@@ -848,6 +867,66 @@ func (p *Proxy) relay(fc *frontConn, pc *h1Conn, addr string, reused bool) (exch
 	}
 	res.keep = err == nil && !closeDelimited
 	return res, failNone, nil
+}
+
+// statusClientGone is what the metrics and the access log record for a
+// request whose client left before the answer (as net/http's path does).
+const statusClientGone = 499
+
+// slowAnswer is how long the fast path waits for an answer before it
+// watches the client: the response timeout when that is shorter.
+func slowAnswer(responseTimeout time.Duration) time.Duration {
+	const d = time.Second
+	if responseTimeout > 0 && responseTimeout < d {
+		return responseTimeout
+	}
+	return d
+}
+
+// clientWatch notices a client that closes its connection while the fast
+// path waits for a slow answer: it closes the replica connection, which
+// ends the wait. Bytes the client sends meanwhile (its next request) stay
+// in the connection's reader.
+type clientWatch struct {
+	fc   *frontConn
+	done chan struct{}
+	gone atomic.Bool
+}
+
+func (fc *frontConn) watch(pc *h1Conn) *clientWatch {
+	w := &clientWatch{fc: fc, done: make(chan struct{})}
+	// The reader is the watcher's alone until stop: the request's
+	// goroutine waits for the replica and only writes to the client.
+	fc.c.SetReadDeadline(time.Time{}) //nolint:errcheck // a failed read is the answer
+	go func() {
+		defer close(w.done)
+		if _, err := fc.br.Peek(1); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+			w.gone.Store(true)
+			pc.c.Close()
+		}
+	}()
+	return w
+}
+
+// stop ends the watch (if any) and gives the reader back; the next request
+// head sets its own deadline.
+func (w *clientWatch) stop() {
+	if w == nil || w.fc == nil {
+		return
+	}
+	w.fc.c.SetReadDeadline(time.Unix(1, 0)) //nolint:errcheck // unblocks the watcher
+	<-w.done
+	w.fc.rdl = time.Unix(1, 0)
+	w.fc = nil
+}
+
+// left reports whether the client left during the watch.
+func (w *clientWatch) left() bool {
+	if w == nil {
+		return false
+	}
+	w.stop()
+	return w.gone.Load()
 }
 
 // copyN copies n body bytes, flushing w whenever the replica has no more

@@ -4,10 +4,12 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -299,5 +301,77 @@ func TestFrontShutdownClosesIdleConnections(t *testing.T) {
 	}
 	if err := <-served; err != http.ErrServerClosed {
 		t.Errorf("Serve returned %v, want ErrServerClosed", err)
+	}
+}
+
+// TestFastPathSlowAnswers: an answer slower than slowAnswer still arrives,
+// with a request pipelined behind it intact; a client that leaves while
+// the replica thinks makes the proxy drop the replica connection.
+func TestFastPathSlowAnswers(t *testing.T) {
+	h := newHarness(t, nil)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	dropped := make(chan string, 4) // paths whose connection the proxy closed before the answer
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				for {
+					line, err := br.ReadString('\n')
+					if err != nil {
+						return
+					}
+					path := strings.Fields(line)[1]
+					for line != "\r\n" {
+						if line, err = br.ReadString('\n'); err != nil {
+							return
+						}
+					}
+					if path == "/slow" || path == "/forever" {
+						wait := 1500 * time.Millisecond
+						if path == "/forever" {
+							wait = time.Minute
+						}
+						c.SetReadDeadline(time.Now().Add(wait)) //nolint:errcheck // the read below times out, or sees the close
+						if _, err := br.ReadByte(); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+							dropped <- path
+							return
+						}
+						c.SetReadDeadline(time.Time{}) //nolint:errcheck // test
+					}
+					fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(path), path)
+				}
+			}()
+		}
+	}()
+	h.set(t, rawRoute(routes.Backend{ReplicaID: "slow", Addr: ln.Addr().String(), Healthy: true, Ready: true}))
+
+	c, br := dialRaw(t, h.plain, false)
+	io.WriteString(c, "GET /slow HTTP/1.1\r\nHost: x\r\n\r\nGET /next HTTP/1.1\r\nHost: x\r\n\r\n") //nolint:errcheck // read below
+	for _, want := range []string{"/slow", "/next"} {
+		if resp, body := readResp(t, br, "GET"); resp.StatusCode != 200 || body != want {
+			t.Errorf("%s: %d %q", want, resp.StatusCode, body)
+		}
+	}
+
+	c, _ = dialRaw(t, h.plain, false)
+	io.WriteString(c, "GET /forever HTTP/1.1\r\nHost: x\r\n\r\n") //nolint:errcheck // no answer expected
+	time.Sleep(1200 * time.Millisecond)                           // past slowAnswer: the watch is on
+	c.Close()
+	select {
+	case path := <-dropped:
+		if path != "/forever" {
+			t.Errorf("dropped %s, want /forever", path)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the replica connection of a client that left was kept")
 	}
 }
