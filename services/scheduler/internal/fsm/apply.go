@@ -308,8 +308,8 @@ func (t *txn) heartbeat(c *schedulerv1.HeartbeatCommand) Result {
 	if len(c.Load) > 0 {
 		n.Load, n.LoadAt = c.Load, ts(t.now)
 	}
-	if c.AgentDown != n.AgentDown {
-		n.AgentDown = c.AgentDown
+	if c.AgentDown != nil && c.GetAgentDown() != n.AgentDown {
+		n.AgentDown = c.GetAgentDown()
 		if n.AgentDown {
 			t.event(&schedulerv1.Event{Node: n.Name, Kind: "agent-down", Message: "the node's agent does not answer: no new replicas go there"})
 		} else {

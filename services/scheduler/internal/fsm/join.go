@@ -60,7 +60,7 @@ func (t *txn) joinToken(c *schedulerv1.JoinTokenCommand) Result {
 	if _, dup := d.JoinTokens[c.Key]; dup {
 		return Result{Err: fmt.Errorf("join token key already exists: %w", errkind.Conflict)}
 	}
-	d.JoinTokens[c.Key] = &schedulerv1.JoinToken{Service: c.Service, CreatedAt: ts(t.now)}
+	d.JoinTokens[c.Key] = &schedulerv1.JoinToken{Service: c.Service, CreatedAt: ts(t.now), Global: c.Global}
 	t.touchDeployment(d.Name)
 	t.event(&schedulerv1.Event{Deployment: d.Name, Service: c.Service, Kind: "join-token-created",
 		Message: fmt.Sprintf("join token %s… created", keyPrefix(c.Key))})
@@ -76,6 +76,9 @@ func (t *txn) join(c *schedulerv1.JoinCommand) Result {
 	if c.Leave {
 		i := slices.Index(n.JoinedServices, entry)
 		if i < 0 {
+			if all := c.Deployment + "/" + AllServices; slices.Contains(n.JoinedServices, all) {
+				return Result{Err: fmt.Errorf("node %s joined every service of %s, not %s alone (leave %s): %w", n.Name, c.Deployment, entry, all, errkind.NotFound)}
+			}
 			return Result{Err: fmt.Errorf("node %s has not joined %s: %w", n.Name, entry, errkind.NotFound)}
 		}
 		n.JoinedServices = slices.Delete(n.JoinedServices, i, i+1)
@@ -88,12 +91,19 @@ func (t *txn) join(c *schedulerv1.JoinCommand) Result {
 	if d == nil || d.Deleting {
 		return Result{Err: fmt.Errorf("deployment %q: %w", c.Deployment, errkind.NotFound)}
 	}
+	if v := version(d, d.Current); c.Service != AllServices && v != nil {
+		if _, ok := v.ServiceHashes[c.Service]; !ok {
+			return Result{Err: fmt.Errorf("deployment %q has no service %q: %w", c.Deployment, c.Service, errkind.NotFound)}
+		}
+	}
 	if c.Key != "" {
 		tok := d.JoinTokens[c.Key]
-		if tok == nil {
+		switch {
+		case tok == nil:
 			return Result{Err: fmt.Errorf("join token for %s: unknown or revoked: %w", c.Deployment, errkind.Denied)}
-		}
-		if c.Service != AllServices && tok.Service != c.Service {
+		case c.Service == AllServices && !tok.Global:
+			return Result{Err: fmt.Errorf("join token for %s/%s has scope service, not global: %w", c.Deployment, tok.Service, errkind.Denied)}
+		case c.Service != AllServices && tok.Service != c.Service:
 			return Result{Err: fmt.Errorf("join token is for service %q, not %q: %w", tok.Service, c.Service, errkind.Denied)}
 		}
 	}

@@ -69,6 +69,7 @@ type Runner struct {
 	started   map[string]time.Time                  // replicas asked to start, to avoid asking twice at once
 	failures  chan failure                          // start failures, for the next heartbeat
 	agentDown atomic.Bool                           // last sync could not reach the agent; heartbeats say so
+	agentSeen atomic.Bool                           // a sync has tried the agent: agentDown means something
 	inflight  sync.Map                              // replica id → true while the agent is asked to run or remove it
 	health    *health.Prober                        // health checks of this node's running replicas
 	calls     sync.WaitGroup                        // agent calls in the background (starts, removes)
@@ -162,6 +163,17 @@ func (r *Runner) Run(ctx context.Context) error {
 	}
 }
 
+// agentState is what a heartbeat says of the agent: nothing until a sync
+// has tried it (the node's stored flag stays, so a restarted scheduler does
+// not report a dead agent as alive meanwhile).
+func (r *Runner) agentState() *bool {
+	if !r.agentSeen.Load() {
+		return nil
+	}
+	down := r.agentDown.Load()
+	return &down
+}
+
 // every runs fn each interval in its own goroutine until ctx is done; the
 // returned channel is closed when it has stopped.
 func every(ctx context.Context, interval time.Duration, fn func()) <-chan struct{} {
@@ -190,6 +202,7 @@ func (r *Runner) sync(ctx context.Context) {
 		return
 	}
 	have, err := r.agent.List(ctx)
+	defer r.agentSeen.Store(true)
 	if err != nil {
 		if !r.agentDown.Swap(true) {
 			r.log.Warn("agent unreachable; no new replicas will be placed on this node until it answers", zap.Error(err))
@@ -505,7 +518,7 @@ drain:
 	}
 	load := r.takeLoad()
 	if err := r.propose(ctx, &schedulerv1.Command{Kind: &schedulerv1.Command_Heartbeat{Heartbeat: &schedulerv1.HeartbeatCommand{
-		Node: r.cfg.Node.Name, Statuses: changes, Load: load, AgentDown: r.agentDown.Load(),
+		Node: r.cfg.Node.Name, Statuses: changes, Load: load, AgentDown: r.agentState(),
 	}}}, r.cfg.Heartbeat); err != nil {
 		if load != nil {
 			r.putLoad(load) // it goes with the next heartbeat

@@ -523,8 +523,11 @@ func (n *Node) applyConfChange(idx uint64, cc *raftpb.ConfChange) {
 	// voter (which makes a retried AddMember harmless). Such changes are
 	// no-ops: raft is not told about them, as the library allows. The
 	// decision depends only on the log, so every member makes the same.
+	// Nor may the only voter go (raft cannot run without one; two removals
+	// proposed from different members could otherwise get there).
 	refused := (n.removed[id] && cc.GetType() != raftpb.ConfChangeRemoveNode) ||
-		(cc.GetType() == raftpb.ConfChangeAddLearnerNode && slices.Contains(n.confState.GetVoters(), id))
+		(cc.GetType() == raftpb.ConfChangeAddLearnerNode && slices.Contains(n.confState.GetVoters(), id)) ||
+		(cc.GetType() == raftpb.ConfChangeRemoveNode && n.onlyVoter(id))
 	n.mu.Unlock()
 	if refused {
 		n.log.Warn("ignored conf change", zap.Stringer("change", cc.GetType()), zap.String("target", idString(id)), zap.Uint64("index", idx))
@@ -813,13 +816,14 @@ func (n *Node) AddMember(ctx context.Context, addr string) (uint64, error) {
 }
 
 // RemoveMember removes member id. errkind.NotFound if there is no such
-// member; errkind.Precondition for the last member.
+// member; errkind.Precondition for the last member or the only voter.
 func (n *Node) RemoveMember(ctx context.Context, id uint64) error {
 	n.confMu.Lock()
 	defer n.confMu.Unlock()
 	n.mu.Lock()
 	_, ok := n.members[id]
 	count := len(n.members)
+	onlyVoter := n.onlyVoter(id)
 	n.mu.Unlock()
 	if !ok {
 		return fmt.Errorf("remove member %s: %w", idString(id), errkind.NotFound)
@@ -827,11 +831,21 @@ func (n *Node) RemoveMember(ctx context.Context, id uint64) error {
 	if count == 1 {
 		return fmt.Errorf("remove member %s: it is the last member: %w", idString(id), errkind.Precondition)
 	}
+	if onlyVoter {
+		return fmt.Errorf("remove member %s: it is the only voting member (raise --max-voters so that a learner is promoted first): %w", idString(id), errkind.Precondition)
+	}
 	cc := &raftpb.ConfChange{Type: new(raftpb.ConfChangeRemoveNode), NodeId: new(id)}
 	if err := n.changeConf(ctx, cc); err != nil {
 		return fmt.Errorf("remove member %s: %w", idString(id), err)
 	}
 	return nil
+}
+
+// onlyVoter reports whether id is the one voter of the applied
+// configuration. n.mu is held.
+func (n *Node) onlyVoter(id uint64) bool {
+	v := n.confState.GetVoters()
+	return len(v) == 1 && v[0] == id
 }
 
 // EnablePeers turns on the peer transport of a member started without

@@ -2,9 +2,12 @@ package raftnode
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"testing"
 	"time"
+
+	"zlayer.dev/libs/errkind"
 )
 
 // TestMaxVoters: members beyond Config.MaxVoters stay learners, yet read
@@ -73,4 +76,31 @@ func TestMaxVoters(t *testing.T) {
 	gone.kill()
 	eventually(t, fmt.Sprintf("learner %x promoted after a voter was removed", id), func() bool { return role(id) == "voter" })
 	propose(t, fourth, "k=after")
+}
+
+// TestOnlyVoterStays: with one voter and a learner, the voter cannot be
+// removed (raft cannot run without a voter).
+func TestOnlyVoterStays(t *testing.T) {
+	c := newCluster(t, func(cfg *Config) { cfg.MaxVoters = 1 })
+	leader := c.waitLeader(nil)
+	l := listenLocal(t)
+	addr := l.Addr().String()
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	id, err := leader.node.AddMember(ctx, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	learner := startMember(t, Config{
+		ID: id, DataDir: t.TempDir(), PeerListener: l, AdvertiseAddr: addr, MaxVoters: 1,
+		TLS: c.creds(id, addr), Bootstrap: BootstrapJoin, Peers: leader.node.Members(),
+	}, newKV())
+	c.members = append(c.members, learner)
+	propose(t, learner, "k=v")
+	err = leader.node.RemoveMember(ctx, leader.node.ID())
+	if !errors.Is(err, errkind.Precondition) {
+		t.Fatalf("removing the only voter: %v, want a precondition error", err)
+	}
+	propose(t, leader, "k=still")
+	c.converged(map[string]string{"k": "still"})
 }

@@ -40,6 +40,8 @@ func TestJoinedNodeIsPreferred(t *testing.T) {
 		{"token for another service", &schedulerv1.JoinCommand{Node: "n3", Deployment: "app", Service: "web", Key: "k1"}, errkind.Denied},
 		{"unknown node", &schedulerv1.JoinCommand{Node: "n9", Deployment: "app", Service: "db", Key: "k1"}, errkind.NotFound},
 		{"unknown deployment", &schedulerv1.JoinCommand{Node: "n3", Deployment: "other", Service: "db", Key: "k1"}, errkind.NotFound},
+		{"unknown service", &schedulerv1.JoinCommand{Node: "n3", Deployment: "app", Service: "cache"}, errkind.NotFound},
+		{"service token used for all", &schedulerv1.JoinCommand{Node: "n3", Deployment: "app", Service: "*", Key: "k1"}, errkind.Denied},
 	}
 	for _, tt := range refused {
 		if r := s.apply(joinCmd(tt.cmd)); !errors.Is(r.Err, tt.want) {

@@ -143,9 +143,18 @@ func (s *sim) step() {
 			load = []*schedulerv1.ServiceLoad{l}
 		}
 		s.apply(&schedulerv1.Command{Kind: &schedulerv1.Command_Heartbeat{Heartbeat: &schedulerv1.HeartbeatCommand{
-			Node: n, Statuses: byNode[n], Load: load, AgentDown: s.noAgent[n],
+			Node: n, Statuses: byNode[n], Load: load, AgentDown: agentDown(s.noAgent, n),
 		}}})
 	}
+}
+
+// agentDown is what node n's heartbeat says of its agent: nothing when the
+// test does not simulate agents.
+func agentDown(noAgent map[string]bool, n string) *bool {
+	if noAgent == nil {
+		return nil
+	}
+	return proto.Bool(noAgent[n])
 }
 
 func (s *sim) run(steps int) {
@@ -605,7 +614,7 @@ func TestQuietHeartbeatsWakeNobody(t *testing.T) {
 	if !woke(hb(&schedulerv1.HeartbeatCommand{Node: "n1", Statuses: []*schedulerv1.ReplicaStatus{failed}})) {
 		t.Error("a heartbeat with a replica's change did not wake the watchers")
 	}
-	if !woke(hb(&schedulerv1.HeartbeatCommand{Node: "n1", AgentDown: true})) {
+	if !woke(hb(&schedulerv1.HeartbeatCommand{Node: "n1", AgentDown: proto.Bool(true)})) {
 		t.Error("a heartbeat saying the agent is down did not wake the watchers")
 	}
 	if !woke(&schedulerv1.Command{Kind: &schedulerv1.Command_Scale{Scale: &schedulerv1.ScaleCommand{Deployment: "app", Service: "web", Replicas: 2}}}) {

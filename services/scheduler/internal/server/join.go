@@ -35,7 +35,7 @@ func (s *Server) CreateJoinToken(ctx context.Context, req *schedulerv1.CreateJoi
 	}
 	key := hex.EncodeToString(b[:])
 	if _, err := s.propose(ctx, &schedulerv1.Command{Kind: &schedulerv1.Command_JoinToken{JoinToken: &schedulerv1.JoinTokenCommand{
-		Deployment: d.Name, Service: svc.Name, Key: key,
+		Deployment: d.Name, Service: svc.Name, Key: key, Global: svc.Spec.Network.Join.Scope == spec.ScopeGlobal,
 	}}}); err != nil {
 		return nil, err
 	}

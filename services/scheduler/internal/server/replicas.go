@@ -192,7 +192,10 @@ func (s *Server) replicaExec(stream schedulerv1.SchedulerService_ReplicaExecServ
 				closeSend()
 				return
 			}
-			if m.GetExec() == nil || send(m.GetExec()) != nil {
+			if m.GetExec() == nil {
+				continue // nothing for the replica (a target repeated alone)
+			}
+			if send(m.GetExec()) != nil {
 				return
 			}
 		}

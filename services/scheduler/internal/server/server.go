@@ -443,7 +443,10 @@ func (s *Server) findReplica(st *fsm.State, target string) (*schedulerv1.Replica
 		return r, nil
 	}
 	parts := strings.Split(target, "/")
-	if len(parts) < 2 || len(parts) > 3 {
+	if len(parts) == 1 {
+		return nil, fmt.Errorf("no replica %q: %w", target, errkind.NotFound)
+	}
+	if len(parts) > 3 {
 		return nil, fmt.Errorf("target %q: want deployment/service[/index] or a replica id: %w", target, errkind.Invalid)
 	}
 	index := -1

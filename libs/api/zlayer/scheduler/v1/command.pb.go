@@ -714,8 +714,9 @@ type HeartbeatCommand struct {
 	// load, sent every load interval (not every heartbeat), is what this
 	// node measured per service, for adaptive scaling.
 	Load []*ServiceLoad `protobuf:"bytes,3,rep,name=load,proto3" json:"load,omitempty"`
-	// agent_down says the node's scheduler cannot reach its agent.
-	AgentDown     bool `protobuf:"varint,4,opt,name=agent_down,json=agentDown,proto3" json:"agent_down,omitempty"`
+	// agent_down says whether the node's scheduler can reach its agent;
+	// absent until it has tried (the node's stored flag is kept).
+	AgentDown     *bool `protobuf:"varint,4,opt,name=agent_down,json=agentDown,proto3,oneof" json:"agent_down,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -772,8 +773,8 @@ func (x *HeartbeatCommand) GetLoad() []*ServiceLoad {
 }
 
 func (x *HeartbeatCommand) GetAgentDown() bool {
-	if x != nil {
-		return x.AgentDown
+	if x != nil && x.AgentDown != nil {
+		return *x.AgentDown
 	}
 	return false
 }
@@ -935,7 +936,9 @@ type JoinTokenCommand struct {
 	// key is the token's secret, chosen by the proposer.
 	Key string `protobuf:"bytes,3,opt,name=key,proto3" json:"key,omitempty"`
 	// revoke removes the token instead of adding it.
-	Revoke        bool `protobuf:"varint,4,opt,name=revoke,proto3" json:"revoke,omitempty"`
+	Revoke bool `protobuf:"varint,4,opt,name=revoke,proto3" json:"revoke,omitempty"`
+	// global makes a token of scope global (every service of the deployment).
+	Global        bool `protobuf:"varint,5,opt,name=global,proto3" json:"global,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -994,6 +997,13 @@ func (x *JoinTokenCommand) GetKey() string {
 func (x *JoinTokenCommand) GetRevoke() bool {
 	if x != nil {
 		return x.Revoke
+	}
+	return false
+}
+
+func (x *JoinTokenCommand) GetGlobal() bool {
+	if x != nil {
+		return x.Global
 	}
 	return false
 }
@@ -1604,13 +1614,14 @@ const file_zlayer_scheduler_v1_command_proto_rawDesc = "" +
 	"\brestarts\x18\x05 \x01(\rR\brestarts\x12\x1b\n" +
 	"\texit_code\x18\x06 \x01(\x05R\bexitCode\x12\x16\n" +
 	"\x06reason\x18\a \x01(\tR\x06reason\x12\x12\n" +
-	"\x04held\x18\b \x01(\tR\x04held\"\xbb\x01\n" +
+	"\x04held\x18\b \x01(\tR\x04held\"\xcf\x01\n" +
 	"\x10HeartbeatCommand\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12>\n" +
 	"\bstatuses\x18\x02 \x03(\v2\".zlayer.scheduler.v1.ReplicaStatusR\bstatuses\x124\n" +
-	"\x04load\x18\x03 \x03(\v2 .zlayer.scheduler.v1.ServiceLoadR\x04load\x12\x1d\n" +
+	"\x04load\x18\x03 \x03(\v2 .zlayer.scheduler.v1.ServiceLoadR\x04load\x12\"\n" +
 	"\n" +
-	"agent_down\x18\x04 \x01(\bR\tagentDown\"w\n" +
+	"agent_down\x18\x04 \x01(\bH\x00R\tagentDown\x88\x01\x01B\r\n" +
+	"\v_agent_down\"w\n" +
 	"\x13SetNodeStateCommand\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x124\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x1e.zlayer.scheduler.v1.NodeStateR\x05state\x12\x16\n" +
@@ -1623,14 +1634,15 @@ const file_zlayer_scheduler_v1_command_proto_rawDesc = "" +
 	"\n" +
 	"replica_id\x18\x03 \x01(\tR\treplicaId\x12\x18\n" +
 	"\atrigger\x18\x04 \x01(\tR\atrigger\x12\x12\n" +
-	"\x04node\x18\x05 \x01(\tR\x04node\"v\n" +
+	"\x04node\x18\x05 \x01(\tR\x04node\"\x8e\x01\n" +
 	"\x10JoinTokenCommand\x12\x1e\n" +
 	"\n" +
 	"deployment\x18\x01 \x01(\tR\n" +
 	"deployment\x12\x18\n" +
 	"\aservice\x18\x02 \x01(\tR\aservice\x12\x10\n" +
 	"\x03key\x18\x03 \x01(\tR\x03key\x12\x16\n" +
-	"\x06revoke\x18\x04 \x01(\bR\x06revoke\"\x83\x01\n" +
+	"\x06revoke\x18\x04 \x01(\bR\x06revoke\x12\x16\n" +
+	"\x06global\x18\x05 \x01(\bR\x06global\"\x83\x01\n" +
 	"\vJoinCommand\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x1e\n" +
 	"\n" +
@@ -1780,6 +1792,7 @@ func file_zlayer_scheduler_v1_command_proto_init() {
 		(*Command_JoinToken)(nil),
 		(*Command_Join)(nil),
 	}
+	file_zlayer_scheduler_v1_command_proto_msgTypes[7].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
