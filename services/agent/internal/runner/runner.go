@@ -470,7 +470,11 @@ func (rn *Runner) attach(ctx context.Context, id, nsPath string, pinned chan<- e
 		return attached{err: err}
 	}
 	pinned <- nil
-	a, err := rn.net.Attach(ctx, id, nsPath)
+	// Bounded like the pool's: a hung CNI plugin fails the create (and is
+	// killed) instead of holding it for as long as the caller waits.
+	actx, cancel := context.WithTimeout(ctx, warmAttachTimeout)
+	defer cancel()
+	a, err := rn.net.Attach(actx, id, nsPath)
 	return attached{pinned: true, a: a, err: err}
 }
 
