@@ -100,3 +100,26 @@ func TestJoinedNodeIsPreferred(t *testing.T) {
 		t.Fatalf("after deleting app, n2 still joined %v", got)
 	}
 }
+
+// TestClosedServiceIgnoresJoins: joins made while a service was open stop
+// steering its placement once its mode is closed.
+func TestClosedServiceIgnoresJoins(t *testing.T) {
+	s := newSim(t, "n1", "n2", "n3")
+	s.specFn = func(d *schedulerv1.Deployment, v *schedulerv1.DeploymentVersion) (map[string]Service, error) {
+		svcs, err := specs(d, v)
+		if db, ok := svcs["db"]; ok {
+			db.JoinClosed = true
+			svcs["db"] = db
+		}
+		return svcs, err
+	}
+	s.deploy("app", "web:h1:0,db:h2:0")
+	if r := s.apply(joinCmd(&schedulerv1.JoinCommand{Node: "n3", Deployment: "app", Service: "db"})); r.Err != nil {
+		t.Fatal(r.Err)
+	}
+	s.apply(&schedulerv1.Command{Kind: &schedulerv1.Command_Scale{Scale: &schedulerv1.ScaleCommand{Deployment: "app", Service: "db", Replicas: 2}}})
+	s.run(3)
+	if got, want := s.summary("app"), "db/0:h2:running@n1 db/1:h2:running@n2"; got != want {
+		t.Fatalf("closed db with n3 joined:\n got %s\nwant %s", got, want)
+	}
+}

@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"strings"
 	"time"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -39,6 +40,9 @@ type Service struct {
 	Next func(after time.Time) time.Time
 	// Auto is set for adaptive services.
 	Auto *Autoscale
+	// JoinClosed: network.join.mode is closed, so joins (made before the
+	// mode changed) do not steer its placement.
+	JoinClosed bool
 }
 
 // Autoscale is an adaptive service's scaling rule (SPEC.md scale).
@@ -128,6 +132,20 @@ func (p *planner) services(d *schedulerv1.Deployment, version uint64) map[string
 	return svcs
 }
 
+// openJoins drops from a node's joins the services whose current version
+// is closed to joins.
+func (p *planner) openJoins(joined []string) []string {
+	out := joined[:0:0]
+	for _, j := range joined {
+		dep, svc, _ := strings.Cut(j, "/")
+		if d := p.s.Deployments[dep]; d != nil && svc != fsm.AllServices && p.services(d, d.Current)[svc].JoinClosed {
+			continue
+		}
+		out = append(out, j)
+	}
+	return out
+}
+
 func (p *planner) command(c *schedulerv1.Command) {
 	c.ProposedAt = timestamppb.New(p.now)
 	p.cmds = append(p.cmds, c)
@@ -174,7 +192,7 @@ func (p *planner) buildCluster() {
 	for _, n := range p.s.Nodes {
 		nodes = append(nodes, placement.Node{
 			Name: n.Name, CPU: n.Cpu, Memory: int64(n.MemoryBytes),
-			Ready: n.State == schedulerv1.NodeState_NODE_STATE_READY, AgentDown: n.AgentDown, Joined: n.JoinedServices,
+			Ready: n.State == schedulerv1.NodeState_NODE_STATE_READY, AgentDown: n.AgentDown, Joined: p.openJoins(n.JoinedServices),
 		})
 	}
 	p.nodes = placement.NewCluster(nodes)

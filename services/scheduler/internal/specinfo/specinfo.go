@@ -50,10 +50,11 @@ func parseIn(fileName string, data []byte, loc *time.Location) (*Deployment, err
 	for name, s := range d.Services {
 		svc := Service{
 			Service: reconcile.Service{
-				Name:   name,
-				Hash:   s.Hash(),
-				RType:  string(s.RType),
-				Demand: placement.Demand{CPU: s.Resources.CPU, Memory: s.Resources.Memory.Bytes()},
+				Name:       name,
+				Hash:       s.Hash(),
+				RType:      string(s.RType),
+				Demand:     placement.Demand{CPU: s.Resources.CPU, Memory: s.Resources.Memory.Bytes()},
+				JoinClosed: s.Network.Join.Mode == spec.JoinClosed,
 			},
 			Spec:  s,
 			Image: s.Image.Name,
