@@ -18,9 +18,9 @@ import (
 	"zlayer.dev/services/proxy/internal/routes"
 )
 
-// rawBackend is a TCP server answering each request head it reads with
-// answer(head) written as is; it closes the connection when close says so.
-func rawBackend(t *testing.T, answer func(head string) (resp string, close bool)) routes.Backend {
+// tcpBackend is a TCP server on 127.0.0.1 running serve for each
+// connection (which it closes afterwards); it returns the address.
+func tcpBackend(t *testing.T, serve func(c net.Conn, br *bufio.Reader)) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -35,28 +35,48 @@ func rawBackend(t *testing.T, answer func(head string) (resp string, close bool)
 			}
 			go func() {
 				defer c.Close()
-				br := bufio.NewReader(c)
-				for {
-					var head strings.Builder
-					for {
-						line, err := br.ReadString('\n')
-						if err != nil {
-							return
-						}
-						head.WriteString(line)
-						if line == "\r\n" {
-							break
-						}
-					}
-					resp, closeIt := answer(head.String())
-					if _, err := io.WriteString(c, resp); err != nil || closeIt {
-						return
-					}
-				}
+				serve(c, bufio.NewReader(c))
 			}()
 		}
 	}()
-	return routes.Backend{ReplicaID: "raw", Addr: ln.Addr().String(), Healthy: true, Ready: true}
+	return ln.Addr().String()
+}
+
+// readHeadLines reads one request head; its first line, and the whole.
+func readHeadLines(br *bufio.Reader) (first, head string, err error) {
+	var b strings.Builder
+	for {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			return "", "", err
+		}
+		b.WriteString(line)
+		if first == "" {
+			first = line
+		}
+		if line == "\r\n" {
+			return first, b.String(), nil
+		}
+	}
+}
+
+// rawBackend is a TCP server answering each request head it reads with
+// answer(head) written as is; it closes the connection when close says so.
+func rawBackend(t *testing.T, answer func(head string) (resp string, close bool)) routes.Backend {
+	t.Helper()
+	addr := tcpBackend(t, func(c net.Conn, br *bufio.Reader) {
+		for {
+			_, head, err := readHeadLines(br)
+			if err != nil {
+				return
+			}
+			resp, closeIt := answer(head)
+			if _, err := io.WriteString(c, resp); err != nil || closeIt {
+				return
+			}
+		}
+	})
+	return routes.Backend{ReplicaID: "raw", Addr: addr, Healthy: true, Ready: true}
 }
 
 func rawRoute(b routes.Backend) routes.Route {
@@ -309,50 +329,30 @@ func TestFrontShutdownClosesIdleConnections(t *testing.T) {
 // the replica thinks makes the proxy drop the replica connection.
 func TestFastPathSlowAnswers(t *testing.T) {
 	h := newHarness(t, nil)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
 	dropped := make(chan string, 4) // paths whose connection the proxy closed before the answer
-	go func() {
+	addr := tcpBackend(t, func(c net.Conn, br *bufio.Reader) {
 		for {
-			c, err := ln.Accept()
+			first, _, err := readHeadLines(br)
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				for {
-					line, err := br.ReadString('\n')
-					if err != nil {
-						return
-					}
-					path := strings.Fields(line)[1]
-					for line != "\r\n" {
-						if line, err = br.ReadString('\n'); err != nil {
-							return
-						}
-					}
-					if path == "/slow" || path == "/forever" {
-						wait := 1500 * time.Millisecond
-						if path == "/forever" {
-							wait = time.Minute
-						}
-						c.SetReadDeadline(time.Now().Add(wait)) //nolint:errcheck // the read below times out, or sees the close
-						if _, err := br.ReadByte(); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
-							dropped <- path
-							return
-						}
-						c.SetReadDeadline(time.Time{}) //nolint:errcheck // test
-					}
-					fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(path), path)
+			path := strings.Fields(first)[1]
+			if path == "/slow" || path == "/forever" {
+				wait := 1500 * time.Millisecond
+				if path == "/forever" {
+					wait = time.Minute
 				}
-			}()
+				c.SetReadDeadline(time.Now().Add(wait)) //nolint:errcheck // the read below times out, or sees the close
+				if _, err := br.ReadByte(); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+					dropped <- path
+					return
+				}
+				c.SetReadDeadline(time.Time{}) //nolint:errcheck // test
+			}
+			fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(path), path)
 		}
-	}()
-	h.set(t, rawRoute(routes.Backend{ReplicaID: "slow", Addr: ln.Addr().String(), Healthy: true, Ready: true}))
+	})
+	h.set(t, rawRoute(routes.Backend{ReplicaID: "slow", Addr: addr, Healthy: true, Ready: true}))
 
 	c, br := dialRaw(t, h.plain, false)
 	io.WriteString(c, "GET /slow HTTP/1.1\r\nHost: x\r\n\r\nGET /next HTTP/1.1\r\nHost: x\r\n\r\n") //nolint:errcheck // read below

@@ -226,6 +226,23 @@ func (c *cluster) creds(id uint64, addr string) *pki.Credentials {
 // and peers a join bundle would carry, and waits until it is a voter.
 func (c *cluster) add() *member {
 	c.t.Helper()
+	m := c.join()
+	leader := c.waitLeader(nil)
+	eventually(c.t, "new member to become a voter", func() bool {
+		for _, mm := range leader.node.Members() {
+			if mm.ID == m.node.ID() {
+				return !mm.Learner
+			}
+		}
+		return false
+	})
+	return m
+}
+
+// join adds a member through the leader and starts it, as add does, without
+// waiting for its promotion.
+func (c *cluster) join() *member {
+	c.t.Helper()
 	l := listenLocal(c.t)
 	addr := l.Addr().String()
 	leader := c.waitLeader(nil)
@@ -244,14 +261,6 @@ func (c *cluster) add() *member {
 	}
 	m := startMember(c.t, cfg, newKV())
 	c.members = append(c.members, m)
-	eventually(c.t, "new member to become a voter", func() bool {
-		for _, mm := range leader.node.Members() {
-			if mm.ID == id {
-				return !mm.Learner
-			}
-		}
-		return false
-	})
 	return m
 }
 

@@ -19,19 +19,10 @@ func TestMaxVoters(t *testing.T) {
 	leader := c.waitLeader(nil)
 
 	// A fourth member: added as a learner, it catches up and stays one.
-	l := listenLocal(t)
-	addr := l.Addr().String()
+	fourth := c.join()
+	id := fourth.node.ID()
 	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 	defer cancel()
-	id, err := leader.node.AddMember(ctx, addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fourth := startMember(t, Config{
-		ID: id, DataDir: t.TempDir(), PeerListener: l, AdvertiseAddr: addr, MaxVoters: 3,
-		TLS: c.creds(id, addr), Bootstrap: BootstrapJoin, Peers: leader.node.Members(),
-	}, newKV())
-	c.members = append(c.members, fourth)
 	role := func(of uint64) string {
 		for _, m := range c.waitLeader(nil).node.Members() {
 			if m.ID == of {
@@ -83,21 +74,11 @@ func TestMaxVoters(t *testing.T) {
 func TestOnlyVoterStays(t *testing.T) {
 	c := newCluster(t, func(cfg *Config) { cfg.MaxVoters = 1 })
 	leader := c.waitLeader(nil)
-	l := listenLocal(t)
-	addr := l.Addr().String()
+	learner := c.join()
 	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 	defer cancel()
-	id, err := leader.node.AddMember(ctx, addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	learner := startMember(t, Config{
-		ID: id, DataDir: t.TempDir(), PeerListener: l, AdvertiseAddr: addr, MaxVoters: 1,
-		TLS: c.creds(id, addr), Bootstrap: BootstrapJoin, Peers: leader.node.Members(),
-	}, newKV())
-	c.members = append(c.members, learner)
 	propose(t, learner, "k=v")
-	err = leader.node.RemoveMember(ctx, leader.node.ID())
+	err := leader.node.RemoveMember(ctx, leader.node.ID())
 	if !errors.Is(err, errkind.Precondition) {
 		t.Fatalf("removing the only voter: %v, want a precondition error", err)
 	}
