@@ -840,20 +840,19 @@ func (p *Proxy) relay(fc *frontConn, pc *h1Conn, addr string, reused bool) (exch
 	var err error
 	switch {
 	case bodiless:
+	// The wait for the answer had a deadline; a body still to come has none
+	// (a body already buffered needs no read, so the deadline stays, and the
+	// next request on the connection sets its own).
 	case resp.chunked:
-		if p.h1.responseTimeout > 0 {
-			pc.c.SetReadDeadline(time.Time{}) //nolint:errcheck // streaming: no deadline on the body
-		}
+		pc.c.SetReadDeadline(time.Time{}) //nolint:errcheck // streaming: no deadline on the body
 		res.bytes, err = copyChunked(w, pc.br)
 	case resp.length >= 0:
-		if int64(pc.br.Buffered()) < resp.length && p.h1.responseTimeout > 0 {
+		if int64(pc.br.Buffered()) < resp.length {
 			pc.c.SetReadDeadline(time.Time{}) //nolint:errcheck // streaming: no deadline on the body
 		}
 		res.bytes, err = copyN(w, pc.br, resp.length)
 	default:
-		if p.h1.responseTimeout > 0 {
-			pc.c.SetReadDeadline(time.Time{}) //nolint:errcheck // streaming: no deadline on the body
-		}
+		pc.c.SetReadDeadline(time.Time{}) //nolint:errcheck // streaming: no deadline on the body
 		res.bytes, err = io.Copy(w, pc.br)
 	}
 	if ferr := w.Flush(); err == nil && ferr != nil {

@@ -375,3 +375,24 @@ func TestFastPathSlowAnswers(t *testing.T) {
 		t.Fatal("the replica connection of a client that left was kept")
 	}
 }
+
+// TestFastPathSlowBodyWithoutResponseTimeout: with no response timeout, a
+// body that pauses longer than the answer watch's step still streams whole
+// (the wait's deadline does not reach into the body).
+func TestFastPathSlowBodyWithoutResponseTimeout(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.ResponseTimeout = 0 })
+	addr := tcpBackend(t, func(c net.Conn, br *bufio.Reader) {
+		if _, _, err := readHeadLines(br); err != nil {
+			return
+		}
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n") //nolint:errcheck // test
+		time.Sleep(1500 * time.Millisecond)
+		io.WriteString(c, "4\r\nlast\r\n0\r\n\r\n") //nolint:errcheck // test
+	})
+	h.set(t, rawRoute(routes.Backend{ReplicaID: "pause", Addr: addr, Healthy: true, Ready: true}))
+	c, br := dialRaw(t, h.plain, false)
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n") //nolint:errcheck // read below
+	if resp, body := readResp(t, br, "GET"); resp.StatusCode != 200 || body != "firstlast" {
+		t.Errorf("%d %q, want 200 firstlast", resp.StatusCode, body)
+	}
+}

@@ -102,9 +102,12 @@ func (t *h1Transport) exchange(pc *h1Conn, req *http.Request) (*http.Response, e
 		stop()
 		return nil, errStale(err)
 	}
+	// Always set: a pooled connection may carry the fast path's deadline.
+	var deadline time.Time
 	if t.responseTimeout > 0 {
-		pc.c.SetReadDeadline(time.Now().Add(t.responseTimeout)) //nolint:errcheck // a failed read reports it
+		deadline = time.Now().Add(t.responseTimeout)
 	}
+	pc.c.SetReadDeadline(deadline) //nolint:errcheck // a failed read reports it
 	if _, err := pc.br.Peek(1); err != nil {
 		stop()
 		var ne net.Error
