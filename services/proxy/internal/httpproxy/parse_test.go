@@ -76,3 +76,47 @@ func FuzzParseRequestHead(f *testing.F) {
 		}
 	})
 }
+
+// FuzzParseResponseHead: whatever head from a replica the fast path passes
+// on, net/http reads with the same status and framing, so the proxy and
+// the client find the answer's end at the same place.
+func FuzzParseResponseHead(f *testing.F) {
+	f.Add("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
+	f.Add("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X\r\n\r\n")
+	f.Add("HTTP/1.0 404 Not Found\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\n\r\n")
+	f.Add("HTTP/1.1 204\r\n\r\n")
+	f.Fuzz(func(t *testing.T, head string) {
+		var resp response
+		if err := resp.read(bufio.NewReader(strings.NewReader(head))); err != nil || resp.status < 200 {
+			return
+		}
+		// What the client gets: the status line as the fast path writes
+		// it, then the header lines it passes on.
+		var b bytes.Buffer
+		b.WriteString("HTTP/1.1 ")
+		b.Write(resp.statusText)
+		if len(resp.statusText) == 3 {
+			b.WriteByte(' ')
+		}
+		b.WriteString("\r\n")
+		for _, l := range resp.lines {
+			b.Write(resp.head[l[0]:l[1]])
+		}
+		b.WriteString("\r\n")
+		got, err := http.ReadResponse(bufio.NewReader(&b), &http.Request{Method: http.MethodGet})
+		if err != nil {
+			t.Fatalf("the fast path passes on %q, net/http refuses %q: %v", head, b.String(), err)
+		}
+		if got.StatusCode != resp.status {
+			t.Fatalf("status: fast path %d, net/http %d", resp.status, got.StatusCode)
+		}
+		chunked := len(got.TransferEncoding) > 0 && got.TransferEncoding[0] == "chunked"
+		if chunked != resp.chunked {
+			t.Fatalf("chunked: fast path %v, net/http %v (%q)", resp.chunked, chunked, b.String())
+		}
+		bodiless := resp.status == http.StatusNoContent || resp.status == http.StatusNotModified
+		if !resp.chunked && !bodiless && resp.length >= 0 && got.ContentLength != resp.length {
+			t.Fatalf("length: fast path %d, net/http %d (%q)", resp.length, got.ContentLength, b.String())
+		}
+	})
+}
