@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -34,6 +35,22 @@ func (g *globals) scheduler() (schedulerv1.SchedulerServiceClient, func(), error
 		return nil, nil, err
 	}
 	return schedulerv1.NewSchedulerServiceClient(cc), func() { cc.Close() }, nil
+}
+
+// callScheduler calls one method of the local scheduler with req and
+// returns its answer, or the error worded for people.
+func callScheduler[Req, Resp any](ctx context.Context, g *globals, method func(schedulerv1.SchedulerServiceClient, context.Context, Req, ...grpc.CallOption) (Resp, error), req Req) (Resp, error) {
+	client, closeFn, err := g.scheduler()
+	if err != nil {
+		var zero Resp
+		return zero, err
+	}
+	defer closeFn()
+	resp, err := method(client, ctx, req)
+	if err != nil {
+		return resp, g.rpcError("scheduler", err)
+	}
+	return resp, nil
 }
 
 // rpcError turns a gRPC error into text for people: the daemon's message,

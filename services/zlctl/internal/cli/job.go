@@ -90,14 +90,9 @@ func newJobRunsCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			client, closeFn, err := g.scheduler()
+			resp, err := callScheduler(cmd.Context(), g, schedulerv1.SchedulerServiceClient.ListJobRuns, &schedulerv1.ListJobRunsRequest{Deployment: dep, Service: svc})
 			if err != nil {
 				return err
-			}
-			defer closeFn()
-			resp, err := client.ListJobRuns(cmd.Context(), &schedulerv1.ListJobRunsRequest{Deployment: dep, Service: svc})
-			if err != nil {
-				return g.rpcError("scheduler", err)
 			}
 			out := cmd.OutOrStdout()
 			if js, err := asJSON(output); err != nil || js {

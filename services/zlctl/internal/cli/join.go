@@ -31,14 +31,9 @@ func newTokenCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			client, closeFn, err := g.scheduler()
+			resp, err := callScheduler(cmd.Context(), g, schedulerv1.SchedulerServiceClient.CreateJoinToken, &schedulerv1.CreateJoinTokenRequest{Deployment: dep, Service: svc})
 			if err != nil {
 				return err
-			}
-			defer closeFn()
-			resp, err := client.CreateJoinToken(cmd.Context(), &schedulerv1.CreateJoinTokenRequest{Deployment: dep, Service: svc})
-			if err != nil {
-				return g.rpcError("scheduler", err)
 			}
 			fmt.Fprintln(cmd.OutOrStdout(), resp.GetToken())
 			return nil
@@ -54,18 +49,13 @@ func newTokenCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			client, closeFn, err := g.scheduler()
-			if err != nil {
-				return err
-			}
-			defer closeFn()
 			req := &schedulerv1.ListJoinTokensRequest{}
 			if len(args) == 1 {
 				req.Deployment = args[0]
 			}
-			resp, err := client.ListJoinTokens(cmd.Context(), req)
+			resp, err := callScheduler(cmd.Context(), g, schedulerv1.SchedulerServiceClient.ListJoinTokens, req)
 			if err != nil {
-				return g.rpcError("scheduler", err)
+				return err
 			}
 			if js {
 				return printJSON(cmd.OutOrStdout(), resp)
@@ -84,13 +74,8 @@ func newTokenCmd(g *globals) *cobra.Command {
 		Short: "Revoke a join token (nodes that joined with it stay joined)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			client, closeFn, err := g.scheduler()
-			if err != nil {
+			if _, err := callScheduler(cmd.Context(), g, schedulerv1.SchedulerServiceClient.RevokeJoinToken, &schedulerv1.RevokeJoinTokenRequest{Token: args[0]}); err != nil {
 				return err
-			}
-			defer closeFn()
-			if _, err := client.RevokeJoinToken(cmd.Context(), &schedulerv1.RevokeJoinTokenRequest{Token: args[0]}); err != nil {
-				return g.rpcError("scheduler", err)
 			}
 			fmt.Fprintln(cmd.OutOrStdout(), "revoked")
 			return nil
@@ -120,14 +105,9 @@ func newNodeJoinCmd(g *globals) *cobra.Command {
 				}
 				req.Deployment, req.Service = dep, svc
 			}
-			client, closeFn, err := g.scheduler()
+			resp, err := callScheduler(cmd.Context(), g, schedulerv1.SchedulerServiceClient.JoinService, req)
 			if err != nil {
 				return err
-			}
-			defer closeFn()
-			resp, err := client.JoinService(cmd.Context(), req)
-			if err != nil {
-				return g.rpcError("scheduler", err)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "node %s joined %s\n", resp.GetNode(), resp.GetJoined())
 			return nil
@@ -145,13 +125,8 @@ func newNodeLeaveCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			client, closeFn, err := g.scheduler()
-			if err != nil {
+			if _, err := callScheduler(cmd.Context(), g, schedulerv1.SchedulerServiceClient.LeaveService, &schedulerv1.LeaveServiceRequest{Deployment: dep, Service: svc}); err != nil {
 				return err
-			}
-			defer closeFn()
-			if _, err := client.LeaveService(cmd.Context(), &schedulerv1.LeaveServiceRequest{Deployment: dep, Service: svc}); err != nil {
-				return g.rpcError("scheduler", err)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "left %s\n", args[0])
 			return nil

@@ -159,14 +159,9 @@ func newNodeLsCmd(g *globals) *cobra.Command {
 		Short: "List the cluster's nodes",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			client, closeFn, err := g.scheduler()
+			resp, err := callScheduler(cmd.Context(), g, schedulerv1.SchedulerServiceClient.ListNodes, &schedulerv1.ListNodesRequest{})
 			if err != nil {
 				return err
-			}
-			defer closeFn()
-			resp, err := client.ListNodes(cmd.Context(), &schedulerv1.ListNodesRequest{})
-			if err != nil {
-				return g.rpcError("scheduler", err)
 			}
 			out := cmd.OutOrStdout()
 			if js, err := asJSON(output); err != nil || js {

@@ -60,18 +60,13 @@ func newStatusCmd(g *globals) *cobra.Command {
 		Short: "Show deployments: services, endpoints and replicas",
 		Args:  cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			client, closeFn, err := g.scheduler()
-			if err != nil {
-				return err
-			}
-			defer closeFn()
 			req := &schedulerv1.GetStatusRequest{}
 			if len(args) == 1 {
 				req.Deployment = args[0]
 			}
-			resp, err := client.GetStatus(cmd.Context(), req)
+			resp, err := callScheduler(cmd.Context(), g, schedulerv1.SchedulerServiceClient.GetStatus, req)
 			if err != nil {
-				return g.rpcError("scheduler", err)
+				return err
 			}
 			out := cmd.OutOrStdout()
 			if js, err := asJSON(output); err != nil || js {
@@ -145,14 +140,9 @@ func newScaleCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("replicas %q: want a whole number >= 0", args[1])
 			}
-			client, closeFn, err := g.scheduler()
+			resp, err := callScheduler(cmd.Context(), g, schedulerv1.SchedulerServiceClient.Scale, &schedulerv1.ScaleRequest{Deployment: dep, Service: svc, Replicas: uint32(n)})
 			if err != nil {
 				return err
-			}
-			defer closeFn()
-			resp, err := client.Scale(cmd.Context(), &schedulerv1.ScaleRequest{Deployment: dep, Service: svc, Replicas: uint32(n)})
-			if err != nil {
-				return g.rpcError("scheduler", err)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "%s/%s scaled from %d to %d replicas\n", dep, svc, resp.Previous, resp.Replicas)
 			return nil
@@ -238,14 +228,9 @@ func newHistoryCmd(g *globals) *cobra.Command {
 		Short: "List a deployment's versions",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			client, closeFn, err := g.scheduler()
+			resp, err := callScheduler(cmd.Context(), g, schedulerv1.SchedulerServiceClient.GetHistory, &schedulerv1.GetHistoryRequest{Deployment: args[0]})
 			if err != nil {
 				return err
-			}
-			defer closeFn()
-			resp, err := client.GetHistory(cmd.Context(), &schedulerv1.GetHistoryRequest{Deployment: args[0]})
-			if err != nil {
-				return g.rpcError("scheduler", err)
 			}
 			out := cmd.OutOrStdout()
 			if js, err := asJSON(output); err != nil || js {
