@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"runtime"
 	"time"
 
 	"zlayer.dev/services/proxy/internal/balance"
@@ -34,6 +35,7 @@ type config struct {
 	TrustForwarded    bool
 	JobOutputLimit    int64
 	ShutdownTimeout   time.Duration
+	EventLoops        int
 }
 
 func (c *config) register(fs *flag.FlagSet) {
@@ -56,6 +58,7 @@ func (c *config) register(fs *flag.FlagSet) {
 	fs.BoolVar(&c.TrustForwarded, "trust-forwarded", false, "append to clients' X-Forwarded-For/Forwarded instead of replacing them")
 	fs.Int64Var(&c.JobOutputLimit, "job-output-limit", 8<<20, "bytes of a job run's output returned to the client")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 15*time.Second, "how long in-flight requests may finish at shutdown")
+	fs.IntVar(&c.EventLoops, "event-loops", runtime.GOMAXPROCS(0), "event loops serving the HTTP listener's plain HTTP/1.1 requests (0 = a goroutine per connection)")
 }
 
 // validate names every bad setting.
@@ -77,6 +80,9 @@ func (c *config) validate() error {
 		if d <= 0 {
 			errs = append(errs, fmt.Errorf("%s: must be positive", name))
 		}
+	}
+	if c.EventLoops < 0 {
+		errs = append(errs, errors.New("event-loops: must not be negative"))
 	}
 	if c.BackendIdleConns < 0 {
 		errs = append(errs, errors.New("backend-idle-conns: must not be negative"))

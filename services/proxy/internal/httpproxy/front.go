@@ -46,6 +46,15 @@ type Front struct {
 	handoff *connListener
 	ln      net.Listener
 
+	// Loops is the number of event loops serving a plain listener (see
+	// loop.go); 0 serves each connection from its own goroutine. Set it
+	// before Serve.
+	Loops      int
+	loops      []*eventLoop
+	lnDup      *os.File      // the event loops' acceptor's listening socket
+	acceptDone chan struct{} // closed when the event loops' acceptor stopped
+	force      atomic.Bool   // Shutdown ran out of time
+
 	mu       sync.Mutex
 	conns    map[*frontConn]struct{}
 	shutdown atomic.Bool
@@ -56,7 +65,7 @@ type Front struct {
 // hands off (for the HTTP listener, with ACME's challenge handler around
 // the proxy's); tlsConfig is nil for plain HTTP and h2c.
 func (p *Proxy) NewFront(h http.Handler, tlsConfig *tls.Config, t Timeouts, log *zap.Logger) *Front {
-	f := &Front{p: p, secure: tlsConfig != nil, t: t, log: log, conns: map[*frontConn]struct{}{}}
+	f := &Front{p: p, secure: tlsConfig != nil, t: t, log: log, conns: map[*frontConn]struct{}{}, acceptDone: make(chan struct{})}
 	f.srv = Server(h, tlsConfig, t, log)
 	f.srv.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
 		if pc, ok := c.(*prefixConn); ok && pc.tls != nil {
@@ -96,6 +105,9 @@ func (f *Front) Serve(ln net.Listener) error {
 			f.log.Error("serving handed-off connections failed", zap.Error(err))
 		}
 	}()
+	if tl, ok := ln.(*net.TCPListener); ok && f.Loops > 0 && f.tlsConf == nil {
+		return f.serveLoops(tl)
+	}
 	var delay time.Duration
 	for {
 		c, err := ln.Accept()
@@ -132,8 +144,14 @@ func (f *Front) Shutdown(ctx context.Context) error {
 	if f.ln != nil {
 		f.ln.Close()
 	}
+	if f.lnDup != nil {
+		f.lnDup.Close()
+	}
 	for fc := range f.conns {
 		fc.wake()
+	}
+	for _, l := range f.loops {
+		l.wake()
 	}
 	f.mu.Unlock()
 	done := make(chan struct{})
@@ -142,7 +160,11 @@ func (f *Front) Shutdown(ctx context.Context) error {
 	select {
 	case <-done:
 	case <-ctx.Done():
+		f.force.Store(true)
 		f.mu.Lock()
+		for _, l := range f.loops {
+			l.wake()
+		}
 		for fc := range f.conns {
 			fc.c.Close()
 			if pc := fc.backend.Load(); pc != nil {
@@ -173,6 +195,31 @@ func (f *Front) untrack(fc *frontConn) {
 	delete(f.conns, fc)
 	f.mu.Unlock()
 	f.wg.Done()
+}
+
+// adopt serves a connection an event loop gave up in the middle of a
+// request to e's replica be: it streams the answer, whose head is in
+// fc.resp and whose body comes from pc, then serves the connection's next
+// requests from a goroutine.
+func (f *Front) adopt(fc *frontConn, pc *h1Conn, addr string, e *routes.Entry, be *balance.Backend, start time.Time) {
+	f.mu.Lock()
+	f.conns[fc] = struct{}{} // even after Shutdown began: the answer is owed
+	f.wg.Add(1)
+	f.mu.Unlock()
+	go func() {
+		handedOff := false
+		defer func() { fc.done(handedOff) }()
+		fc.buffers()
+		fc.backend.Store(pc)
+		res := f.p.forward(fc, pc, addr)
+		fc.backend.Store(nil)
+		res.backend = be
+		be.Release()
+		f.p.record(&fc.req, e, res, start, fc.c.RemoteAddr)
+		if res.keep && !fc.req.close && !f.shutdown.Load() {
+			handedOff = fc.requests()
+		}
+	}()
 }
 
 // frontConn is one client connection on the fast path.
@@ -211,20 +258,7 @@ const maxHead = 32 << 10
 
 func (fc *frontConn) serve() {
 	handedOff := false
-	defer func() {
-		if !handedOff {
-			fc.c.Close()
-		}
-		if fc.br != nil {
-			fc.br.Reset(nil)
-			readerPool.Put(fc.br)
-		}
-		if fc.bw != nil {
-			fc.bw.Reset(nil)
-			writerPool.Put(fc.bw)
-		}
-		fc.f.untrack(fc)
-	}()
+	defer func() { fc.done(handedOff) }()
 	if host, _, err := net.SplitHostPort(fc.c.RemoteAddr().String()); err == nil {
 		fc.remote = host
 	}
@@ -249,28 +283,54 @@ func (fc *frontConn) serve() {
 			return
 		}
 	}
+	fc.buffers()
+	handedOff = fc.requests()
+}
+
+// buffers gives fc its reader and writer.
+func (fc *frontConn) buffers() {
 	fc.br = readerPool.Get().(*bufio.Reader)
 	fc.br.Reset(fc.c)
 	fc.bw = writerPool.Get().(*bufio.Writer)
 	fc.bw.Reset(fc.c)
+}
+
+// requests serves requests until the connection ends or is handed off
+// (then it returns true).
+func (fc *frontConn) requests() (handedOff bool) {
 	for {
 		ok, err := fc.readHead()
 		if err != nil {
-			return
+			return false
 		}
 		if !ok {
-			handedOff = fc.handOff()
-			return
+			return fc.handOff()
 		}
 		keep, taken := fc.f.p.fast(fc)
 		if !taken {
-			handedOff = fc.handOff()
-			return
+			return fc.handOff()
 		}
 		if !keep || fc.f.shutdown.Load() {
-			return
+			return false
 		}
 	}
+}
+
+// done ends the connection's goroutine: it closes the connection unless it
+// was handed off and gives the buffers back.
+func (fc *frontConn) done(handedOff bool) {
+	if !handedOff {
+		fc.c.Close()
+	}
+	if fc.br != nil {
+		fc.br.Reset(nil)
+		readerPool.Put(fc.br)
+	}
+	if fc.bw != nil {
+		fc.bw.Reset(nil)
+		writerPool.Put(fc.bw)
+	}
+	fc.f.untrack(fc)
 }
 
 // handOff gives the connection to the http.Server with what was read.
@@ -579,24 +639,39 @@ func (l *connListener) Addr() net.Addr { return l.addr }
 // keep says whether the connection can take another request.
 func (p *Proxy) fast(fc *frontConn) (keep, taken bool) {
 	r := &fc.req
-	if bytes.HasPrefix(r.path, []byte("/.well-known/acme-challenge/")) {
-		return false, false
-	}
-	// The strings only live for the lookup, while the head is untouched.
-	e := p.cfg.Routes.Load().MatchHTTP(unsafe.String(unsafe.SliceData(r.host), len(r.host)), unsafe.String(unsafe.SliceData(r.path), len(r.path)))
-	if e == nil || e.Kind != routes.Service || e.Protocol == routes.HTTPS && !fc.f.secure {
+	e := p.routeFast(r, fc.f.secure)
+	if e == nil {
 		return false, false
 	}
 	start := time.Now()
 	p.fastRequests.Add(1)
 	e.Stats.Begin()
 	res := p.exchange(fc, e)
+	p.record(r, e, res, start, fc.c.RemoteAddr)
+	return res.keep && !r.close, true
+}
+
+// record counts a fast-path request that ended and logs it.
+func (p *Proxy) record(r *request, e *routes.Entry, res exchangeResult, start time.Time, remote func() net.Addr) {
 	e.Stats.End(res.status, time.Since(start))
 	if p.cfg.AccessLog != nil {
 		p.access(accessInfo{method: string(r.method), host: string(r.host), path: string(r.path), proto: "HTTP/1.1",
-			remote: fc.c.RemoteAddr().String()}, e, res.backend, res.status, res.bytes, start)
+			remote: remote().String()}, e, res.backend, res.status, res.bytes, start)
 	}
-	return res.keep && !r.close, true
+}
+
+// routeFast returns the service route of a parsed request the fast path
+// may serve on a listener (secure or not), or nil.
+func (p *Proxy) routeFast(r *request, secure bool) *routes.Entry {
+	if bytes.HasPrefix(r.path, []byte("/.well-known/acme-challenge/")) {
+		return nil
+	}
+	// The strings only live for the lookup, while the head is untouched.
+	e := p.cfg.Routes.Load().MatchHTTP(unsafe.String(unsafe.SliceData(r.host), len(r.host)), unsafe.String(unsafe.SliceData(r.path), len(r.path)))
+	if e == nil || e.Kind != routes.Service || e.Protocol == routes.HTTPS && !secure {
+		return nil
+	}
+	return e
 }
 
 // exchangeResult is how a fast-path request ended.
@@ -609,29 +684,54 @@ type exchangeResult struct {
 
 // writeError answers with a plain-text error like http.Error.
 func (fc *frontConn) writeError(code int, msg string) exchangeResult {
-	body := msg + "\n"
-	fmt.Fprintf(fc.bw, "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\nContent-Length: %d\r\n",
-		code, http.StatusText(code), len(body))
-	if fc.req.close {
-		fc.bw.WriteString("Connection: close\r\n")
-	}
-	fc.bw.WriteString("\r\n")
-	if string(fc.req.method) != http.MethodHead {
-		fc.bw.WriteString(body)
-	}
+	writeError(fc.bw, &fc.req, code, msg)
 	err := fc.bw.Flush()
 	return exchangeResult{status: code, keep: err == nil}
 }
 
+// headWriter is where the fast path writes heads: a bufio.Writer, or an
+// event loop's outBuf.
+type headWriter interface {
+	io.Writer
+	io.ByteWriter
+	io.StringWriter
+}
+
+// writeError writes a plain-text error answer to r like http.Error.
+func writeError(w headWriter, r *request, code int, msg string) {
+	body := msg + "\n"
+	fmt.Fprintf(w, "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\nContent-Length: %d\r\n",
+		code, http.StatusText(code), len(body))
+	if r.close {
+		w.WriteString("Connection: close\r\n")
+	}
+	w.WriteString("\r\n")
+	if string(r.method) != http.MethodHead {
+		w.WriteString(body)
+	}
+}
+
+// failureAnswer is the answer to a request whose replica be of e failed.
+func failureAnswer(e *routes.Entry, be *balance.Backend, fail backendFailure, err error) (int, string) {
+	what := fmt.Sprintf("service %q of deployment %q (endpoint %q)", e.Service, e.Deployment, e.Endpoint)
+	if be == nil {
+		return http.StatusServiceUnavailable, "zlayer-proxy: " + what + " has no healthy replica"
+	}
+	replica := fmt.Sprintf("replica %s at %s", be.ID, be.Addr)
+	if fail == failTimeout {
+		return http.StatusGatewayTimeout, fmt.Sprintf("zlayer-proxy: %s: %s did not answer in time", what, replica)
+	}
+	return http.StatusBadGateway, fmt.Sprintf("zlayer-proxy: %s: %s failed: %v", what, replica, err)
+}
+
 // writeRequest writes the request head for a replica to w.
-func (p *Proxy) writeRequest(w *bufio.Writer, fc *frontConn) {
-	r := &fc.req
+func (p *Proxy) writeRequest(w headWriter, r *request, head []byte, remote string, secure bool) {
 	w.Write(r.method)
 	w.WriteByte(' ')
 	w.Write(r.target)
 	w.WriteString(" HTTP/1.1\r\n")
 	for _, l := range r.lines {
-		w.Write(fc.head[l[0]:l[1]])
+		w.Write(head[l[0]:l[1]])
 	}
 	w.WriteString("X-Forwarded-For: ")
 	if p.cfg.TrustForwarded {
@@ -640,11 +740,11 @@ func (p *Proxy) writeRequest(w *bufio.Writer, fc *frontConn) {
 			w.WriteString(", ")
 		}
 	}
-	w.WriteString(fc.remote)
+	w.WriteString(remote)
 	w.WriteString("\r\nX-Forwarded-Host: ")
 	w.Write(r.host)
 	proto := "http"
-	if fc.f.secure {
+	if secure {
 		proto = "https"
 	}
 	w.WriteString("\r\nX-Forwarded-Proto: ")
@@ -658,11 +758,15 @@ func (p *Proxy) writeRequest(w *bufio.Writer, fc *frontConn) {
 		}
 	}
 	w.WriteString("Forwarded: ")
-	if fc.remote != "" {
-		if bytes.IndexByte([]byte(fc.remote), ':') >= 0 {
-			w.WriteString(`for="[` + fc.remote + `]";`)
+	if remote != "" {
+		if strings.IndexByte(remote, ':') >= 0 {
+			w.WriteString(`for="[`)
+			w.WriteString(remote)
+			w.WriteString(`]";`)
 		} else {
-			w.WriteString("for=" + fc.remote + ";")
+			w.WriteString("for=")
+			w.WriteString(remote)
+			w.WriteByte(';')
 		}
 	}
 	w.WriteString(`host="`)
@@ -690,12 +794,9 @@ const (
 // exchange sends the request to a replica of e and copies the response to
 // the client.
 func (p *Proxy) exchange(fc *frontConn, e *routes.Entry) exchangeResult {
-	what := func() string {
-		return fmt.Sprintf("service %q of deployment %q (endpoint %q)", e.Service, e.Deployment, e.Endpoint)
-	}
 	be := e.Pool.Pick(nil)
 	if be == nil {
-		return fc.writeError(http.StatusServiceUnavailable, "zlayer-proxy: "+what()+" has no healthy replica")
+		return fc.writeError(failureAnswer(e, nil, failOther, nil))
 	}
 	retried := false
 	for {
@@ -721,13 +822,7 @@ func (p *Proxy) exchange(fc *frontConn, e *routes.Entry) exchangeResult {
 				e.Pool.Eject(be)
 			}
 		}
-		replica := fmt.Sprintf("replica %s at %s", be.ID, be.Addr)
-		var out exchangeResult
-		if fail == failTimeout {
-			out = fc.writeError(http.StatusGatewayTimeout, fmt.Sprintf("zlayer-proxy: %s: %s did not answer in time", what(), replica))
-		} else {
-			out = fc.writeError(http.StatusBadGateway, fmt.Sprintf("zlayer-proxy: %s: %s failed: %v", what(), replica, err))
-		}
+		out := fc.writeError(failureAnswer(e, be, fail, err))
 		out.backend = be
 		return out
 	}
@@ -761,7 +856,7 @@ func (p *Proxy) try(fc *frontConn, be *balance.Backend) (exchangeResult, backend
 func (p *Proxy) relay(fc *frontConn, pc *h1Conn, addr string, reused bool) (exchangeResult, backendFailure, error) {
 	fc.backend.Store(pc)
 	defer fc.backend.Store(nil)
-	p.writeRequest(pc.bw, fc)
+	p.writeRequest(pc.bw, &fc.req, fc.head, fc.remote, fc.f.secure)
 	if err := pc.bw.Flush(); err != nil {
 		pc.c.Close()
 		return exchangeResult{}, failStale, err
@@ -818,12 +913,18 @@ func (p *Proxy) relay(fc *frontConn, pc *h1Conn, addr string, reused bool) (exch
 		}
 		// 1xx: the final response follows.
 	}
-	head := string(fc.req.method) == http.MethodHead
-	bodiless := head || resp.status == http.StatusNoContent || resp.status == http.StatusNotModified
-	closeDelimited := !bodiless && !resp.chunked && resp.length < 0
-	res := exchangeResult{status: resp.status}
-	// Response head to the client.
-	w := fc.bw
+	return p.forward(fc, pc, addr), failNone, nil
+}
+
+// bodiless reports whether the answer to r has no body whatever its head
+// says, and closeDelimited whether its body ends when the replica closes.
+func (resp *response) framing(r *request) (bodiless, closeDelimited bool) {
+	bodiless = string(r.method) == http.MethodHead || resp.status == http.StatusNoContent || resp.status == http.StatusNotModified
+	return bodiless, !bodiless && !resp.chunked && resp.length < 0
+}
+
+// writeHead writes the answer's head for the client.
+func (resp *response) writeHead(w headWriter, closeConn bool) {
 	w.WriteString("HTTP/1.1 ")
 	w.Write(resp.statusText)
 	if len(resp.statusText) == 3 { // no reason phrase: the space stays
@@ -833,10 +934,20 @@ func (p *Proxy) relay(fc *frontConn, pc *h1Conn, addr string, reused bool) (exch
 	for _, l := range resp.lines {
 		w.Write(resp.head[l[0]:l[1]])
 	}
-	if closeDelimited || fc.req.close {
+	if closeConn {
 		w.WriteString("Connection: close\r\n")
 	}
 	w.WriteString("\r\n")
+}
+
+// forward copies the answer whose head is in fc.resp, and its body from
+// pc, to the client. pc goes back to the pool when it can serve again.
+func (p *Proxy) forward(fc *frontConn, pc *h1Conn, addr string) exchangeResult {
+	resp := &fc.resp
+	bodiless, closeDelimited := resp.framing(&fc.req)
+	res := exchangeResult{status: resp.status}
+	w := fc.bw
+	resp.writeHead(w, closeDelimited || fc.req.close)
 	var err error
 	switch {
 	case bodiless:
@@ -865,7 +976,7 @@ func (p *Proxy) relay(fc *frontConn, pc *h1Conn, addr string, reused bool) (exch
 		pc.c.Close()
 	}
 	res.keep = err == nil && !closeDelimited
-	return res, failNone, nil
+	return res
 }
 
 // statusClientGone is what the metrics and the access log record for a
@@ -1070,7 +1181,7 @@ type response struct {
 
 // read reads and parses one response head from br.
 func (resp *response) read(br *bufio.Reader) error {
-	*resp = response{head: resp.head[:0], lines: resp.lines[:0], hop: resp.hop[:0], length: -1}
+	resp.head = resp.head[:0]
 	for {
 		line, err := br.ReadSlice('\n')
 		resp.head = append(resp.head, line...)
@@ -1087,6 +1198,13 @@ func (resp *response) read(br *bufio.Reader) error {
 			break
 		}
 	}
+	return resp.parse()
+}
+
+// parse parses the response head in resp.head, which ends with its blank
+// line.
+func (resp *response) parse() error {
+	*resp = response{head: resp.head, lines: resp.lines[:0], hop: resp.hop[:0], length: -1}
 	// What passes on must read the same to the client as to the proxy:
 	// CRLF line ends, no control characters, token names, one framing.
 	if !cleanHead(resp.head) {
