@@ -138,8 +138,8 @@ func start(env daemon.Env, srv *grpc.Server, cfg *config, jobs httpproxy.JobRunn
 
 	t := httpproxy.Timeouts{ReadHeader: cfg.ReadHeaderTimeout, Idle: cfg.IdleTimeout}
 	plain := px.NewFront(cm.HTTPHandler(px.Handler(false)), nil, t, env.Log)
-	plain.Loops = cfg.EventLoops
 	secure := px.NewFront(px.Handler(true), cm.TLSConfig(), t, env.Log)
+	plain.Loops, secure.Loops = cfg.EventLoops, cfg.EventLoops
 	proxyv1.RegisterProxyServiceServer(srv, server.New(env, store, time.Now, env.Log))
 	env.Log.Info("proxy listening", zap.String("http", httpLn.Addr().String()), zap.String("https", httpsLn.Addr().String()),
 		zap.String("lb", policy.String()), zap.Bool("acme", cfg.ACMECA != ""), zap.Int("event_loops", cfg.EventLoops))

@@ -58,7 +58,7 @@ func (c *config) register(fs *flag.FlagSet) {
 	fs.BoolVar(&c.TrustForwarded, "trust-forwarded", false, "append to clients' X-Forwarded-For/Forwarded instead of replacing them")
 	fs.Int64Var(&c.JobOutputLimit, "job-output-limit", 8<<20, "bytes of a job run's output returned to the client")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 15*time.Second, "how long in-flight requests may finish at shutdown")
-	fs.IntVar(&c.EventLoops, "event-loops", runtime.GOMAXPROCS(0), "event loops serving the HTTP listener's plain HTTP/1.1 requests (0 = a goroutine per connection)")
+	fs.IntVar(&c.EventLoops, "event-loops", runtime.GOMAXPROCS(0), "event loops serving HTTP/1.1 on both listeners (0 = a goroutine per connection)")
 }
 
 // validate names every bad setting.

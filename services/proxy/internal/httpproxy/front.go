@@ -51,7 +51,8 @@ type Front struct {
 	// before Serve.
 	Loops      int
 	loops      []*eventLoop
-	lnDup      *os.File      // the event loops' acceptor's listening socket
+	lnDup      *os.File // the event loops' acceptor's listening socket
+	loopTurn   atomic.Uint32
 	acceptDone chan struct{} // closed when the event loops' acceptor stopped
 	force      atomic.Bool   // Shutdown ran out of time
 
@@ -105,8 +106,16 @@ func (f *Front) Serve(ln net.Listener) error {
 			f.log.Error("serving handed-off connections failed", zap.Error(err))
 		}
 	}()
-	if tl, ok := ln.(*net.TCPListener); ok && f.Loops > 0 && f.tlsConf == nil {
-		return f.serveLoops(tl)
+	if tl, ok := ln.(*net.TCPListener); ok && f.Loops > 0 {
+		if f.tlsConf == nil {
+			return f.serveLoops(tl)
+		}
+		// TLS: handshakes in goroutines, then HTTP/1.1 on the loops.
+		loops, err := f.startLoops()
+		if err != nil {
+			return err
+		}
+		defer f.acceptorDone(loops)
 	}
 	var delay time.Duration
 	for {
@@ -263,7 +272,8 @@ func (fc *frontConn) serve() {
 		fc.remote = host
 	}
 	if fc.f.tlsConf != nil {
-		tc := tls.Server(fc.c, fc.f.tlsConf)
+		mc := &memConn{conn: fc.c}
+		tc := tls.Server(mc, fc.f.tlsConf)
 		if fc.f.t.ReadHeader > 0 {
 			tc.SetDeadline(time.Now().Add(fc.f.t.ReadHeader)) //nolint:errcheck // a failed handshake reports it
 		}
@@ -279,6 +289,11 @@ func (fc *frontConn) serve() {
 			handedOff = fc.f.handoff.give(tc)
 			return
 		case "", "http/1.1":
+			if fc.f.toLoop(tc, mc) {
+				fc.c = nil
+				handedOff = true
+				return
+			}
 		default: // acme-tls/1: the handshake was the answer
 			return
 		}

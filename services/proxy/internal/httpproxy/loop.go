@@ -3,8 +3,10 @@ package httpproxy
 import (
 	"bufio"
 	"bytes"
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -59,6 +61,7 @@ type eventLoop struct {
 
 	mu      sync.Mutex
 	pending []accepted // connections the acceptor gave this loop
+	stopped bool
 
 	socks   []sockRef // by file descriptor
 	nextID  int32
@@ -70,9 +73,13 @@ type eventLoop struct {
 	events  []unix.EpollEvent
 }
 
+// accepted is a connection for a loop: a plain one as accepted, or a TLS
+// one after its handshake.
 type accepted struct {
 	fd   int
 	addr netip.AddrPort
+	tls  *tls.Conn
+	mc   *memConn
 }
 
 // sockRef is what a descriptor in the epoll set is; id tells a socket from
@@ -104,6 +111,43 @@ func newEventLoop(f *Front) (*eventLoop, error) {
 		addrs: map[string]unix.Sockaddr{}, events: make([]unix.EpollEvent, 256)}, nil
 }
 
+// startLoops starts f.Loops event loops.
+func (f *Front) startLoops() ([]*eventLoop, error) {
+	loops := make([]*eventLoop, 0, f.Loops)
+	for range f.Loops {
+		l, err := newEventLoop(f)
+		if err != nil {
+			for _, l := range loops {
+				l.closeFDs()
+			}
+			return nil, fmt.Errorf("start event loop: %w", err)
+		}
+		loops = append(loops, l)
+	}
+	f.mu.Lock()
+	f.loops = loops
+	f.mu.Unlock()
+	for _, l := range loops {
+		f.wg.Add(1)
+		go l.run()
+	}
+	return loops, nil
+}
+
+// acceptorDone tells the loops that no more connections come from the
+// listener (those of TLS handshakes still running are refused).
+func (f *Front) acceptorDone(loops []*eventLoop) {
+	close(f.acceptDone)
+	for _, l := range loops {
+		l.wake()
+	}
+}
+
+// nextLoop picks the loop for a new connection, in turn.
+func (f *Front) nextLoop() *eventLoop {
+	return f.loops[f.loopTurn.Add(1)%uint32(len(f.loops))]
+}
+
 // serveLoops accepts connections on ln and gives them to f.Loops event
 // loops in turn, until ln is closed.
 func (f *Front) serveLoops(ln *net.TCPListener) error {
@@ -129,31 +173,11 @@ func (f *Front) serveLoops(ln *net.TCPListener) error {
 	if err != nil {
 		return err
 	}
-	loops := make([]*eventLoop, 0, f.Loops)
-	for range f.Loops {
-		l, err := newEventLoop(f)
-		if err != nil {
-			for _, l := range loops {
-				l.closeFDs()
-			}
-			return fmt.Errorf("start event loop: %w", err)
-		}
-		loops = append(loops, l)
+	loops, err := f.startLoops()
+	if err != nil {
+		return err
 	}
-	f.mu.Lock()
-	f.loops = loops
-	f.mu.Unlock()
-	for _, l := range loops {
-		f.wg.Add(1)
-		go l.run()
-	}
-	defer func() {
-		close(f.acceptDone)
-		for _, l := range loops {
-			l.wake()
-		}
-	}()
-	var next int
+	defer f.acceptorDone(loops)
 	var delay time.Duration
 	for {
 		var fd int
@@ -193,8 +217,9 @@ func (f *Front) serveLoops(ln *net.TCPListener) error {
 		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1)    //nolint:errcheck // best effort
 		unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, 15)  //nolint:errcheck // best effort
 		unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, 15) //nolint:errcheck // best effort
-		loops[next].add(accepted{fd: fd, addr: addrPort(sa)})
-		next = (next + 1) % len(loops)
+		if !f.nextLoop().add(accepted{fd: fd, addr: addrPort(sa)}) {
+			unix.Close(fd)
+		}
 	}
 }
 
@@ -208,11 +233,17 @@ func addrPort(sa unix.Sockaddr) netip.AddrPort {
 	return netip.AddrPort{}
 }
 
-func (l *eventLoop) add(a accepted) {
+// add gives the loop a connection; false when the loop has stopped.
+func (l *eventLoop) add(a accepted) bool {
 	l.mu.Lock()
+	if l.stopped {
+		l.mu.Unlock()
+		return false
+	}
 	l.pending = append(l.pending, a)
 	l.mu.Unlock()
 	l.wake()
+	return true
 }
 
 // wake interrupts the loop's wait.
@@ -270,6 +301,7 @@ func (l *eventLoop) run() {
 			if l.clients == 0 && l.acceptorDone() {
 				l.mu.Lock()
 				more := len(l.pending) > 0
+				l.stopped = !more
 				l.mu.Unlock()
 				if !more {
 					return
@@ -295,7 +327,11 @@ func (l *eventLoop) accept() {
 	l.pending = nil
 	l.mu.Unlock()
 	for _, a := range pending {
-		c := &lconn{l: l, fd: a.fd, addr: a.addr, remote: a.addr.Addr().String(), in: make([]byte, 0, loopClientBuf)}
+		c := &lconn{l: l, fd: a.fd, addr: a.addr, remote: a.addr.Addr().String(), in: make([]byte, 0, loopClientBuf),
+			tls: a.tls, mc: a.mc}
+		if c.tls != nil {
+			c.readable, c.rawReadable = true, true // the handshake may have read the first request
+		}
 		if err := l.register(a.fd, c, nil); err != nil {
 			l.f.log.Warn("event loop cannot take a connection", zap.Error(err))
 			unix.Close(a.fd)
@@ -436,7 +472,12 @@ type lconn struct {
 	out outBuf // to write to the client
 	off int    // out[:off] is written
 
-	readable, writable bool
+	// TLS: the session, over mc, whose buffers the loop fills and drains.
+	tls *tls.Conn
+	mc  *memConn
+
+	readable, writable bool // for TLS, readable: the session may have more to read
+	rawReadable        bool // TLS: the socket may have bytes
 	hup                bool // the client shut its side
 	closing            bool // close once out is written
 	closed             bool
@@ -459,7 +500,7 @@ func (c *lconn) remoteAddr() net.Addr { return net.TCPAddrFromAddrPort(c.addr) }
 
 func (c *lconn) event(ev uint32) {
 	if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
-		c.readable = true
+		c.readable, c.rawReadable = true, true
 	}
 	if ev&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 		c.writable = true
@@ -478,7 +519,7 @@ func (c *lconn) event(ev uint32) {
 // starts requests until it must wait.
 func (c *lconn) run() {
 	for !c.closed {
-		if c.off < len(c.out) && !c.flush() {
+		if c.pendingOutput() && !c.flush() {
 			return
 		}
 		if c.closing {
@@ -494,11 +535,22 @@ func (c *lconn) run() {
 // flush writes pending output; false when it must wait (or the
 // connection closed).
 func (c *lconn) flush() bool {
-	for c.off < len(c.out) {
+	out, off := &c.out, &c.off
+	if c.tls != nil {
+		if len(c.out) > 0 {
+			if _, err := c.tls.Write(c.out); err != nil { // encrypts into c.mc.out
+				c.close()
+				return false
+			}
+			c.out = trimBuf(c.out)
+		}
+		out, off = &c.mc.out, &c.mc.off
+	}
+	for *off < len(*out) {
 		if !c.writable {
 			return false
 		}
-		n, err := sysWrite(c.fd, c.out[c.off:])
+		n, err := sysWrite(c.fd, (*out)[*off:])
 		if errors.Is(err, unix.EAGAIN) {
 			c.writable = false
 			return false
@@ -507,15 +559,24 @@ func (c *lconn) flush() bool {
 			c.close()
 			return false
 		}
-		c.off += n
+		*off += n
 	}
-	c.off = 0
-	if cap(c.out) > 2*loopBackendBuf {
-		c.out = nil // a large answer's buffer is not kept for the connection's life
-	} else {
-		c.out = c.out[:0]
-	}
+	*off = 0
+	*out = trimBuf(*out)
 	return true
+}
+
+func (c *lconn) pendingOutput() bool {
+	return c.off < len(c.out) || c.tls != nil && (len(c.out) > 0 || c.mc.off < len(c.mc.out))
+}
+
+// trimBuf empties b, dropping a large answer's buffer rather than keeping
+// it for the connection's life.
+func trimBuf(b outBuf) outBuf {
+	if cap(b) > 2*loopBackendBuf {
+		return nil
+	}
+	return b[:0]
 }
 
 // next reads until a request head is complete and starts the request;
@@ -582,6 +643,9 @@ func (c *lconn) read() bool {
 		c.in = append(c.in, make([]byte, cap(c.in))...)[:len(c.in)]
 	}
 	free := c.in[len(c.in):cap(c.in)]
+	if c.tls != nil {
+		return c.readTLS(free)
+	}
 	n, err := sysRead(c.fd, free)
 	switch {
 	case errors.Is(err, unix.EAGAIN):
@@ -605,6 +669,53 @@ func (c *lconn) read() bool {
 	return true
 }
 
+// readTLS decrypts what the session has into free, reading the socket
+// when it needs more; false when the connection ended.
+func (c *lconn) readTLS(free []byte) bool {
+	n, err := c.tls.Read(free)
+	c.in = c.in[:len(c.in)+n]
+	var wb *wouldBlock
+	switch {
+	case err == nil:
+		return true
+	case errors.As(err, &wb):
+	case n > 0: // the data, then the end
+		c.mc.eof = true
+		return true
+	default:
+		c.close()
+		return false
+	}
+	if !c.rawReadable {
+		c.readable = false
+		return true
+	}
+	m := c.mc
+	if m.roff == len(m.in) {
+		m.in, m.roff = m.in[:0], 0
+	}
+	if len(m.in) == cap(m.in) {
+		m.in = append(m.in, make([]byte, max(cap(m.in), loopClientBuf))...)[:len(m.in)]
+	}
+	raw := m.in[len(m.in):cap(m.in)]
+	k, err := sysRead(c.fd, raw)
+	switch {
+	case errors.Is(err, unix.EAGAIN):
+		c.rawReadable, c.readable = false, false
+	case err != nil:
+		c.close()
+		return false
+	case k == 0:
+		m.eof = true // the session reports the end
+	default:
+		m.in = m.in[:len(m.in)+k]
+		if k < len(raw) && !c.hup {
+			c.rawReadable = false
+		}
+	}
+	return true
+}
+
 // request starts the request whose head is c.in[c.r:c.r+n].
 func (c *lconn) request(n int) bool {
 	c.deadline, c.headerWait = time.Time{}, false
@@ -613,7 +724,7 @@ func (c *lconn) request(n int) bool {
 		return false
 	}
 	p := c.l.p
-	e := p.routeFast(&c.req, false)
+	e := p.routeFast(&c.req, c.tls != nil)
 	if e == nil {
 		c.handOff()
 		return false
@@ -649,7 +760,7 @@ func (c *lconn) send(fresh bool) {
 		}
 	}
 	b.owner, c.bc = c, b
-	l.p.writeRequest(&b.out, &c.req, c.in[c.r:c.r+c.headLen], c.remote, false)
+	l.p.writeRequest(&b.out, &c.req, c.in[c.r:c.r+c.headLen], c.remote, c.tls != nil)
 	if !b.connecting {
 		b.flush()
 	}
@@ -747,6 +858,9 @@ func (c *lconn) handOff() {
 		return
 	}
 	pc := &prefixConn{Conn: conn, prefix: prefix}
+	if c.tls != nil {
+		pc.Conn, pc.tls = c.session(conn)
+	}
 	go func() {
 		if !c.l.f.handoff.give(pc) {
 			pc.Close()
@@ -856,6 +970,10 @@ func (c *lconn) demote(b *bconn, bodyStart int) {
 		return
 	}
 	fc := &frontConn{f: l.f, c: &prefixConn{Conn: cc, prefix: clientRest}, remote: c.remote, head: head}
+	if c.tls != nil {
+		sess, st := c.session(cc)
+		fc.c, fc.tls = &prefixConn{Conn: sess, prefix: clientRest, tls: st}, st
+	}
 	fc.req.parse(fc.head)
 	fc.resp.head = respHead
 	if err := fc.resp.parse(); err != nil { // parsed already: cannot fail
@@ -865,6 +983,127 @@ func (c *lconn) demote(b *bconn, bodyStart int) {
 	pc.br = bufio.NewReaderSize(pc.c, 16<<10)
 	pc.bw = bufio.NewWriterSize(pc.c, 16<<10)
 	l.f.adopt(fc, pc, addr, c.e, c.be, c.start)
+}
+
+// session returns the TLS session of a connection leaving the loop, now
+// over conn, and its state.
+func (c *lconn) session(conn net.Conn) (net.Conn, *tls.ConnectionState) {
+	c.mc.conn = conn
+	st := c.tls.ConnectionState()
+	return c.tls, &st
+}
+
+// memConn is what a TLS session on an event loop reads from and writes
+// to: buffers the loop fills from the socket and drains to it. Reading
+// with nothing buffered fails with wouldBlock, which crypto/tls takes as
+// temporary (it keeps a partial record for the next read). Before the
+// handshake, and after the connection leaves the loop, it is conn.
+type memConn struct {
+	conn  net.Conn
+	in    []byte // raw bytes from the socket; in[roff:] not yet read
+	roff  int
+	eof   bool
+	out   outBuf // raw bytes for the socket; out[off:] not yet written
+	off   int
+	laddr net.Addr
+	raddr net.Addr
+}
+
+// wouldBlock is a read of a memConn with nothing buffered.
+type wouldBlock struct{}
+
+func (*wouldBlock) Error() string   { return "no data buffered" }
+func (*wouldBlock) Timeout() bool   { return false }
+func (*wouldBlock) Temporary() bool { return true }
+
+func (m *memConn) Read(p []byte) (int, error) {
+	if m.roff < len(m.in) {
+		n := copy(p, m.in[m.roff:])
+		m.roff += n
+		return n, nil
+	}
+	if m.conn != nil {
+		return m.conn.Read(p)
+	}
+	if m.eof {
+		return 0, io.EOF
+	}
+	return 0, &wouldBlock{}
+}
+
+func (m *memConn) Write(p []byte) (int, error) {
+	if m.conn != nil {
+		return m.conn.Write(p)
+	}
+	m.out = append(m.out, p...)
+	return len(p), nil
+}
+
+func (m *memConn) Close() error {
+	if m.conn != nil {
+		return m.conn.Close()
+	}
+	return nil
+}
+
+func (m *memConn) LocalAddr() net.Addr {
+	if m.conn != nil {
+		return m.conn.LocalAddr()
+	}
+	return m.laddr
+}
+
+func (m *memConn) RemoteAddr() net.Addr {
+	if m.conn != nil {
+		return m.conn.RemoteAddr()
+	}
+	return m.raddr
+}
+
+func (m *memConn) SetDeadline(t time.Time) error {
+	if m.conn != nil {
+		return m.conn.SetDeadline(t)
+	}
+	return nil
+}
+
+func (m *memConn) SetReadDeadline(t time.Time) error {
+	if m.conn != nil {
+		return m.conn.SetReadDeadline(t)
+	}
+	return nil
+}
+
+func (m *memConn) SetWriteDeadline(t time.Time) error {
+	if m.conn != nil {
+		return m.conn.SetWriteDeadline(t)
+	}
+	return nil
+}
+
+// toLoop moves a TLS connection whose handshake is done from its goroutine
+// to an event loop; false when it cannot (the goroutine keeps it).
+func (f *Front) toLoop(tc *tls.Conn, mc *memConn) bool {
+	raw, ok := mc.conn.(*net.TCPConn)
+	if !ok || len(f.loops) == 0 {
+		return false
+	}
+	ap := raw.RemoteAddr().(*net.TCPAddr).AddrPort()
+	rc, err := raw.SyscallConn()
+	if err != nil {
+		return false
+	}
+	fd, derr := -1, error(nil)
+	if err := rc.Control(func(s uintptr) { fd, derr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) }); err != nil || derr != nil {
+		return false
+	}
+	mc.laddr, mc.raddr = raw.LocalAddr(), raw.RemoteAddr()
+	mc.conn = nil
+	raw.Close() // the duplicate stays open
+	if !f.nextLoop().add(accepted{fd: fd, addr: ap, tls: tc, mc: mc}) {
+		unix.Close(fd)
+	}
+	return true
 }
 
 // --- replica connections ---

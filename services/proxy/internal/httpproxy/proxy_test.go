@@ -74,8 +74,8 @@ func newHarness(t *testing.T, mod func(*Config)) *harness {
 	tc := &tls.Config{Certificates: []tls.Certificate{*cert}, NextProtos: []string{"h2", "http/1.1"}}
 	to := Timeouts{ReadHeader: 5 * time.Second, Idle: time.Minute}
 	ps := px.NewFront(px.Handler(false), nil, to, log)
-	ps.Loops = 2 // as the daemon does on two CPUs; the TLS listener runs a goroutine per connection
 	ss := px.NewFront(px.Handler(true), tc, to, log)
+	ps.Loops, ss.Loops = 2, 2 // as the daemon does on two CPUs
 	go ps.Serve(pl) //nolint:errcheck // ends with Shutdown
 	go ss.Serve(sl) //nolint:errcheck // ends with Shutdown
 	t.Cleanup(func() {
