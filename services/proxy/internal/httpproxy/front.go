@@ -962,7 +962,7 @@ func (p *Proxy) forward(fc *frontConn, pc *h1Conn, addr string) exchangeResult {
 	bodiless, closeDelimited := resp.framing(&fc.req)
 	res := exchangeResult{status: resp.status}
 	w := fc.bw
-	resp.writeHead(w, closeDelimited || fc.req.close)
+	resp.writeHead(w, closeDelimited || fc.req.close || fc.f.shutdown.Load())
 	var err error
 	switch {
 	case bodiless:

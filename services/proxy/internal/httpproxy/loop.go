@@ -914,7 +914,7 @@ func (c *lconn) answer(b *bconn) bool {
 			b.want = b.r + end + length
 			return false
 		}
-		c.resp.writeHead(&c.out, c.req.close)
+		c.resp.writeHead(&c.out, c.req.close || c.l.f.shutdown.Load())
 		c.out = append(c.out, buf[end:end+length]...)
 		reusable := !c.resp.close && len(buf) == end+length && !b.hup
 		c.l.release(b, reusable)

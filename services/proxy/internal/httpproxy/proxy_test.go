@@ -30,6 +30,10 @@ import (
 	"zlayer.dev/services/proxy/internal/routes"
 )
 
+// harnessLoops is the event loops of each of the harness's listeners: 2,
+// as the daemon has on two CPUs, or 0 for TestGoroutinePath.
+var harnessLoops = 2
+
 // harness is a proxy with its two listeners on 127.0.0.1.
 type harness struct {
 	px       *Proxy
@@ -75,7 +79,7 @@ func newHarness(t *testing.T, mod func(*Config)) *harness {
 	to := Timeouts{ReadHeader: 5 * time.Second, Idle: time.Minute}
 	ps := px.NewFront(px.Handler(false), nil, to, log)
 	ss := px.NewFront(px.Handler(true), tc, to, log)
-	ps.Loops, ss.Loops = 2, 2 // as the daemon does on two CPUs
+	ps.Loops, ss.Loops = harnessLoops, harnessLoops
 	go ps.Serve(pl)           //nolint:errcheck // ends with Shutdown
 	go ss.Serve(sl)           //nolint:errcheck // ends with Shutdown
 	t.Cleanup(func() {
