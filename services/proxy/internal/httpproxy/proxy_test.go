@@ -80,8 +80,8 @@ func newHarness(t *testing.T, mod func(*Config)) *harness {
 	ps := px.NewFront(px.Handler(false), nil, to, log)
 	ss := px.NewFront(px.Handler(true), tc, to, log)
 	ps.Loops, ss.Loops = harnessLoops, harnessLoops
-	go ps.Serve(pl)           //nolint:errcheck // ends with Shutdown
-	go ss.Serve(sl)           //nolint:errcheck // ends with Shutdown
+	go ps.Serve(pl) //nolint:errcheck // ends with Shutdown
+	go ss.Serve(sl) //nolint:errcheck // ends with Shutdown
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
