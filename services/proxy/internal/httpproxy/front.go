@@ -169,8 +169,8 @@ func (f *Front) Shutdown(ctx context.Context) error {
 	select {
 	case <-done:
 	case <-ctx.Done():
-		f.force.Store(true)
 		f.mu.Lock()
+		f.force.Store(true)
 		for _, l := range f.loops {
 			l.wake()
 		}
@@ -212,6 +212,14 @@ func (f *Front) untrack(fc *frontConn) {
 // requests from a goroutine.
 func (f *Front) adopt(fc *frontConn, pc *h1Conn, addr string, e *routes.Entry, be *balance.Backend, start time.Time) {
 	f.mu.Lock()
+	if f.force.Load() { // Shutdown ran out of time and closed the rest
+		f.mu.Unlock()
+		fc.c.Close()
+		pc.c.Close()
+		be.Release()
+		f.p.record(&fc.req, e, exchangeResult{status: statusClientGone, backend: be}, start, fc.c.RemoteAddr)
+		return
+	}
 	f.conns[fc] = struct{}{} // even after Shutdown began: the answer is owed
 	f.wg.Add(1)
 	f.mu.Unlock()

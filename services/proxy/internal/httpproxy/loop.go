@@ -125,8 +125,14 @@ func (f *Front) startLoops() ([]*eventLoop, error) {
 		loops = append(loops, l)
 	}
 	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.shutdown.Load() { // Shutdown, which reads f.loops under f.mu, came first
+		for _, l := range loops {
+			l.closeFDs()
+		}
+		return nil, http.ErrServerClosed
+	}
 	f.loops = loops
-	f.mu.Unlock()
 	for _, l := range loops {
 		f.wg.Add(1)
 		go l.run()
@@ -248,7 +254,9 @@ func (l *eventLoop) add(a accepted) bool {
 
 // wake interrupts the loop's wait.
 func (l *eventLoop) wake() {
-	if l.woken.Swap(true) {
+	l.mu.Lock() // not after closeFDs: the descriptor's number may be another file's by then
+	defer l.mu.Unlock()
+	if l.stopped || l.woken.Swap(true) {
 		return
 	}
 	one := [8]byte{1}
@@ -274,9 +282,11 @@ func (l *eventLoop) run() {
 			ev := l.events[i]
 			fd := int(ev.Fd)
 			if fd == l.wakefd {
-				l.woken.Store(false)
+				// Reset the counter, then the flag: a wake between the two
+				// finds the flag still set and its connection is taken below.
 				var b [8]byte
 				unix.Read(l.wakefd, b[:]) //nolint:errcheck // resets the counter
+				l.woken.Store(false)
 				l.accept()
 				continue
 			}
@@ -356,7 +366,8 @@ func (l *eventLoop) register(fd int, c *lconn, b *bconn) error {
 	return nil
 }
 
-// detach takes fd out of the loop and returns it as a net.Conn.
+// detach takes fd out of the loop and returns it as a net.Conn; fd is
+// closed either way.
 func (l *eventLoop) detach(fd int) (net.Conn, error) {
 	unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, fd, nil) //nolint:errcheck // the descriptor is closed below
 	l.socks[fd] = sockRef{}
@@ -381,10 +392,12 @@ func (l *eventLoop) sweep() {
 		case c.busy && b != nil && b.connecting && !b.deadline.IsZero() && l.now.After(b.deadline):
 			c.backendLost(b, failDial, &net.OpError{Op: "dial", Net: "tcp", Addr: tcpAddr(b.addr), Err: errTimeout})
 			c.run()
-		case c.busy && b != nil && b.awaiting && !b.deadline.IsZero() && l.now.After(b.deadline):
+		// The response timeout and the watch for a client that left cover
+		// the wait for the answer's head, not its body (as on a goroutine).
+		case c.busy && b != nil && b.awaiting && !b.headDone && !b.deadline.IsZero() && l.now.After(b.deadline):
 			c.backendLost(b, failTimeout, errTimeout)
 			c.run()
-		case c.busy && b != nil && b.awaiting && c.hup && l.now.Sub(b.sent) >= slow:
+		case c.busy && b != nil && b.awaiting && !b.headDone && c.hup && l.now.Sub(b.sent) >= slow && c.gone():
 			c.abort()
 		case !c.busy && len(c.out) == 0 && !c.deadline.IsZero() && l.now.After(c.deadline):
 			c.close()
@@ -449,11 +462,12 @@ func (l *eventLoop) closeFDs() {
 	}
 	l.idle = map[string][]*bconn{}
 	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.stopped = true
 	for _, a := range l.pending {
 		unix.Close(a.fd)
 	}
 	l.pending = nil
-	l.mu.Unlock()
 	unix.Close(l.epfd)
 	unix.Close(l.wakefd)
 }
@@ -587,6 +601,10 @@ func (c *lconn) next() bool {
 		n, blank := headEnd(buf)
 		if blank { // a leading blank line: net/http's to judge
 			c.handOff()
+			return false
+		}
+		if n > maxHead {
+			c.handOff() // net/http answers 431
 			return false
 		}
 		if n > 0 {
@@ -826,6 +844,17 @@ func (c *lconn) backendLost(b *bconn, fail backendFailure, err error) {
 	c.failed(fail, err)
 }
 
+// gone reports whether a client that shut its side has nothing more to
+// say (a request pipelined before the close is not a departure).
+func (c *lconn) gone() bool {
+	if len(c.in) > c.r+c.headLen || c.tls != nil && c.mc.roff < len(c.mc.in) {
+		return false // read already
+	}
+	var b [1]byte
+	n, _, err := unix.Recvfrom(c.fd, b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+	return n == 0 && err == nil || err != nil && !errors.Is(err, unix.EAGAIN)
+}
+
 // abort ends the request of a client that left.
 func (c *lconn) abort() {
 	if c.bc != nil {
@@ -851,10 +880,9 @@ func (c *lconn) handOff() {
 	prefix := bytes.Clone(c.in[c.r:])
 	c.closed = true
 	c.l.clients--
-	conn, err := c.l.detach(c.fd)
+	conn, err := c.l.detach(c.fd) // closes c.fd, also on failure
 	if err != nil {
 		c.l.f.log.Warn("cannot hand a connection to net/http", zap.Error(err))
-		unix.Close(c.fd)
 		return
 	}
 	pc := &prefixConn{Conn: conn, prefix: prefix}
@@ -912,6 +940,7 @@ func (c *lconn) answer(b *bconn) bool {
 		}
 		if len(buf) < end+length {
 			b.want = b.r + end + length
+			b.headDone, b.deadline = true, time.Time{}
 			return false
 		}
 		c.resp.writeHead(&c.out, c.req.close || c.l.f.shutdown.Load())
@@ -958,12 +987,6 @@ func (c *lconn) demote(b *bconn, bodyStart int) {
 			if conn != nil {
 				conn.Close()
 			}
-		}
-		if cerr != nil {
-			unix.Close(c.fd)
-		}
-		if berr != nil {
-			unix.Close(b.fd)
 		}
 		l.f.log.Warn("cannot move a connection off the event loop", zap.Error(errors.Join(cerr, berr)))
 		c.finish(exchangeResult{status: statusClientGone})
@@ -1131,6 +1154,7 @@ type bconn struct {
 	r        int
 	want     int  // bytes the answer needs in in
 	informed bool // a 1xx answer came first
+	headDone bool // the final answer's head came; its body is awaited
 }
 
 func (b *bconn) event(ev uint32) {
@@ -1225,11 +1249,19 @@ func (b *bconn) receive() {
 			b.readable = false
 			return
 		case err != nil || n == 0:
-			if err == nil {
+			eof := err == nil
+			if eof {
 				err = errors.New("replica closed the connection before its answer ended")
 			}
+			// As on a goroutine: a connection that ends or resets before any
+			// of the answer, or a pooled one that fails in the first head, was
+			// stale (a pooled one is tried again on a fresh connection).
+			stale := b.reused && !b.informed && !b.headDone
 			if len(b.in) == 0 && !b.informed {
-				c.backendLost(b, failStale, err) // nothing of the answer came: a stale pooled connection
+				stale = eof || isReset(err)
+			}
+			if stale {
+				c.backendLost(b, failStale, err)
 			} else {
 				c.backendLost(b, failOther, err)
 			}
@@ -1266,7 +1298,7 @@ func (l *eventLoop) getIdle(addr string) *bconn {
 // release ends b's request: back to the pool or closed.
 func (l *eventLoop) release(b *bconn, reusable bool) {
 	b.owner = nil
-	b.awaiting, b.informed = false, false
+	b.awaiting, b.informed, b.headDone = false, false, false
 	b.in, b.r, b.want = b.in[:0], 0, 0
 	b.deadline = time.Time{}
 	if cap(b.in) > loopBackendBuf {

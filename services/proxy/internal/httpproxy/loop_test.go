@@ -199,3 +199,53 @@ func TestLoopRequestHeadInPieces(t *testing.T) {
 		}
 	}
 }
+
+// TestLoopSlowBodyAndHalfClose: the response timeout bounds the wait for
+// an answer's head, not a body that trickles in after it; a client that
+// pipelines two requests and then shuts its sending side gets both
+// answers, however slow the first (it did not leave).
+func TestLoopSlowBodyAndHalfClose(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.ResponseTimeout = 1500 * time.Millisecond })
+	addr := tcpBackend(t, func(c net.Conn, br *bufio.Reader) {
+		for {
+			first, _, err := readHeadLines(br)
+			if err != nil {
+				return
+			}
+			switch strings.Fields(first)[1] {
+			case "/trickle":
+				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nfirst") //nolint:errcheck // test
+				time.Sleep(1800 * time.Millisecond)                                     // past the response timeout
+				io.WriteString(c, "later")                                              //nolint:errcheck // test
+			case "/thinks":
+				time.Sleep(1200 * time.Millisecond)                                     // past slowAnswer: the client is watched
+				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nthinks") //nolint:errcheck // test
+			default:
+				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nfast") //nolint:errcheck // test
+			}
+		}
+	})
+	h.set(t, rawRoute(routes.Backend{ReplicaID: "r", Addr: addr, Healthy: true, Ready: true}))
+	for _, tlsOn := range []bool{false, true} {
+		addr := h.plain
+		if tlsOn {
+			addr = h.secure
+		}
+		c, br := dialRaw(t, addr, tlsOn)
+		io.WriteString(c, "GET /trickle HTTP/1.1\r\nHost: x\r\n\r\n") //nolint:errcheck // read below
+		if resp, body := readResp(t, br, "GET"); resp.StatusCode != 200 || body != "firstlater" {
+			t.Errorf("tls=%v: slow body: %d %q, want 200 firstlater", tlsOn, resp.StatusCode, body)
+		}
+	}
+	// Half-close (plain only: TLS has no half-close short of close_notify).
+	c, br := dialRaw(t, h.plain, false)
+	io.WriteString(c, "GET /thinks HTTP/1.1\r\nHost: x\r\n\r\nGET /fast HTTP/1.1\r\nHost: x\r\n\r\n") //nolint:errcheck // read below
+	if err := c.(*net.TCPConn).CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"thinks", "fast"} {
+		if resp, body := readResp(t, br, "GET"); resp.StatusCode != 200 || body != want {
+			t.Errorf("after a half-close: %d %q, want 200 %q", resp.StatusCode, body, want)
+		}
+	}
+}
