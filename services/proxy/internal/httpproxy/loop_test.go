@@ -31,6 +31,7 @@ func TestGoroutinePath(t *testing.T) {
 		"ForwardingHeaders":                TestForwardingHeaders,
 		"ReplicaClosingIdleConnections":    TestReplicaClosingIdleConnections,
 		"AnswerSizes":                      TestLoopAnswerSizes,
+		"SlowBodyAndHalfClose":             TestLoopSlowBodyAndHalfClose,
 	} {
 		t.Run(name, test)
 	}
