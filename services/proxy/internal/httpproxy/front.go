@@ -209,12 +209,14 @@ func (f *Front) untrack(fc *frontConn) {
 // adopt serves a connection an event loop gave up in the middle of a
 // request to e's replica be: it streams the answer, whose head is in
 // fc.resp and whose body comes from pc, then serves the connection's next
-// requests from a goroutine.
-func (f *Front) adopt(fc *frontConn, pc *h1Conn, addr string, e *routes.Entry, be *balance.Backend, start time.Time) {
+// requests from a goroutine. raw is the client's socket (under fc.c's TLS
+// session, if any), closed at once if Shutdown was forced.
+func (f *Front) adopt(fc *frontConn, pc *h1Conn, addr string, e *routes.Entry, be *balance.Backend, start time.Time, raw net.Conn) {
 	f.mu.Lock()
 	if f.force.Load() { // Shutdown ran out of time and closed the rest
 		f.mu.Unlock()
-		fc.c.Close()
+		raw.Close() // not a TLS session's Close, which would try to say goodbye
+
 		pc.c.Close()
 		be.Release()
 		f.p.record(&fc.req, e, exchangeResult{status: statusClientGone, backend: be}, start, fc.c.RemoteAddr)
@@ -289,7 +291,10 @@ func (fc *frontConn) serve() {
 			return
 		}
 		tc.SetDeadline(time.Time{}) //nolint:errcheck // best effort
+		f := fc.f
+		f.mu.Lock() // a forced Shutdown closes fc.c
 		fc.c = tc
+		f.mu.Unlock()
 		st := tc.ConnectionState()
 		fc.tls = &st
 		switch st.NegotiatedProtocol {
@@ -297,8 +302,7 @@ func (fc *frontConn) serve() {
 			handedOff = fc.f.handoff.give(tc)
 			return
 		case "", "http/1.1":
-			if fc.f.toLoop(tc, mc) {
-				fc.c = nil
+			if fc.f.toLoop(fc, tc, mc) {
 				handedOff = true
 				return
 			}

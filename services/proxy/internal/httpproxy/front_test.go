@@ -362,17 +362,23 @@ func TestFastPathSlowAnswers(t *testing.T) {
 		}
 	}
 
-	c, _ = dialRaw(t, h.plain, false)
-	io.WriteString(c, "GET /forever HTTP/1.1\r\nHost: x\r\n\r\n") //nolint:errcheck // no answer expected
-	time.Sleep(1200 * time.Millisecond)                           // past slowAnswer: the watch is on
-	c.Close()
-	select {
-	case path := <-dropped:
-		if path != "/forever" {
-			t.Errorf("dropped %s, want /forever", path)
+	for _, tlsOn := range []bool{false, true} { // over TLS, leaving is close_notify, then FIN
+		addr := h.plain
+		if tlsOn {
+			addr = h.secure
 		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("the replica connection of a client that left was kept")
+		c, _ = dialRaw(t, addr, tlsOn)
+		io.WriteString(c, "GET /forever HTTP/1.1\r\nHost: x\r\n\r\n") //nolint:errcheck // no answer expected
+		time.Sleep(1200 * time.Millisecond)                           // past slowAnswer: the watch is on
+		c.Close()
+		select {
+		case path := <-dropped:
+			if path != "/forever" {
+				t.Errorf("tls=%v: dropped %s, want /forever", tlsOn, path)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatalf("tls=%v: the replica connection of a client that left was kept", tlsOn)
+		}
 	}
 }
 

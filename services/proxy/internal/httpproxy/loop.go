@@ -399,7 +399,7 @@ func (l *eventLoop) sweep() {
 			c.run()
 		case c.busy && b != nil && b.awaiting && !b.headDone && c.hup && l.now.Sub(b.sent) >= slow && c.gone():
 			c.abort()
-		case !c.busy && len(c.out) == 0 && !c.deadline.IsZero() && l.now.After(c.deadline):
+		case !c.busy && !c.pendingOutput() && !c.deadline.IsZero() && l.now.After(c.deadline):
 			c.close()
 		}
 	}
@@ -435,7 +435,7 @@ func tcpAddr(addr string) net.Addr {
 // closeIdleClients closes, on shutdown, connections waiting for a request.
 func (l *eventLoop) closeIdleClients() {
 	for _, s := range l.socks {
-		if c := s.c; c != nil && !c.closed && !c.busy && len(c.out) == 0 && c.r == len(c.in) {
+		if c := s.c; c != nil && !c.closed && !c.busy && !c.pendingOutput() && c.r == len(c.in) {
 			c.close()
 		}
 	}
@@ -540,7 +540,13 @@ func (c *lconn) run() {
 			c.close()
 			return
 		}
-		if c.busy || !c.next() {
+		if c.busy {
+			return
+		}
+		if !c.next() {
+			if !c.closed && c.pendingOutput() { // TLS: a reply the session made while reading
+				c.flush()
+			}
 			return
 		}
 	}
@@ -553,7 +559,7 @@ func (c *lconn) flush() bool {
 	if c.tls != nil {
 		if len(c.out) > 0 {
 			if _, err := c.tls.Write(c.out); err != nil { // encrypts into c.mc.out
-				c.close()
+				c.drop()
 				return false
 			}
 			c.out = trimBuf(c.out)
@@ -570,7 +576,7 @@ func (c *lconn) flush() bool {
 			return false
 		}
 		if err != nil {
-			c.close()
+			c.drop()
 			return false
 		}
 		*off += n
@@ -847,12 +853,62 @@ func (c *lconn) backendLost(b *bconn, fail backendFailure, err error) {
 // gone reports whether a client that shut its side has nothing more to
 // say (a request pipelined before the close is not a departure).
 func (c *lconn) gone() bool {
-	if len(c.in) > c.r+c.headLen || c.tls != nil && c.mc.roff < len(c.mc.in) {
+	if len(c.in) > c.r+c.headLen {
 		return false // read already
+	}
+	if c.tls != nil {
+		return c.goneTLS()
 	}
 	var b [1]byte
 	n, _, err := unix.Recvfrom(c.fd, b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
 	return n == 0 && err == nil || err != nil && !errors.Is(err, unix.EAGAIN)
+}
+
+// goneTLS decrypts what the client sent since its request: more data
+// means it is still there; the end of the session (close_notify or EOF)
+// means it left. c.in may grow but is not compacted: c.req points into it.
+func (c *lconn) goneTLS() bool {
+	for {
+		if len(c.in) == cap(c.in) {
+			c.in = append(c.in, make([]byte, loopClientBuf)...)[:len(c.in)]
+		}
+		n, err := c.tls.Read(c.in[len(c.in):cap(c.in)])
+		c.in = c.in[:len(c.in)+n]
+		var wb *wouldBlock
+		switch {
+		case n > 0:
+			return false
+		case !errors.As(err, &wb):
+			return true
+		}
+		m := c.mc
+		if m.roff == len(m.in) {
+			m.in, m.roff = m.in[:0], 0
+		}
+		if len(m.in) == cap(m.in) {
+			m.in = append(m.in, make([]byte, max(cap(m.in), loopClientBuf))...)[:len(m.in)]
+		}
+		k, err := sysRead(c.fd, m.in[len(m.in):cap(m.in)])
+		switch {
+		case errors.Is(err, unix.EAGAIN):
+			return false
+		case err != nil:
+			return true
+		case k == 0:
+			m.eof = true // the session reports the end
+		default:
+			m.in = m.in[:len(m.in)+k]
+		}
+	}
+}
+
+// drop closes the connection, ending its request if one is in flight.
+func (c *lconn) drop() {
+	if c.busy {
+		c.abort()
+	} else {
+		c.close()
+	}
 }
 
 // abort ends the request of a client that left.
@@ -973,6 +1029,10 @@ func respHeadEnd(b []byte) int {
 // body and serves the connection from then on.
 func (c *lconn) demote(b *bconn, bodyStart int) {
 	l := c.l
+	if l.f.force.Load() { // Shutdown ran out of time: no new goroutines
+		c.abort()
+		return
+	}
 	head := bytes.Clone(c.in[c.r : c.r+c.headLen])
 	clientRest := bytes.Clone(c.in[c.r+c.headLen:])
 	respHead := bytes.Clone(b.in[b.r:bodyStart])
@@ -1005,7 +1065,7 @@ func (c *lconn) demote(b *bconn, bodyStart int) {
 	pc := &h1Conn{c: &prefixConn{Conn: bc, prefix: body}}
 	pc.br = bufio.NewReaderSize(pc.c, 16<<10)
 	pc.bw = bufio.NewWriterSize(pc.c, 16<<10)
-	l.f.adopt(fc, pc, addr, c.e, c.be, c.start)
+	l.f.adopt(fc, pc, addr, c.e, c.be, c.start, cc)
 }
 
 // session returns the TLS session of a connection leaving the loop, now
@@ -1056,6 +1116,12 @@ func (m *memConn) Read(p []byte) (int, error) {
 
 func (m *memConn) Write(p []byte) (int, error) {
 	if m.conn != nil {
+		if m.off < len(m.out) { // records the loop had not sent yet go first
+			if _, err := m.conn.Write(m.out[m.off:]); err != nil {
+				return 0, err
+			}
+			m.out, m.off = nil, 0
+		}
 		return m.conn.Write(p)
 	}
 	m.out = append(m.out, p...)
@@ -1106,12 +1172,20 @@ func (m *memConn) SetWriteDeadline(t time.Time) error {
 
 // toLoop moves a TLS connection whose handshake is done from its goroutine
 // to an event loop; false when it cannot (the goroutine keeps it).
-func (f *Front) toLoop(tc *tls.Conn, mc *memConn) bool {
+func (f *Front) toLoop(fc *frontConn, tc *tls.Conn, mc *memConn) bool {
 	raw, ok := mc.conn.(*net.TCPConn)
 	if !ok || len(f.loops) == 0 {
 		return false
 	}
+	// Under f.mu: a forced Shutdown must find the connection either among
+	// fc's (and close it) or on a loop.
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.force.Load() {
+		return false
+	}
 	ap := raw.RemoteAddr().(*net.TCPAddr).AddrPort()
+	ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()) // an IPv4 client of a dual-stack listener
 	rc, err := raw.SyscallConn()
 	if err != nil {
 		return false
@@ -1126,6 +1200,7 @@ func (f *Front) toLoop(tc *tls.Conn, mc *memConn) bool {
 	if !f.nextLoop().add(accepted{fd: fd, addr: ap, tls: tc, mc: mc}) {
 		unix.Close(fd)
 	}
+	delete(f.conns, fc) // the loop's now; its goroutine ends with untrack
 	return true
 }
 
