@@ -2,9 +2,11 @@ package e2e
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -126,6 +128,7 @@ services:
       - name: http
         protocol: http
         port: 80
+        expose: public
     scale:
       mode: fixed
       replicas: 3
@@ -148,6 +151,8 @@ services:
 	if per := spread(first); len(per) != 3 {
 		t.Fatalf("3 replicas should spread over 3 nodes, got %v", per)
 	}
+	checkMesh(t, first, spread)
+
 	// logs and exec of a replica on another node: the local scheduler
 	// reaches it through that node's scheduler.
 	remoteChecked := false
@@ -387,4 +392,72 @@ services:
 		out, _ := first.zlctl(t, "node", "ls")
 		return !strings.Contains(out, "pinned/db")
 	})
+}
+
+// checkMesh: the WireGuard mesh joins the nodes' container subnets. The
+// first node's proxy balances over the replicas on the other nodes too
+// (their logs show requests from the first node's overlay address), and a
+// container on the first node fetches the page from a container on each
+// other node by its address.
+func checkMesh(t *testing.T, first *node, spread func(*node) map[string]int) {
+	t.Helper()
+	prefix, err := netip.ParsePrefix(first.cidr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The last host address of the subnet, which the agent keeps for the
+	// overlay's device.
+	b := prefix.Masked().Addr().As4()
+	hosts := uint32(1)<<(32-prefix.Bits()) - 2
+	v := binary.BigEndian.Uint32(b[:]) | hosts
+	var ov [4]byte
+	binary.BigEndian.PutUint32(ov[:], v)
+	overlayAddr := netip.AddrFrom4(ov).String()
+
+	var local *replicaJSON
+	reps := first.running(t, "app")
+	for i := range reps {
+		if reps[i].Node == first.name {
+			local = &reps[i]
+		}
+	}
+	if local == nil {
+		t.Fatalf("no replica on the first node: %v", spread(first))
+	}
+	var last string
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("mesh check, last try: %s", last)
+		}
+	})
+	eventually(t, 90*time.Second, "requests through the first node's proxy at the replicas on the other nodes", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		out, err := first.host.Command(ctx, "sh", "-c",
+			"for i in 1 2 3 4 5 6 7 8 9; do curl -s -m 3 -o /dev/null -w '%{http_code} ' http://"+first.httpAddr+"/; done").CombinedOutput()
+		last = "proxy answers: " + string(out)
+		if err != nil || strings.Count(string(out), "200") != 9 {
+			return false
+		}
+		for _, r := range reps {
+			if r.Node == first.name {
+				continue
+			}
+			logs, code := first.zlctl(t, "logs", "--tail", "100", fmt.Sprintf("app/web/%d", r.Index))
+			if code != 0 || !strings.Contains(logs, overlayAddr+":") && !strings.Contains(logs, overlayAddr+"]:") {
+				last += fmt.Sprintf("\nno request from %s in the log of app/web/%d on %s:\n%s", overlayAddr, r.Index, r.Node, logs)
+				return false
+			}
+		}
+		return true
+	})
+	for _, r := range reps {
+		if r.Node == first.name {
+			continue
+		}
+		out, code := first.zlctl(t, "exec", fmt.Sprintf("app/web/%d", local.Index), "--", "/bin/busybox", "sh", "-c", "/bin/busybox wget -q -O- http://"+r.IP+"/")
+		if code != 0 || !strings.Contains(out, "ZLayer demo") {
+			t.Fatalf("a container on %s fetching http://%s/ (app/web/%d on %s): exit %d\n%s", first.name, r.IP, r.Index, r.Node, code, out)
+		}
+	}
 }

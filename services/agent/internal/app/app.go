@@ -145,7 +145,7 @@ func start(ctx context.Context, env daemon.Env, srv *grpc.Server, f Flags) (func
 		}
 		return ts
 	}))
-	server.New(rn, env.Info).Register(srv)
+	server.New(rn, env.Info, f.ContainerCIDR, nw.OverlayAddress()).Register(srv)
 	env.Log.Info("agent ready", zap.Int("containers", len(rn.List())), zap.String("cidr", f.ContainerCIDR),
 		zap.Int("warm_netns", f.WarmNetns))
 	return func(ctx context.Context) error {

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -80,6 +81,12 @@ func New(cfg Config) (*Network, error) {
 		ipamDir:  filepath.Join(cfg.StateDir, "ipam"),
 		iptables: ipt,
 	}
+	// The subnet's last address is the overlay's (its WireGuard device's
+	// own address): containers get the ones before it.
+	rng := map[string]string{"subnet": subnet.String()}
+	if a := n.OverlayAddress(); a != "" {
+		rng["rangeEnd"] = netip.MustParseAddr(a).Prev().String()
+	}
 	conf := map[string]any{
 		"cniVersion": "1.0.0",
 		"name":       NetworkName(cfg.Node),
@@ -91,7 +98,7 @@ func New(cfg Config) (*Network, error) {
 			"hairpinMode": true,
 			"ipam": map[string]any{
 				"type":    "host-local",
-				"ranges":  [][]map[string]string{{{"subnet": subnet.String()}}},
+				"ranges":  [][]map[string]string{{rng}},
 				"routes":  []map[string]string{{"dst": "0.0.0.0/0"}},
 				"dataDir": n.ipamDir,
 			},
@@ -233,4 +240,19 @@ func (n *Network) Leases() (map[string]net.IP, error) {
 		out[strings.TrimSpace(id)] = ip
 	}
 	return out, nil
+}
+
+// OverlayAddress is the subnet's last host address, which zlayer-overlay
+// gives its WireGuard device: containers never get it. A subnet smaller
+// than /29 keeps none ("").
+func (n *Network) OverlayAddress() string {
+	ones, bits := n.subnet.Mask.Size()
+	if ones > 29 {
+		return ""
+	}
+	a, _ := netip.AddrFromSlice(n.subnet.IP.To4())
+	v := a.As4()
+	x := uint32(v[0])<<24 | uint32(v[1])<<16 | uint32(v[2])<<8 | uint32(v[3])
+	x |= 1<<(bits-ones) - 2 // broadcast - 1
+	return netip.AddrFrom4([4]byte{byte(x >> 24), byte(x >> 16), byte(x >> 8), byte(x)}).String()
 }

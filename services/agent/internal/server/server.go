@@ -32,11 +32,15 @@ type Server struct {
 	agentv1.UnimplementedAgentServiceServer
 	runner *runner.Runner
 	info   func() *typesv1.DaemonInfo
+	cidr   string
+	ovAddr string
 }
 
-// New returns a server for rn; info answers GetInfo.
-func New(rn *runner.Runner, info func() *typesv1.DaemonInfo) *Server {
-	return &Server{runner: rn, info: info}
+// New returns a server for rn; info, cidr (the node's container subnet)
+// and overlayAddr (the subnet's address kept for the overlay, if any)
+// answer GetInfo.
+func New(rn *runner.Runner, info func() *typesv1.DaemonInfo, cidr, overlayAddr string) *Server {
+	return &Server{runner: rn, info: info, cidr: cidr, ovAddr: overlayAddr}
 }
 
 // Register registers s on srv.
@@ -44,7 +48,7 @@ func (s *Server) Register(srv *grpc.Server) { agentv1.RegisterAgentServiceServer
 
 // GetInfo describes the daemon.
 func (s *Server) GetInfo(context.Context, *agentv1.GetInfoRequest) (*agentv1.GetInfoResponse, error) {
-	return &agentv1.GetInfoResponse{Info: s.info()}, nil
+	return &agentv1.GetInfoResponse{Info: s.info(), ContainerCidr: s.cidr, OverlayAddress: s.ovAddr}, nil
 }
 
 // RunReplica creates and starts a replica.

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	agentv1 "zlayer.dev/libs/api/zlayer/agent/v1"
+	overlayv1 "zlayer.dev/libs/api/zlayer/overlay/v1"
 	proxyv1 "zlayer.dev/libs/api/zlayer/proxy/v1"
 	schedulerv1 "zlayer.dev/libs/api/zlayer/scheduler/v1"
 	"zlayer.dev/libs/daemon"
@@ -27,6 +28,7 @@ import (
 	"zlayer.dev/services/scheduler/internal/agentclient"
 	"zlayer.dev/services/scheduler/internal/clusterserver"
 	"zlayer.dev/services/scheduler/internal/fsm"
+	"zlayer.dev/services/scheduler/internal/mesh"
 	"zlayer.dev/services/scheduler/internal/names"
 	"zlayer.dev/services/scheduler/internal/nodeside"
 	"zlayer.dev/services/scheduler/internal/raftnode"
@@ -145,20 +147,41 @@ func start(ctx context.Context, env daemon.Env, srv *grpc.Server, o options) (fu
 		agentConn.Close()
 		return nil, err
 	}
+	overlayConn, err := rpc.Dial(rpc.SocketPath(env.RunDir, "overlay"))
+	if err != nil {
+		state.Close()
+		agentConn.Close()
+		proxyConn.Close()
+		return nil, err
+	}
 	side := nodeside.New(nodeside.Config{Node: self, Heartbeat: o.heartbeat, LoadInterval: o.loadInterval, Proxy: proxyv1.NewProxyServiceClient(proxyConn)},
 		env.Log, state, node, agentclient.New(agentConn), specs)
 	rc := reconcile.Config{NodeTimeout: o.nodeTimeout, MaxRolloutRestarts: 3, ReplaceFailedAfter: 10 * time.Second, LoadFresh: 3 * o.loadInterval, JobHistory: o.jobHistory}
+
+	memberAddr := func(id uint64) string {
+		for _, m := range node.Members() {
+			if m.ID == id {
+				return m.Addr
+			}
+		}
+		return ""
+	}
 
 	return func(ctx context.Context) error {
 		defer state.Close()
 		defer agentConn.Close()
 		defer proxyConn.Close()
+		defer overlayConn.Close()
 		g, ctx := errgroup.WithContext(ctx)
 		g.Go(func() error {
-			return routes.Push(ctx, env.Log, state, specs, proxyv1.NewProxyServiceClient(proxyConn), env.Node, 5*time.Second)
+			return routes.Push(ctx, env.Log, state, specs, proxyv1.NewProxyServiceClient(proxyConn), env.Node, memberAddr, 5*time.Second)
 		})
 		g.Go(func() error {
 			return names.Push(ctx, env.Log, state, agentv1.NewAgentServiceClient(agentConn), 5*time.Second)
+		})
+		g.Go(func() error {
+			return mesh.Run(ctx, mesh.Config{Node: env.Node, State: state, Raft: node, Agent: agentv1.NewAgentServiceClient(agentConn),
+				Overlay: overlayv1.NewOverlayServiceClient(overlayConn), MemberAddr: memberAddr, Every: 5 * time.Second, Log: env.Log})
 		})
 		g.Go(func() error { return node.Run(ctx) })
 		g.Go(func() error { return side.Run(ctx) })

@@ -2,6 +2,7 @@ package fsm
 
 import (
 	"fmt"
+	"net/netip"
 	"slices"
 	"strings"
 	"time"
@@ -78,6 +79,8 @@ func (t *txn) apply(cmd *schedulerv1.Command) Result {
 		return t.joinToken(c.JoinToken)
 	case *schedulerv1.Command_Join:
 		return t.join(c.Join)
+	case *schedulerv1.Command_SetNodeOverlay:
+		return t.setNodeOverlay(c.SetNodeOverlay)
 	default:
 		return Result{Err: fmt.Errorf("unknown command %T: %w", c, errkind.Invalid)}
 	}
@@ -277,10 +280,11 @@ func (t *txn) registerNode(c *schedulerv1.RegisterNodeCommand) Result {
 	n := t.f.nodes[in.Name]
 	isNew := n == nil
 	wasDown := n.GetState() == schedulerv1.NodeState_NODE_STATE_DOWN
-	joined, agentDown := n.GetJoinedServices(), n.GetAgentDown()
+	joined, agentDown, overlay := n.GetJoinedServices(), n.GetAgentDown(), n.GetOverlay()
 	n = proto.CloneOf(in)
 	n.JoinedServices = joined // kept across restarts: joins come from JoinCommand only
 	n.AgentDown = agentDown   // heartbeats say when it changes
+	n.Overlay = overlay       // the overlay says when it changes
 	n.State = schedulerv1.NodeState_NODE_STATE_READY
 	n.LastHeartbeat = ts(t.now)
 	t.f.nodes[n.Name] = n
@@ -395,6 +399,39 @@ func orNone(s string) string {
 		return "(no address)"
 	}
 	return s
+}
+
+// setNodeOverlay records a node's place in the WireGuard mesh. Two nodes
+// with one key or one container subnet would steal each other's traffic.
+func (t *txn) setNodeOverlay(c *schedulerv1.SetNodeOverlayCommand) Result {
+	n := t.f.nodes[c.Node]
+	if n == nil {
+		return Result{Err: fmt.Errorf("node %q: %w", c.Node, errkind.NotFound)}
+	}
+	in := c.GetOverlay()
+	cidr, err := netip.ParsePrefix(in.GetContainerCidr())
+	if in.GetPublicKey() == "" || err != nil || in.GetPort() == 0 || in.GetPort() > 65535 {
+		return Result{Err: fmt.Errorf("overlay of node %q: a public key, a port and a container subnet are needed: %w", c.Node, errkind.Invalid)}
+	}
+	for _, name := range sortedKeys(t.f.nodes) {
+		o := t.f.nodes[name].GetOverlay()
+		other, _ := netip.ParsePrefix(o.GetContainerCidr())
+		switch {
+		case name == c.Node || o == nil:
+		case o.PublicKey == in.PublicKey:
+			return Result{Err: fmt.Errorf("overlay of node %q: node %q has the same public key: %w", c.Node, name, errkind.Conflict)}
+		case other.IsValid() && other.Overlaps(cidr):
+			return Result{Err: fmt.Errorf("overlay of node %q: its container subnet %s overlaps node %q's %s (give each node its own --container-cidr): %w",
+				c.Node, in.ContainerCidr, name, o.ContainerCidr, errkind.Conflict)}
+		}
+	}
+	if proto.Equal(n.Overlay, in) {
+		return Result{}
+	}
+	n.Overlay = proto.CloneOf(in)
+	t.touchNode(n.Name)
+	t.event(&schedulerv1.Event{Node: n.Name, Kind: "overlay", Message: fmt.Sprintf("node joined the overlay with subnet %s", in.ContainerCidr)})
+	return Result{}
 }
 
 func (t *txn) setNodeState(c *schedulerv1.SetNodeStateCommand) Result {

@@ -1,10 +1,13 @@
 package fsm
 
 import (
+	"net"
 	"slices"
+	"strconv"
 
 	"google.golang.org/protobuf/proto"
 
+	overlayv1 "zlayer.dev/libs/api/zlayer/overlay/v1"
 	schedulerv1 "zlayer.dev/libs/api/zlayer/scheduler/v1"
 )
 
@@ -100,4 +103,51 @@ func cmpStr(a, b string) int {
 // Version returns version v of deployment d, or nil.
 func Version(d *schedulerv1.Deployment, v uint64) *schedulerv1.DeploymentVersion {
 	return version(d, v)
+}
+
+// MemberAddr returns the peer address (host:port) of a Raft member, ""
+// if there is none.
+type MemberAddr func(id uint64) string
+
+// OverlayPeers returns the nodes other than self that are in the WireGuard
+// mesh, sorted by name, each with where its device listens: the host of
+// its scheduler's peer address and its overlay port. A node that is no
+// cluster member (no peer address) is not in the mesh.
+func (st *State) OverlayPeers(self string, addr MemberAddr) []*overlayv1.Peer {
+	var out []*overlayv1.Peer
+	for _, name := range sortedKeys(st.Nodes) {
+		n := st.Nodes[name]
+		host, ok := overlayHost(n, addr)
+		if name == self || !ok {
+			continue
+		}
+		o := n.Overlay
+		out = append(out, &overlayv1.Peer{
+			Node: name, PublicKey: o.PublicKey, Endpoint: net.JoinHostPort(host, strconv.Itoa(int(o.Port))),
+			ContainerCidr: o.ContainerCidr,
+		})
+	}
+	return out
+}
+
+// InMesh reports whether node is in the WireGuard mesh.
+func (st *State) InMesh(node string, addr MemberAddr) bool {
+	_, ok := overlayHost(st.Nodes[node], addr)
+	return ok
+}
+
+// Reachable reports whether node self reaches the containers of node n:
+// its own, or another's when both are in the mesh.
+func (st *State) Reachable(self, n string, addr MemberAddr) bool {
+	return self == n || st.InMesh(self, addr) && st.InMesh(n, addr)
+}
+
+// overlayHost returns the host where n's overlay device listens, and
+// whether n is in the mesh at all.
+func overlayHost(n *schedulerv1.Node, addr MemberAddr) (string, bool) {
+	if n.GetOverlay() == nil || n.GetMemberId() == 0 || addr == nil {
+		return "", false
+	}
+	host, _, err := net.SplitHostPort(addr(n.MemberId))
+	return host, err == nil && host != ""
 }

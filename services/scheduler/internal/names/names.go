@@ -1,7 +1,8 @@
 // Package names computes the service names a deployment's containers
 // resolve: <service>.global for every running replica of every service of
 // the deployment, on any node. The agent writes them into its containers'
-// /etc/hosts; it stands in for the overlay's DNS until that exists.
+// /etc/hosts (a name resolves on every node; the WireGuard mesh carries
+// the traffic to replicas on other nodes).
 package names
 
 import (

@@ -13,16 +13,18 @@ import (
 )
 
 // Push keeps the local proxy's route table equal to Table(state) until ctx
-// is done, with the replicas of node only: container addresses are
-// reachable only on their own node until the overlay (not built yet)
-// connects the nodes, and a backend that cannot be reached would cost each
-// request sent to it a connect timeout. A node without a replica of a
-// service answers its endpoints with 503, naming the service.
-func Push(ctx context.Context, log *zap.Logger, state *fsm.FSM, specs *specinfo.Cache, proxy proxyv1.ProxyServiceClient, node string, resync time.Duration) error {
+// is done, with the replicas this node reaches: its own, and those of
+// nodes that are in the WireGuard mesh with it (fsm.State.Reachable). A
+// backend that cannot be reached would cost each request sent to it a
+// connect timeout; a node that reaches no replica of a service answers its
+// endpoints with 503, naming the service.
+func Push(ctx context.Context, log *zap.Logger, state *fsm.FSM, specs *specinfo.Cache, proxy proxyv1.ProxyServiceClient, node string,
+	addr fsm.MemberAddr, resync time.Duration) error {
 	var generation uint64
-	local := func(n string) bool { return n == node }
 	return push.Loop(ctx, log.Named("routes"), state,
-		func(st *fsm.State) []*proxyv1.Route { return Table(st, specs, local) },
+		func(st *fsm.State) []*proxyv1.Route {
+			return Table(st, specs, func(n string) bool { return st.Reachable(node, n, addr) })
+		},
 		func(ctx context.Context, table []*proxyv1.Route) error {
 			generation++
 			_, err := proxy.SetRoutes(ctx, &proxyv1.SetRoutesRequest{Generation: generation, Routes: table})

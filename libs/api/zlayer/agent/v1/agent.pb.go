@@ -241,9 +241,14 @@ func (*GetInfoRequest) Descriptor() ([]byte, []int) {
 type GetInfoResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// info describes the daemon.
-	Info          *v1.DaemonInfo `protobuf:"bytes,1,opt,name=info,proto3" json:"info,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Info *v1.DaemonInfo `protobuf:"bytes,1,opt,name=info,proto3" json:"info,omitempty"`
+	// container_cidr is this node's container subnet (--container-cidr).
+	ContainerCidr string `protobuf:"bytes,2,opt,name=container_cidr,json=containerCidr,proto3" json:"container_cidr,omitempty"`
+	// overlay_address is the address of the subnet kept for the node's
+	// WireGuard device (its last host address): no container gets it.
+	OverlayAddress string `protobuf:"bytes,3,opt,name=overlay_address,json=overlayAddress,proto3" json:"overlay_address,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *GetInfoResponse) Reset() {
@@ -281,6 +286,20 @@ func (x *GetInfoResponse) GetInfo() *v1.DaemonInfo {
 		return x.Info
 	}
 	return nil
+}
+
+func (x *GetInfoResponse) GetContainerCidr() string {
+	if x != nil {
+		return x.ContainerCidr
+	}
+	return ""
+}
+
+func (x *GetInfoResponse) GetOverlayAddress() string {
+	if x != nil {
+		return x.OverlayAddress
+	}
+	return ""
 }
 
 // ReplicaIdentity says which replica of which service a container is.
@@ -2545,9 +2564,11 @@ var File_zlayer_agent_v1_agent_proto protoreflect.FileDescriptor
 const file_zlayer_agent_v1_agent_proto_rawDesc = "" +
 	"\n" +
 	"\x1bzlayer/agent/v1/agent.proto\x12\x0fzlayer.agent.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bzlayer/types/v1/types.proto\"\x10\n" +
-	"\x0eGetInfoRequest\"B\n" +
+	"\x0eGetInfoRequest\"\x92\x01\n" +
 	"\x0fGetInfoResponse\x12/\n" +
-	"\x04info\x18\x01 \x01(\v2\x1b.zlayer.types.v1.DaemonInfoR\x04info\"a\n" +
+	"\x04info\x18\x01 \x01(\v2\x1b.zlayer.types.v1.DaemonInfoR\x04info\x12%\n" +
+	"\x0econtainer_cidr\x18\x02 \x01(\tR\rcontainerCidr\x12'\n" +
+	"\x0foverlay_address\x18\x03 \x01(\tR\x0eoverlayAddress\"a\n" +
 	"\x0fReplicaIdentity\x12\x1e\n" +
 	"\n" +
 	"deployment\x18\x01 \x01(\tR\n" +

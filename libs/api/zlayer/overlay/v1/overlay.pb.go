@@ -105,6 +105,281 @@ func (x *GetInfoResponse) GetInfo() *v1.DaemonInfo {
 	return nil
 }
 
+// GetIdentityRequest is empty.
+type GetIdentityRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetIdentityRequest) Reset() {
+	*x = GetIdentityRequest{}
+	mi := &file_zlayer_overlay_v1_overlay_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetIdentityRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetIdentityRequest) ProtoMessage() {}
+
+func (x *GetIdentityRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_overlay_v1_overlay_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetIdentityRequest.ProtoReflect.Descriptor instead.
+func (*GetIdentityRequest) Descriptor() ([]byte, []int) {
+	return file_zlayer_overlay_v1_overlay_proto_rawDescGZIP(), []int{2}
+}
+
+// GetIdentityResponse is the node's identity in the mesh.
+type GetIdentityResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// public_key is the device's WireGuard public key (base64).
+	PublicKey string `protobuf:"bytes,1,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"`
+	// port is the UDP port the device listens on.
+	Port uint32 `protobuf:"varint,2,opt,name=port,proto3" json:"port,omitempty"`
+	// device is the network interface's name.
+	Device        string `protobuf:"bytes,3,opt,name=device,proto3" json:"device,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetIdentityResponse) Reset() {
+	*x = GetIdentityResponse{}
+	mi := &file_zlayer_overlay_v1_overlay_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetIdentityResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetIdentityResponse) ProtoMessage() {}
+
+func (x *GetIdentityResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_overlay_v1_overlay_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetIdentityResponse.ProtoReflect.Descriptor instead.
+func (*GetIdentityResponse) Descriptor() ([]byte, []int) {
+	return file_zlayer_overlay_v1_overlay_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *GetIdentityResponse) GetPublicKey() string {
+	if x != nil {
+		return x.PublicKey
+	}
+	return ""
+}
+
+func (x *GetIdentityResponse) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *GetIdentityResponse) GetDevice() string {
+	if x != nil {
+		return x.Device
+	}
+	return ""
+}
+
+// SetPeersRequest is the whole mesh as this node sees it.
+type SetPeersRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// address is this node's device address (in container_cidr).
+	Address string `protobuf:"bytes,1,opt,name=address,proto3" json:"address,omitempty"`
+	// container_cidr is this node's container subnet.
+	ContainerCidr string `protobuf:"bytes,2,opt,name=container_cidr,json=containerCidr,proto3" json:"container_cidr,omitempty"`
+	// peers are the other nodes.
+	Peers         []*Peer `protobuf:"bytes,3,rep,name=peers,proto3" json:"peers,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetPeersRequest) Reset() {
+	*x = SetPeersRequest{}
+	mi := &file_zlayer_overlay_v1_overlay_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetPeersRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetPeersRequest) ProtoMessage() {}
+
+func (x *SetPeersRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_overlay_v1_overlay_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetPeersRequest.ProtoReflect.Descriptor instead.
+func (*SetPeersRequest) Descriptor() ([]byte, []int) {
+	return file_zlayer_overlay_v1_overlay_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *SetPeersRequest) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *SetPeersRequest) GetContainerCidr() string {
+	if x != nil {
+		return x.ContainerCidr
+	}
+	return ""
+}
+
+func (x *SetPeersRequest) GetPeers() []*Peer {
+	if x != nil {
+		return x.Peers
+	}
+	return nil
+}
+
+// Peer is another node in the mesh.
+type Peer struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// node is its name.
+	Node string `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	// public_key is its WireGuard public key (base64).
+	PublicKey string `protobuf:"bytes,2,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"`
+	// endpoint is where its device listens (host:port).
+	Endpoint string `protobuf:"bytes,3,opt,name=endpoint,proto3" json:"endpoint,omitempty"`
+	// container_cidr is its container subnet, routed through the device.
+	ContainerCidr string `protobuf:"bytes,4,opt,name=container_cidr,json=containerCidr,proto3" json:"container_cidr,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Peer) Reset() {
+	*x = Peer{}
+	mi := &file_zlayer_overlay_v1_overlay_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Peer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Peer) ProtoMessage() {}
+
+func (x *Peer) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_overlay_v1_overlay_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Peer.ProtoReflect.Descriptor instead.
+func (*Peer) Descriptor() ([]byte, []int) {
+	return file_zlayer_overlay_v1_overlay_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *Peer) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *Peer) GetPublicKey() string {
+	if x != nil {
+		return x.PublicKey
+	}
+	return ""
+}
+
+func (x *Peer) GetEndpoint() string {
+	if x != nil {
+		return x.Endpoint
+	}
+	return ""
+}
+
+func (x *Peer) GetContainerCidr() string {
+	if x != nil {
+		return x.ContainerCidr
+	}
+	return ""
+}
+
+// SetPeersResponse is empty: the mesh is set.
+type SetPeersResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetPeersResponse) Reset() {
+	*x = SetPeersResponse{}
+	mi := &file_zlayer_overlay_v1_overlay_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetPeersResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetPeersResponse) ProtoMessage() {}
+
+func (x *SetPeersResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_overlay_v1_overlay_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetPeersResponse.ProtoReflect.Descriptor instead.
+func (*SetPeersResponse) Descriptor() ([]byte, []int) {
+	return file_zlayer_overlay_v1_overlay_proto_rawDescGZIP(), []int{6}
+}
+
 var File_zlayer_overlay_v1_overlay_proto protoreflect.FileDescriptor
 
 const file_zlayer_overlay_v1_overlay_proto_rawDesc = "" +
@@ -112,9 +387,28 @@ const file_zlayer_overlay_v1_overlay_proto_rawDesc = "" +
 	"\x1fzlayer/overlay/v1/overlay.proto\x12\x11zlayer.overlay.v1\x1a\x1bzlayer/types/v1/types.proto\"\x10\n" +
 	"\x0eGetInfoRequest\"B\n" +
 	"\x0fGetInfoResponse\x12/\n" +
-	"\x04info\x18\x01 \x01(\v2\x1b.zlayer.types.v1.DaemonInfoR\x04info2b\n" +
+	"\x04info\x18\x01 \x01(\v2\x1b.zlayer.types.v1.DaemonInfoR\x04info\"\x14\n" +
+	"\x12GetIdentityRequest\"`\n" +
+	"\x13GetIdentityResponse\x12\x1d\n" +
+	"\n" +
+	"public_key\x18\x01 \x01(\tR\tpublicKey\x12\x12\n" +
+	"\x04port\x18\x02 \x01(\rR\x04port\x12\x16\n" +
+	"\x06device\x18\x03 \x01(\tR\x06device\"\x81\x01\n" +
+	"\x0fSetPeersRequest\x12\x18\n" +
+	"\aaddress\x18\x01 \x01(\tR\aaddress\x12%\n" +
+	"\x0econtainer_cidr\x18\x02 \x01(\tR\rcontainerCidr\x12-\n" +
+	"\x05peers\x18\x03 \x03(\v2\x17.zlayer.overlay.v1.PeerR\x05peers\"|\n" +
+	"\x04Peer\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12\x1d\n" +
+	"\n" +
+	"public_key\x18\x02 \x01(\tR\tpublicKey\x12\x1a\n" +
+	"\bendpoint\x18\x03 \x01(\tR\bendpoint\x12%\n" +
+	"\x0econtainer_cidr\x18\x04 \x01(\tR\rcontainerCidr\"\x12\n" +
+	"\x10SetPeersResponse2\x95\x02\n" +
 	"\x0eOverlayService\x12P\n" +
-	"\aGetInfo\x12!.zlayer.overlay.v1.GetInfoRequest\x1a\".zlayer.overlay.v1.GetInfoResponseB1Z/zlayer.dev/libs/api/zlayer/overlay/v1;overlayv1b\x06proto3"
+	"\aGetInfo\x12!.zlayer.overlay.v1.GetInfoRequest\x1a\".zlayer.overlay.v1.GetInfoResponse\x12\\\n" +
+	"\vGetIdentity\x12%.zlayer.overlay.v1.GetIdentityRequest\x1a&.zlayer.overlay.v1.GetIdentityResponse\x12S\n" +
+	"\bSetPeers\x12\".zlayer.overlay.v1.SetPeersRequest\x1a#.zlayer.overlay.v1.SetPeersResponseB1Z/zlayer.dev/libs/api/zlayer/overlay/v1;overlayv1b\x06proto3"
 
 var (
 	file_zlayer_overlay_v1_overlay_proto_rawDescOnce sync.Once
@@ -128,21 +422,31 @@ func file_zlayer_overlay_v1_overlay_proto_rawDescGZIP() []byte {
 	return file_zlayer_overlay_v1_overlay_proto_rawDescData
 }
 
-var file_zlayer_overlay_v1_overlay_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
+var file_zlayer_overlay_v1_overlay_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_zlayer_overlay_v1_overlay_proto_goTypes = []any{
-	(*GetInfoRequest)(nil),  // 0: zlayer.overlay.v1.GetInfoRequest
-	(*GetInfoResponse)(nil), // 1: zlayer.overlay.v1.GetInfoResponse
-	(*v1.DaemonInfo)(nil),   // 2: zlayer.types.v1.DaemonInfo
+	(*GetInfoRequest)(nil),      // 0: zlayer.overlay.v1.GetInfoRequest
+	(*GetInfoResponse)(nil),     // 1: zlayer.overlay.v1.GetInfoResponse
+	(*GetIdentityRequest)(nil),  // 2: zlayer.overlay.v1.GetIdentityRequest
+	(*GetIdentityResponse)(nil), // 3: zlayer.overlay.v1.GetIdentityResponse
+	(*SetPeersRequest)(nil),     // 4: zlayer.overlay.v1.SetPeersRequest
+	(*Peer)(nil),                // 5: zlayer.overlay.v1.Peer
+	(*SetPeersResponse)(nil),    // 6: zlayer.overlay.v1.SetPeersResponse
+	(*v1.DaemonInfo)(nil),       // 7: zlayer.types.v1.DaemonInfo
 }
 var file_zlayer_overlay_v1_overlay_proto_depIdxs = []int32{
-	2, // 0: zlayer.overlay.v1.GetInfoResponse.info:type_name -> zlayer.types.v1.DaemonInfo
-	0, // 1: zlayer.overlay.v1.OverlayService.GetInfo:input_type -> zlayer.overlay.v1.GetInfoRequest
-	1, // 2: zlayer.overlay.v1.OverlayService.GetInfo:output_type -> zlayer.overlay.v1.GetInfoResponse
-	2, // [2:3] is the sub-list for method output_type
-	1, // [1:2] is the sub-list for method input_type
-	1, // [1:1] is the sub-list for extension type_name
-	1, // [1:1] is the sub-list for extension extendee
-	0, // [0:1] is the sub-list for field type_name
+	7, // 0: zlayer.overlay.v1.GetInfoResponse.info:type_name -> zlayer.types.v1.DaemonInfo
+	5, // 1: zlayer.overlay.v1.SetPeersRequest.peers:type_name -> zlayer.overlay.v1.Peer
+	0, // 2: zlayer.overlay.v1.OverlayService.GetInfo:input_type -> zlayer.overlay.v1.GetInfoRequest
+	2, // 3: zlayer.overlay.v1.OverlayService.GetIdentity:input_type -> zlayer.overlay.v1.GetIdentityRequest
+	4, // 4: zlayer.overlay.v1.OverlayService.SetPeers:input_type -> zlayer.overlay.v1.SetPeersRequest
+	1, // 5: zlayer.overlay.v1.OverlayService.GetInfo:output_type -> zlayer.overlay.v1.GetInfoResponse
+	3, // 6: zlayer.overlay.v1.OverlayService.GetIdentity:output_type -> zlayer.overlay.v1.GetIdentityResponse
+	6, // 7: zlayer.overlay.v1.OverlayService.SetPeers:output_type -> zlayer.overlay.v1.SetPeersResponse
+	5, // [5:8] is the sub-list for method output_type
+	2, // [2:5] is the sub-list for method input_type
+	2, // [2:2] is the sub-list for extension type_name
+	2, // [2:2] is the sub-list for extension extendee
+	0, // [0:2] is the sub-list for field type_name
 }
 
 func init() { file_zlayer_overlay_v1_overlay_proto_init() }
@@ -156,7 +460,7 @@ func file_zlayer_overlay_v1_overlay_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_zlayer_overlay_v1_overlay_proto_rawDesc), len(file_zlayer_overlay_v1_overlay_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   2,
+			NumMessages:   7,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,7 +19,9 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	OverlayService_GetInfo_FullMethodName = "/zlayer.overlay.v1.OverlayService/GetInfo"
+	OverlayService_GetInfo_FullMethodName     = "/zlayer.overlay.v1.OverlayService/GetInfo"
+	OverlayService_GetIdentity_FullMethodName = "/zlayer.overlay.v1.OverlayService/GetIdentity"
+	OverlayService_SetPeers_FullMethodName    = "/zlayer.overlay.v1.OverlayService/SetPeers"
 )
 
 // OverlayServiceClient is the client API for OverlayService service.
@@ -31,6 +33,13 @@ const (
 type OverlayServiceClient interface {
 	// GetInfo returns the daemon's version, node and uptime.
 	GetInfo(ctx context.Context, in *GetInfoRequest, opts ...grpc.CallOption) (*GetInfoResponse, error)
+	// GetIdentity returns the node's WireGuard public key and port (the key
+	// is made on first start and kept in the data directory).
+	GetIdentity(ctx context.Context, in *GetIdentityRequest, opts ...grpc.CallOption) (*GetIdentityResponse, error)
+	// SetPeers sets the mesh: this node's device address and subnet, and
+	// every other node. With peers the device is up and routes each peer's
+	// container subnet through it; with none there is no device.
+	SetPeers(ctx context.Context, in *SetPeersRequest, opts ...grpc.CallOption) (*SetPeersResponse, error)
 }
 
 type overlayServiceClient struct {
@@ -51,6 +60,26 @@ func (c *overlayServiceClient) GetInfo(ctx context.Context, in *GetInfoRequest, 
 	return out, nil
 }
 
+func (c *overlayServiceClient) GetIdentity(ctx context.Context, in *GetIdentityRequest, opts ...grpc.CallOption) (*GetIdentityResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetIdentityResponse)
+	err := c.cc.Invoke(ctx, OverlayService_GetIdentity_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *overlayServiceClient) SetPeers(ctx context.Context, in *SetPeersRequest, opts ...grpc.CallOption) (*SetPeersResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SetPeersResponse)
+	err := c.cc.Invoke(ctx, OverlayService_SetPeers_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // OverlayServiceServer is the server API for OverlayService service.
 // All implementations must embed UnimplementedOverlayServiceServer
 // for forward compatibility.
@@ -60,6 +89,13 @@ func (c *overlayServiceClient) GetInfo(ctx context.Context, in *GetInfoRequest, 
 type OverlayServiceServer interface {
 	// GetInfo returns the daemon's version, node and uptime.
 	GetInfo(context.Context, *GetInfoRequest) (*GetInfoResponse, error)
+	// GetIdentity returns the node's WireGuard public key and port (the key
+	// is made on first start and kept in the data directory).
+	GetIdentity(context.Context, *GetIdentityRequest) (*GetIdentityResponse, error)
+	// SetPeers sets the mesh: this node's device address and subnet, and
+	// every other node. With peers the device is up and routes each peer's
+	// container subnet through it; with none there is no device.
+	SetPeers(context.Context, *SetPeersRequest) (*SetPeersResponse, error)
 	mustEmbedUnimplementedOverlayServiceServer()
 }
 
@@ -72,6 +108,12 @@ type UnimplementedOverlayServiceServer struct{}
 
 func (UnimplementedOverlayServiceServer) GetInfo(context.Context, *GetInfoRequest) (*GetInfoResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetInfo not implemented")
+}
+func (UnimplementedOverlayServiceServer) GetIdentity(context.Context, *GetIdentityRequest) (*GetIdentityResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetIdentity not implemented")
+}
+func (UnimplementedOverlayServiceServer) SetPeers(context.Context, *SetPeersRequest) (*SetPeersResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetPeers not implemented")
 }
 func (UnimplementedOverlayServiceServer) mustEmbedUnimplementedOverlayServiceServer() {}
 func (UnimplementedOverlayServiceServer) testEmbeddedByValue()                        {}
@@ -112,6 +154,42 @@ func _OverlayService_GetInfo_Handler(srv interface{}, ctx context.Context, dec f
 	return interceptor(ctx, in, info, handler)
 }
 
+func _OverlayService_GetIdentity_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetIdentityRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OverlayServiceServer).GetIdentity(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: OverlayService_GetIdentity_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OverlayServiceServer).GetIdentity(ctx, req.(*GetIdentityRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _OverlayService_SetPeers_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetPeersRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OverlayServiceServer).SetPeers(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: OverlayService_SetPeers_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OverlayServiceServer).SetPeers(ctx, req.(*SetPeersRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // OverlayService_ServiceDesc is the grpc.ServiceDesc for OverlayService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -122,6 +200,14 @@ var OverlayService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetInfo",
 			Handler:    _OverlayService_GetInfo_Handler,
+		},
+		{
+			MethodName: "GetIdentity",
+			Handler:    _OverlayService_GetIdentity_Handler,
+		},
+		{
+			MethodName: "SetPeers",
+			Handler:    _OverlayService_SetPeers_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -44,6 +44,7 @@ type Command struct {
 	//	*Command_RunJob
 	//	*Command_JoinToken
 	//	*Command_Join
+	//	*Command_SetNodeOverlay
 	Kind          isCommand_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -192,6 +193,15 @@ func (x *Command) GetJoin() *JoinCommand {
 	return nil
 }
 
+func (x *Command) GetSetNodeOverlay() *SetNodeOverlayCommand {
+	if x != nil {
+		if x, ok := x.Kind.(*Command_SetNodeOverlay); ok {
+			return x.SetNodeOverlay
+		}
+	}
+	return nil
+}
+
 type isCommand_Kind interface {
 	isCommand_Kind()
 }
@@ -251,6 +261,11 @@ type Command_Join struct {
 	Join *JoinCommand `protobuf:"bytes,12,opt,name=join,proto3,oneof"`
 }
 
+type Command_SetNodeOverlay struct {
+	// set_node_overlay records a node's place in the WireGuard mesh.
+	SetNodeOverlay *SetNodeOverlayCommand `protobuf:"bytes,13,opt,name=set_node_overlay,json=setNodeOverlay,proto3,oneof"`
+}
+
 func (*Command_PutDeployment) isCommand_Kind() {}
 
 func (*Command_DeleteDeployment) isCommand_Kind() {}
@@ -272,6 +287,8 @@ func (*Command_RunJob) isCommand_Kind() {}
 func (*Command_JoinToken) isCommand_Kind() {}
 
 func (*Command_Join) isCommand_Kind() {}
+
+func (*Command_SetNodeOverlay) isCommand_Kind() {}
 
 // PutDeploymentCommand adds version (the next number) of a deployment.
 type PutDeploymentCommand struct {
@@ -1553,11 +1570,66 @@ func (x *Snapshot) GetEvents() []*Event {
 	return nil
 }
 
+// SetNodeOverlayCommand records a node's place in the WireGuard mesh.
+type SetNodeOverlayCommand struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// node is the node's name.
+	Node string `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	// overlay is its place in the mesh.
+	Overlay       *NodeOverlay `protobuf:"bytes,2,opt,name=overlay,proto3" json:"overlay,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetNodeOverlayCommand) Reset() {
+	*x = SetNodeOverlayCommand{}
+	mi := &file_zlayer_scheduler_v1_command_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetNodeOverlayCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetNodeOverlayCommand) ProtoMessage() {}
+
+func (x *SetNodeOverlayCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_scheduler_v1_command_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetNodeOverlayCommand.ProtoReflect.Descriptor instead.
+func (*SetNodeOverlayCommand) Descriptor() ([]byte, []int) {
+	return file_zlayer_scheduler_v1_command_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *SetNodeOverlayCommand) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *SetNodeOverlayCommand) GetOverlay() *NodeOverlay {
+	if x != nil {
+		return x.Overlay
+	}
+	return nil
+}
+
 var File_zlayer_scheduler_v1_command_proto protoreflect.FileDescriptor
 
 const file_zlayer_scheduler_v1_command_proto_rawDesc = "" +
 	"\n" +
-	"!zlayer/scheduler/v1/command.proto\x12\x13zlayer.scheduler.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fzlayer/scheduler/v1/state.proto\"\xdf\x06\n" +
+	"!zlayer/scheduler/v1/command.proto\x12\x13zlayer.scheduler.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fzlayer/scheduler/v1/state.proto\"\xb7\a\n" +
 	"\aCommand\x12;\n" +
 	"\vproposed_at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"proposedAt\x12R\n" +
@@ -1573,7 +1645,8 @@ const file_zlayer_scheduler_v1_command_proto_rawDesc = "" +
 	" \x01(\v2\".zlayer.scheduler.v1.RunJobCommandH\x00R\x06runJob\x12F\n" +
 	"\n" +
 	"join_token\x18\v \x01(\v2%.zlayer.scheduler.v1.JoinTokenCommandH\x00R\tjoinToken\x126\n" +
-	"\x04join\x18\f \x01(\v2 .zlayer.scheduler.v1.JoinCommandH\x00R\x04joinB\x06\n" +
+	"\x04join\x18\f \x01(\v2 .zlayer.scheduler.v1.JoinCommandH\x00R\x04join\x12V\n" +
+	"\x10set_node_overlay\x18\r \x01(\v2*.zlayer.scheduler.v1.SetNodeOverlayCommandH\x00R\x0esetNodeOverlayB\x06\n" +
 	"\x04kind\"\xae\x03\n" +
 	"\x14PutDeploymentCommand\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1b\n" +
@@ -1686,7 +1759,10 @@ const file_zlayer_scheduler_v1_command_proto_rawDesc = "" +
 	"\vdeployments\x18\x02 \x03(\v2\x1f.zlayer.scheduler.v1.DeploymentR\vdeployments\x128\n" +
 	"\breplicas\x18\x03 \x03(\v2\x1c.zlayer.scheduler.v1.ReplicaR\breplicas\x12/\n" +
 	"\x05nodes\x18\x04 \x03(\v2\x19.zlayer.scheduler.v1.NodeR\x05nodes\x122\n" +
-	"\x06events\x18\x05 \x03(\v2\x1a.zlayer.scheduler.v1.EventR\x06eventsB5Z3zlayer.dev/libs/api/zlayer/scheduler/v1;schedulerv1b\x06proto3"
+	"\x06events\x18\x05 \x03(\v2\x1a.zlayer.scheduler.v1.EventR\x06events\"g\n" +
+	"\x15SetNodeOverlayCommand\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12:\n" +
+	"\aoverlay\x18\x02 \x01(\v2 .zlayer.scheduler.v1.NodeOverlayR\aoverlayB5Z3zlayer.dev/libs/api/zlayer/scheduler/v1;schedulerv1b\x06proto3"
 
 var (
 	file_zlayer_scheduler_v1_command_proto_rawDescOnce sync.Once
@@ -1700,7 +1776,7 @@ func file_zlayer_scheduler_v1_command_proto_rawDescGZIP() []byte {
 	return file_zlayer_scheduler_v1_command_proto_rawDescData
 }
 
-var file_zlayer_scheduler_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_zlayer_scheduler_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_zlayer_scheduler_v1_command_proto_goTypes = []any{
 	(*Command)(nil),                 // 0: zlayer.scheduler.v1.Command
 	(*PutDeploymentCommand)(nil),    // 1: zlayer.scheduler.v1.PutDeploymentCommand
@@ -1720,21 +1796,23 @@ var file_zlayer_scheduler_v1_command_proto_goTypes = []any{
 	(*StopReplica)(nil),             // 15: zlayer.scheduler.v1.StopReplica
 	(*RolloutResult)(nil),           // 16: zlayer.scheduler.v1.RolloutResult
 	(*Snapshot)(nil),                // 17: zlayer.scheduler.v1.Snapshot
-	nil,                             // 18: zlayer.scheduler.v1.PutDeploymentCommand.ServiceHashesEntry
-	nil,                             // 19: zlayer.scheduler.v1.PutDeploymentCommand.InitialScaleEntry
-	(*timestamppb.Timestamp)(nil),   // 20: google.protobuf.Timestamp
-	(*Node)(nil),                    // 21: zlayer.scheduler.v1.Node
-	(ReplicaPhase)(0),               // 22: zlayer.scheduler.v1.ReplicaPhase
-	(Health)(0),                     // 23: zlayer.scheduler.v1.Health
-	(*ServiceLoad)(nil),             // 24: zlayer.scheduler.v1.ServiceLoad
-	(NodeState)(0),                  // 25: zlayer.scheduler.v1.NodeState
-	(*Replica)(nil),                 // 26: zlayer.scheduler.v1.Replica
-	(RolloutOutcome)(0),             // 27: zlayer.scheduler.v1.RolloutOutcome
-	(*Deployment)(nil),              // 28: zlayer.scheduler.v1.Deployment
-	(*Event)(nil),                   // 29: zlayer.scheduler.v1.Event
+	(*SetNodeOverlayCommand)(nil),   // 18: zlayer.scheduler.v1.SetNodeOverlayCommand
+	nil,                             // 19: zlayer.scheduler.v1.PutDeploymentCommand.ServiceHashesEntry
+	nil,                             // 20: zlayer.scheduler.v1.PutDeploymentCommand.InitialScaleEntry
+	(*timestamppb.Timestamp)(nil),   // 21: google.protobuf.Timestamp
+	(*Node)(nil),                    // 22: zlayer.scheduler.v1.Node
+	(ReplicaPhase)(0),               // 23: zlayer.scheduler.v1.ReplicaPhase
+	(Health)(0),                     // 24: zlayer.scheduler.v1.Health
+	(*ServiceLoad)(nil),             // 25: zlayer.scheduler.v1.ServiceLoad
+	(NodeState)(0),                  // 26: zlayer.scheduler.v1.NodeState
+	(*Replica)(nil),                 // 27: zlayer.scheduler.v1.Replica
+	(RolloutOutcome)(0),             // 28: zlayer.scheduler.v1.RolloutOutcome
+	(*Deployment)(nil),              // 29: zlayer.scheduler.v1.Deployment
+	(*Event)(nil),                   // 30: zlayer.scheduler.v1.Event
+	(*NodeOverlay)(nil),             // 31: zlayer.scheduler.v1.NodeOverlay
 }
 var file_zlayer_scheduler_v1_command_proto_depIdxs = []int32{
-	20, // 0: zlayer.scheduler.v1.Command.proposed_at:type_name -> google.protobuf.Timestamp
+	21, // 0: zlayer.scheduler.v1.Command.proposed_at:type_name -> google.protobuf.Timestamp
 	1,  // 1: zlayer.scheduler.v1.Command.put_deployment:type_name -> zlayer.scheduler.v1.PutDeploymentCommand
 	2,  // 2: zlayer.scheduler.v1.Command.delete_deployment:type_name -> zlayer.scheduler.v1.DeleteDeploymentCommand
 	3,  // 3: zlayer.scheduler.v1.Command.scale:type_name -> zlayer.scheduler.v1.ScaleCommand
@@ -1746,31 +1824,33 @@ var file_zlayer_scheduler_v1_command_proto_depIdxs = []int32{
 	9,  // 9: zlayer.scheduler.v1.Command.run_job:type_name -> zlayer.scheduler.v1.RunJobCommand
 	10, // 10: zlayer.scheduler.v1.Command.join_token:type_name -> zlayer.scheduler.v1.JoinTokenCommand
 	11, // 11: zlayer.scheduler.v1.Command.join:type_name -> zlayer.scheduler.v1.JoinCommand
-	18, // 12: zlayer.scheduler.v1.PutDeploymentCommand.service_hashes:type_name -> zlayer.scheduler.v1.PutDeploymentCommand.ServiceHashesEntry
-	19, // 13: zlayer.scheduler.v1.PutDeploymentCommand.initial_scale:type_name -> zlayer.scheduler.v1.PutDeploymentCommand.InitialScaleEntry
-	21, // 14: zlayer.scheduler.v1.RegisterNodeCommand.node:type_name -> zlayer.scheduler.v1.Node
-	22, // 15: zlayer.scheduler.v1.ReplicaStatus.phase:type_name -> zlayer.scheduler.v1.ReplicaPhase
-	23, // 16: zlayer.scheduler.v1.ReplicaStatus.health:type_name -> zlayer.scheduler.v1.Health
-	6,  // 17: zlayer.scheduler.v1.HeartbeatCommand.statuses:type_name -> zlayer.scheduler.v1.ReplicaStatus
-	24, // 18: zlayer.scheduler.v1.HeartbeatCommand.load:type_name -> zlayer.scheduler.v1.ServiceLoad
-	25, // 19: zlayer.scheduler.v1.SetNodeStateCommand.state:type_name -> zlayer.scheduler.v1.NodeState
-	20, // 20: zlayer.scheduler.v1.CronTick.scheduled_at:type_name -> google.protobuf.Timestamp
-	26, // 21: zlayer.scheduler.v1.PlanCommand.create:type_name -> zlayer.scheduler.v1.Replica
-	14, // 22: zlayer.scheduler.v1.PlanCommand.place:type_name -> zlayer.scheduler.v1.Placement
-	15, // 23: zlayer.scheduler.v1.PlanCommand.stop:type_name -> zlayer.scheduler.v1.StopReplica
-	16, // 24: zlayer.scheduler.v1.PlanCommand.outcomes:type_name -> zlayer.scheduler.v1.RolloutResult
-	14, // 25: zlayer.scheduler.v1.PlanCommand.pending:type_name -> zlayer.scheduler.v1.Placement
-	12, // 26: zlayer.scheduler.v1.PlanCommand.cron:type_name -> zlayer.scheduler.v1.CronTick
-	27, // 27: zlayer.scheduler.v1.RolloutResult.outcome:type_name -> zlayer.scheduler.v1.RolloutOutcome
-	28, // 28: zlayer.scheduler.v1.Snapshot.deployments:type_name -> zlayer.scheduler.v1.Deployment
-	26, // 29: zlayer.scheduler.v1.Snapshot.replicas:type_name -> zlayer.scheduler.v1.Replica
-	21, // 30: zlayer.scheduler.v1.Snapshot.nodes:type_name -> zlayer.scheduler.v1.Node
-	29, // 31: zlayer.scheduler.v1.Snapshot.events:type_name -> zlayer.scheduler.v1.Event
-	32, // [32:32] is the sub-list for method output_type
-	32, // [32:32] is the sub-list for method input_type
-	32, // [32:32] is the sub-list for extension type_name
-	32, // [32:32] is the sub-list for extension extendee
-	0,  // [0:32] is the sub-list for field type_name
+	18, // 12: zlayer.scheduler.v1.Command.set_node_overlay:type_name -> zlayer.scheduler.v1.SetNodeOverlayCommand
+	19, // 13: zlayer.scheduler.v1.PutDeploymentCommand.service_hashes:type_name -> zlayer.scheduler.v1.PutDeploymentCommand.ServiceHashesEntry
+	20, // 14: zlayer.scheduler.v1.PutDeploymentCommand.initial_scale:type_name -> zlayer.scheduler.v1.PutDeploymentCommand.InitialScaleEntry
+	22, // 15: zlayer.scheduler.v1.RegisterNodeCommand.node:type_name -> zlayer.scheduler.v1.Node
+	23, // 16: zlayer.scheduler.v1.ReplicaStatus.phase:type_name -> zlayer.scheduler.v1.ReplicaPhase
+	24, // 17: zlayer.scheduler.v1.ReplicaStatus.health:type_name -> zlayer.scheduler.v1.Health
+	6,  // 18: zlayer.scheduler.v1.HeartbeatCommand.statuses:type_name -> zlayer.scheduler.v1.ReplicaStatus
+	25, // 19: zlayer.scheduler.v1.HeartbeatCommand.load:type_name -> zlayer.scheduler.v1.ServiceLoad
+	26, // 20: zlayer.scheduler.v1.SetNodeStateCommand.state:type_name -> zlayer.scheduler.v1.NodeState
+	21, // 21: zlayer.scheduler.v1.CronTick.scheduled_at:type_name -> google.protobuf.Timestamp
+	27, // 22: zlayer.scheduler.v1.PlanCommand.create:type_name -> zlayer.scheduler.v1.Replica
+	14, // 23: zlayer.scheduler.v1.PlanCommand.place:type_name -> zlayer.scheduler.v1.Placement
+	15, // 24: zlayer.scheduler.v1.PlanCommand.stop:type_name -> zlayer.scheduler.v1.StopReplica
+	16, // 25: zlayer.scheduler.v1.PlanCommand.outcomes:type_name -> zlayer.scheduler.v1.RolloutResult
+	14, // 26: zlayer.scheduler.v1.PlanCommand.pending:type_name -> zlayer.scheduler.v1.Placement
+	12, // 27: zlayer.scheduler.v1.PlanCommand.cron:type_name -> zlayer.scheduler.v1.CronTick
+	28, // 28: zlayer.scheduler.v1.RolloutResult.outcome:type_name -> zlayer.scheduler.v1.RolloutOutcome
+	29, // 29: zlayer.scheduler.v1.Snapshot.deployments:type_name -> zlayer.scheduler.v1.Deployment
+	27, // 30: zlayer.scheduler.v1.Snapshot.replicas:type_name -> zlayer.scheduler.v1.Replica
+	22, // 31: zlayer.scheduler.v1.Snapshot.nodes:type_name -> zlayer.scheduler.v1.Node
+	30, // 32: zlayer.scheduler.v1.Snapshot.events:type_name -> zlayer.scheduler.v1.Event
+	31, // 33: zlayer.scheduler.v1.SetNodeOverlayCommand.overlay:type_name -> zlayer.scheduler.v1.NodeOverlay
+	34, // [34:34] is the sub-list for method output_type
+	34, // [34:34] is the sub-list for method input_type
+	34, // [34:34] is the sub-list for extension type_name
+	34, // [34:34] is the sub-list for extension extendee
+	0,  // [0:34] is the sub-list for field type_name
 }
 
 func init() { file_zlayer_scheduler_v1_command_proto_init() }
@@ -1791,6 +1871,7 @@ func file_zlayer_scheduler_v1_command_proto_init() {
 		(*Command_RunJob)(nil),
 		(*Command_JoinToken)(nil),
 		(*Command_Join)(nil),
+		(*Command_SetNodeOverlay)(nil),
 	}
 	file_zlayer_scheduler_v1_command_proto_msgTypes[7].OneofWrappers = []any{}
 	type x struct{}
@@ -1799,7 +1880,7 @@ func file_zlayer_scheduler_v1_command_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_zlayer_scheduler_v1_command_proto_rawDesc), len(file_zlayer_scheduler_v1_command_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   20,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

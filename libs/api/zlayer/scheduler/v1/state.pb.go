@@ -809,7 +809,10 @@ type Node struct {
 	// agent_down is set while the node's scheduler cannot reach its agent:
 	// no new replicas are placed there; those it runs are left alone (they
 	// keep running without their agent, and are not moved).
-	AgentDown     bool `protobuf:"varint,12,opt,name=agent_down,json=agentDown,proto3" json:"agent_down,omitempty"`
+	AgentDown bool `protobuf:"varint,12,opt,name=agent_down,json=agentDown,proto3" json:"agent_down,omitempty"`
+	// overlay is the node's place in the WireGuard mesh; unset until its
+	// zlayer-overlay reported it.
+	Overlay       *NodeOverlay `protobuf:"bytes,13,opt,name=overlay,proto3" json:"overlay,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -928,6 +931,89 @@ func (x *Node) GetAgentDown() bool {
 	return false
 }
 
+func (x *Node) GetOverlay() *NodeOverlay {
+	if x != nil {
+		return x.Overlay
+	}
+	return nil
+}
+
+// NodeOverlay is a node's place in the WireGuard mesh that carries traffic
+// between nodes' containers.
+type NodeOverlay struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// public_key is its WireGuard public key (base64).
+	PublicKey string `protobuf:"bytes,1,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"`
+	// port is the UDP port its WireGuard device listens on.
+	Port uint32 `protobuf:"varint,2,opt,name=port,proto3" json:"port,omitempty"`
+	// container_cidr is its container subnet, which other nodes route
+	// through the mesh.
+	ContainerCidr string `protobuf:"bytes,3,opt,name=container_cidr,json=containerCidr,proto3" json:"container_cidr,omitempty"`
+	// address is its device's own address (in container_cidr): the source of
+	// the node's own connections to other nodes' containers.
+	Address       string `protobuf:"bytes,4,opt,name=address,proto3" json:"address,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NodeOverlay) Reset() {
+	*x = NodeOverlay{}
+	mi := &file_zlayer_scheduler_v1_state_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeOverlay) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeOverlay) ProtoMessage() {}
+
+func (x *NodeOverlay) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_scheduler_v1_state_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeOverlay.ProtoReflect.Descriptor instead.
+func (*NodeOverlay) Descriptor() ([]byte, []int) {
+	return file_zlayer_scheduler_v1_state_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *NodeOverlay) GetPublicKey() string {
+	if x != nil {
+		return x.PublicKey
+	}
+	return ""
+}
+
+func (x *NodeOverlay) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *NodeOverlay) GetContainerCidr() string {
+	if x != nil {
+		return x.ContainerCidr
+	}
+	return ""
+}
+
+func (x *NodeOverlay) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
 // ServiceLoad is one node's measurement of one service.
 type ServiceLoad struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -951,7 +1037,7 @@ type ServiceLoad struct {
 
 func (x *ServiceLoad) Reset() {
 	*x = ServiceLoad{}
-	mi := &file_zlayer_scheduler_v1_state_proto_msgTypes[5]
+	mi := &file_zlayer_scheduler_v1_state_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -963,7 +1049,7 @@ func (x *ServiceLoad) String() string {
 func (*ServiceLoad) ProtoMessage() {}
 
 func (x *ServiceLoad) ProtoReflect() protoreflect.Message {
-	mi := &file_zlayer_scheduler_v1_state_proto_msgTypes[5]
+	mi := &file_zlayer_scheduler_v1_state_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -976,7 +1062,7 @@ func (x *ServiceLoad) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceLoad.ProtoReflect.Descriptor instead.
 func (*ServiceLoad) Descriptor() ([]byte, []int) {
-	return file_zlayer_scheduler_v1_state_proto_rawDescGZIP(), []int{5}
+	return file_zlayer_scheduler_v1_state_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ServiceLoad) GetDeployment() string {
@@ -1046,7 +1132,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_zlayer_scheduler_v1_state_proto_msgTypes[6]
+	mi := &file_zlayer_scheduler_v1_state_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1058,7 +1144,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_zlayer_scheduler_v1_state_proto_msgTypes[6]
+	mi := &file_zlayer_scheduler_v1_state_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1071,7 +1157,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_zlayer_scheduler_v1_state_proto_rawDescGZIP(), []int{6}
+	return file_zlayer_scheduler_v1_state_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Event) GetSeq() uint64 {
@@ -1205,7 +1291,7 @@ const file_zlayer_scheduler_v1_state_proto_rawDesc = "" +
 	"created_at\x18\x10 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x12\n" +
 	"\x04held\x18\x11 \x01(\tR\x04held\x12\x10\n" +
 	"\x03run\x18\x12 \x01(\bR\x03run\x12\x18\n" +
-	"\atrigger\x18\x13 \x01(\tR\atrigger\"\xac\x04\n" +
+	"\atrigger\x18\x13 \x01(\tR\atrigger\"\xe8\x04\n" +
 	"\x04Node\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x10\n" +
 	"\x03cpu\x18\x02 \x01(\x01R\x03cpu\x12!\n" +
@@ -1220,10 +1306,17 @@ const file_zlayer_scheduler_v1_state_proto_rawDesc = "" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\x06loadAt\x12\x1b\n" +
 	"\tmember_id\x18\v \x01(\x04R\bmemberId\x12\x1d\n" +
 	"\n" +
-	"agent_down\x18\f \x01(\bR\tagentDown\x1a9\n" +
+	"agent_down\x18\f \x01(\bR\tagentDown\x12:\n" +
+	"\aoverlay\x18\r \x01(\v2 .zlayer.scheduler.v1.NodeOverlayR\aoverlay\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xbd\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x81\x01\n" +
+	"\vNodeOverlay\x12\x1d\n" +
+	"\n" +
+	"public_key\x18\x01 \x01(\tR\tpublicKey\x12\x12\n" +
+	"\x04port\x18\x02 \x01(\rR\x04port\x12%\n" +
+	"\x0econtainer_cidr\x18\x03 \x01(\tR\rcontainerCidr\x12\x18\n" +
+	"\aaddress\x18\x04 \x01(\tR\aaddress\"\xbd\x01\n" +
 	"\vServiceLoad\x12\x1e\n" +
 	"\n" +
 	"deployment\x18\x01 \x01(\tR\n" +
@@ -1285,7 +1378,7 @@ func file_zlayer_scheduler_v1_state_proto_rawDescGZIP() []byte {
 }
 
 var file_zlayer_scheduler_v1_state_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_zlayer_scheduler_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_zlayer_scheduler_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_zlayer_scheduler_v1_state_proto_goTypes = []any{
 	(RolloutOutcome)(0),           // 0: zlayer.scheduler.v1.RolloutOutcome
 	(ReplicaPhase)(0),             // 1: zlayer.scheduler.v1.ReplicaPhase
@@ -1296,46 +1389,48 @@ var file_zlayer_scheduler_v1_state_proto_goTypes = []any{
 	(*JoinToken)(nil),             // 6: zlayer.scheduler.v1.JoinToken
 	(*Replica)(nil),               // 7: zlayer.scheduler.v1.Replica
 	(*Node)(nil),                  // 8: zlayer.scheduler.v1.Node
-	(*ServiceLoad)(nil),           // 9: zlayer.scheduler.v1.ServiceLoad
-	(*Event)(nil),                 // 10: zlayer.scheduler.v1.Event
-	nil,                           // 11: zlayer.scheduler.v1.DeploymentVersion.ServiceHashesEntry
-	nil,                           // 12: zlayer.scheduler.v1.DeploymentVersion.InitialScaleEntry
-	nil,                           // 13: zlayer.scheduler.v1.Deployment.ScaleEntry
-	nil,                           // 14: zlayer.scheduler.v1.Deployment.CronLastEntry
-	nil,                           // 15: zlayer.scheduler.v1.Deployment.ScaledAtEntry
-	nil,                           // 16: zlayer.scheduler.v1.Deployment.JoinTokensEntry
-	nil,                           // 17: zlayer.scheduler.v1.Node.LabelsEntry
-	(*timestamppb.Timestamp)(nil), // 18: google.protobuf.Timestamp
+	(*NodeOverlay)(nil),           // 9: zlayer.scheduler.v1.NodeOverlay
+	(*ServiceLoad)(nil),           // 10: zlayer.scheduler.v1.ServiceLoad
+	(*Event)(nil),                 // 11: zlayer.scheduler.v1.Event
+	nil,                           // 12: zlayer.scheduler.v1.DeploymentVersion.ServiceHashesEntry
+	nil,                           // 13: zlayer.scheduler.v1.DeploymentVersion.InitialScaleEntry
+	nil,                           // 14: zlayer.scheduler.v1.Deployment.ScaleEntry
+	nil,                           // 15: zlayer.scheduler.v1.Deployment.CronLastEntry
+	nil,                           // 16: zlayer.scheduler.v1.Deployment.ScaledAtEntry
+	nil,                           // 17: zlayer.scheduler.v1.Deployment.JoinTokensEntry
+	nil,                           // 18: zlayer.scheduler.v1.Node.LabelsEntry
+	(*timestamppb.Timestamp)(nil), // 19: google.protobuf.Timestamp
 }
 var file_zlayer_scheduler_v1_state_proto_depIdxs = []int32{
-	11, // 0: zlayer.scheduler.v1.DeploymentVersion.service_hashes:type_name -> zlayer.scheduler.v1.DeploymentVersion.ServiceHashesEntry
-	18, // 1: zlayer.scheduler.v1.DeploymentVersion.created_at:type_name -> google.protobuf.Timestamp
+	12, // 0: zlayer.scheduler.v1.DeploymentVersion.service_hashes:type_name -> zlayer.scheduler.v1.DeploymentVersion.ServiceHashesEntry
+	19, // 1: zlayer.scheduler.v1.DeploymentVersion.created_at:type_name -> google.protobuf.Timestamp
 	0,  // 2: zlayer.scheduler.v1.DeploymentVersion.outcome:type_name -> zlayer.scheduler.v1.RolloutOutcome
-	12, // 3: zlayer.scheduler.v1.DeploymentVersion.initial_scale:type_name -> zlayer.scheduler.v1.DeploymentVersion.InitialScaleEntry
+	13, // 3: zlayer.scheduler.v1.DeploymentVersion.initial_scale:type_name -> zlayer.scheduler.v1.DeploymentVersion.InitialScaleEntry
 	4,  // 4: zlayer.scheduler.v1.Deployment.versions:type_name -> zlayer.scheduler.v1.DeploymentVersion
-	13, // 5: zlayer.scheduler.v1.Deployment.scale:type_name -> zlayer.scheduler.v1.Deployment.ScaleEntry
-	14, // 6: zlayer.scheduler.v1.Deployment.cron_last:type_name -> zlayer.scheduler.v1.Deployment.CronLastEntry
-	15, // 7: zlayer.scheduler.v1.Deployment.scaled_at:type_name -> zlayer.scheduler.v1.Deployment.ScaledAtEntry
-	16, // 8: zlayer.scheduler.v1.Deployment.join_tokens:type_name -> zlayer.scheduler.v1.Deployment.JoinTokensEntry
-	18, // 9: zlayer.scheduler.v1.JoinToken.created_at:type_name -> google.protobuf.Timestamp
+	14, // 5: zlayer.scheduler.v1.Deployment.scale:type_name -> zlayer.scheduler.v1.Deployment.ScaleEntry
+	15, // 6: zlayer.scheduler.v1.Deployment.cron_last:type_name -> zlayer.scheduler.v1.Deployment.CronLastEntry
+	16, // 7: zlayer.scheduler.v1.Deployment.scaled_at:type_name -> zlayer.scheduler.v1.Deployment.ScaledAtEntry
+	17, // 8: zlayer.scheduler.v1.Deployment.join_tokens:type_name -> zlayer.scheduler.v1.Deployment.JoinTokensEntry
+	19, // 9: zlayer.scheduler.v1.JoinToken.created_at:type_name -> google.protobuf.Timestamp
 	1,  // 10: zlayer.scheduler.v1.Replica.phase:type_name -> zlayer.scheduler.v1.ReplicaPhase
 	2,  // 11: zlayer.scheduler.v1.Replica.health:type_name -> zlayer.scheduler.v1.Health
-	18, // 12: zlayer.scheduler.v1.Replica.changed_at:type_name -> google.protobuf.Timestamp
-	18, // 13: zlayer.scheduler.v1.Replica.created_at:type_name -> google.protobuf.Timestamp
-	17, // 14: zlayer.scheduler.v1.Node.labels:type_name -> zlayer.scheduler.v1.Node.LabelsEntry
+	19, // 12: zlayer.scheduler.v1.Replica.changed_at:type_name -> google.protobuf.Timestamp
+	19, // 13: zlayer.scheduler.v1.Replica.created_at:type_name -> google.protobuf.Timestamp
+	18, // 14: zlayer.scheduler.v1.Node.labels:type_name -> zlayer.scheduler.v1.Node.LabelsEntry
 	3,  // 15: zlayer.scheduler.v1.Node.state:type_name -> zlayer.scheduler.v1.NodeState
-	18, // 16: zlayer.scheduler.v1.Node.last_heartbeat:type_name -> google.protobuf.Timestamp
-	9,  // 17: zlayer.scheduler.v1.Node.load:type_name -> zlayer.scheduler.v1.ServiceLoad
-	18, // 18: zlayer.scheduler.v1.Node.load_at:type_name -> google.protobuf.Timestamp
-	18, // 19: zlayer.scheduler.v1.Event.time:type_name -> google.protobuf.Timestamp
-	18, // 20: zlayer.scheduler.v1.Deployment.CronLastEntry.value:type_name -> google.protobuf.Timestamp
-	18, // 21: zlayer.scheduler.v1.Deployment.ScaledAtEntry.value:type_name -> google.protobuf.Timestamp
-	6,  // 22: zlayer.scheduler.v1.Deployment.JoinTokensEntry.value:type_name -> zlayer.scheduler.v1.JoinToken
-	23, // [23:23] is the sub-list for method output_type
-	23, // [23:23] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	19, // 16: zlayer.scheduler.v1.Node.last_heartbeat:type_name -> google.protobuf.Timestamp
+	10, // 17: zlayer.scheduler.v1.Node.load:type_name -> zlayer.scheduler.v1.ServiceLoad
+	19, // 18: zlayer.scheduler.v1.Node.load_at:type_name -> google.protobuf.Timestamp
+	9,  // 19: zlayer.scheduler.v1.Node.overlay:type_name -> zlayer.scheduler.v1.NodeOverlay
+	19, // 20: zlayer.scheduler.v1.Event.time:type_name -> google.protobuf.Timestamp
+	19, // 21: zlayer.scheduler.v1.Deployment.CronLastEntry.value:type_name -> google.protobuf.Timestamp
+	19, // 22: zlayer.scheduler.v1.Deployment.ScaledAtEntry.value:type_name -> google.protobuf.Timestamp
+	6,  // 23: zlayer.scheduler.v1.Deployment.JoinTokensEntry.value:type_name -> zlayer.scheduler.v1.JoinToken
+	24, // [24:24] is the sub-list for method output_type
+	24, // [24:24] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_zlayer_scheduler_v1_state_proto_init() }
@@ -1349,7 +1444,7 @@ func file_zlayer_scheduler_v1_state_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_zlayer_scheduler_v1_state_proto_rawDesc), len(file_zlayer_scheduler_v1_state_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   14,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -14,7 +14,7 @@ _sym_db = _symbol_database.Default()
 from zlayer.types.v1 import types_pb2 as zlayer_dot_types_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fzlayer/overlay/v1/overlay.proto\x12\x11zlayer.overlay.v1\x1a\x1bzlayer/types/v1/types.proto\"\x10\n\x0eGetInfoRequest\"B\n\x0fGetInfoResponse\x12/\n\x04info\x18\x01 \x01(\x0b\x32\x1b.zlayer.types.v1.DaemonInfoR\x04info2b\n\x0eOverlayService\x12P\n\x07GetInfo\x12!.zlayer.overlay.v1.GetInfoRequest\x1a\".zlayer.overlay.v1.GetInfoResponseB1Z/zlayer.dev/libs/api/zlayer/overlay/v1;overlayv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fzlayer/overlay/v1/overlay.proto\x12\x11zlayer.overlay.v1\x1a\x1bzlayer/types/v1/types.proto\"\x10\n\x0eGetInfoRequest\"B\n\x0fGetInfoResponse\x12/\n\x04info\x18\x01 \x01(\x0b\x32\x1b.zlayer.types.v1.DaemonInfoR\x04info\"\x14\n\x12GetIdentityRequest\"`\n\x13GetIdentityResponse\x12\x1d\n\npublic_key\x18\x01 \x01(\tR\tpublicKey\x12\x12\n\x04port\x18\x02 \x01(\rR\x04port\x12\x16\n\x06\x64\x65vice\x18\x03 \x01(\tR\x06\x64\x65vice\"\x81\x01\n\x0fSetPeersRequest\x12\x18\n\x07\x61\x64\x64ress\x18\x01 \x01(\tR\x07\x61\x64\x64ress\x12%\n\x0e\x63ontainer_cidr\x18\x02 \x01(\tR\rcontainerCidr\x12-\n\x05peers\x18\x03 \x03(\x0b\x32\x17.zlayer.overlay.v1.PeerR\x05peers\"|\n\x04Peer\x12\x12\n\x04node\x18\x01 \x01(\tR\x04node\x12\x1d\n\npublic_key\x18\x02 \x01(\tR\tpublicKey\x12\x1a\n\x08\x65ndpoint\x18\x03 \x01(\tR\x08\x65ndpoint\x12%\n\x0e\x63ontainer_cidr\x18\x04 \x01(\tR\rcontainerCidr\"\x12\n\x10SetPeersResponse2\x95\x02\n\x0eOverlayService\x12P\n\x07GetInfo\x12!.zlayer.overlay.v1.GetInfoRequest\x1a\".zlayer.overlay.v1.GetInfoResponse\x12\\\n\x0bGetIdentity\x12%.zlayer.overlay.v1.GetIdentityRequest\x1a&.zlayer.overlay.v1.GetIdentityResponse\x12S\n\x08SetPeers\x12\".zlayer.overlay.v1.SetPeersRequest\x1a#.zlayer.overlay.v1.SetPeersResponseB1Z/zlayer.dev/libs/api/zlayer/overlay/v1;overlayv1b\x06proto3')
 
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, globals())
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'zlayer.overlay.v1.overlay_pb2', globals())
@@ -26,6 +26,16 @@ if _descriptor._USE_C_DESCRIPTORS == False:
   _GETINFOREQUEST._serialized_end=99
   _GETINFORESPONSE._serialized_start=101
   _GETINFORESPONSE._serialized_end=167
-  _OVERLAYSERVICE._serialized_start=169
-  _OVERLAYSERVICE._serialized_end=267
+  _GETIDENTITYREQUEST._serialized_start=169
+  _GETIDENTITYREQUEST._serialized_end=189
+  _GETIDENTITYRESPONSE._serialized_start=191
+  _GETIDENTITYRESPONSE._serialized_end=287
+  _SETPEERSREQUEST._serialized_start=290
+  _SETPEERSREQUEST._serialized_end=419
+  _PEER._serialized_start=421
+  _PEER._serialized_end=545
+  _SETPEERSRESPONSE._serialized_start=547
+  _SETPEERSRESPONSE._serialized_end=565
+  _OVERLAYSERVICE._serialized_start=568
+  _OVERLAYSERVICE._serialized_end=845
 # @@protoc_insertion_point(module_scope)

@@ -21,6 +21,16 @@ class OverlayServiceStub(object):
                 request_serializer=zlayer_dot_overlay_dot_v1_dot_overlay__pb2.GetInfoRequest.SerializeToString,
                 response_deserializer=zlayer_dot_overlay_dot_v1_dot_overlay__pb2.GetInfoResponse.FromString,
                 )
+        self.GetIdentity = channel.unary_unary(
+                '/zlayer.overlay.v1.OverlayService/GetIdentity',
+                request_serializer=zlayer_dot_overlay_dot_v1_dot_overlay__pb2.GetIdentityRequest.SerializeToString,
+                response_deserializer=zlayer_dot_overlay_dot_v1_dot_overlay__pb2.GetIdentityResponse.FromString,
+                )
+        self.SetPeers = channel.unary_unary(
+                '/zlayer.overlay.v1.OverlayService/SetPeers',
+                request_serializer=zlayer_dot_overlay_dot_v1_dot_overlay__pb2.SetPeersRequest.SerializeToString,
+                response_deserializer=zlayer_dot_overlay_dot_v1_dot_overlay__pb2.SetPeersResponse.FromString,
+                )
 
 
 class OverlayServiceServicer(object):
@@ -35,6 +45,23 @@ class OverlayServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetIdentity(self, request, context):
+        """GetIdentity returns the node's WireGuard public key and port (the key
+        is made on first start and kept in the data directory).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetPeers(self, request, context):
+        """SetPeers sets the mesh: this node's device address and subnet, and
+        every other node. With peers the device is up and routes each peer's
+        container subnet through it; with none there is no device.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OverlayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -42,6 +69,16 @@ def add_OverlayServiceServicer_to_server(servicer, server):
                     servicer.GetInfo,
                     request_deserializer=zlayer_dot_overlay_dot_v1_dot_overlay__pb2.GetInfoRequest.FromString,
                     response_serializer=zlayer_dot_overlay_dot_v1_dot_overlay__pb2.GetInfoResponse.SerializeToString,
+            ),
+            'GetIdentity': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetIdentity,
+                    request_deserializer=zlayer_dot_overlay_dot_v1_dot_overlay__pb2.GetIdentityRequest.FromString,
+                    response_serializer=zlayer_dot_overlay_dot_v1_dot_overlay__pb2.GetIdentityResponse.SerializeToString,
+            ),
+            'SetPeers': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetPeers,
+                    request_deserializer=zlayer_dot_overlay_dot_v1_dot_overlay__pb2.SetPeersRequest.FromString,
+                    response_serializer=zlayer_dot_overlay_dot_v1_dot_overlay__pb2.SetPeersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -69,5 +106,39 @@ class OverlayService(object):
         return grpc.experimental.unary_unary(request, target, '/zlayer.overlay.v1.OverlayService/GetInfo',
             zlayer_dot_overlay_dot_v1_dot_overlay__pb2.GetInfoRequest.SerializeToString,
             zlayer_dot_overlay_dot_v1_dot_overlay__pb2.GetInfoResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def GetIdentity(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/zlayer.overlay.v1.OverlayService/GetIdentity',
+            zlayer_dot_overlay_dot_v1_dot_overlay__pb2.GetIdentityRequest.SerializeToString,
+            zlayer_dot_overlay_dot_v1_dot_overlay__pb2.GetIdentityResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def SetPeers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/zlayer.overlay.v1.OverlayService/SetPeers',
+            zlayer_dot_overlay_dot_v1_dot_overlay__pb2.SetPeersRequest.SerializeToString,
+            zlayer_dot_overlay_dot_v1_dot_overlay__pb2.SetPeersResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)

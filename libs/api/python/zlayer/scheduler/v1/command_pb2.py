@@ -15,7 +15,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from zlayer.scheduler.v1 import state_pb2 as zlayer_dot_scheduler_dot_v1_dot_state__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!zlayer/scheduler/v1/command.proto\x12\x13zlayer.scheduler.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fzlayer/scheduler/v1/state.proto\"\xdf\x06\n\x07\x43ommand\x12;\n\x0bproposed_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nproposedAt\x12R\n\x0eput_deployment\x18\x02 \x01(\x0b\x32).zlayer.scheduler.v1.PutDeploymentCommandH\x00R\rputDeployment\x12[\n\x11\x64\x65lete_deployment\x18\x03 \x01(\x0b\x32,.zlayer.scheduler.v1.DeleteDeploymentCommandH\x00R\x10\x64\x65leteDeployment\x12\x39\n\x05scale\x18\x04 \x01(\x0b\x32!.zlayer.scheduler.v1.ScaleCommandH\x00R\x05scale\x12\x42\n\x08rollback\x18\x05 \x01(\x0b\x32$.zlayer.scheduler.v1.RollbackCommandH\x00R\x08rollback\x12O\n\rregister_node\x18\x06 \x01(\x0b\x32(.zlayer.scheduler.v1.RegisterNodeCommandH\x00R\x0cregisterNode\x12\x45\n\theartbeat\x18\x07 \x01(\x0b\x32%.zlayer.scheduler.v1.HeartbeatCommandH\x00R\theartbeat\x12P\n\x0eset_node_state\x18\x08 \x01(\x0b\x32(.zlayer.scheduler.v1.SetNodeStateCommandH\x00R\x0csetNodeState\x12\x36\n\x04plan\x18\t \x01(\x0b\x32 .zlayer.scheduler.v1.PlanCommandH\x00R\x04plan\x12=\n\x07run_job\x18\n \x01(\x0b\x32\".zlayer.scheduler.v1.RunJobCommandH\x00R\x06runJob\x12\x46\n\njoin_token\x18\x0b \x01(\x0b\x32%.zlayer.scheduler.v1.JoinTokenCommandH\x00R\tjoinToken\x12\x36\n\x04join\x18\x0c \x01(\x0b\x32 .zlayer.scheduler.v1.JoinCommandH\x00R\x04joinB\x06\n\x04kind\"\xae\x03\n\x14PutDeploymentCommand\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x1b\n\tspec_yaml\x18\x02 \x01(\x0cR\x08specYaml\x12\x1b\n\tfile_name\x18\x03 \x01(\tR\x08\x66ileName\x12\x63\n\x0eservice_hashes\x18\x04 \x03(\x0b\x32<.zlayer.scheduler.v1.PutDeploymentCommand.ServiceHashesEntryR\rserviceHashes\x12`\n\rinitial_scale\x18\x05 \x03(\x0b\x32;.zlayer.scheduler.v1.PutDeploymentCommand.InitialScaleEntryR\x0cinitialScale\x1a@\n\x12ServiceHashesEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01\x1a?\n\x11InitialScaleEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\rR\x05value:\x02\x38\x01\"-\n\x17\x44\x65leteDeploymentCommand\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\"|\n\x0cScaleCommand\x12\x1e\n\ndeployment\x18\x01 \x01(\tR\ndeployment\x12\x18\n\x07service\x18\x02 \x01(\tR\x07service\x12\x1a\n\x08replicas\x18\x03 \x01(\rR\x08replicas\x12\x16\n\x06reason\x18\x04 \x01(\tR\x06reason\"\x8f\x01\n\x0fRollbackCommand\x12\x1e\n\ndeployment\x18\x01 \x01(\tR\ndeployment\x12\x1d\n\nto_version\x18\x02 \x01(\x04R\ttoVersion\x12\x16\n\x06reason\x18\x03 \x01(\tR\x06reason\x12%\n\x0e\x66\x61iled_version\x18\x04 \x01(\x04R\rfailedVersion\"D\n\x13RegisterNodeCommand\x12-\n\x04node\x18\x01 \x01(\x0b\x32\x19.zlayer.scheduler.v1.NodeR\x04node\"\x82\x02\n\rReplicaStatus\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x37\n\x05phase\x18\x02 \x01(\x0e\x32!.zlayer.scheduler.v1.ReplicaPhaseR\x05phase\x12\x33\n\x06health\x18\x03 \x01(\x0e\x32\x1b.zlayer.scheduler.v1.HealthR\x06health\x12\x0e\n\x02ip\x18\x04 \x01(\tR\x02ip\x12\x1a\n\x08restarts\x18\x05 \x01(\rR\x08restarts\x12\x1b\n\texit_code\x18\x06 \x01(\x05R\x08\x65xitCode\x12\x16\n\x06reason\x18\x07 \x01(\tR\x06reason\x12\x12\n\x04held\x18\x08 \x01(\tR\x04held\"\xcf\x01\n\x10HeartbeatCommand\x12\x12\n\x04node\x18\x01 \x01(\tR\x04node\x12>\n\x08statuses\x18\x02 \x03(\x0b\x32\".zlayer.scheduler.v1.ReplicaStatusR\x08statuses\x12\x34\n\x04load\x18\x03 \x03(\x0b\x32 .zlayer.scheduler.v1.ServiceLoadR\x04load\x12\"\n\nagent_down\x18\x04 \x01(\x08H\x00R\tagentDown\x88\x01\x01\x42\r\n\x0b_agent_down\"w\n\x13SetNodeStateCommand\x12\x12\n\x04node\x18\x01 \x01(\tR\x04node\x12\x34\n\x05state\x18\x02 \x01(\x0e\x32\x1e.zlayer.scheduler.v1.NodeStateR\x05state\x12\x16\n\x06reason\x18\x03 \x01(\tR\x06reason\"\x96\x01\n\rRunJobCommand\x12\x1e\n\ndeployment\x18\x01 \x01(\tR\ndeployment\x12\x18\n\x07service\x18\x02 \x01(\tR\x07service\x12\x1d\n\nreplica_id\x18\x03 \x01(\tR\treplicaId\x12\x18\n\x07trigger\x18\x04 \x01(\tR\x07trigger\x12\x12\n\x04node\x18\x05 \x01(\tR\x04node\"\x8e\x01\n\x10JoinTokenCommand\x12\x1e\n\ndeployment\x18\x01 \x01(\tR\ndeployment\x12\x18\n\x07service\x18\x02 \x01(\tR\x07service\x12\x10\n\x03key\x18\x03 \x01(\tR\x03key\x12\x16\n\x06revoke\x18\x04 \x01(\x08R\x06revoke\x12\x16\n\x06global\x18\x05 \x01(\x08R\x06global\"\x83\x01\n\x0bJoinCommand\x12\x12\n\x04node\x18\x01 \x01(\tR\x04node\x12\x1e\n\ndeployment\x18\x02 \x01(\tR\ndeployment\x12\x18\n\x07service\x18\x03 \x01(\tR\x07service\x12\x10\n\x03key\x18\x04 \x01(\tR\x03key\x12\x14\n\x05leave\x18\x05 \x01(\x08R\x05leave\"\xb2\x01\n\x08\x43ronTick\x12\x1e\n\ndeployment\x18\x01 \x01(\tR\ndeployment\x12\x18\n\x07service\x18\x02 \x01(\tR\x07service\x12=\n\x0cscheduled_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x0bscheduledAt\x12\x15\n\x06run_id\x18\x04 \x01(\tR\x05runId\x12\x16\n\x06reason\x18\x05 \x01(\tR\x06reason\"\xf4\x02\n\x0bPlanCommand\x12\x34\n\x06\x63reate\x18\x01 \x03(\x0b\x32\x1c.zlayer.scheduler.v1.ReplicaR\x06\x63reate\x12\x34\n\x05place\x18\x02 \x03(\x0b\x32\x1e.zlayer.scheduler.v1.PlacementR\x05place\x12\x34\n\x04stop\x18\x03 \x03(\x0b\x32 .zlayer.scheduler.v1.StopReplicaR\x04stop\x12\x16\n\x06\x66orget\x18\x04 \x03(\tR\x06\x66orget\x12>\n\x08outcomes\x18\x05 \x03(\x0b\x32\".zlayer.scheduler.v1.RolloutResultR\x08outcomes\x12\x38\n\x07pending\x18\x06 \x03(\x0b\x32\x1e.zlayer.scheduler.v1.PlacementR\x07pending\x12\x31\n\x04\x63ron\x18\x07 \x03(\x0b\x32\x1d.zlayer.scheduler.v1.CronTickR\x04\x63ron\"Q\n\tPlacement\x12\x18\n\x07replica\x18\x01 \x01(\tR\x07replica\x12\x12\n\x04node\x18\x02 \x01(\tR\x04node\x12\x16\n\x06reason\x18\x03 \x01(\tR\x06reason\"?\n\x0bStopReplica\x12\x18\n\x07replica\x18\x01 \x01(\tR\x07replica\x12\x16\n\x06reason\x18\x02 \x01(\tR\x06reason\"\xa0\x01\n\rRolloutResult\x12\x1e\n\ndeployment\x18\x01 \x01(\tR\ndeployment\x12\x18\n\x07version\x18\x02 \x01(\x04R\x07version\x12=\n\x07outcome\x18\x03 \x01(\x0e\x32#.zlayer.scheduler.v1.RolloutOutcomeR\x07outcome\x12\x16\n\x06reason\x18\x04 \x01(\tR\x06reason\"\x91\x02\n\x08Snapshot\x12#\n\rapplied_index\x18\x01 \x01(\x04R\x0c\x61ppliedIndex\x12\x41\n\x0b\x64\x65ployments\x18\x02 \x03(\x0b\x32\x1f.zlayer.scheduler.v1.DeploymentR\x0b\x64\x65ployments\x12\x38\n\x08replicas\x18\x03 \x03(\x0b\x32\x1c.zlayer.scheduler.v1.ReplicaR\x08replicas\x12/\n\x05nodes\x18\x04 \x03(\x0b\x32\x19.zlayer.scheduler.v1.NodeR\x05nodes\x12\x32\n\x06\x65vents\x18\x05 \x03(\x0b\x32\x1a.zlayer.scheduler.v1.EventR\x06\x65ventsB5Z3zlayer.dev/libs/api/zlayer/scheduler/v1;schedulerv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!zlayer/scheduler/v1/command.proto\x12\x13zlayer.scheduler.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fzlayer/scheduler/v1/state.proto\"\xb7\x07\n\x07\x43ommand\x12;\n\x0bproposed_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nproposedAt\x12R\n\x0eput_deployment\x18\x02 \x01(\x0b\x32).zlayer.scheduler.v1.PutDeploymentCommandH\x00R\rputDeployment\x12[\n\x11\x64\x65lete_deployment\x18\x03 \x01(\x0b\x32,.zlayer.scheduler.v1.DeleteDeploymentCommandH\x00R\x10\x64\x65leteDeployment\x12\x39\n\x05scale\x18\x04 \x01(\x0b\x32!.zlayer.scheduler.v1.ScaleCommandH\x00R\x05scale\x12\x42\n\x08rollback\x18\x05 \x01(\x0b\x32$.zlayer.scheduler.v1.RollbackCommandH\x00R\x08rollback\x12O\n\rregister_node\x18\x06 \x01(\x0b\x32(.zlayer.scheduler.v1.RegisterNodeCommandH\x00R\x0cregisterNode\x12\x45\n\theartbeat\x18\x07 \x01(\x0b\x32%.zlayer.scheduler.v1.HeartbeatCommandH\x00R\theartbeat\x12P\n\x0eset_node_state\x18\x08 \x01(\x0b\x32(.zlayer.scheduler.v1.SetNodeStateCommandH\x00R\x0csetNodeState\x12\x36\n\x04plan\x18\t \x01(\x0b\x32 .zlayer.scheduler.v1.PlanCommandH\x00R\x04plan\x12=\n\x07run_job\x18\n \x01(\x0b\x32\".zlayer.scheduler.v1.RunJobCommandH\x00R\x06runJob\x12\x46\n\njoin_token\x18\x0b \x01(\x0b\x32%.zlayer.scheduler.v1.JoinTokenCommandH\x00R\tjoinToken\x12\x36\n\x04join\x18\x0c \x01(\x0b\x32 .zlayer.scheduler.v1.JoinCommandH\x00R\x04join\x12V\n\x10set_node_overlay\x18\r \x01(\x0b\x32*.zlayer.scheduler.v1.SetNodeOverlayCommandH\x00R\x0esetNodeOverlayB\x06\n\x04kind\"\xae\x03\n\x14PutDeploymentCommand\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x1b\n\tspec_yaml\x18\x02 \x01(\x0cR\x08specYaml\x12\x1b\n\tfile_name\x18\x03 \x01(\tR\x08\x66ileName\x12\x63\n\x0eservice_hashes\x18\x04 \x03(\x0b\x32<.zlayer.scheduler.v1.PutDeploymentCommand.ServiceHashesEntryR\rserviceHashes\x12`\n\rinitial_scale\x18\x05 \x03(\x0b\x32;.zlayer.scheduler.v1.PutDeploymentCommand.InitialScaleEntryR\x0cinitialScale\x1a@\n\x12ServiceHashesEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01\x1a?\n\x11InitialScaleEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\rR\x05value:\x02\x38\x01\"-\n\x17\x44\x65leteDeploymentCommand\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\"|\n\x0cScaleCommand\x12\x1e\n\ndeployment\x18\x01 \x01(\tR\ndeployment\x12\x18\n\x07service\x18\x02 \x01(\tR\x07service\x12\x1a\n\x08replicas\x18\x03 \x01(\rR\x08replicas\x12\x16\n\x06reason\x18\x04 \x01(\tR\x06reason\"\x8f\x01\n\x0fRollbackCommand\x12\x1e\n\ndeployment\x18\x01 \x01(\tR\ndeployment\x12\x1d\n\nto_version\x18\x02 \x01(\x04R\ttoVersion\x12\x16\n\x06reason\x18\x03 \x01(\tR\x06reason\x12%\n\x0e\x66\x61iled_version\x18\x04 \x01(\x04R\rfailedVersion\"D\n\x13RegisterNodeCommand\x12-\n\x04node\x18\x01 \x01(\x0b\x32\x19.zlayer.scheduler.v1.NodeR\x04node\"\x82\x02\n\rReplicaStatus\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x37\n\x05phase\x18\x02 \x01(\x0e\x32!.zlayer.scheduler.v1.ReplicaPhaseR\x05phase\x12\x33\n\x06health\x18\x03 \x01(\x0e\x32\x1b.zlayer.scheduler.v1.HealthR\x06health\x12\x0e\n\x02ip\x18\x04 \x01(\tR\x02ip\x12\x1a\n\x08restarts\x18\x05 \x01(\rR\x08restarts\x12\x1b\n\texit_code\x18\x06 \x01(\x05R\x08\x65xitCode\x12\x16\n\x06reason\x18\x07 \x01(\tR\x06reason\x12\x12\n\x04held\x18\x08 \x01(\tR\x04held\"\xcf\x01\n\x10HeartbeatCommand\x12\x12\n\x04node\x18\x01 \x01(\tR\x04node\x12>\n\x08statuses\x18\x02 \x03(\x0b\x32\".zlayer.scheduler.v1.ReplicaStatusR\x08statuses\x12\x34\n\x04load\x18\x03 \x03(\x0b\x32 .zlayer.scheduler.v1.ServiceLoadR\x04load\x12\"\n\nagent_down\x18\x04 \x01(\x08H\x00R\tagentDown\x88\x01\x01\x42\r\n\x0b_agent_down\"w\n\x13SetNodeStateCommand\x12\x12\n\x04node\x18\x01 \x01(\tR\x04node\x12\x34\n\x05state\x18\x02 \x01(\x0e\x32\x1e.zlayer.scheduler.v1.NodeStateR\x05state\x12\x16\n\x06reason\x18\x03 \x01(\tR\x06reason\"\x96\x01\n\rRunJobCommand\x12\x1e\n\ndeployment\x18\x01 \x01(\tR\ndeployment\x12\x18\n\x07service\x18\x02 \x01(\tR\x07service\x12\x1d\n\nreplica_id\x18\x03 \x01(\tR\treplicaId\x12\x18\n\x07trigger\x18\x04 \x01(\tR\x07trigger\x12\x12\n\x04node\x18\x05 \x01(\tR\x04node\"\x8e\x01\n\x10JoinTokenCommand\x12\x1e\n\ndeployment\x18\x01 \x01(\tR\ndeployment\x12\x18\n\x07service\x18\x02 \x01(\tR\x07service\x12\x10\n\x03key\x18\x03 \x01(\tR\x03key\x12\x16\n\x06revoke\x18\x04 \x01(\x08R\x06revoke\x12\x16\n\x06global\x18\x05 \x01(\x08R\x06global\"\x83\x01\n\x0bJoinCommand\x12\x12\n\x04node\x18\x01 \x01(\tR\x04node\x12\x1e\n\ndeployment\x18\x02 \x01(\tR\ndeployment\x12\x18\n\x07service\x18\x03 \x01(\tR\x07service\x12\x10\n\x03key\x18\x04 \x01(\tR\x03key\x12\x14\n\x05leave\x18\x05 \x01(\x08R\x05leave\"\xb2\x01\n\x08\x43ronTick\x12\x1e\n\ndeployment\x18\x01 \x01(\tR\ndeployment\x12\x18\n\x07service\x18\x02 \x01(\tR\x07service\x12=\n\x0cscheduled_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x0bscheduledAt\x12\x15\n\x06run_id\x18\x04 \x01(\tR\x05runId\x12\x16\n\x06reason\x18\x05 \x01(\tR\x06reason\"\xf4\x02\n\x0bPlanCommand\x12\x34\n\x06\x63reate\x18\x01 \x03(\x0b\x32\x1c.zlayer.scheduler.v1.ReplicaR\x06\x63reate\x12\x34\n\x05place\x18\x02 \x03(\x0b\x32\x1e.zlayer.scheduler.v1.PlacementR\x05place\x12\x34\n\x04stop\x18\x03 \x03(\x0b\x32 .zlayer.scheduler.v1.StopReplicaR\x04stop\x12\x16\n\x06\x66orget\x18\x04 \x03(\tR\x06\x66orget\x12>\n\x08outcomes\x18\x05 \x03(\x0b\x32\".zlayer.scheduler.v1.RolloutResultR\x08outcomes\x12\x38\n\x07pending\x18\x06 \x03(\x0b\x32\x1e.zlayer.scheduler.v1.PlacementR\x07pending\x12\x31\n\x04\x63ron\x18\x07 \x03(\x0b\x32\x1d.zlayer.scheduler.v1.CronTickR\x04\x63ron\"Q\n\tPlacement\x12\x18\n\x07replica\x18\x01 \x01(\tR\x07replica\x12\x12\n\x04node\x18\x02 \x01(\tR\x04node\x12\x16\n\x06reason\x18\x03 \x01(\tR\x06reason\"?\n\x0bStopReplica\x12\x18\n\x07replica\x18\x01 \x01(\tR\x07replica\x12\x16\n\x06reason\x18\x02 \x01(\tR\x06reason\"\xa0\x01\n\rRolloutResult\x12\x1e\n\ndeployment\x18\x01 \x01(\tR\ndeployment\x12\x18\n\x07version\x18\x02 \x01(\x04R\x07version\x12=\n\x07outcome\x18\x03 \x01(\x0e\x32#.zlayer.scheduler.v1.RolloutOutcomeR\x07outcome\x12\x16\n\x06reason\x18\x04 \x01(\tR\x06reason\"\x91\x02\n\x08Snapshot\x12#\n\rapplied_index\x18\x01 \x01(\x04R\x0c\x61ppliedIndex\x12\x41\n\x0b\x64\x65ployments\x18\x02 \x03(\x0b\x32\x1f.zlayer.scheduler.v1.DeploymentR\x0b\x64\x65ployments\x12\x38\n\x08replicas\x18\x03 \x03(\x0b\x32\x1c.zlayer.scheduler.v1.ReplicaR\x08replicas\x12/\n\x05nodes\x18\x04 \x03(\x0b\x32\x19.zlayer.scheduler.v1.NodeR\x05nodes\x12\x32\n\x06\x65vents\x18\x05 \x03(\x0b\x32\x1a.zlayer.scheduler.v1.EventR\x06\x65vents\"g\n\x15SetNodeOverlayCommand\x12\x12\n\x04node\x18\x01 \x01(\tR\x04node\x12:\n\x07overlay\x18\x02 \x01(\x0b\x32 .zlayer.scheduler.v1.NodeOverlayR\x07overlayB5Z3zlayer.dev/libs/api/zlayer/scheduler/v1;schedulerv1b\x06proto3')
 
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, globals())
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'zlayer.scheduler.v1.command_pb2', globals())
@@ -28,43 +28,45 @@ if _descriptor._USE_C_DESCRIPTORS == False:
   _PUTDEPLOYMENTCOMMAND_INITIALSCALEENTRY._options = None
   _PUTDEPLOYMENTCOMMAND_INITIALSCALEENTRY._serialized_options = b'8\001'
   _COMMAND._serialized_start=125
-  _COMMAND._serialized_end=988
-  _PUTDEPLOYMENTCOMMAND._serialized_start=991
-  _PUTDEPLOYMENTCOMMAND._serialized_end=1421
-  _PUTDEPLOYMENTCOMMAND_SERVICEHASHESENTRY._serialized_start=1292
-  _PUTDEPLOYMENTCOMMAND_SERVICEHASHESENTRY._serialized_end=1356
-  _PUTDEPLOYMENTCOMMAND_INITIALSCALEENTRY._serialized_start=1358
-  _PUTDEPLOYMENTCOMMAND_INITIALSCALEENTRY._serialized_end=1421
-  _DELETEDEPLOYMENTCOMMAND._serialized_start=1423
-  _DELETEDEPLOYMENTCOMMAND._serialized_end=1468
-  _SCALECOMMAND._serialized_start=1470
-  _SCALECOMMAND._serialized_end=1594
-  _ROLLBACKCOMMAND._serialized_start=1597
-  _ROLLBACKCOMMAND._serialized_end=1740
-  _REGISTERNODECOMMAND._serialized_start=1742
-  _REGISTERNODECOMMAND._serialized_end=1810
-  _REPLICASTATUS._serialized_start=1813
-  _REPLICASTATUS._serialized_end=2071
-  _HEARTBEATCOMMAND._serialized_start=2074
-  _HEARTBEATCOMMAND._serialized_end=2281
-  _SETNODESTATECOMMAND._serialized_start=2283
-  _SETNODESTATECOMMAND._serialized_end=2402
-  _RUNJOBCOMMAND._serialized_start=2405
-  _RUNJOBCOMMAND._serialized_end=2555
-  _JOINTOKENCOMMAND._serialized_start=2558
-  _JOINTOKENCOMMAND._serialized_end=2700
-  _JOINCOMMAND._serialized_start=2703
-  _JOINCOMMAND._serialized_end=2834
-  _CRONTICK._serialized_start=2837
-  _CRONTICK._serialized_end=3015
-  _PLANCOMMAND._serialized_start=3018
-  _PLANCOMMAND._serialized_end=3390
-  _PLACEMENT._serialized_start=3392
-  _PLACEMENT._serialized_end=3473
-  _STOPREPLICA._serialized_start=3475
-  _STOPREPLICA._serialized_end=3538
-  _ROLLOUTRESULT._serialized_start=3541
-  _ROLLOUTRESULT._serialized_end=3701
-  _SNAPSHOT._serialized_start=3704
-  _SNAPSHOT._serialized_end=3977
+  _COMMAND._serialized_end=1076
+  _PUTDEPLOYMENTCOMMAND._serialized_start=1079
+  _PUTDEPLOYMENTCOMMAND._serialized_end=1509
+  _PUTDEPLOYMENTCOMMAND_SERVICEHASHESENTRY._serialized_start=1380
+  _PUTDEPLOYMENTCOMMAND_SERVICEHASHESENTRY._serialized_end=1444
+  _PUTDEPLOYMENTCOMMAND_INITIALSCALEENTRY._serialized_start=1446
+  _PUTDEPLOYMENTCOMMAND_INITIALSCALEENTRY._serialized_end=1509
+  _DELETEDEPLOYMENTCOMMAND._serialized_start=1511
+  _DELETEDEPLOYMENTCOMMAND._serialized_end=1556
+  _SCALECOMMAND._serialized_start=1558
+  _SCALECOMMAND._serialized_end=1682
+  _ROLLBACKCOMMAND._serialized_start=1685
+  _ROLLBACKCOMMAND._serialized_end=1828
+  _REGISTERNODECOMMAND._serialized_start=1830
+  _REGISTERNODECOMMAND._serialized_end=1898
+  _REPLICASTATUS._serialized_start=1901
+  _REPLICASTATUS._serialized_end=2159
+  _HEARTBEATCOMMAND._serialized_start=2162
+  _HEARTBEATCOMMAND._serialized_end=2369
+  _SETNODESTATECOMMAND._serialized_start=2371
+  _SETNODESTATECOMMAND._serialized_end=2490
+  _RUNJOBCOMMAND._serialized_start=2493
+  _RUNJOBCOMMAND._serialized_end=2643
+  _JOINTOKENCOMMAND._serialized_start=2646
+  _JOINTOKENCOMMAND._serialized_end=2788
+  _JOINCOMMAND._serialized_start=2791
+  _JOINCOMMAND._serialized_end=2922
+  _CRONTICK._serialized_start=2925
+  _CRONTICK._serialized_end=3103
+  _PLANCOMMAND._serialized_start=3106
+  _PLANCOMMAND._serialized_end=3478
+  _PLACEMENT._serialized_start=3480
+  _PLACEMENT._serialized_end=3561
+  _STOPREPLICA._serialized_start=3563
+  _STOPREPLICA._serialized_end=3626
+  _ROLLOUTRESULT._serialized_start=3629
+  _ROLLOUTRESULT._serialized_end=3789
+  _SNAPSHOT._serialized_start=3792
+  _SNAPSHOT._serialized_end=4065
+  _SETNODEOVERLAYCOMMAND._serialized_start=4067
+  _SETNODEOVERLAYCOMMAND._serialized_end=4170
 # @@protoc_insertion_point(module_scope)

@@ -1,0 +1,129 @@
+// Package mesh keeps this node's part of the WireGuard mesh that carries
+// traffic between nodes' containers. It records the node's place in the
+// mesh in the replicated state (the overlay's public key and port, the
+// agent's container subnet and the address the agent keeps for the
+// device), and keeps the local overlay's peers equal to every other node
+// in the mesh. A node is in the mesh once its overlay answered and it has
+// an advertised address (it is in a cluster).
+package mesh
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"go.uber.org/zap"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	agentv1 "zlayer.dev/libs/api/zlayer/agent/v1"
+	overlayv1 "zlayer.dev/libs/api/zlayer/overlay/v1"
+	schedulerv1 "zlayer.dev/libs/api/zlayer/scheduler/v1"
+	"zlayer.dev/services/scheduler/internal/fsm"
+	"zlayer.dev/services/scheduler/internal/push"
+)
+
+// Proposer commits commands (the Raft node).
+type Proposer interface {
+	Propose(ctx context.Context, data []byte) (any, error)
+}
+
+// Config is what Run needs.
+type Config struct {
+	Node    string
+	State   *fsm.FSM
+	Raft    Proposer
+	Agent   agentv1.AgentServiceClient
+	Overlay overlayv1.OverlayServiceClient
+	// MemberAddr gives Raft members' peer addresses: a node's overlay
+	// listens on the host of its scheduler's.
+	MemberAddr fsm.MemberAddr
+	// Every is how often the node's place is checked (a restarted overlay
+	// or agent may report another) and the peers sent again.
+	Every time.Duration
+	Log   *zap.Logger
+}
+
+// Run records the node's place and pushes peers until ctx is done.
+func Run(ctx context.Context, cfg Config) error {
+	log := cfg.Log.Named("mesh")
+	go func() {
+		t := time.NewTicker(cfg.Every)
+		defer t.Stop()
+		var failing error
+		for {
+			err := register(ctx, cfg)
+			switch {
+			case err != nil && (failing == nil || err.Error() != failing.Error()):
+				log.Warn("node not in the overlay mesh yet; retrying", zap.String("node", cfg.Node), zap.Error(err))
+			case err == nil && failing != nil:
+				log.Info("node's place in the overlay mesh recorded", zap.String("node", cfg.Node))
+			}
+			failing = err
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return push.Loop(ctx, log, cfg.State, func(st *fsm.State) []*overlayv1.SetPeersRequest {
+		return []*overlayv1.SetPeersRequest{Peers(st, cfg.Node, cfg.MemberAddr)}
+	},
+		func(ctx context.Context, req []*overlayv1.SetPeersRequest) error {
+			_, err := cfg.Overlay.SetPeers(ctx, req[0])
+			return err
+		}, cfg.Every)
+}
+
+// Peers is what the local overlay must set: this node's address and
+// subnet and the other nodes, or no peers while the node is not in the
+// mesh itself (they could not answer it).
+func Peers(st *fsm.State, node string, addr fsm.MemberAddr) *overlayv1.SetPeersRequest {
+	o := st.Nodes[node].GetOverlay()
+	if o == nil {
+		return &overlayv1.SetPeersRequest{}
+	}
+	req := &overlayv1.SetPeersRequest{Address: o.Address, ContainerCidr: o.ContainerCidr}
+	if st.InMesh(node, addr) {
+		req.Peers = st.OverlayPeers(node, addr)
+	}
+	return req
+}
+
+// register proposes the node's place when it differs from the state's.
+func register(ctx context.Context, cfg Config) error {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	id, err := cfg.Overlay.GetIdentity(ctx, &overlayv1.GetIdentityRequest{})
+	if err != nil {
+		return fmt.Errorf("ask the overlay for its key: %w", err)
+	}
+	info, err := cfg.Agent.GetInfo(ctx, &agentv1.GetInfoRequest{})
+	if err != nil {
+		return fmt.Errorf("ask the agent for the container subnet: %w", err)
+	}
+	want := &schedulerv1.NodeOverlay{PublicKey: id.PublicKey, Port: id.Port, ContainerCidr: info.ContainerCidr, Address: info.OverlayAddress}
+	if info.OverlayAddress == "" {
+		return fmt.Errorf("the agent keeps no address of %s for the overlay (a subnet smaller than /29?)", info.ContainerCidr)
+	}
+	if n := cfg.State.Copy().Nodes[cfg.Node]; n == nil {
+		return fmt.Errorf("node %s is not registered yet", cfg.Node)
+	} else if proto.Equal(n.Overlay, want) {
+		return nil
+	}
+	data, err := proto.Marshal(&schedulerv1.Command{ProposedAt: timestamppb.Now(), Kind: &schedulerv1.Command_SetNodeOverlay{
+		SetNodeOverlay: &schedulerv1.SetNodeOverlayCommand{Node: cfg.Node, Overlay: want},
+	}})
+	if err != nil {
+		return err
+	}
+	res, err := cfg.Raft.Propose(ctx, data)
+	if err != nil {
+		return fmt.Errorf("record the node's place in the mesh: %w", err)
+	}
+	if fr, ok := res.(fsm.Result); ok && fr.Err != nil {
+		return fr.Err
+	}
+	return nil
+}
