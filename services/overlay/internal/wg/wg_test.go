@@ -1,0 +1,136 @@
+package wg
+
+import (
+	"bufio"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"go.uber.org/zap/zaptest"
+)
+
+func freeUDPPort(t *testing.T) int {
+	t.Helper()
+	c, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	return c.LocalAddr().(*net.UDPAddr).Port
+}
+
+func ipOut(t *testing.T, args ...string) string {
+	t.Helper()
+	out, _ := exec.Command("ip", args...).CombinedOutput()
+	return string(out)
+}
+
+// uapiGet asks the device for its configuration over its UAPI socket, as
+// `wg show` does.
+func uapiGet(t *testing.T, name string) string {
+	t.Helper()
+	c, err := net.Dial("unix", "/var/run/wireguard/"+name+".sock")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprint(c, "get=1\n\n")
+	var b strings.Builder
+	sc := bufio.NewScanner(c)
+	for sc.Scan() && sc.Text() != "" {
+		b.WriteString(sc.Text() + "\n")
+	}
+	return b.String()
+}
+
+// TestMeshDevice: a real device (TUN, userspace WireGuard) comes with the
+// first peer, carries the peers' keys, endpoints and subnets, routes each
+// subnet through itself from the node's address, follows changes, and
+// goes with the last peer. The key survives a restart.
+func TestMeshDevice(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Fatal("needs root (TUN devices, routes): run the tests as root")
+	}
+	name := fmt.Sprintf("zlt%d", os.Getpid()%100000)
+	keyFile := filepath.Join(t.TempDir(), "wireguard.key")
+	port := freeUDPPort(t)
+	m, err := New(name, port, keyFile, zaptest.NewLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	var peerKey [32]byte
+	rand.Read(peerKey[:]) //nolint:errcheck // never fails
+	// Benchmarking addresses (RFC 2544), which no real network here uses.
+	addr := netip.MustParseAddr("198.18.6.254")
+	peer := Peer{Node: "p", PublicKey: peerKey, Endpoint: netip.MustParseAddrPort("127.0.0.1:9"), CIDR: netip.MustParsePrefix("198.18.7.0/24")}
+	if err := m.Set(addr, []Peer{peer}); err != nil {
+		t.Fatal(err)
+	}
+	if out := ipOut(t, "addr", "show", "dev", name); !strings.Contains(out, "198.18.6.254/32") || !strings.Contains(out, "UP") {
+		t.Errorf("device %s:\n%s", name, out)
+	}
+	if out := ipOut(t, "route", "show", "198.18.7.0/24"); !strings.Contains(out, "dev "+name) || !strings.Contains(out, "src 198.18.6.254") {
+		t.Errorf("route to the peer's subnet: %q", out)
+	}
+	conf := uapiGet(t, name)
+	for _, want := range []string{"public_key=" + hex.EncodeToString(peerKey[:]), "endpoint=127.0.0.1:9", "allowed_ip=198.18.7.0/24",
+		fmt.Sprintf("listen_port=%d", port)} {
+		if !strings.Contains(conf, want) {
+			t.Errorf("device configuration lacks %q:\n%s", want, conf)
+		}
+	}
+
+	// The peer's subnet changes: the old route goes.
+	peer.CIDR = netip.MustParsePrefix("198.18.8.0/24")
+	if err := m.Set(addr, []Peer{peer}); err != nil {
+		t.Fatal(err)
+	}
+	if out := ipOut(t, "route", "show", "198.18.7.0/24"); strings.TrimSpace(out) != "" {
+		t.Errorf("old route kept: %q", out)
+	}
+	if out := ipOut(t, "route", "show", "198.18.8.0/24"); !strings.Contains(out, "dev "+name) {
+		t.Errorf("new route: %q", out)
+	}
+	if conf := uapiGet(t, name); !strings.Contains(conf, "allowed_ip=198.18.8.0/24") || strings.Contains(conf, "198.18.7.0/24") {
+		t.Errorf("allowed IPs after the change:\n%s", conf)
+	}
+
+	// No peers: no device.
+	if err := m.Set(netip.Addr{}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("ip", "link", "show", name).CombinedOutput(); err == nil {
+		t.Errorf("device still there without peers:\n%s", out)
+	}
+
+	again, err := New(name, port, keyFile, zaptest.NewLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.PublicKey() != m.PublicKey() {
+		t.Errorf("key after restart %s, want %s", again.PublicKey(), m.PublicKey())
+	}
+}
+
+func TestBadSettings(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := New("a/b", 51820, filepath.Join(dir, "k"), zaptest.NewLogger(t)); err == nil {
+		t.Error("a device name with a slash was taken")
+	}
+	if _, err := New("zl0", 0, filepath.Join(dir, "k"), zaptest.NewLogger(t)); err == nil {
+		t.Error("port 0 was taken")
+	}
+	bad := filepath.Join(dir, "bad")
+	os.WriteFile(bad, []byte("not a key\n"), 0o600) //nolint:errcheck // read below
+	if _, err := New("zl0", 51820, bad, zaptest.NewLogger(t)); err == nil || !strings.Contains(err.Error(), bad) {
+		t.Errorf("a bad key file: %v, want an error naming it", err)
+	}
+}
