@@ -6,6 +6,7 @@ require (
 	go.uber.org/zap v1.28.0
 	golang.zx2c4.com/wireguard v0.0.0-20260522210424-ecfc5a8d5446
 	google.golang.org/grpc v1.85.0
+	google.golang.org/protobuf v1.36.12
 	zlayer.dev/libs/api v0.0.0
 	zlayer.dev/libs/daemon v0.0.0
 	zlayer.dev/libs/errkind v0.0.0
@@ -27,7 +28,6 @@ require (
 	golang.org/x/text v0.42.0 // indirect
 	golang.zx2c4.com/wintun v0.0.0-20230126152724-0fa3db229ce2 // indirect
 	google.golang.org/genproto/googleapis/rpc v0.0.0-20260817212433-ac3dfec99bb1 // indirect
-	google.golang.org/protobuf v1.36.12 // indirect
 	gopkg.in/yaml.v3 v3.0.1 // indirect
 	zlayer.dev/libs/obs v0.0.0 // indirect
 	zlayer.dev/libs/rpc v0.0.0 // indirect

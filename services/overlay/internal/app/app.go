@@ -32,7 +32,7 @@ func Main(ctx context.Context, args []string, getenv func(string) string) error 
 			if err != nil {
 				return nil, err
 			}
-			overlayv1.RegisterOverlayServiceServer(srv, server.New(env, mesh))
+			overlayv1.RegisterOverlayServiceServer(srv, server.New(env, mesh, env.Log))
 			return func(ctx context.Context) error {
 				<-ctx.Done()
 				mesh.Close()

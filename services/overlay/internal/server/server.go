@@ -9,6 +9,9 @@ import (
 	"net"
 	"net/netip"
 
+	"go.uber.org/zap"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
 	overlayv1 "zlayer.dev/libs/api/zlayer/overlay/v1"
 	typesv1 "zlayer.dev/libs/api/zlayer/types/v1"
 	"zlayer.dev/libs/errkind"
@@ -27,11 +30,12 @@ type Server struct {
 	overlayv1.UnimplementedOverlayServiceServer
 	info Info
 	mesh *wg.Mesh
+	log  *zap.Logger
 }
 
 // New returns a Server describing itself with info and running mesh.
-func New(info Info, mesh *wg.Mesh) *Server {
-	return &Server{info: info, mesh: mesh}
+func New(info Info, mesh *wg.Mesh, log *zap.Logger) *Server {
+	return &Server{info: info, mesh: mesh, log: log}
 }
 
 // GetInfo returns the daemon's version, node and uptime.
@@ -44,7 +48,9 @@ func (s *Server) GetIdentity(context.Context, *overlayv1.GetIdentityRequest) (*o
 	return &overlayv1.GetIdentityResponse{PublicKey: s.mesh.PublicKey(), Port: uint32(s.mesh.Port()), Device: s.mesh.Device()}, nil
 }
 
-// SetPeers checks the whole request, then sets the mesh.
+// SetPeers sets the mesh. A peer that cannot be used (a bad key, endpoint
+// or subnet) is left out and logged, naming it: one bad node must not keep
+// the others out of the mesh.
 func (s *Server) SetPeers(_ context.Context, req *overlayv1.SetPeersRequest) (*overlayv1.SetPeersResponse, error) {
 	var addr netip.Addr
 	if len(req.GetPeers()) > 0 {
@@ -59,20 +65,23 @@ func (s *Server) SetPeers(_ context.Context, req *overlayv1.SetPeersRequest) (*o
 		where := fmt.Sprintf("peers[%d] (node %q)", i, p.GetNode())
 		key, err := base64.StdEncoding.DecodeString(p.GetPublicKey())
 		if err != nil || len(key) != 32 {
-			return nil, fmt.Errorf("%s: public key %q is not a base64 WireGuard key: %w", where, p.GetPublicKey(), errkind.Invalid)
+			s.skip(where, fmt.Errorf("public key %q is not a base64 WireGuard key: %w", p.GetPublicKey(), errkind.Invalid))
+			continue
 		}
 		ep, err := netip.ParseAddrPort(p.GetEndpoint())
 		if err != nil {
 			// A host name: resolved now, as WireGuard's own tools do.
 			ua, rerr := net.ResolveUDPAddr("udp", p.GetEndpoint())
 			if rerr != nil {
-				return nil, fmt.Errorf("%s: endpoint %q: %v: %w", where, p.GetEndpoint(), rerr, errkind.Invalid)
+				s.skip(where, fmt.Errorf("endpoint %q: %v: %w", p.GetEndpoint(), rerr, errkind.Invalid))
+				continue
 			}
 			ep = ua.AddrPort()
 		}
 		cidr, err := netip.ParsePrefix(p.GetContainerCidr())
 		if err != nil || !cidr.Addr().Is4() {
-			return nil, fmt.Errorf("%s: container subnet %q: want an IPv4 CIDR: %w", where, p.GetContainerCidr(), errkind.Invalid)
+			s.skip(where, fmt.Errorf("container subnet %q: want an IPv4 CIDR: %w", p.GetContainerCidr(), errkind.Invalid))
+			continue
 		}
 		wp := wg.Peer{Node: p.GetNode(), Endpoint: ep, CIDR: cidr.Masked()}
 		copy(wp.PublicKey[:], key)
@@ -82,4 +91,25 @@ func (s *Server) SetPeers(_ context.Context, req *overlayv1.SetPeersRequest) (*o
 		return nil, err
 	}
 	return &overlayv1.SetPeersResponse{}, nil
+}
+
+func (s *Server) skip(peer string, err error) {
+	s.log.Warn("peer left out of the mesh", zap.String("peer", peer), zap.Error(err))
+}
+
+// ListPeers returns the device's peers with their latest handshakes.
+func (s *Server) ListPeers(context.Context, *overlayv1.ListPeersRequest) (*overlayv1.ListPeersResponse, error) {
+	st, err := s.mesh.Status()
+	if err != nil {
+		return nil, err
+	}
+	resp := &overlayv1.ListPeersResponse{}
+	for _, p := range st {
+		ps := &overlayv1.PeerStatus{Node: p.Node, PublicKey: base64.StdEncoding.EncodeToString(p.PublicKey[:]), RxBytes: p.RxBytes, TxBytes: p.TxBytes}
+		if !p.LastHandshake.IsZero() {
+			ps.LastHandshake = timestamppb.New(p.LastHandshake)
+		}
+		resp.Peers = append(resp.Peers, ps)
+	}
+	return resp, nil
 }

@@ -3,11 +3,14 @@ package server
 import (
 	"context"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
+	"go.uber.org/zap/zaptest/observer"
 
 	overlayv1 "zlayer.dev/libs/api/zlayer/overlay/v1"
 	typesv1 "zlayer.dev/libs/api/zlayer/types/v1"
@@ -19,38 +22,39 @@ type info struct{}
 
 func (info) Info() *typesv1.DaemonInfo { return &typesv1.DaemonInfo{} }
 
-// TestSetPeersNamesTheBadPeer: a bad request changes nothing and says
-// which peer and field are wrong.
-func TestSetPeersNamesTheBadPeer(t *testing.T) {
+// TestSetPeersLeavesOutBadPeers: a bad address fails the request; a bad
+// peer is left out and logged by name and field, and the rest is set.
+func TestSetPeersLeavesOutBadPeers(t *testing.T) {
 	m, err := wg.New("zlbad0", 51820, filepath.Join(t.TempDir(), "key"), zaptest.NewLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := New(info{}, m)
-	good := func() *overlayv1.Peer {
-		return &overlayv1.Peer{Node: "n2", PublicKey: "MJtLpCaS5BpaKOS3A+FLY/33WCjQe3hhE9GMkULlblQ=", Endpoint: "192.0.2.2:51820", ContainerCidr: "10.2.0.0/16"}
+	core, logs := observer.New(zap.WarnLevel)
+	s := New(info{}, m, zap.New(core))
+	peer := func(node string) *overlayv1.Peer {
+		return &overlayv1.Peer{Node: node, PublicKey: "MJtLpCaS5BpaKOS3A+FLY/33WCjQe3hhE9GMkULlblQ=", Endpoint: "192.0.2.2:51820", ContainerCidr: "10.2.0.0/16"}
 	}
-	tests := []struct {
-		name string
-		mod  func(*overlayv1.SetPeersRequest)
-		says string
-	}{
-		{"address", func(r *overlayv1.SetPeersRequest) { r.Address = "ten" }, `address "ten"`},
-		{"key", func(r *overlayv1.SetPeersRequest) { r.Peers[1].PublicKey = "c2hvcnQ=" }, `peers[1] (node "n3"): public key`},
-		{"endpoint", func(r *overlayv1.SetPeersRequest) { r.Peers[1].Endpoint = "no port" }, `peers[1] (node "n3"): endpoint "no port"`},
-		{"subnet", func(r *overlayv1.SetPeersRequest) { r.Peers[0].ContainerCidr = "fd00::/64" }, `peers[0] (node "n2"): container subnet "fd00::/64"`},
+	if _, err := s.SetPeers(context.Background(), &overlayv1.SetPeersRequest{Address: "ten", Peers: []*overlayv1.Peer{peer("n2")}}); !errors.Is(err, errkind.Invalid) || !strings.Contains(err.Error(), `address "ten"`) {
+		t.Errorf("bad address: %v", err)
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			second := good()
-			second.Node = "n3"
-			req := &overlayv1.SetPeersRequest{Address: "10.1.255.254", ContainerCidr: "10.1.0.0/16", Peers: []*overlayv1.Peer{good(), second}}
-			tt.mod(req)
-			_, err := s.SetPeers(context.Background(), req)
-			if !errors.Is(err, errkind.Invalid) || !strings.Contains(err.Error(), tt.says) {
-				t.Fatalf("%v, want Invalid saying %q", err, tt.says)
-			}
-		})
+	bad := []*overlayv1.Peer{peer("n2"), peer("n3"), peer("n4")}
+	bad[0].PublicKey = "c2hvcnQ="
+	bad[1].Endpoint = "no port"
+	bad[2].ContainerCidr = "fd00::/64"
+	if _, err := s.SetPeers(context.Background(), &overlayv1.SetPeersRequest{Address: "10.1.255.254", Peers: bad}); err != nil {
+		t.Fatalf("only bad peers: %v, want them left out", err)
+	}
+	var said []string
+	for _, e := range logs.All() {
+		said = append(said, fmt.Sprint(e.ContextMap()["peer"], ": ", e.ContextMap()["error"]))
+	}
+	for _, want := range []string{`peers[0] (node "n2"): public key`, `peers[1] (node "n3"): endpoint "no port"`, `peers[2] (node "n4"): container subnet "fd00::/64"`} {
+		if !strings.Contains(strings.Join(said, "\n"), want) {
+			t.Errorf("the log does not say %q:\n%s", want, strings.Join(said, "\n"))
+		}
+	}
+	if st, _ := m.Status(); len(st) != 0 {
+		t.Errorf("peers %v, want none (no device)", st)
 	}
 	id, err := s.GetIdentity(context.Background(), &overlayv1.GetIdentityRequest{})
 	if err != nil || id.PublicKey != m.PublicKey() || id.Port != 51820 || id.Device != "zlbad0" {

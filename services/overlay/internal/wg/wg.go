@@ -4,14 +4,17 @@
 // and the address the agent keeps for it in the node's own subnet (the
 // source of the node's own connections to other nodes' containers). The
 // device exists only while there are peers; a crashed daemon's TUN
-// interface, routes included, goes with its process.
+// interface goes with its process; routes to the peers' subnets then
+// refuse traffic (see syncRoutes) until it is back.
 package wg
 
 import (
+	"bytes"
 	"crypto/ecdh"
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -21,8 +24,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"go.uber.org/zap"
 	"golang.zx2c4.com/wireguard/conn"
@@ -56,8 +61,8 @@ type Mesh struct {
 	dev    *device.Device
 	uapi   net.Listener
 	addr   netip.Addr
-	routes map[netip.Prefix]bool
-	peers  []Peer
+	peers  []Peer // as the device has them
+	synced bool   // the routes are those of addr and peers
 }
 
 // New returns the mesh of device name listening on port, with the private
@@ -77,7 +82,7 @@ func New(name string, port int, keyFile string, log *zap.Logger) (*Mesh, error) 
 	if err != nil {
 		return nil, fmt.Errorf("key in %s: %w", keyFile, err)
 	}
-	m := &Mesh{name: name, port: port, key: key, log: log.Named("wg"), routes: map[netip.Prefix]bool{}}
+	m := &Mesh{name: name, port: port, key: key, log: log.Named("wg")}
 	copy(m.pub[:], priv.PublicKey().Bytes())
 	return m, nil
 }
@@ -133,16 +138,20 @@ func loadKey(path string) ([32]byte, error) {
 }
 
 // Set makes the mesh: the device with addr (this node's address, inside
-// its own subnet) and peers, or no device when there are none.
+// its own subnet) and peers, or no device when there are none. Peers that
+// did not change keep their sessions.
 func (m *Mesh) Set(addr netip.Addr, peers []Peer) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if len(peers) == 0 {
 		m.downLocked()
-		return nil
+		return m.syncRoutes(netip.Addr{}, nil)
 	}
 	if !addr.Is4() {
 		return fmt.Errorf("device address %q: want IPv4: %w", addr, errkind.Invalid)
+	}
+	if m.dev != nil && m.synced && addr == m.addr && slices.Equal(m.peers, peers) {
+		return nil
 	}
 	if m.dev == nil {
 		if err := m.upLocked(); err != nil {
@@ -159,29 +168,9 @@ func (m *Mesh) Set(addr netip.Addr, peers []Peer) error {
 		}
 		m.addr = addr
 	}
-	var conf strings.Builder
-	conf.WriteString("replace_peers=true\n")
-	for _, p := range peers {
-		fmt.Fprintf(&conf, "public_key=%s\nendpoint=%s\npersistent_keepalive_interval=25\nreplace_allowed_ips=true\nallowed_ip=%s\n",
-			hex.EncodeToString(p.PublicKey[:]), p.Endpoint, p.CIDR)
-	}
-	if err := m.dev.IpcSet(conf.String()); err != nil {
-		return fmt.Errorf("configure peers of %s: %w", m.name, err)
-	}
-	want := map[netip.Prefix]bool{}
-	for _, p := range peers {
-		want[p.CIDR] = true
-		if !m.routes[p.CIDR] {
-			if err := ip("route", "replace", p.CIDR.String(), "dev", m.name, "src", addr.String()); err != nil {
-				return err
-			}
-			m.routes[p.CIDR] = true
-		}
-	}
-	for r := range m.routes {
-		if !want[r] {
-			ip("route", "del", r.String(), "dev", m.name) //nolint:errcheck // already gone is fine
-			delete(m.routes, r)
+	if conf := peerChanges(m.peers, peers); conf != "" {
+		if err := m.dev.IpcSet(conf); err != nil {
+			return fmt.Errorf("configure peers of %s: %w", m.name, err)
 		}
 	}
 	if !slices.Equal(m.peers, peers) {
@@ -191,6 +180,107 @@ func (m *Mesh) Set(addr netip.Addr, peers []Peer) error {
 		}
 		m.log.Info("mesh set", zap.String("device", m.name), zap.String("address", addr.String()), zap.Strings("peers", names))
 		m.peers = slices.Clone(peers)
+	}
+	err := m.syncRoutes(addr, peers)
+	m.synced = err == nil // if not, the next Set tries again
+	return err
+}
+
+// peerChanges is the UAPI configuration that turns the device's peers
+// from old into peers: removed peers go, new and changed ones are set,
+// unchanged ones are not touched (their sessions stay).
+func peerChanges(old, peers []Peer) string {
+	was := map[[32]byte]Peer{}
+	for _, p := range old {
+		was[p.PublicKey] = p
+	}
+	var b strings.Builder
+	now := map[[32]byte]bool{}
+	for _, p := range peers {
+		now[p.PublicKey] = true
+		if o, ok := was[p.PublicKey]; ok && o.Endpoint == p.Endpoint && o.CIDR == p.CIDR {
+			continue
+		}
+		fmt.Fprintf(&b, "public_key=%s\nendpoint=%s\npersistent_keepalive_interval=25\nreplace_allowed_ips=true\nallowed_ip=%s\n",
+			hex.EncodeToString(p.PublicKey[:]), p.Endpoint, p.CIDR)
+	}
+	for _, p := range old {
+		if !now[p.PublicKey] {
+			fmt.Fprintf(&b, "public_key=%s\nremove=true\n", hex.EncodeToString(p.PublicKey[:]))
+		}
+	}
+	return b.String()
+}
+
+// Routes this daemon makes carry protocol routeProto, so that it finds
+// them again after a restart. Each peer subnet has two: through the device,
+// and an unreachable one behind it (metric fallbackMetric) that stays when
+// the device goes with a crashed daemon, so traffic for other nodes is
+// refused rather than sent unencrypted by the default route.
+const (
+	routeProto     = "90"
+	fallbackMetric = "4096"
+)
+
+type route struct {
+	Dst      string `json:"dst"`
+	Dev      string `json:"dev"`
+	Type     string `json:"type"`
+	Protocol string `json:"protocol"`
+	Metric   int    `json:"metric"`
+}
+
+func routes(args ...string) ([]route, error) {
+	out, err := exec.Command("ip", append([]string{"-j", "route", "show"}, args...)...).Output()
+	if err != nil {
+		return nil, fmt.Errorf("ip route show %s: %w", strings.Join(args, " "), err)
+	}
+	var rs []route
+	if len(bytes.TrimSpace(out)) > 0 {
+		if err := json.Unmarshal(out, &rs); err != nil {
+			return nil, fmt.Errorf("ip route show %s: %w", strings.Join(args, " "), err)
+		}
+	}
+	return rs, nil
+}
+
+// syncRoutes makes this daemon's routes those of peers (none without a
+// device address).
+func (m *Mesh) syncRoutes(addr netip.Addr, peers []Peer) error {
+	want := map[string]bool{}
+	for _, p := range peers {
+		cidr := p.CIDR.String()
+		want[cidr] = true
+		// A network of this node with the same prefix must not be taken over.
+		existing, err := routes("exact", cidr)
+		if err != nil {
+			return err
+		}
+		for _, r := range existing {
+			if r.Protocol != routeProto && r.Type == "" && r.Metric == 0 {
+				return fmt.Errorf("container subnet %s of node %s: this node already routes it through %s: %w", cidr, p.Node, r.Dev, errkind.Conflict)
+			}
+		}
+		if err := ip("route", "replace", "unreachable", cidr, "metric", fallbackMetric, "proto", routeProto); err != nil {
+			return err
+		}
+		if err := ip("route", "replace", cidr, "dev", m.name, "src", addr.String(), "proto", routeProto); err != nil {
+			return err
+		}
+	}
+	ours, err := routes("proto", routeProto)
+	if err != nil {
+		return err
+	}
+	for _, r := range ours {
+		if want[r.Dst] {
+			continue
+		}
+		if r.Type == "unreachable" {
+			ip("route", "del", "unreachable", r.Dst, "metric", strconv.Itoa(r.Metric)) //nolint:errcheck // gone is fine
+		} else {
+			ip("route", "del", r.Dst, "dev", r.Dev) //nolint:errcheck // gone is fine
+		}
 	}
 	return nil
 }
@@ -212,19 +302,24 @@ func (m *Mesh) upLocked() error {
 	if err := m.dev.Up(); err != nil {
 		return fmt.Errorf("bring %s up: %w", m.name, err)
 	}
-	if f, err := ipc.UAPIOpen(m.name); err == nil {
-		if l, err := ipc.UAPIListen(m.name, f); err == nil {
-			m.uapi = l
-			go func(dev *device.Device) {
-				for {
-					c, err := l.Accept()
-					if err != nil {
-						return
-					}
-					go dev.IpcHandle(c)
+	// The UAPI socket (for `wg show`) is a convenience: without it the
+	// device still works.
+	if f, err := ipc.UAPIOpen(m.name); err != nil {
+		m.log.Warn("no UAPI socket: `wg show` will not see the device", zap.String("device", m.name), zap.Error(err))
+	} else if l, err := ipc.UAPIListen(m.name, f); err != nil {
+		f.Close()
+		m.log.Warn("no UAPI socket: `wg show` will not see the device", zap.String("device", m.name), zap.Error(err))
+	} else {
+		m.uapi = l
+		go func(dev *device.Device) {
+			for {
+				c, err := l.Accept()
+				if err != nil {
+					return
 				}
-			}(m.dev)
-		}
+				go dev.IpcHandle(c)
+			}
+		}(m.dev)
 	}
 	if err := ip("link", "set", m.name, "up"); err != nil {
 		return err
@@ -249,8 +344,8 @@ func (m *Mesh) downLocked() {
 		m.log.Info("device removed", zap.String("device", m.name))
 	}
 	m.addr = netip.Addr{}
-	m.routes = map[netip.Prefix]bool{}
 	m.peers = nil
+	m.synced = false
 }
 
 // Close removes the device.
@@ -266,4 +361,62 @@ func ip(args ...string) error {
 		return fmt.Errorf("ip %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
 	}
 	return nil
+}
+
+// PeerStatus is a peer as the device sees it.
+type PeerStatus struct {
+	Node          string
+	PublicKey     [32]byte
+	LastHandshake time.Time // zero: never
+	RxBytes       uint64
+	TxBytes       uint64
+}
+
+// Status returns the device's peers (none without a device).
+func (m *Mesh) Status() ([]PeerStatus, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.dev == nil {
+		return nil, nil
+	}
+	conf, err := m.dev.IpcGet()
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", m.name, err)
+	}
+	nodes := map[[32]byte]string{}
+	for _, p := range m.peers {
+		nodes[p.PublicKey] = p.Node
+	}
+	var out []PeerStatus
+	var sec, nsec int64
+	for line := range strings.Lines(conf) {
+		k, v, _ := strings.Cut(strings.TrimSpace(line), "=")
+		var cur *PeerStatus
+		if len(out) > 0 {
+			cur = &out[len(out)-1]
+		}
+		switch {
+		case k == "public_key":
+			var ps PeerStatus
+			if b, err := hex.DecodeString(v); err == nil && len(b) == 32 {
+				copy(ps.PublicKey[:], b)
+			}
+			ps.Node = nodes[ps.PublicKey]
+			out = append(out, ps)
+			sec, nsec = 0, 0
+		case cur == nil:
+		case k == "last_handshake_time_sec":
+			sec, _ = strconv.ParseInt(v, 10, 64)
+		case k == "last_handshake_time_nsec":
+			nsec, _ = strconv.ParseInt(v, 10, 64)
+		case k == "rx_bytes":
+			cur.RxBytes, _ = strconv.ParseUint(v, 10, 64)
+		case k == "tx_bytes":
+			cur.TxBytes, _ = strconv.ParseUint(v, 10, 64)
+		}
+		if cur != nil && (k == "last_handshake_time_sec" || k == "last_handshake_time_nsec") && (sec != 0 || nsec != 0) {
+			cur.LastHandshake = time.Unix(sec, nsec)
+		}
+	}
+	return out, nil
 }

@@ -103,20 +103,78 @@ func TestMeshDevice(t *testing.T) {
 		t.Errorf("allowed IPs after the change:\n%s", conf)
 	}
 
-	// No peers: no device.
-	if err := m.Set(netip.Addr{}, nil); err != nil {
-		t.Fatal(err)
+	// A subnet this node routes elsewhere (here, to a veth) is not taken over.
+	dummy := name + "d"
+	if out, err := exec.Command("ip", "link", "add", dummy, "type", "veth", "peer", "name", name+"e").CombinedOutput(); err != nil {
+		t.Fatalf("%v: %s", err, out)
 	}
-	if out, err := exec.Command("ip", "link", "show", name).CombinedOutput(); err == nil {
-		t.Errorf("device still there without peers:\n%s", out)
+	defer exec.Command("ip", "link", "del", dummy).Run() //nolint:errcheck // test cleanup
+	exec.Command("ip", "link", "set", dummy, "up").Run() //nolint:errcheck // checked below
+	if out, err := exec.Command("ip", "route", "add", "198.18.9.0/24", "dev", dummy).CombinedOutput(); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	clash := peer
+	clash.Node, clash.CIDR = "q", netip.MustParsePrefix("198.18.9.0/24")
+	clash.PublicKey[0]++
+	if err := m.Set(addr, []Peer{peer, clash}); err == nil || !strings.Contains(err.Error(), "already routes it through "+dummy) {
+		t.Errorf("a peer subnet routed elsewhere: %v", err)
+	}
+	if out := ipOut(t, "route", "show", "198.18.9.0/24"); !strings.Contains(out, "dev "+dummy) || strings.Contains(out, "dev "+name+" ") {
+		t.Errorf("the node's own route was touched: %q", out)
 	}
 
+	// The daemon stops (or crashes): the device goes, the peers' subnets
+	// are refused rather than sent unencrypted elsewhere.
+	m.Close()
+	if out := ipOut(t, "route", "show", "198.18.8.0/24"); !strings.Contains(out, "unreachable") || strings.Contains(out, "dev "+name) {
+		t.Errorf("route to a peer's subnet without the device: %q", out)
+	}
+
+	// Restarted with the same key file: the same key; with no peers, no
+	// device and none of its routes.
 	again, err := New(name, port, keyFile, zaptest.NewLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if again.PublicKey() != m.PublicKey() {
 		t.Errorf("key after restart %s, want %s", again.PublicKey(), m.PublicKey())
+	}
+	if err := again.Set(netip.Addr{}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("ip", "link", "show", name).CombinedOutput(); err == nil {
+		t.Errorf("device still there without peers:\n%s", out)
+	}
+	if out := ipOut(t, "route", "show", "proto", routeProto); strings.TrimSpace(out) != "" {
+		t.Errorf("routes left without peers:\n%s", out)
+	}
+}
+
+// TestPeerChanges: only new, changed and removed peers are configured
+// (a peer set again would lose its session).
+func TestPeerChanges(t *testing.T) {
+	k := func(b byte) [32]byte { var x [32]byte; x[0] = b; return x }
+	p := func(b byte, ep, cidr string) Peer {
+		return Peer{Node: string('a' + b), PublicKey: k(b), Endpoint: netip.MustParseAddrPort(ep), CIDR: netip.MustParsePrefix(cidr)}
+	}
+	old := []Peer{p(1, "192.0.2.1:51820", "10.1.0.0/16"), p(2, "192.0.2.2:51820", "10.2.0.0/16"), p(3, "192.0.2.3:51820", "10.3.0.0/16")}
+	if got := peerChanges(old, old); got != "" {
+		t.Errorf("no change: %q", got)
+	}
+	next := []Peer{old[0], p(2, "192.0.2.22:51820", "10.2.0.0/16"), p(4, "192.0.2.4:51820", "10.4.0.0/16")}
+	got := peerChanges(old, next)
+	hexKey := func(b byte) string { x := k(b); return hex.EncodeToString(x[:]) }
+	for _, want := range []string{
+		"public_key=" + hexKey(2) + "\nendpoint=192.0.2.22:51820\n",
+		"public_key=" + hexKey(4) + "\nendpoint=192.0.2.4:51820\npersistent_keepalive_interval=25\nreplace_allowed_ips=true\nallowed_ip=10.4.0.0/16\n",
+		"public_key=" + hexKey(3) + "\nremove=true\n",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("changes lack %q:\n%s", want, got)
+		}
+	}
+	if strings.Contains(got, hexKey(1)) || strings.Contains(got, "replace_peers") {
+		t.Errorf("an unchanged peer is set again, or all are replaced:\n%s", got)
 	}
 }
 

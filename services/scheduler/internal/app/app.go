@@ -167,6 +167,14 @@ func start(ctx context.Context, env daemon.Env, srv *grpc.Server, o options) (fu
 		return ""
 	}
 
+	overlayMesh := mesh.New(mesh.Config{Node: env.Node, State: state, Raft: node, Agent: agentv1.NewAgentServiceClient(agentConn),
+		Overlay: overlayv1.NewOverlayServiceClient(overlayConn), MemberAddr: memberAddr, Every: 5 * time.Second, Log: env.Log})
+	// The proxy gets the replicas of this node and of nodes in the mesh whose
+	// device shook hands with this node's recently.
+	reachable := func(st *fsm.State, n string) bool {
+		return n == env.Node || st.Reachable(env.Node, n, memberAddr) && overlayMesh.Live(n)
+	}
+
 	return func(ctx context.Context) error {
 		defer state.Close()
 		defer agentConn.Close()
@@ -174,15 +182,12 @@ func start(ctx context.Context, env daemon.Env, srv *grpc.Server, o options) (fu
 		defer overlayConn.Close()
 		g, ctx := errgroup.WithContext(ctx)
 		g.Go(func() error {
-			return routes.Push(ctx, env.Log, state, specs, proxyv1.NewProxyServiceClient(proxyConn), env.Node, memberAddr, 5*time.Second)
+			return routes.Push(ctx, env.Log, state, specs, proxyv1.NewProxyServiceClient(proxyConn), reachable, 5*time.Second)
 		})
 		g.Go(func() error {
 			return names.Push(ctx, env.Log, state, agentv1.NewAgentServiceClient(agentConn), 5*time.Second)
 		})
-		g.Go(func() error {
-			return mesh.Run(ctx, mesh.Config{Node: env.Node, State: state, Raft: node, Agent: agentv1.NewAgentServiceClient(agentConn),
-				Overlay: overlayv1.NewOverlayServiceClient(overlayConn), MemberAddr: memberAddr, Every: 5 * time.Second, Log: env.Log})
-		})
+		g.Go(func() error { return overlayMesh.Run(ctx) })
 		g.Go(func() error { return node.Run(ctx) })
 		g.Go(func() error { return side.Run(ctx) })
 		g.Go(func() error { return reconcileLoop(ctx, env.Log, node, state, specs, rc, o.reconcileTick) })

@@ -1,6 +1,7 @@
 package fsm
 
 import (
+	"encoding/base64"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -401,6 +402,40 @@ func orNone(s string) string {
 	return s
 }
 
+// checkOverlay reports why node cannot take place in in the mesh beside
+// the other nodes: what the overlays need (a WireGuard key, an IPv4 subnet
+// with the device's address in it, a port), and no two nodes with one key
+// or overlapping subnets, which would steal each other's traffic.
+func checkOverlay(nodes map[string]*schedulerv1.Node, node string, in *schedulerv1.NodeOverlay) error {
+	what := fmt.Sprintf("overlay of node %q", node)
+	if key, err := base64.StdEncoding.DecodeString(in.GetPublicKey()); err != nil || len(key) != 32 {
+		return fmt.Errorf("%s: public key %q is not a base64 WireGuard key: %w", what, in.GetPublicKey(), errkind.Invalid)
+	}
+	cidr, err := netip.ParsePrefix(in.GetContainerCidr())
+	if err != nil || !cidr.Addr().Is4() {
+		return fmt.Errorf("%s: container subnet %q: want an IPv4 CIDR: %w", what, in.GetContainerCidr(), errkind.Invalid)
+	}
+	if a, err := netip.ParseAddr(in.GetAddress()); err != nil || !cidr.Contains(a) {
+		return fmt.Errorf("%s: device address %q is not in its subnet %s: %w", what, in.GetAddress(), cidr, errkind.Invalid)
+	}
+	if in.GetPort() == 0 || in.GetPort() > 65535 {
+		return fmt.Errorf("%s: port %d: %w", what, in.GetPort(), errkind.Invalid)
+	}
+	for _, name := range sortedKeys(nodes) {
+		o := nodes[name].GetOverlay()
+		other, _ := netip.ParsePrefix(o.GetContainerCidr())
+		switch {
+		case name == node || o == nil:
+		case o.PublicKey == in.PublicKey:
+			return fmt.Errorf("%s: node %q has the same public key: %w", what, name, errkind.Conflict)
+		case other.IsValid() && other.Overlaps(cidr):
+			return fmt.Errorf("%s: its container subnet %s overlaps node %q's %s (give each node its own --container-cidr): %w",
+				what, in.ContainerCidr, name, o.ContainerCidr, errkind.Conflict)
+		}
+	}
+	return nil
+}
+
 // setNodeOverlay records a node's place in the WireGuard mesh. Two nodes
 // with one key or one container subnet would steal each other's traffic.
 func (t *txn) setNodeOverlay(c *schedulerv1.SetNodeOverlayCommand) Result {
@@ -409,21 +444,8 @@ func (t *txn) setNodeOverlay(c *schedulerv1.SetNodeOverlayCommand) Result {
 		return Result{Err: fmt.Errorf("node %q: %w", c.Node, errkind.NotFound)}
 	}
 	in := c.GetOverlay()
-	cidr, err := netip.ParsePrefix(in.GetContainerCidr())
-	if in.GetPublicKey() == "" || err != nil || in.GetPort() == 0 || in.GetPort() > 65535 {
-		return Result{Err: fmt.Errorf("overlay of node %q: a public key, a port and a container subnet are needed: %w", c.Node, errkind.Invalid)}
-	}
-	for _, name := range sortedKeys(t.f.nodes) {
-		o := t.f.nodes[name].GetOverlay()
-		other, _ := netip.ParsePrefix(o.GetContainerCidr())
-		switch {
-		case name == c.Node || o == nil:
-		case o.PublicKey == in.PublicKey:
-			return Result{Err: fmt.Errorf("overlay of node %q: node %q has the same public key: %w", c.Node, name, errkind.Conflict)}
-		case other.IsValid() && other.Overlaps(cidr):
-			return Result{Err: fmt.Errorf("overlay of node %q: its container subnet %s overlaps node %q's %s (give each node its own --container-cidr): %w",
-				c.Node, in.ContainerCidr, name, o.ContainerCidr, errkind.Conflict)}
-		}
+	if err := checkOverlay(t.f.nodes, c.Node, in); err != nil {
+		return Result{Err: err}
 	}
 	if proto.Equal(n.Overlay, in) {
 		return Result{}

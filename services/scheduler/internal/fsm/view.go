@@ -130,6 +130,12 @@ func (st *State) OverlayPeers(self string, addr MemberAddr) []*overlayv1.Peer {
 	return out
 }
 
+// CheckOverlay reports why node cannot take place o in the mesh (as the
+// state machine would refuse it), or nil.
+func (st *State) CheckOverlay(node string, o *schedulerv1.NodeOverlay) error {
+	return checkOverlay(st.Nodes, node, o)
+}
+
 // InMesh reports whether node is in the WireGuard mesh.
 func (st *State) InMesh(node string, addr MemberAddr) bool {
 	_, ok := overlayHost(st.Nodes[node], addr)

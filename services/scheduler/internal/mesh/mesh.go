@@ -10,9 +10,11 @@ package mesh
 import (
 	"context"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -44,36 +46,92 @@ type Config struct {
 	Log   *zap.Logger
 }
 
-// Run records the node's place and pushes peers until ctx is done.
-func Run(ctx context.Context, cfg Config) error {
-	log := cfg.Log.Named("mesh")
-	go func() {
-		t := time.NewTicker(cfg.Every)
+// Handshake freshness: WireGuard renews a session every two minutes and
+// drops one older than three; a peer whose latest handshake is older than
+// that (or that never shook hands) is not reachable through the mesh.
+const fresh = 3*time.Minute + 10*time.Second
+
+// Mesh keeps the node's part of the mesh and knows which peers answer.
+type Mesh struct {
+	cfg  Config
+	log  *zap.Logger
+	live atomic.Pointer[map[string]bool] // nodes with a fresh handshake
+	now  func() time.Time
+}
+
+// New returns the node's mesh keeper.
+func New(cfg Config) *Mesh {
+	m := &Mesh{cfg: cfg, log: cfg.Log.Named("mesh"), now: time.Now}
+	m.live.Store(&map[string]bool{})
+	return m
+}
+
+// Live reports whether node's device made a session with this node's
+// recently: only then are its containers reachable.
+func (m *Mesh) Live(node string) bool { return (*m.live.Load())[node] }
+
+// Run records the node's place, pushes peers and watches their handshakes
+// until ctx is done.
+func (m *Mesh) Run(ctx context.Context) error {
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		t := time.NewTicker(m.cfg.Every)
 		defer t.Stop()
 		var failing error
 		for {
-			err := register(ctx, cfg)
+			err := m.register(ctx)
 			switch {
 			case err != nil && (failing == nil || err.Error() != failing.Error()):
-				log.Warn("node not in the overlay mesh yet; retrying", zap.String("node", cfg.Node), zap.Error(err))
+				m.log.Warn("node not in the overlay mesh yet; retrying", zap.String("node", m.cfg.Node), zap.Error(err))
 			case err == nil && failing != nil:
-				log.Info("node's place in the overlay mesh recorded", zap.String("node", cfg.Node))
+				m.log.Info("node's place in the overlay mesh recorded", zap.String("node", m.cfg.Node))
 			}
 			failing = err
+			m.watch(ctx)
 			select {
 			case <-ctx.Done():
-				return
+				return nil
 			case <-t.C:
 			}
 		}
-	}()
-	return push.Loop(ctx, log, cfg.State, func(st *fsm.State) []*overlayv1.SetPeersRequest {
-		return []*overlayv1.SetPeersRequest{Peers(st, cfg.Node, cfg.MemberAddr)}
-	},
-		func(ctx context.Context, req []*overlayv1.SetPeersRequest) error {
-			_, err := cfg.Overlay.SetPeers(ctx, req[0])
-			return err
-		}, cfg.Every)
+	})
+	g.Go(func() error {
+		return push.Loop(ctx, m.log, m.cfg.State,
+			func(st *fsm.State) []*overlayv1.SetPeersRequest {
+				return []*overlayv1.SetPeersRequest{Peers(st, m.cfg.Node, m.cfg.MemberAddr)}
+			},
+			func(ctx context.Context, req []*overlayv1.SetPeersRequest) error {
+				_, err := m.cfg.Overlay.SetPeers(ctx, req[0])
+				return err
+			}, m.cfg.Every)
+	})
+	return g.Wait()
+}
+
+// watch asks the overlay which peers shook hands recently.
+func (m *Mesh) watch(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	live := map[string]bool{}
+	resp, err := m.cfg.Overlay.ListPeers(ctx, &overlayv1.ListPeersRequest{})
+	if err == nil {
+		for _, p := range resp.Peers {
+			if p.LastHandshake != nil && m.now().Sub(p.LastHandshake.AsTime()) < fresh {
+				live[p.Node] = true
+			}
+		}
+	}
+	old := m.live.Swap(&live)
+	for n := range live {
+		if !(*old)[n] {
+			m.log.Info("peer reachable through the mesh", zap.String("node", m.cfg.Node), zap.String("peer", n))
+		}
+	}
+	for n := range *old {
+		if !live[n] {
+			m.log.Warn("peer no longer reachable through the mesh: no recent handshake", zap.String("node", m.cfg.Node), zap.String("peer", n))
+		}
+	}
 }
 
 // Peers is what the local overlay must set: this node's address and
@@ -91,8 +149,10 @@ func Peers(st *fsm.State, node string, addr fsm.MemberAddr) *overlayv1.SetPeersR
 	return req
 }
 
-// register proposes the node's place when it differs from the state's.
-func register(ctx context.Context, cfg Config) error {
+// register proposes the node's place when it differs from the state's
+// and the state machine would take it.
+func (m *Mesh) register(ctx context.Context) error {
+	cfg := m.cfg
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	id, err := cfg.Overlay.GetIdentity(ctx, &overlayv1.GetIdentityRequest{})
@@ -107,10 +167,14 @@ func register(ctx context.Context, cfg Config) error {
 	if info.OverlayAddress == "" {
 		return fmt.Errorf("the agent keeps no address of %s for the overlay (a subnet smaller than /29?)", info.ContainerCidr)
 	}
-	if n := cfg.State.Copy().Nodes[cfg.Node]; n == nil {
+	st := cfg.State.Copy()
+	if n := st.Nodes[cfg.Node]; n == nil {
 		return fmt.Errorf("node %s is not registered yet", cfg.Node)
 	} else if proto.Equal(n.Overlay, want) {
 		return nil
+	}
+	if err := st.CheckOverlay(cfg.Node, want); err != nil {
+		return err // not proposed again and again: it would be refused
 	}
 	data, err := proto.Marshal(&schedulerv1.Command{ProposedAt: timestamppb.Now(), Kind: &schedulerv1.Command_SetNodeOverlay{
 		SetNodeOverlay: &schedulerv1.SetNodeOverlayCommand{Node: cfg.Node, Overlay: want},

@@ -1,7 +1,11 @@
 package mesh
 
 import (
+	"encoding/base64"
+	"encoding/binary"
 	"errors"
+	"fmt"
+	"net/netip"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -51,9 +55,27 @@ func (s *state) register(name string, member uint64) {
 
 func (s *state) setOverlay(node, key, cidr string) error {
 	return s.apply(&schedulerv1.Command{Kind: &schedulerv1.Command_SetNodeOverlay{SetNodeOverlay: &schedulerv1.SetNodeOverlayCommand{
-		Node: node, Overlay: &schedulerv1.NodeOverlay{PublicKey: key, Port: 51820, ContainerCidr: cidr, Address: strings.TrimSuffix(cidr, "0.0/16") + "255.254"},
+		Node: node, Overlay: place(key, cidr),
 	}}})
 }
+
+// place is a node's place with a key made from name (a real key's shape).
+func place(name, cidr string) *schedulerv1.NodeOverlay {
+	key := ""
+	if name != "" {
+		key = base64.StdEncoding.EncodeToString([]byte(fmt.Sprintf("%-32s", name)))
+	}
+	addr := ""
+	if p, err := netip.ParsePrefix(cidr); err == nil && p.Addr().Is4() {
+		a := p.Masked().Addr().As4()
+		v := binary.BigEndian.Uint32(a[:]) | (uint32(1)<<(32-p.Bits()) - 2) // the last host address
+		binary.BigEndian.PutUint32(a[:], v)
+		addr = netip.AddrFrom4(a).String()
+	}
+	return &schedulerv1.NodeOverlay{PublicKey: key, Port: 51820, ContainerCidr: cidr, Address: addr}
+}
+
+func key(name string) string { return place(name, "").PublicKey }
 
 // members maps Raft member ids to peer addresses; c is not a member.
 var members = fsm.MemberAddr(func(id uint64) string {
@@ -75,8 +97,9 @@ func TestOverlayPlacesAreChecked(t *testing.T) {
 		{"b", "keyA", "10.2.0.0/16", errkind.Conflict, `node "a" has the same public key`},
 		{"b", "keyB", "10.1.128.0/17", errkind.Conflict, `overlaps node "a"'s 10.1.0.0/16`},
 		{"b", "keyB", "10.0.0.0/8", errkind.Conflict, "overlaps"},
-		{"b", "", "10.2.0.0/16", errkind.Invalid, "a public key, a port and a container subnet are needed"},
-		{"b", "keyB", "ten.two", errkind.Invalid, "container subnet"},
+		{"b", "", "10.2.0.0/16", errkind.Invalid, "is not a base64 WireGuard key"},
+		{"b", "keyB", "ten.two", errkind.Invalid, `container subnet "ten.two"`},
+		{"b", "keyB", "fd00::/16", errkind.Invalid, "want an IPv4 CIDR"},
 		{"nobody", "keyN", "10.9.0.0/16", errkind.NotFound, `node "nobody"`},
 		{"b", "keyB", "10.2.0.0/16", nil, ""},
 		{"a", "keyA", "10.1.0.0/16", nil, ""}, // the same again: no change
@@ -87,9 +110,15 @@ func TestOverlayPlacesAreChecked(t *testing.T) {
 			t.Errorf("%s %s %s: %v, want %v saying %q", tt.node, tt.key, tt.cidr, err, tt.want, tt.says)
 		}
 	}
+	outside := place("keyC", "10.3.0.0/16")
+	outside.Address = "10.9.0.1"
+	if err := s.apply(&schedulerv1.Command{Kind: &schedulerv1.Command_SetNodeOverlay{SetNodeOverlay: &schedulerv1.SetNodeOverlayCommand{
+		Node: "b", Overlay: outside}}}); !errors.Is(err, errkind.Invalid) || !strings.Contains(err.Error(), `device address "10.9.0.1" is not in its subnet`) {
+		t.Errorf("an address outside the subnet: %v", err)
+	}
 	// A node registering again (its scheduler restarted) keeps its place.
 	s.register("a", 1)
-	if o := s.f.Copy().Nodes["a"].GetOverlay(); o.GetPublicKey() != "keyA" {
+	if o := s.f.Copy().Nodes["a"].GetOverlay(); o.GetPublicKey() != key("keyA") {
 		t.Errorf("after re-registration: overlay %v", o)
 	}
 }
@@ -117,7 +146,7 @@ func TestPeersAreTheOtherMembersInTheMesh(t *testing.T) {
 		got = append(got, p.Node+"="+p.Endpoint+"/"+p.ContainerCidr+"/"+p.PublicKey)
 	}
 	// d is a member without an overlay; c and e are no members.
-	if want := "b=192.0.2.2:51820/10.2.0.0/16/keyb"; strings.Join(got, " ") != want {
+	if want := "b=192.0.2.2:51820/10.2.0.0/16/" + key("keyb"); strings.Join(got, " ") != want {
 		t.Errorf("a's peers: %v, want %s", got, want)
 	}
 	if req := Peers(st, "e", members); len(req.Peers) != 0 || req.Address == "" {

@@ -9,6 +9,7 @@ package overlayv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -380,11 +381,176 @@ func (*SetPeersResponse) Descriptor() ([]byte, []int) {
 	return file_zlayer_overlay_v1_overlay_proto_rawDescGZIP(), []int{6}
 }
 
+// ListPeersRequest is empty.
+type ListPeersRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListPeersRequest) Reset() {
+	*x = ListPeersRequest{}
+	mi := &file_zlayer_overlay_v1_overlay_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListPeersRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListPeersRequest) ProtoMessage() {}
+
+func (x *ListPeersRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_overlay_v1_overlay_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListPeersRequest.ProtoReflect.Descriptor instead.
+func (*ListPeersRequest) Descriptor() ([]byte, []int) {
+	return file_zlayer_overlay_v1_overlay_proto_rawDescGZIP(), []int{7}
+}
+
+// ListPeersResponse lists the device's peers.
+type ListPeersResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// peers are the device's peers; none without a device.
+	Peers         []*PeerStatus `protobuf:"bytes,1,rep,name=peers,proto3" json:"peers,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListPeersResponse) Reset() {
+	*x = ListPeersResponse{}
+	mi := &file_zlayer_overlay_v1_overlay_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListPeersResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListPeersResponse) ProtoMessage() {}
+
+func (x *ListPeersResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_overlay_v1_overlay_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListPeersResponse.ProtoReflect.Descriptor instead.
+func (*ListPeersResponse) Descriptor() ([]byte, []int) {
+	return file_zlayer_overlay_v1_overlay_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *ListPeersResponse) GetPeers() []*PeerStatus {
+	if x != nil {
+		return x.Peers
+	}
+	return nil
+}
+
+// PeerStatus is a peer as the device sees it.
+type PeerStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// node is the peer's node.
+	Node string `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	// public_key is its WireGuard public key (base64).
+	PublicKey string `protobuf:"bytes,2,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"`
+	// last_handshake is when a session with it was last made; unset if never.
+	LastHandshake *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=last_handshake,json=lastHandshake,proto3" json:"last_handshake,omitempty"`
+	// rx_bytes counts bytes received from it.
+	RxBytes uint64 `protobuf:"varint,4,opt,name=rx_bytes,json=rxBytes,proto3" json:"rx_bytes,omitempty"`
+	// tx_bytes counts bytes sent to it.
+	TxBytes       uint64 `protobuf:"varint,5,opt,name=tx_bytes,json=txBytes,proto3" json:"tx_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PeerStatus) Reset() {
+	*x = PeerStatus{}
+	mi := &file_zlayer_overlay_v1_overlay_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PeerStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PeerStatus) ProtoMessage() {}
+
+func (x *PeerStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_overlay_v1_overlay_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PeerStatus.ProtoReflect.Descriptor instead.
+func (*PeerStatus) Descriptor() ([]byte, []int) {
+	return file_zlayer_overlay_v1_overlay_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *PeerStatus) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *PeerStatus) GetPublicKey() string {
+	if x != nil {
+		return x.PublicKey
+	}
+	return ""
+}
+
+func (x *PeerStatus) GetLastHandshake() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastHandshake
+	}
+	return nil
+}
+
+func (x *PeerStatus) GetRxBytes() uint64 {
+	if x != nil {
+		return x.RxBytes
+	}
+	return 0
+}
+
+func (x *PeerStatus) GetTxBytes() uint64 {
+	if x != nil {
+		return x.TxBytes
+	}
+	return 0
+}
+
 var File_zlayer_overlay_v1_overlay_proto protoreflect.FileDescriptor
 
 const file_zlayer_overlay_v1_overlay_proto_rawDesc = "" +
 	"\n" +
-	"\x1fzlayer/overlay/v1/overlay.proto\x12\x11zlayer.overlay.v1\x1a\x1bzlayer/types/v1/types.proto\"\x10\n" +
+	"\x1fzlayer/overlay/v1/overlay.proto\x12\x11zlayer.overlay.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bzlayer/types/v1/types.proto\"\x10\n" +
 	"\x0eGetInfoRequest\"B\n" +
 	"\x0fGetInfoResponse\x12/\n" +
 	"\x04info\x18\x01 \x01(\v2\x1b.zlayer.types.v1.DaemonInfoR\x04info\"\x14\n" +
@@ -404,11 +570,23 @@ const file_zlayer_overlay_v1_overlay_proto_rawDesc = "" +
 	"public_key\x18\x02 \x01(\tR\tpublicKey\x12\x1a\n" +
 	"\bendpoint\x18\x03 \x01(\tR\bendpoint\x12%\n" +
 	"\x0econtainer_cidr\x18\x04 \x01(\tR\rcontainerCidr\"\x12\n" +
-	"\x10SetPeersResponse2\x95\x02\n" +
+	"\x10SetPeersResponse\"\x12\n" +
+	"\x10ListPeersRequest\"H\n" +
+	"\x11ListPeersResponse\x123\n" +
+	"\x05peers\x18\x01 \x03(\v2\x1d.zlayer.overlay.v1.PeerStatusR\x05peers\"\xb8\x01\n" +
+	"\n" +
+	"PeerStatus\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12\x1d\n" +
+	"\n" +
+	"public_key\x18\x02 \x01(\tR\tpublicKey\x12A\n" +
+	"\x0elast_handshake\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\rlastHandshake\x12\x19\n" +
+	"\brx_bytes\x18\x04 \x01(\x04R\arxBytes\x12\x19\n" +
+	"\btx_bytes\x18\x05 \x01(\x04R\atxBytes2\xed\x02\n" +
 	"\x0eOverlayService\x12P\n" +
 	"\aGetInfo\x12!.zlayer.overlay.v1.GetInfoRequest\x1a\".zlayer.overlay.v1.GetInfoResponse\x12\\\n" +
 	"\vGetIdentity\x12%.zlayer.overlay.v1.GetIdentityRequest\x1a&.zlayer.overlay.v1.GetIdentityResponse\x12S\n" +
-	"\bSetPeers\x12\".zlayer.overlay.v1.SetPeersRequest\x1a#.zlayer.overlay.v1.SetPeersResponseB1Z/zlayer.dev/libs/api/zlayer/overlay/v1;overlayv1b\x06proto3"
+	"\bSetPeers\x12\".zlayer.overlay.v1.SetPeersRequest\x1a#.zlayer.overlay.v1.SetPeersResponse\x12V\n" +
+	"\tListPeers\x12#.zlayer.overlay.v1.ListPeersRequest\x1a$.zlayer.overlay.v1.ListPeersResponseB1Z/zlayer.dev/libs/api/zlayer/overlay/v1;overlayv1b\x06proto3"
 
 var (
 	file_zlayer_overlay_v1_overlay_proto_rawDescOnce sync.Once
@@ -422,31 +600,39 @@ func file_zlayer_overlay_v1_overlay_proto_rawDescGZIP() []byte {
 	return file_zlayer_overlay_v1_overlay_proto_rawDescData
 }
 
-var file_zlayer_overlay_v1_overlay_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_zlayer_overlay_v1_overlay_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_zlayer_overlay_v1_overlay_proto_goTypes = []any{
-	(*GetInfoRequest)(nil),      // 0: zlayer.overlay.v1.GetInfoRequest
-	(*GetInfoResponse)(nil),     // 1: zlayer.overlay.v1.GetInfoResponse
-	(*GetIdentityRequest)(nil),  // 2: zlayer.overlay.v1.GetIdentityRequest
-	(*GetIdentityResponse)(nil), // 3: zlayer.overlay.v1.GetIdentityResponse
-	(*SetPeersRequest)(nil),     // 4: zlayer.overlay.v1.SetPeersRequest
-	(*Peer)(nil),                // 5: zlayer.overlay.v1.Peer
-	(*SetPeersResponse)(nil),    // 6: zlayer.overlay.v1.SetPeersResponse
-	(*v1.DaemonInfo)(nil),       // 7: zlayer.types.v1.DaemonInfo
+	(*GetInfoRequest)(nil),        // 0: zlayer.overlay.v1.GetInfoRequest
+	(*GetInfoResponse)(nil),       // 1: zlayer.overlay.v1.GetInfoResponse
+	(*GetIdentityRequest)(nil),    // 2: zlayer.overlay.v1.GetIdentityRequest
+	(*GetIdentityResponse)(nil),   // 3: zlayer.overlay.v1.GetIdentityResponse
+	(*SetPeersRequest)(nil),       // 4: zlayer.overlay.v1.SetPeersRequest
+	(*Peer)(nil),                  // 5: zlayer.overlay.v1.Peer
+	(*SetPeersResponse)(nil),      // 6: zlayer.overlay.v1.SetPeersResponse
+	(*ListPeersRequest)(nil),      // 7: zlayer.overlay.v1.ListPeersRequest
+	(*ListPeersResponse)(nil),     // 8: zlayer.overlay.v1.ListPeersResponse
+	(*PeerStatus)(nil),            // 9: zlayer.overlay.v1.PeerStatus
+	(*v1.DaemonInfo)(nil),         // 10: zlayer.types.v1.DaemonInfo
+	(*timestamppb.Timestamp)(nil), // 11: google.protobuf.Timestamp
 }
 var file_zlayer_overlay_v1_overlay_proto_depIdxs = []int32{
-	7, // 0: zlayer.overlay.v1.GetInfoResponse.info:type_name -> zlayer.types.v1.DaemonInfo
-	5, // 1: zlayer.overlay.v1.SetPeersRequest.peers:type_name -> zlayer.overlay.v1.Peer
-	0, // 2: zlayer.overlay.v1.OverlayService.GetInfo:input_type -> zlayer.overlay.v1.GetInfoRequest
-	2, // 3: zlayer.overlay.v1.OverlayService.GetIdentity:input_type -> zlayer.overlay.v1.GetIdentityRequest
-	4, // 4: zlayer.overlay.v1.OverlayService.SetPeers:input_type -> zlayer.overlay.v1.SetPeersRequest
-	1, // 5: zlayer.overlay.v1.OverlayService.GetInfo:output_type -> zlayer.overlay.v1.GetInfoResponse
-	3, // 6: zlayer.overlay.v1.OverlayService.GetIdentity:output_type -> zlayer.overlay.v1.GetIdentityResponse
-	6, // 7: zlayer.overlay.v1.OverlayService.SetPeers:output_type -> zlayer.overlay.v1.SetPeersResponse
-	5, // [5:8] is the sub-list for method output_type
-	2, // [2:5] is the sub-list for method input_type
-	2, // [2:2] is the sub-list for extension type_name
-	2, // [2:2] is the sub-list for extension extendee
-	0, // [0:2] is the sub-list for field type_name
+	10, // 0: zlayer.overlay.v1.GetInfoResponse.info:type_name -> zlayer.types.v1.DaemonInfo
+	5,  // 1: zlayer.overlay.v1.SetPeersRequest.peers:type_name -> zlayer.overlay.v1.Peer
+	9,  // 2: zlayer.overlay.v1.ListPeersResponse.peers:type_name -> zlayer.overlay.v1.PeerStatus
+	11, // 3: zlayer.overlay.v1.PeerStatus.last_handshake:type_name -> google.protobuf.Timestamp
+	0,  // 4: zlayer.overlay.v1.OverlayService.GetInfo:input_type -> zlayer.overlay.v1.GetInfoRequest
+	2,  // 5: zlayer.overlay.v1.OverlayService.GetIdentity:input_type -> zlayer.overlay.v1.GetIdentityRequest
+	4,  // 6: zlayer.overlay.v1.OverlayService.SetPeers:input_type -> zlayer.overlay.v1.SetPeersRequest
+	7,  // 7: zlayer.overlay.v1.OverlayService.ListPeers:input_type -> zlayer.overlay.v1.ListPeersRequest
+	1,  // 8: zlayer.overlay.v1.OverlayService.GetInfo:output_type -> zlayer.overlay.v1.GetInfoResponse
+	3,  // 9: zlayer.overlay.v1.OverlayService.GetIdentity:output_type -> zlayer.overlay.v1.GetIdentityResponse
+	6,  // 10: zlayer.overlay.v1.OverlayService.SetPeers:output_type -> zlayer.overlay.v1.SetPeersResponse
+	8,  // 11: zlayer.overlay.v1.OverlayService.ListPeers:output_type -> zlayer.overlay.v1.ListPeersResponse
+	8,  // [8:12] is the sub-list for method output_type
+	4,  // [4:8] is the sub-list for method input_type
+	4,  // [4:4] is the sub-list for extension type_name
+	4,  // [4:4] is the sub-list for extension extendee
+	0,  // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_zlayer_overlay_v1_overlay_proto_init() }
@@ -460,7 +646,7 @@ func file_zlayer_overlay_v1_overlay_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_zlayer_overlay_v1_overlay_proto_rawDesc), len(file_zlayer_overlay_v1_overlay_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   7,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -22,6 +22,7 @@ const (
 	OverlayService_GetInfo_FullMethodName     = "/zlayer.overlay.v1.OverlayService/GetInfo"
 	OverlayService_GetIdentity_FullMethodName = "/zlayer.overlay.v1.OverlayService/GetIdentity"
 	OverlayService_SetPeers_FullMethodName    = "/zlayer.overlay.v1.OverlayService/SetPeers"
+	OverlayService_ListPeers_FullMethodName   = "/zlayer.overlay.v1.OverlayService/ListPeers"
 )
 
 // OverlayServiceClient is the client API for OverlayService service.
@@ -40,6 +41,9 @@ type OverlayServiceClient interface {
 	// every other node. With peers the device is up and routes each peer's
 	// container subnet through it; with none there is no device.
 	SetPeers(ctx context.Context, in *SetPeersRequest, opts ...grpc.CallOption) (*SetPeersResponse, error)
+	// ListPeers returns the device's peers with their latest handshakes: a
+	// peer without a recent one is not reachable through the mesh.
+	ListPeers(ctx context.Context, in *ListPeersRequest, opts ...grpc.CallOption) (*ListPeersResponse, error)
 }
 
 type overlayServiceClient struct {
@@ -80,6 +84,16 @@ func (c *overlayServiceClient) SetPeers(ctx context.Context, in *SetPeersRequest
 	return out, nil
 }
 
+func (c *overlayServiceClient) ListPeers(ctx context.Context, in *ListPeersRequest, opts ...grpc.CallOption) (*ListPeersResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListPeersResponse)
+	err := c.cc.Invoke(ctx, OverlayService_ListPeers_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // OverlayServiceServer is the server API for OverlayService service.
 // All implementations must embed UnimplementedOverlayServiceServer
 // for forward compatibility.
@@ -96,6 +110,9 @@ type OverlayServiceServer interface {
 	// every other node. With peers the device is up and routes each peer's
 	// container subnet through it; with none there is no device.
 	SetPeers(context.Context, *SetPeersRequest) (*SetPeersResponse, error)
+	// ListPeers returns the device's peers with their latest handshakes: a
+	// peer without a recent one is not reachable through the mesh.
+	ListPeers(context.Context, *ListPeersRequest) (*ListPeersResponse, error)
 	mustEmbedUnimplementedOverlayServiceServer()
 }
 
@@ -114,6 +131,9 @@ func (UnimplementedOverlayServiceServer) GetIdentity(context.Context, *GetIdenti
 }
 func (UnimplementedOverlayServiceServer) SetPeers(context.Context, *SetPeersRequest) (*SetPeersResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method SetPeers not implemented")
+}
+func (UnimplementedOverlayServiceServer) ListPeers(context.Context, *ListPeersRequest) (*ListPeersResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListPeers not implemented")
 }
 func (UnimplementedOverlayServiceServer) mustEmbedUnimplementedOverlayServiceServer() {}
 func (UnimplementedOverlayServiceServer) testEmbeddedByValue()                        {}
@@ -190,6 +210,24 @@ func _OverlayService_SetPeers_Handler(srv interface{}, ctx context.Context, dec 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _OverlayService_ListPeers_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListPeersRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OverlayServiceServer).ListPeers(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: OverlayService_ListPeers_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OverlayServiceServer).ListPeers(ctx, req.(*ListPeersRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // OverlayService_ServiceDesc is the grpc.ServiceDesc for OverlayService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -208,6 +246,10 @@ var OverlayService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "SetPeers",
 			Handler:    _OverlayService_SetPeers_Handler,
+		},
+		{
+			MethodName: "ListPeers",
+			Handler:    _OverlayService_ListPeers_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

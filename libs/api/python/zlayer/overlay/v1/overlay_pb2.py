@@ -11,10 +11,11 @@ from google.protobuf import symbol_database as _symbol_database
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from zlayer.types.v1 import types_pb2 as zlayer_dot_types_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fzlayer/overlay/v1/overlay.proto\x12\x11zlayer.overlay.v1\x1a\x1bzlayer/types/v1/types.proto\"\x10\n\x0eGetInfoRequest\"B\n\x0fGetInfoResponse\x12/\n\x04info\x18\x01 \x01(\x0b\x32\x1b.zlayer.types.v1.DaemonInfoR\x04info\"\x14\n\x12GetIdentityRequest\"`\n\x13GetIdentityResponse\x12\x1d\n\npublic_key\x18\x01 \x01(\tR\tpublicKey\x12\x12\n\x04port\x18\x02 \x01(\rR\x04port\x12\x16\n\x06\x64\x65vice\x18\x03 \x01(\tR\x06\x64\x65vice\"\x81\x01\n\x0fSetPeersRequest\x12\x18\n\x07\x61\x64\x64ress\x18\x01 \x01(\tR\x07\x61\x64\x64ress\x12%\n\x0e\x63ontainer_cidr\x18\x02 \x01(\tR\rcontainerCidr\x12-\n\x05peers\x18\x03 \x03(\x0b\x32\x17.zlayer.overlay.v1.PeerR\x05peers\"|\n\x04Peer\x12\x12\n\x04node\x18\x01 \x01(\tR\x04node\x12\x1d\n\npublic_key\x18\x02 \x01(\tR\tpublicKey\x12\x1a\n\x08\x65ndpoint\x18\x03 \x01(\tR\x08\x65ndpoint\x12%\n\x0e\x63ontainer_cidr\x18\x04 \x01(\tR\rcontainerCidr\"\x12\n\x10SetPeersResponse2\x95\x02\n\x0eOverlayService\x12P\n\x07GetInfo\x12!.zlayer.overlay.v1.GetInfoRequest\x1a\".zlayer.overlay.v1.GetInfoResponse\x12\\\n\x0bGetIdentity\x12%.zlayer.overlay.v1.GetIdentityRequest\x1a&.zlayer.overlay.v1.GetIdentityResponse\x12S\n\x08SetPeers\x12\".zlayer.overlay.v1.SetPeersRequest\x1a#.zlayer.overlay.v1.SetPeersResponseB1Z/zlayer.dev/libs/api/zlayer/overlay/v1;overlayv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fzlayer/overlay/v1/overlay.proto\x12\x11zlayer.overlay.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bzlayer/types/v1/types.proto\"\x10\n\x0eGetInfoRequest\"B\n\x0fGetInfoResponse\x12/\n\x04info\x18\x01 \x01(\x0b\x32\x1b.zlayer.types.v1.DaemonInfoR\x04info\"\x14\n\x12GetIdentityRequest\"`\n\x13GetIdentityResponse\x12\x1d\n\npublic_key\x18\x01 \x01(\tR\tpublicKey\x12\x12\n\x04port\x18\x02 \x01(\rR\x04port\x12\x16\n\x06\x64\x65vice\x18\x03 \x01(\tR\x06\x64\x65vice\"\x81\x01\n\x0fSetPeersRequest\x12\x18\n\x07\x61\x64\x64ress\x18\x01 \x01(\tR\x07\x61\x64\x64ress\x12%\n\x0e\x63ontainer_cidr\x18\x02 \x01(\tR\rcontainerCidr\x12-\n\x05peers\x18\x03 \x03(\x0b\x32\x17.zlayer.overlay.v1.PeerR\x05peers\"|\n\x04Peer\x12\x12\n\x04node\x18\x01 \x01(\tR\x04node\x12\x1d\n\npublic_key\x18\x02 \x01(\tR\tpublicKey\x12\x1a\n\x08\x65ndpoint\x18\x03 \x01(\tR\x08\x65ndpoint\x12%\n\x0e\x63ontainer_cidr\x18\x04 \x01(\tR\rcontainerCidr\"\x12\n\x10SetPeersResponse\"\x12\n\x10ListPeersRequest\"H\n\x11ListPeersResponse\x12\x33\n\x05peers\x18\x01 \x03(\x0b\x32\x1d.zlayer.overlay.v1.PeerStatusR\x05peers\"\xb8\x01\n\nPeerStatus\x12\x12\n\x04node\x18\x01 \x01(\tR\x04node\x12\x1d\n\npublic_key\x18\x02 \x01(\tR\tpublicKey\x12\x41\n\x0elast_handshake\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\rlastHandshake\x12\x19\n\x08rx_bytes\x18\x04 \x01(\x04R\x07rxBytes\x12\x19\n\x08tx_bytes\x18\x05 \x01(\x04R\x07txBytes2\xed\x02\n\x0eOverlayService\x12P\n\x07GetInfo\x12!.zlayer.overlay.v1.GetInfoRequest\x1a\".zlayer.overlay.v1.GetInfoResponse\x12\\\n\x0bGetIdentity\x12%.zlayer.overlay.v1.GetIdentityRequest\x1a&.zlayer.overlay.v1.GetIdentityResponse\x12S\n\x08SetPeers\x12\".zlayer.overlay.v1.SetPeersRequest\x1a#.zlayer.overlay.v1.SetPeersResponse\x12V\n\tListPeers\x12#.zlayer.overlay.v1.ListPeersRequest\x1a$.zlayer.overlay.v1.ListPeersResponseB1Z/zlayer.dev/libs/api/zlayer/overlay/v1;overlayv1b\x06proto3')
 
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, globals())
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'zlayer.overlay.v1.overlay_pb2', globals())
@@ -22,20 +23,26 @@ if _descriptor._USE_C_DESCRIPTORS == False:
 
   DESCRIPTOR._options = None
   DESCRIPTOR._serialized_options = b'Z/zlayer.dev/libs/api/zlayer/overlay/v1;overlayv1'
-  _GETINFOREQUEST._serialized_start=83
-  _GETINFOREQUEST._serialized_end=99
-  _GETINFORESPONSE._serialized_start=101
-  _GETINFORESPONSE._serialized_end=167
-  _GETIDENTITYREQUEST._serialized_start=169
-  _GETIDENTITYREQUEST._serialized_end=189
-  _GETIDENTITYRESPONSE._serialized_start=191
-  _GETIDENTITYRESPONSE._serialized_end=287
-  _SETPEERSREQUEST._serialized_start=290
-  _SETPEERSREQUEST._serialized_end=419
-  _PEER._serialized_start=421
-  _PEER._serialized_end=545
-  _SETPEERSRESPONSE._serialized_start=547
-  _SETPEERSRESPONSE._serialized_end=565
-  _OVERLAYSERVICE._serialized_start=568
-  _OVERLAYSERVICE._serialized_end=845
+  _GETINFOREQUEST._serialized_start=116
+  _GETINFOREQUEST._serialized_end=132
+  _GETINFORESPONSE._serialized_start=134
+  _GETINFORESPONSE._serialized_end=200
+  _GETIDENTITYREQUEST._serialized_start=202
+  _GETIDENTITYREQUEST._serialized_end=222
+  _GETIDENTITYRESPONSE._serialized_start=224
+  _GETIDENTITYRESPONSE._serialized_end=320
+  _SETPEERSREQUEST._serialized_start=323
+  _SETPEERSREQUEST._serialized_end=452
+  _PEER._serialized_start=454
+  _PEER._serialized_end=578
+  _SETPEERSRESPONSE._serialized_start=580
+  _SETPEERSRESPONSE._serialized_end=598
+  _LISTPEERSREQUEST._serialized_start=600
+  _LISTPEERSREQUEST._serialized_end=618
+  _LISTPEERSRESPONSE._serialized_start=620
+  _LISTPEERSRESPONSE._serialized_end=692
+  _PEERSTATUS._serialized_start=695
+  _PEERSTATUS._serialized_end=879
+  _OVERLAYSERVICE._serialized_start=882
+  _OVERLAYSERVICE._serialized_end=1247
 # @@protoc_insertion_point(module_scope)

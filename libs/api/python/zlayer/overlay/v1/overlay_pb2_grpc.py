@@ -31,6 +31,11 @@ class OverlayServiceStub(object):
                 request_serializer=zlayer_dot_overlay_dot_v1_dot_overlay__pb2.SetPeersRequest.SerializeToString,
                 response_deserializer=zlayer_dot_overlay_dot_v1_dot_overlay__pb2.SetPeersResponse.FromString,
                 )
+        self.ListPeers = channel.unary_unary(
+                '/zlayer.overlay.v1.OverlayService/ListPeers',
+                request_serializer=zlayer_dot_overlay_dot_v1_dot_overlay__pb2.ListPeersRequest.SerializeToString,
+                response_deserializer=zlayer_dot_overlay_dot_v1_dot_overlay__pb2.ListPeersResponse.FromString,
+                )
 
 
 class OverlayServiceServicer(object):
@@ -62,6 +67,14 @@ class OverlayServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListPeers(self, request, context):
+        """ListPeers returns the device's peers with their latest handshakes: a
+        peer without a recent one is not reachable through the mesh.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OverlayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -79,6 +92,11 @@ def add_OverlayServiceServicer_to_server(servicer, server):
                     servicer.SetPeers,
                     request_deserializer=zlayer_dot_overlay_dot_v1_dot_overlay__pb2.SetPeersRequest.FromString,
                     response_serializer=zlayer_dot_overlay_dot_v1_dot_overlay__pb2.SetPeersResponse.SerializeToString,
+            ),
+            'ListPeers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPeers,
+                    request_deserializer=zlayer_dot_overlay_dot_v1_dot_overlay__pb2.ListPeersRequest.FromString,
+                    response_serializer=zlayer_dot_overlay_dot_v1_dot_overlay__pb2.ListPeersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -140,5 +158,22 @@ class OverlayService(object):
         return grpc.experimental.unary_unary(request, target, '/zlayer.overlay.v1.OverlayService/SetPeers',
             zlayer_dot_overlay_dot_v1_dot_overlay__pb2.SetPeersRequest.SerializeToString,
             zlayer_dot_overlay_dot_v1_dot_overlay__pb2.SetPeersResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def ListPeers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/zlayer.overlay.v1.OverlayService/ListPeers',
+            zlayer_dot_overlay_dot_v1_dot_overlay__pb2.ListPeersRequest.SerializeToString,
+            zlayer_dot_overlay_dot_v1_dot_overlay__pb2.ListPeersResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
