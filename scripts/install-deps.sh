@@ -11,7 +11,7 @@ APT_PACKAGES=(
   runc busybox-static docker-registry containernetworking-plugins iproute2 iptables
   protobuf-compiler protobuf-compiler-grpc python3-grpcio python3-protobuf
   skopeo umoci wireguard-tools pebble systemd apache2-utils curl ca-certificates
-  wrk hyperfine procps psmisc util-linux iputils-ping nginx-light haproxy caddy
+  wrk hyperfine procps psmisc util-linux iputils-ping nginx-light haproxy caddy wireguard-go iperf3
 )
 
 # Go tools at pinned versions (installed into $GOBIN, default /root/go/bin).
