@@ -459,5 +459,11 @@ func checkMesh(t *testing.T, first *node, spread func(*node) map[string]int) {
 		if code != 0 || !strings.Contains(out, "ZLayer demo") {
 			t.Fatalf("a container on %s fetching http://%s/ (app/web/%d on %s): exit %d\n%s", first.name, r.IP, r.Index, r.Node, code, out)
 		}
+		// Not masqueraded: the replica sees the calling container's address.
+		eventually(t, 10*time.Second, fmt.Sprintf("a request from %s in the log of app/web/%d", local.IP, r.Index), func() bool {
+			logs, code := first.zlctl(t, "logs", "--tail", "100", fmt.Sprintf("app/web/%d", r.Index))
+			last = logs
+			return code == 0 && (strings.Contains(logs, local.IP+":") || strings.Contains(logs, local.IP+"]:"))
+		})
 	}
 }

@@ -324,6 +324,9 @@ func (m *Mesh) upLocked() error {
 	if err := ip("link", "set", m.name, "up"); err != nil {
 		return err
 	}
+	if err := m.keepSources(true); err != nil {
+		return err
+	}
 	// Forward between the device and the container bridge.
 	if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1\n"), 0o644); err != nil {
 		return fmt.Errorf("enable forwarding: %w", err)
@@ -334,6 +337,9 @@ func (m *Mesh) upLocked() error {
 
 // downLocked removes the device (its routes go with it).
 func (m *Mesh) downLocked() {
+	if err := m.keepSources(false); err != nil {
+		m.log.Warn("cannot remove the NAT exemption", zap.String("device", m.name), zap.Error(err))
+	}
 	if m.uapi != nil {
 		m.uapi.Close()
 		m.uapi = nil
@@ -353,6 +359,29 @@ func (m *Mesh) Close() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.downLocked()
+}
+
+// keepSources exempts traffic leaving through the device from NAT (the
+// agent masquerades what its containers send outside their subnet), so
+// that a container on another node sees the address of the container that
+// called it. The rule goes first in POSTROUTING; on is idempotent.
+func (m *Mesh) keepSources(on bool) error {
+	rule := []string{"POSTROUTING", "-o", m.name, "-m", "comment", "--comment", "zlayer overlay " + m.name, "-j", "ACCEPT"}
+	ipt := func(args ...string) error {
+		out, err := exec.Command("iptables", append([]string{"-w", "-t", "nat"}, args...)...).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("iptables %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+		}
+		return nil
+	}
+	present := ipt(append([]string{"-C"}, rule...)...) == nil
+	switch {
+	case on && !present:
+		return ipt(append([]string{"-I", "POSTROUTING", "1"}, rule[1:]...)...)
+	case !on && present:
+		return ipt(append([]string{"-D"}, rule...)...)
+	}
+	return nil
 }
 
 func ip(args ...string) error {

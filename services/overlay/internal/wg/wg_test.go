@@ -80,6 +80,10 @@ func TestMeshDevice(t *testing.T) {
 	if out := ipOut(t, "route", "show", "198.18.7.0/24"); !strings.Contains(out, "dev "+name) || !strings.Contains(out, "src 198.18.6.254") {
 		t.Errorf("route to the peer's subnet: %q", out)
 	}
+	natRule := []string{"-w", "-t", "nat", "-C", "POSTROUTING", "-o", name, "-m", "comment", "--comment", "zlayer overlay " + name, "-j", "ACCEPT"}
+	if out, err := exec.Command("iptables", natRule...).CombinedOutput(); err != nil {
+		t.Errorf("no NAT exemption for the device: %v: %s", err, out)
+	}
 	conf := uapiGet(t, name)
 	for _, want := range []string{"public_key=" + hex.EncodeToString(peerKey[:]), "endpoint=127.0.0.1:9", "allowed_ip=198.18.7.0/24",
 		fmt.Sprintf("listen_port=%d", port)} {
@@ -144,6 +148,9 @@ func TestMeshDevice(t *testing.T) {
 	}
 	if out, err := exec.Command("ip", "link", "show", name).CombinedOutput(); err == nil {
 		t.Errorf("device still there without peers:\n%s", out)
+	}
+	if err := exec.Command("iptables", natRule...).Run(); err == nil {
+		t.Error("NAT exemption left without the device")
 	}
 	if out := ipOut(t, "route", "show", "proto", routeProto); strings.TrimSpace(out) != "" {
 		t.Errorf("routes left without peers:\n%s", out)
