@@ -168,14 +168,17 @@ func newNodeLsCmd(g *globals) *cobra.Command {
 				return jsonOr(err, out, resp)
 			}
 			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NODE\tSTATE\tCPUS\tMEMORY\tREPLICAS\tLAST HEARTBEAT\tJOINED")
+			fmt.Fprintln(tw, "NODE\tSTATE\tCPUS\tMEMORY\tREPLICAS\tLAST HEARTBEAT\tSUBNET\tJOINED")
 			for _, n := range resp.Nodes {
 				state := enumWord(n.State, "NODE_STATE_")
 				if n.AgentDown {
 					state += " (agent down)"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%.1f\t%dMiB\t%d\t%s ago\t%s\n", n.Name, state, n.Cpu, n.MemoryBytes>>20,
-					resp.Replicas[n.Name], time.Since(n.LastHeartbeat.AsTime()).Truncate(100*time.Millisecond), orDash(strings.Join(n.JoinedServices, ",")))
+				// SUBNET: the node's container subnet, once its overlay reported
+				// its place in the mesh.
+				fmt.Fprintf(tw, "%s\t%s\t%.1f\t%dMiB\t%d\t%s ago\t%s\t%s\n", n.Name, state, n.Cpu, n.MemoryBytes>>20,
+					resp.Replicas[n.Name], time.Since(n.LastHeartbeat.AsTime()).Truncate(100*time.Millisecond),
+					orDash(n.GetOverlay().GetContainerCidr()), orDash(strings.Join(n.JoinedServices, ",")))
 			}
 			return tw.Flush()
 		},
