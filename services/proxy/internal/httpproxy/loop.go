@@ -714,6 +714,22 @@ func (c *lconn) readTLS(free []byte) bool {
 		c.readable = false
 		return true
 	}
+	switch _, drained, err := c.readRaw(); {
+	case errors.Is(err, unix.EAGAIN):
+		c.rawReadable, c.readable = false, false
+	case err != nil:
+		c.close()
+		return false
+	case drained && !c.hup:
+		c.rawReadable = false
+	}
+	return true
+}
+
+// readRaw reads what the socket has into the session's buffer: the bytes
+// read (0 at the end, which the session then reports), whether that
+// drained the socket, or the error.
+func (c *lconn) readRaw() (int, bool, error) {
 	m := c.mc
 	if m.roff == len(m.in) {
 		m.in, m.roff = m.in[:0], 0
@@ -723,21 +739,12 @@ func (c *lconn) readTLS(free []byte) bool {
 	}
 	raw := m.in[len(m.in):cap(m.in)]
 	k, err := sysRead(c.fd, raw)
-	switch {
-	case errors.Is(err, unix.EAGAIN):
-		c.rawReadable, c.readable = false, false
-	case err != nil:
-		c.close()
-		return false
-	case k == 0:
-		m.eof = true // the session reports the end
-	default:
-		m.in = m.in[:len(m.in)+k]
-		if k < len(raw) && !c.hup {
-			c.rawReadable = false
-		}
+	if err != nil {
+		return 0, false, err
 	}
-	return true
+	m.in = m.in[:len(m.in)+k]
+	m.eof = m.eof || k == 0
+	return k, k < len(raw), nil
 }
 
 // request starts the request whose head is c.in[c.r:c.r+n].
@@ -881,23 +888,11 @@ func (c *lconn) goneTLS() bool {
 		case !errors.As(err, &wb):
 			return true
 		}
-		m := c.mc
-		if m.roff == len(m.in) {
-			m.in, m.roff = m.in[:0], 0
-		}
-		if len(m.in) == cap(m.in) {
-			m.in = append(m.in, make([]byte, max(cap(m.in), loopClientBuf))...)[:len(m.in)]
-		}
-		k, err := sysRead(c.fd, m.in[len(m.in):cap(m.in)])
-		switch {
+		switch _, _, err := c.readRaw(); {
 		case errors.Is(err, unix.EAGAIN):
 			return false
 		case err != nil:
 			return true
-		case k == 0:
-			m.eof = true // the session reports the end
-		default:
-			m.in = m.in[:len(m.in)+k]
 		}
 	}
 }
