@@ -76,7 +76,7 @@ func (s *Server) SetPeers(_ context.Context, req *overlayv1.SetPeersRequest) (*o
 				s.skip(where, fmt.Errorf("endpoint %q: %v: %w", p.GetEndpoint(), rerr, errkind.Invalid))
 				continue
 			}
-			ep = ua.AddrPort()
+			ep = netip.AddrPortFrom(ua.AddrPort().Addr().Unmap(), ua.AddrPort().Port())
 		}
 		cidr, err := netip.ParsePrefix(p.GetContainerCidr())
 		if err != nil || !cidr.Addr().Is4() {

@@ -17,6 +17,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io/fs"
 	"net"
 	"net/netip"
@@ -61,8 +62,11 @@ type Mesh struct {
 	dev    *device.Device
 	uapi   net.Listener
 	addr   netip.Addr
+	metric int    // of the unreachable routes
+	want   []Peer // as last asked
 	peers  []Peer // as the device has them
-	synced bool   // the routes are those of addr and peers
+	synced bool   // the device, its address and routes are those of want
+	clean  bool   // no device, and its routes removed
 }
 
 // New returns the mesh of device name listening on port, with the private
@@ -82,7 +86,9 @@ func New(name string, port int, keyFile string, log *zap.Logger) (*Mesh, error) 
 	if err != nil {
 		return nil, fmt.Errorf("key in %s: %w", keyFile, err)
 	}
-	m := &Mesh{name: name, port: port, key: key, log: log.Named("wg")}
+	h := fnv.New32a()
+	h.Write([]byte(name))
+	m := &Mesh{name: name, port: port, key: key, log: log.Named("wg"), metric: 4096 + int(h.Sum32()%4096)}
 	copy(m.pub[:], priv.PublicKey().Bytes())
 	return m, nil
 }
@@ -139,19 +145,32 @@ func loadKey(path string) ([32]byte, error) {
 
 // Set makes the mesh: the device with addr (this node's address, inside
 // its own subnet) and peers, or no device when there are none. Peers that
-// did not change keep their sessions.
+// did not change keep their sessions. A peer that cannot be routed (its
+// subnet overlaps a network this node routes otherwise, or holds a peer's
+// endpoint) is left out and logged; the others are set.
 func (m *Mesh) Set(addr netip.Addr, peers []Peer) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if len(peers) == 0 {
+		if m.dev == nil && m.clean {
+			return nil
+		}
 		m.downLocked()
-		return m.syncRoutes(netip.Addr{}, nil)
+		err := m.syncRoutes(netip.Addr{}, nil)
+		m.clean = err == nil
+		return err
 	}
 	if !addr.Is4() {
 		return fmt.Errorf("device address %q: want IPv4: %w", addr, errkind.Invalid)
 	}
-	if m.dev != nil && m.synced && addr == m.addr && slices.Equal(m.peers, peers) {
+	if m.dev != nil && m.synced && addr == m.addr && slices.Equal(m.want, peers) {
 		return nil
+	}
+	m.synced, m.clean = false, false // until everything below is done
+	m.want = slices.Clone(peers)
+	usable, err := m.routable(peers)
+	if err != nil {
+		return err
 	}
 	if m.dev == nil {
 		if err := m.upLocked(); err != nil {
@@ -162,28 +181,72 @@ func (m *Mesh) Set(addr netip.Addr, peers []Peer) error {
 	if addr != m.addr {
 		if m.addr.IsValid() {
 			ip("addr", "del", m.addr.String()+"/32", "dev", m.name) //nolint:errcheck // gone with it or not there
+			m.addr = netip.Addr{}
 		}
 		if err := ip("addr", "replace", addr.String()+"/32", "dev", m.name); err != nil {
 			return err
 		}
 		m.addr = addr
 	}
-	if conf := peerChanges(m.peers, peers); conf != "" {
+	if err := m.keepSources(true); err != nil { // again: a firewall reload drops it
+		return err
+	}
+	if conf := peerChanges(m.peers, usable); conf != "" {
 		if err := m.dev.IpcSet(conf); err != nil {
+			m.peers = nil // unknown now: the next Set replaces them all
 			return fmt.Errorf("configure peers of %s: %w", m.name, err)
 		}
 	}
-	if !slices.Equal(m.peers, peers) {
-		names := make([]string, 0, len(peers))
-		for _, p := range peers {
+	if !slices.Equal(m.peers, usable) {
+		names := make([]string, 0, len(usable))
+		for _, p := range usable {
 			names = append(names, p.Node)
 		}
 		m.log.Info("mesh set", zap.String("device", m.name), zap.String("address", addr.String()), zap.Strings("peers", names))
-		m.peers = slices.Clone(peers)
+		m.peers = slices.Clone(usable)
 	}
-	err := m.syncRoutes(addr, peers)
-	m.synced = err == nil // if not, the next Set tries again
-	return err
+	if err := m.syncRoutes(addr, usable); err != nil {
+		return err
+	}
+	m.synced = true
+	return nil
+}
+
+// routable returns the peers whose subnets this node can route through
+// the device, logging the others: a subnet that overlaps a route this
+// node has otherwise (its LAN, another bridge) would take that network
+// over, and one that holds a peer's endpoint would route WireGuard's own
+// packets into the device.
+func (m *Mesh) routable(peers []Peer) ([]Peer, error) {
+	out := make([]Peer, 0, len(peers))
+next:
+	for _, p := range peers {
+		cidr := p.CIDR.String()
+		for _, q := range peers {
+			if p.CIDR.Contains(q.Endpoint.Addr().Unmap()) {
+				m.log.Warn("peer left out of the mesh: its container subnet holds a node's endpoint",
+					zap.String("peer", p.Node), zap.String("subnet", cidr), zap.String("endpoint_of", q.Node))
+				continue next
+			}
+		}
+		var others []route
+		for _, sel := range []string{"root", "match"} { // inside the subnet, and covering it
+			rs, err := routes(sel, cidr)
+			if err != nil {
+				return nil, err
+			}
+			others = append(others, rs...)
+		}
+		for _, r := range others {
+			if r.Protocol != routeProto && r.Type == "" && r.Dst != "default" {
+				m.log.Warn("peer left out of the mesh: this node already routes its container subnet elsewhere (overlapping networks)",
+					zap.String("peer", p.Node), zap.String("subnet", cidr), zap.String("route", r.Dst), zap.String("via", r.Dev))
+				continue next
+			}
+		}
+		out = append(out, p)
+	}
+	return out, nil
 }
 
 // peerChanges is the UAPI configuration that turns the device's peers
@@ -214,13 +277,11 @@ func peerChanges(old, peers []Peer) string {
 
 // Routes this daemon makes carry protocol routeProto, so that it finds
 // them again after a restart. Each peer subnet has two: through the device,
-// and an unreachable one behind it (metric fallbackMetric) that stays when
-// the device goes with a crashed daemon, so traffic for other nodes is
-// refused rather than sent unencrypted by the default route.
-const (
-	routeProto     = "90"
-	fallbackMetric = "4096"
-)
+// and an unreachable one behind it (at the device's own metric, from 4096
+// on) that stays when the device goes with a crashed daemon, so traffic
+// for other nodes is refused rather than sent unencrypted by the default
+// route.
+const routeProto = "90"
 
 type route struct {
 	Dst      string `json:"dst"`
@@ -244,24 +305,17 @@ func routes(args ...string) ([]route, error) {
 	return rs, nil
 }
 
-// syncRoutes makes this daemon's routes those of peers (none without a
-// device address).
+// syncRoutes makes the device's routes those of peers (none without a
+// device address). Routes of another device (another node's overlay on
+// this host) are left alone: device routes by their device, unreachable
+// ones by their metric, which is the device's own.
 func (m *Mesh) syncRoutes(addr netip.Addr, peers []Peer) error {
+	metric := strconv.Itoa(m.metric)
 	want := map[string]bool{}
 	for _, p := range peers {
 		cidr := p.CIDR.String()
 		want[cidr] = true
-		// A network of this node with the same prefix must not be taken over.
-		existing, err := routes("exact", cidr)
-		if err != nil {
-			return err
-		}
-		for _, r := range existing {
-			if r.Protocol != routeProto && r.Type == "" && r.Metric == 0 {
-				return fmt.Errorf("container subnet %s of node %s: this node already routes it through %s: %w", cidr, p.Node, r.Dev, errkind.Conflict)
-			}
-		}
-		if err := ip("route", "replace", "unreachable", cidr, "metric", fallbackMetric, "proto", routeProto); err != nil {
+		if err := ip("route", "replace", "unreachable", cidr, "metric", metric, "proto", routeProto); err != nil {
 			return err
 		}
 		if err := ip("route", "replace", cidr, "dev", m.name, "src", addr.String(), "proto", routeProto); err != nil {
@@ -273,12 +327,11 @@ func (m *Mesh) syncRoutes(addr netip.Addr, peers []Peer) error {
 		return err
 	}
 	for _, r := range ours {
-		if want[r.Dst] {
-			continue
-		}
-		if r.Type == "unreachable" {
-			ip("route", "del", "unreachable", r.Dst, "metric", strconv.Itoa(r.Metric)) //nolint:errcheck // gone is fine
-		} else {
+		switch {
+		case want[r.Dst]:
+		case r.Type == "unreachable" && r.Metric == m.metric:
+			ip("route", "del", "unreachable", r.Dst, "metric", metric) //nolint:errcheck // gone is fine
+		case r.Type == "" && r.Dev == m.name:
 			ip("route", "del", r.Dst, "dev", r.Dev) //nolint:errcheck // gone is fine
 		}
 	}
@@ -350,7 +403,7 @@ func (m *Mesh) downLocked() {
 		m.log.Info("device removed", zap.String("device", m.name))
 	}
 	m.addr = netip.Addr{}
-	m.peers = nil
+	m.peers, m.want = nil, nil
 	m.synced = false
 }
 

@@ -120,11 +120,25 @@ func TestMeshDevice(t *testing.T) {
 	clash := peer
 	clash.Node, clash.CIDR = "q", netip.MustParsePrefix("198.18.9.0/24")
 	clash.PublicKey[0]++
-	if err := m.Set(addr, []Peer{peer, clash}); err == nil || !strings.Contains(err.Error(), "already routes it through "+dummy) {
-		t.Errorf("a peer subnet routed elsewhere: %v", err)
+	inside := clash
+	inside.Node, inside.CIDR = "r", netip.MustParsePrefix("198.18.9.128/25") // within the veth's network
+	inside.PublicKey[0]++
+	loopy := clash
+	loopy.Node, loopy.CIDR = "s", netip.MustParsePrefix("127.0.0.0/24") // holds the peers' endpoint
+	loopy.PublicKey[0] += 2
+	if err := m.Set(addr, []Peer{peer, clash, inside, loopy}); err != nil {
+		t.Fatalf("peers that cannot be routed should be left out: %v", err)
 	}
 	if out := ipOut(t, "route", "show", "198.18.9.0/24"); !strings.Contains(out, "dev "+dummy) || strings.Contains(out, "dev "+name+" ") {
 		t.Errorf("the node's own route was touched: %q", out)
+	}
+	if out := ipOut(t, "route", "show", "198.18.9.128/25"); strings.TrimSpace(out) != "" {
+		t.Errorf("a subnet within the node's own network was routed: %q", out)
+	}
+	if conf := uapiGet(t, name); strings.Contains(conf, hex.EncodeToString(clash.PublicKey[:])) ||
+		strings.Contains(conf, hex.EncodeToString(inside.PublicKey[:])) || strings.Contains(conf, hex.EncodeToString(loopy.PublicKey[:])) ||
+		!strings.Contains(conf, hex.EncodeToString(peer.PublicKey[:])) {
+		t.Errorf("the device should have the routable peer only:\n%s", conf)
 	}
 
 	// The daemon stops (or crashes): the device goes, the peers' subnets
@@ -152,7 +166,7 @@ func TestMeshDevice(t *testing.T) {
 	if err := exec.Command("iptables", natRule...).Run(); err == nil {
 		t.Error("NAT exemption left without the device")
 	}
-	if out := ipOut(t, "route", "show", "proto", routeProto); strings.TrimSpace(out) != "" {
+	if out := ipOut(t, "route", "show", "proto", routeProto); strings.Contains(out, "198.18.") {
 		t.Errorf("routes left without peers:\n%s", out)
 	}
 }

@@ -46,10 +46,12 @@ type Config struct {
 	Log   *zap.Logger
 }
 
-// Handshake freshness: WireGuard renews a session every two minutes and
-// drops one older than three; a peer whose latest handshake is older than
-// that (or that never shook hands) is not reachable through the mesh.
-const fresh = 3*time.Minute + 10*time.Second
+// Handshake freshness. WireGuard renews a session after two minutes when
+// it sends, or after about three when only the other side sends (each
+// side's keepalives every 25 s keep one of them sending), and forgets its
+// keys after nine. A peer with no handshake in five minutes (or none ever)
+// is not reachable through the mesh.
+const fresh = 5 * time.Minute
 
 // Mesh keeps the node's part of the mesh and knows which peers answer.
 type Mesh struct {
