@@ -66,7 +66,9 @@ type Mesh struct {
 	want   []Peer // as last asked
 	peers  []Peer // as the device has them
 	synced bool   // the device, its address and routes are those of want
-	clean  bool   // no device, and its routes removed
+	// peersUnknown: a configuration failed half way; the next replaces all.
+	peersUnknown bool
+	clean        bool // no device, and its routes removed
 }
 
 // New returns the mesh of device name listening on port, with the private
@@ -191,11 +193,16 @@ func (m *Mesh) Set(addr netip.Addr, peers []Peer) error {
 	if err := m.keepSources(true); err != nil { // again: a firewall reload drops it
 		return err
 	}
-	if conf := peerChanges(m.peers, usable); conf != "" {
+	conf := peerChanges(m.peers, usable)
+	if m.peersUnknown { // a failed configuration left who knows what
+		conf = "replace_peers=true\n" + peerChanges(nil, usable)
+	}
+	if conf != "" {
 		if err := m.dev.IpcSet(conf); err != nil {
-			m.peers = nil // unknown now: the next Set replaces them all
+			m.peersUnknown = true
 			return fmt.Errorf("configure peers of %s: %w", m.name, err)
 		}
+		m.peersUnknown = false
 	}
 	if !slices.Equal(m.peers, usable) {
 		names := make([]string, 0, len(usable))
@@ -404,7 +411,7 @@ func (m *Mesh) downLocked() {
 	}
 	m.addr = netip.Addr{}
 	m.peers, m.want = nil, nil
-	m.synced = false
+	m.synced, m.peersUnknown = false, false
 }
 
 // Close removes the device.
