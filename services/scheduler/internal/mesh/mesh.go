@@ -58,12 +58,11 @@ type Mesh struct {
 	cfg  Config
 	log  *zap.Logger
 	live atomic.Pointer[map[string]bool] // nodes with a fresh handshake
-	now  func() time.Time
 }
 
 // New returns the node's mesh keeper.
 func New(cfg Config) *Mesh {
-	m := &Mesh{cfg: cfg, log: cfg.Log.Named("mesh"), now: time.Now}
+	m := &Mesh{cfg: cfg, log: cfg.Log.Named("mesh")}
 	m.live.Store(&map[string]bool{})
 	return m
 }
@@ -118,7 +117,7 @@ func (m *Mesh) watch(ctx context.Context) {
 	resp, err := m.cfg.Overlay.ListPeers(ctx, &overlayv1.ListPeersRequest{})
 	if err == nil {
 		for _, p := range resp.Peers {
-			if p.LastHandshake != nil && m.now().Sub(p.LastHandshake.AsTime()) < fresh {
+			if p.LastHandshake != nil && time.Since(p.LastHandshake.AsTime()) < fresh {
 				live[p.Node] = true
 			}
 		}
