@@ -829,30 +829,36 @@ func (p *Proxy) exchange(fc *frontConn, e *routes.Entry) exchangeResult {
 	for {
 		res, fail, err := p.try(fc, be)
 		res.backend = be
-		switch fail {
-		case failNone:
+		if fail == failNone {
 			be.Release()
 			return res
-		case failDial:
-			e.Pool.Eject(be)
-			be.Release()
-			if !retried {
-				retried = true
-				if next := e.Pool.Pick(be); next != nil {
-					be = next
-					continue
-				}
-			}
-		default:
-			be.Release()
-			if isReset(err) {
-				e.Pool.Eject(be)
-			}
+		}
+		if next := failover(e, be, fail, err, retried); next != nil {
+			be, retried = next, true
+			continue
 		}
 		out := fc.writeError(failureAnswer(e, be, fail, err))
 		out.backend = be
 		return out
 	}
+}
+
+// failover ends a failed try on be, a replica of e: one that could not be
+// reached is ejected and, once per request (retried says whether that was
+// done), another replica is returned to try; otherwise the request has
+// failed (a reset ejects the replica too) and failover returns nil.
+func failover(e *routes.Entry, be *balance.Backend, fail backendFailure, err error, retried bool) *balance.Backend {
+	be.Release()
+	switch {
+	case fail == failDial:
+		e.Pool.Eject(be)
+		if !retried {
+			return e.Pool.Pick(be)
+		}
+	case isReset(err):
+		e.Pool.Eject(be)
+	}
+	return nil
 }
 
 // try sends the request to be once (twice when a pooled connection turns

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -413,11 +414,7 @@ func (l *eventLoop) sweep() {
 				l.closeBackend(b)
 			}
 		}
-		if len(keep) == 0 {
-			delete(l.idle, addr)
-		} else {
-			l.idle[addr] = keep
-		}
+		l.setIdle(addr, keep)
 	}
 }
 
@@ -445,11 +442,7 @@ func (l *eventLoop) closeIdleClients() {
 func (l *eventLoop) closeAll() {
 	for _, s := range l.socks {
 		if c := s.c; c != nil && !c.closed {
-			if c.busy {
-				c.abort()
-			} else {
-				c.close()
-			}
+			c.drop()
 		}
 	}
 }
@@ -604,21 +597,16 @@ func trimBuf(b outBuf) outBuf {
 func (c *lconn) next() bool {
 	for {
 		buf := c.in[c.r:]
-		n, blank := headEnd(buf)
-		if blank { // a leading blank line: net/http's to judge
+		n := headEnd(buf)
+		switch {
+		case n == 1 || n == 2: // a leading blank line: net/http's to judge
 			c.handOff()
 			return false
-		}
-		if n > maxHead {
+		case n > maxHead || n == 0 && len(buf) > maxHead:
 			c.handOff() // net/http answers 431
 			return false
-		}
-		if n > 0 {
+		case n > 0:
 			return c.request(n)
-		}
-		if len(buf) > maxHead {
-			c.handOff() // net/http answers 431
-			return false
 		}
 		if !c.readable {
 			t := c.l.f.t
@@ -636,24 +624,21 @@ func (c *lconn) next() bool {
 	}
 }
 
-// headEnd returns the length of the request head at the start of b (0: not
-// complete yet), or blank when b starts with an empty line.
-func headEnd(b []byte) (n int, blank bool) {
+// headEnd returns the length of the head (of a request or an answer) at
+// the start of b, up to and including its first empty line; 0 while that
+// has not come. 1 or 2 means b starts with an empty line.
+func headEnd(b []byte) int {
 	for i := 0; i < len(b); {
 		j := bytes.IndexByte(b[i:], '\n')
 		if j < 0 {
-			return 0, false
+			return 0
 		}
-		line := b[i : i+j+1]
-		if len(line) == 1 || len(line) == 2 && line[0] == '\r' {
-			if i == 0 {
-				return 0, true
-			}
-			return i + j + 1, false
+		if j == 0 || j == 1 && b[i] == '\r' {
+			return i + j + 1
 		}
 		i += j + 1
 	}
-	return 0, false
+	return 0
 }
 
 // read reads what the client sent; false when the connection ended or was
@@ -664,7 +649,7 @@ func (c *lconn) read() bool {
 		c.r = 0
 	}
 	if len(c.in) == cap(c.in) {
-		c.in = append(c.in, make([]byte, cap(c.in))...)[:len(c.in)]
+		c.in = grow(c.in)
 	}
 	free := c.in[len(c.in):cap(c.in)]
 	if c.tls != nil {
@@ -714,7 +699,7 @@ func (c *lconn) readTLS(free []byte) bool {
 		c.readable = false
 		return true
 	}
-	switch _, drained, err := c.readRaw(); {
+	switch drained, err := c.readRaw(); {
 	case errors.Is(err, unix.EAGAIN):
 		c.rawReadable, c.readable = false, false
 	case err != nil:
@@ -726,25 +711,31 @@ func (c *lconn) readTLS(free []byte) bool {
 	return true
 }
 
-// readRaw reads what the socket has into the session's buffer: the bytes
-// read (0 at the end, which the session then reports), whether that
-// drained the socket, or the error.
-func (c *lconn) readRaw() (int, bool, error) {
+// readRaw reads what the socket has into the session's buffer (at the
+// end, the session then reports it): whether that drained the socket, or
+// the error.
+func (c *lconn) readRaw() (bool, error) {
 	m := c.mc
 	if m.roff == len(m.in) {
 		m.in, m.roff = m.in[:0], 0
 	}
 	if len(m.in) == cap(m.in) {
-		m.in = append(m.in, make([]byte, max(cap(m.in), loopClientBuf))...)[:len(m.in)]
+		m.in = grow(m.in)
 	}
 	raw := m.in[len(m.in):cap(m.in)]
 	k, err := sysRead(c.fd, raw)
 	if err != nil {
-		return 0, false, err
+		return false, err
 	}
 	m.in = m.in[:len(m.in)+k]
 	m.eof = m.eof || k == 0
-	return k, k < len(raw), nil
+	return k < len(raw), nil
+}
+
+// grow returns b with room for at least as much again (loopClientBuf at
+// the least), its bytes kept.
+func grow(b []byte) []byte {
+	return append(b, make([]byte, max(cap(b), loopClientBuf))...)[:len(b)]
 }
 
 // request starts the request whose head is c.in[c.r:c.r+n].
@@ -817,23 +808,10 @@ func (c *lconn) finish(res exchangeResult) {
 func (c *lconn) failed(fail backendFailure, err error) {
 	be, e := c.be, c.e
 	c.bc = nil
-	switch fail {
-	case failDial:
-		e.Pool.Eject(be)
-		be.Release()
-		if !c.retried {
-			c.retried = true
-			if next := e.Pool.Pick(be); next != nil {
-				c.be = next
-				c.send(false)
-				return
-			}
-		}
-	default:
-		be.Release()
-		if isReset(err) {
-			e.Pool.Eject(be)
-		}
+	if next := failover(e, be, fail, err, c.retried); next != nil {
+		c.be, c.retried = next, true
+		c.send(false)
+		return
 	}
 	c.be = nil
 	code, msg := failureAnswer(e, be, fail, err)
@@ -877,7 +855,7 @@ func (c *lconn) gone() bool {
 func (c *lconn) goneTLS() bool {
 	for {
 		if len(c.in) == cap(c.in) {
-			c.in = append(c.in, make([]byte, loopClientBuf)...)[:len(c.in)]
+			c.in = grow(c.in)
 		}
 		n, err := c.tls.Read(c.in[len(c.in):cap(c.in)])
 		c.in = c.in[:len(c.in)+n]
@@ -888,7 +866,7 @@ func (c *lconn) goneTLS() bool {
 		case !errors.As(err, &wb):
 			return true
 		}
-		switch _, _, err := c.readRaw(); {
+		switch _, err := c.readRaw(); {
 		case errors.Is(err, unix.EAGAIN):
 			return false
 		case err != nil:
@@ -952,7 +930,7 @@ func (c *lconn) handOff() {
 func (c *lconn) answer(b *bconn) bool {
 	for {
 		buf := b.in[b.r:]
-		end := respHeadEnd(buf)
+		end := headEnd(buf)
 		if end == 0 {
 			if len(buf) > maxHead {
 				c.backendLost(b, failOther, errors.New("response head too large"))
@@ -1001,22 +979,6 @@ func (c *lconn) answer(b *bconn) bool {
 		c.finish(exchangeResult{status: c.resp.status, bytes: int64(length), keep: true})
 		return true
 	}
-}
-
-// respHeadEnd returns the length of the response head at the start of b,
-// up to its first empty line; 0 when it is not complete.
-func respHeadEnd(b []byte) int {
-	for i := 0; i < len(b); {
-		j := bytes.IndexByte(b[i:], '\n')
-		if j < 0 {
-			return 0
-		}
-		if j == 0 || j == 1 && b[i] == '\r' {
-			return i + j + 1
-		}
-		i += j + 1
-	}
-	return 0
 }
 
 // demote gives the client connection and the replica connection, whose
@@ -1351,18 +1313,23 @@ func (l *eventLoop) getIdle(addr string) *bconn {
 		b := conns[len(conns)-1]
 		conns = conns[:len(conns)-1]
 		if l.now.Sub(b.idleAt) < l.p.cfg.BackendIdleTimeout {
-			if len(conns) == 0 {
-				delete(l.idle, addr)
-			} else {
-				l.idle[addr] = conns
-			}
+			l.setIdle(addr, conns)
 			b.reused = true
 			return b
 		}
 		l.closeBackend(b)
 	}
-	delete(l.idle, addr)
+	l.setIdle(addr, nil)
 	return nil
+}
+
+// setIdle sets the pooled connections to addr.
+func (l *eventLoop) setIdle(addr string, conns []*bconn) {
+	if len(conns) == 0 {
+		delete(l.idle, addr)
+	} else {
+		l.idle[addr] = conns
+	}
 }
 
 // release ends b's request: back to the pool or closed.
@@ -1384,18 +1351,7 @@ func (l *eventLoop) release(b *bconn, reusable bool) {
 
 // dropIdle closes a pooled connection the replica closed or wrote to.
 func (l *eventLoop) dropIdle(b *bconn) {
-	conns := l.idle[b.addr]
-	for i, x := range conns {
-		if x == b {
-			conns = append(conns[:i], conns[i+1:]...)
-			break
-		}
-	}
-	if len(conns) == 0 {
-		delete(l.idle, b.addr)
-	} else {
-		l.idle[b.addr] = conns
-	}
+	l.setIdle(b.addr, slices.DeleteFunc(l.idle[b.addr], func(x *bconn) bool { return x == b }))
 	l.closeBackend(b)
 }
 
