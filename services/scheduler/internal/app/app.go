@@ -158,21 +158,21 @@ func start(ctx context.Context, env daemon.Env, srv *grpc.Server, o options) (fu
 		env.Log, state, node, agentclient.New(agentConn), specs)
 	rc := reconcile.Config{NodeTimeout: o.nodeTimeout, MaxRolloutRestarts: 3, ReplaceFailedAfter: 10 * time.Second, LoadFresh: 3 * o.loadInterval, JobHistory: o.jobHistory}
 
-	memberAddr := func(id uint64) string {
+	// The members' peer addresses, read once per table built from them.
+	members := func() fsm.MemberAddr {
+		addrs := map[uint64]string{}
 		for _, m := range node.Members() {
-			if m.ID == id {
-				return m.Addr
-			}
+			addrs[m.ID] = m.Addr
 		}
-		return ""
+		return func(id uint64) string { return addrs[id] }
 	}
-
 	overlayMesh := mesh.New(mesh.Config{Node: env.Node, State: state, Raft: node, Agent: agentv1.NewAgentServiceClient(agentConn),
-		Overlay: overlayv1.NewOverlayServiceClient(overlayConn), MemberAddr: memberAddr, Every: 5 * time.Second, Log: env.Log})
+		Overlay: overlayv1.NewOverlayServiceClient(overlayConn), Members: members, Every: 5 * time.Second, Log: env.Log})
 	// The proxy gets the replicas of this node and of nodes in the mesh whose
 	// device shook hands with this node's recently.
-	reachable := func(st *fsm.State, n string) bool {
-		return n == env.Node || st.Reachable(env.Node, n, memberAddr) && overlayMesh.Live(n)
+	reachable := func(st *fsm.State) func(string) bool {
+		addr := members()
+		return func(n string) bool { return n == env.Node || st.Reachable(env.Node, n, addr) && overlayMesh.Live(n) }
 	}
 
 	return func(ctx context.Context) error {

@@ -37,9 +37,9 @@ type Config struct {
 	Raft    Proposer
 	Agent   agentv1.AgentServiceClient
 	Overlay overlayv1.OverlayServiceClient
-	// MemberAddr gives Raft members' peer addresses: a node's overlay
-	// listens on the host of its scheduler's.
-	MemberAddr fsm.MemberAddr
+	// Members gives the Raft members' peer addresses as they are now (a
+	// node's overlay listens on the host of its scheduler's).
+	Members func() fsm.MemberAddr
 	// Every is how often the node's place is checked (a restarted overlay
 	// or agent may report another) and the peers sent again.
 	Every time.Duration
@@ -99,7 +99,7 @@ func (m *Mesh) Run(ctx context.Context) error {
 	g.Go(func() error {
 		return push.Loop(ctx, m.log, m.cfg.State,
 			func(st *fsm.State) []*overlayv1.SetPeersRequest {
-				return []*overlayv1.SetPeersRequest{Peers(st, m.cfg.Node, m.cfg.MemberAddr)}
+				return []*overlayv1.SetPeersRequest{Peers(st, m.cfg.Node, m.cfg.Members())}
 			},
 			func(ctx context.Context, req []*overlayv1.SetPeersRequest) error {
 				_, err := m.cfg.Overlay.SetPeers(ctx, req[0])
