@@ -4,6 +4,7 @@
 package proxytest
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -11,8 +12,11 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Eventually polls cond every few milliseconds until it is true, failing
@@ -54,14 +58,50 @@ type Backend struct {
 	once sync.Once
 }
 
+// reusePort sets SO_REUSEPORT, so that a placeholder socket can share the
+// port with the backend's listener.
+func reusePort(_, _ string, c syscall.RawConn) error {
+	var serr error
+	if err := c.Control(func(fd uintptr) {
+		serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+	}); err != nil {
+		return err
+	}
+	return serr
+}
+
+// holdPort binds a socket that never listens to 127.0.0.1:port, with
+// SO_REUSEPORT so it can sit beside the backend's listener. After Kill it
+// keeps the port: nothing else (another test package's server, or the
+// kernel choosing a source port for a dial) can take it, so a dial to a
+// killed backend is refused, as with a crashed process on a real node,
+// instead of reaching whatever took the port over.
+func holdPort(t testing.TB, port int) {
+	t.Helper()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatalf("hold port %d: %v", port, err)
+	}
+	if err := syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
+		syscall.Close(fd)
+		t.Fatalf("hold port %d: %v", port, err)
+	}
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Port: port, Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		syscall.Close(fd)
+		t.Fatalf("hold port %d: %v", port, err)
+	}
+	t.Cleanup(func() { syscall.Close(fd) })
+}
+
 // StartBackend starts a backend serving h, or the default handler when h is
 // nil. It stops at the end of the test.
 func StartBackend(t testing.TB, name string, h http.Handler) *Backend {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := (&net.ListenConfig{Control: reusePort}).Listen(context.Background(), "tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
+	holdPort(t, ln.Addr().(*net.TCPAddr).Port)
 	b := &Backend{Name: name, Addr: ln.Addr().String(), ln: ln}
 	if h == nil {
 		h = http.HandlerFunc(b.identify)
@@ -96,7 +136,8 @@ func (b *Backend) Port() int {
 }
 
 // Kill stops the backend at once: the listener and every connection are
-// closed, so requests in flight fail as with a crashed process.
+// closed, so requests in flight fail as with a crashed process. The port
+// stays held until the end of the test, so dials to it are refused.
 func (b *Backend) Kill() {
 	b.once.Do(func() { b.srv.Close() })
 }
