@@ -385,6 +385,7 @@ services:
 			t.Errorf("replica %d of pinned/db runs on %s, want the joined node %s", r.Index, r.Node, joiner.name)
 		}
 	}
+	checkApart(t, first, joiner)
 	if out, code := first.zlctl(t, "delete", "pinned"); code != 0 {
 		t.Fatalf("delete pinned: %s", out)
 	}
@@ -465,5 +466,45 @@ func checkMesh(t *testing.T, first *node, spread func(*node) map[string]int) {
 			last = logs
 			return code == 0 && (strings.Contains(logs, local.IP+":") || strings.Contains(logs, local.IP+"]:"))
 		})
+	}
+}
+
+// checkApart: deployments are kept apart. The two replicas of pinned/db
+// (both on joiner) reach each other, but neither reaches a replica of app,
+// on their node or on another, and app's replica on the first node does
+// not reach them.
+func checkApart(t *testing.T, first, joiner *node) {
+	t.Helper()
+	fetch := func(from string, to replicaJSON) (string, int) {
+		return first.zlctl(t, "exec", from, "--", "/bin/busybox", "wget", "-q", "-T", "3", "-O-", "http://"+to.IP+"/")
+	}
+	db := first.running(t, "pinned")
+	if len(db) != 2 {
+		t.Fatalf("pinned/db: %d replicas running, want 2", len(db))
+	}
+	from := fmt.Sprintf("pinned/db/%d", db[0].Index)
+	if out, code := fetch(from, db[1]); code != 0 || !strings.Contains(out, "ZLayer demo") {
+		t.Fatalf("%s fetching from pinned/db/%d (same deployment): exit %d\n%s", from, db[1].Index, code, out)
+	}
+	var onJoiner, onFirst *replicaJSON
+	app := first.running(t, "app")
+	for i := range app {
+		switch app[i].Node {
+		case joiner.name:
+			onJoiner = &app[i]
+		case first.name:
+			onFirst = &app[i]
+		}
+	}
+	if onJoiner == nil || onFirst == nil {
+		t.Fatalf("app/web should have a replica on %s and on %s: %+v", joiner.name, first.name, app)
+	}
+	for _, to := range []*replicaJSON{onJoiner, onFirst} {
+		if out, code := fetch(from, *to); code == 0 {
+			t.Errorf("%s (on %s) reached app/web/%d on %s:\n%s", from, joiner.name, to.Index, to.Node, out)
+		}
+	}
+	if out, code := fetch(fmt.Sprintf("app/web/%d", onFirst.Index), db[0]); code == 0 {
+		t.Errorf("app/web/%d (on %s) reached %s on %s:\n%s", onFirst.Index, first.name, from, joiner.name, out)
 	}
 }

@@ -18,6 +18,7 @@ import (
 
 	"zlayer.dev/libs/rpc"
 	"zlayer.dev/libs/testkit/netlab"
+	"zlayer.dev/libs/testkit/nodenet"
 )
 
 var components = []string{"scheduler", "agent", "registry", "proxy", "overlay"}
@@ -298,6 +299,9 @@ func (n *node) reap(t *testing.T) {
 	if out, err := exec.Command("ip", "-o", "route", "show", n.cidr).Output(); err == nil {
 		for _, line := range strings.Split(string(out), "\n") {
 			if f := strings.Fields(line); len(f) > 2 && f[1] == "dev" {
+				if err := nodenet.RemoveIsolation(f[2]); err != nil {
+					t.Errorf("node %s: %v", n.name, err)
+				}
 				_ = exec.Command("ip", "link", "del", f[2]).Run()
 			}
 		}

@@ -23,6 +23,7 @@ import (
 	agentv1 "zlayer.dev/libs/api/zlayer/agent/v1"
 	"zlayer.dev/libs/rpc"
 	"zlayer.dev/libs/testkit/fixtures"
+	"zlayer.dev/libs/testkit/nodenet"
 	"zlayer.dev/libs/testkit/registry"
 	"zlayer.dev/services/agent/internal/netns"
 )
@@ -226,13 +227,16 @@ func startAgentWarm(t testing.TB, warm int) *agent {
 			}
 		}
 		a.stop(syscall.SIGTERM)
-		// The node's NAT rule and bridge outlive agents by design; the
-		// test removes them.
+		// The node's NAT rule, isolation chains and bridge outlive agents
+		// by design; the test removes them.
 		comment := "zlayer " + a.node
 		exec.Command("iptables", "-w", "-t", "nat", "-D", "POSTROUTING", "-s", a.cidr, "!", "-d", a.cidr,
 			"-m", "comment", "--comment", comment, "-j", "MASQUERADE").Run()
 		for _, l := range a.leftovers() {
 			if strings.HasPrefix(l, "bridge") {
+				if err := nodenet.RemoveIsolation(strings.Fields(l)[1]); err != nil {
+					t.Errorf("cleanup: %v", err)
+				}
 				exec.Command("ip", "link", "del", strings.Fields(l)[1]).Run()
 			}
 		}

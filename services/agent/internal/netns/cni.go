@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
@@ -38,6 +39,10 @@ type Network struct {
 	bridge   *libcni.NetworkConfigList
 	ipamDir  string
 	iptables string
+
+	isoMu   sync.Mutex
+	isoLast string   // the rules Isolate applied last
+	isoDeps []string // their deployment chains; nil: not yet cleaned up
 }
 
 // IfName is the container side of the veth.
@@ -117,34 +122,44 @@ func (n *Network) natRule() []string {
 	return []string{"POSTROUTING", "-s", s, "!", "-d", s, "-m", "comment", "--comment", "zlayer " + n.cfg.Node, "-j", "MASQUERADE"}
 }
 
-func (n *Network) ipt(args ...string) error {
-	out, err := exec.Command(n.iptables, append([]string{"-w", "-t", "nat"}, args...)...).CombinedOutput()
+func (n *Network) ipt(args ...string) error { return n.iptTable("nat", args...) }
+
+func (n *Network) iptFilter(args ...string) error { return n.iptTable("filter", args...) }
+
+func (n *Network) iptTable(table string, args ...string) error {
+	out, err := exec.Command(n.iptables, append([]string{"-w", "-t", table}, args...)...).CombinedOutput()
 	if err != nil {
-		return fmt.Errorf("iptables %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+		return fmt.Errorf("iptables -t %s %s: %v: %s", table, strings.Join(args, " "), err, strings.TrimSpace(string(out)))
 	}
 	return nil
 }
 
-// Setup installs the node's NAT rule (once; it stays across agent
-// restarts, as the containers it serves do).
+// Setup installs the node's NAT rule and its isolation chain with the
+// jumps to it (once; they stay across agent restarts, as the containers
+// they serve do).
 func (n *Network) Setup() error {
 	if err := os.MkdirAll(n.ipamDir, 0o700); err != nil {
 		return fmt.Errorf("network setup: %w", err)
 	}
-	if n.ipt(append([]string{"-C"}, n.natRule()...)...) == nil {
-		return nil
+	if n.ipt(append([]string{"-C"}, n.natRule()...)...) != nil {
+		if err := n.ipt(append([]string{"-A"}, n.natRule()...)...); err != nil {
+			return fmt.Errorf("network setup: %w", err)
+		}
 	}
-	if err := n.ipt(append([]string{"-A"}, n.natRule()...)...); err != nil {
+	if err := n.setupIsolation(); err != nil {
 		return fmt.Errorf("network setup: %w", err)
 	}
 	return nil
 }
 
-// Teardown removes what Setup and the bridge plugin made for the node: the
-// NAT rule and the bridge. It is for tests and node decommissioning;
+// Teardown removes what Setup, Isolate and the bridge plugin made for the
+// node: the NAT rule, the isolation chains and the bridge. It is for tests and node decommissioning;
 // containers must have been removed first.
 func (n *Network) Teardown() error {
 	var errs []error
+	if err := n.teardownIsolation(); err != nil {
+		errs = append(errs, err)
+	}
 	for n.ipt(append([]string{"-C"}, n.natRule()...)...) == nil {
 		if err := n.ipt(append([]string{"-D"}, n.natRule()...)...); err != nil {
 			errs = append(errs, err)

@@ -7,15 +7,13 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"os"
-	"runtime"
 	"strconv"
 	"time"
 
 	"go.uber.org/zap"
-	"golang.org/x/sys/unix"
 
 	"zlayer.dev/libs/errkind"
+	"zlayer.dev/services/agent/internal/netns"
 )
 
 // Init step actions and failure modes (SPEC.md init.steps).
@@ -142,47 +140,12 @@ func (rn *Runner) initAttempt(ctx context.Context, id, deployment, netnsPath str
 	return "", fmt.Errorf("unknown init action %q: %w", st.Action, errkind.Invalid)
 }
 
-// inNetns runs fn on a thread in the network namespace at path; sockets fn
-// creates belong to that namespace.
-func inNetns(path string, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		// The thread is left locked (and so discarded when the goroutine
-		// ends) if it cannot be moved back to the agent's namespace.
-		runtime.LockOSThread()
-		self, err := os.Open("/proc/thread-self/ns/net")
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer self.Close()
-		target, err := os.Open(path)
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		defer target.Close()
-		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("enter network namespace %s: %w", path, err)
-			return
-		}
-		ferr := fn()
-		if err := unix.Setns(int(self.Fd()), unix.CLONE_NEWNET); err == nil {
-			runtime.UnlockOSThread()
-		}
-		errc <- ferr
-	}()
-	return <-errc
-}
-
 // waitTCP connects to addr() from the container's network until it answers.
 func waitTCP(ctx context.Context, netnsPath string, target func() string) error {
 	for {
 		addr := target()
 		var conn net.Conn
-		err := inNetns(netnsPath, func() error {
+		err := netns.Do(netnsPath, func() error {
 			var d net.Dialer
 			dctx, cancel := context.WithTimeout(ctx, time.Second)
 			defer cancel()
@@ -211,7 +174,7 @@ func waitHTTP(ctx context.Context, netnsPath, url string, want int, resolve func
 				addr = net.JoinHostPort(resolve(host), port)
 			}
 			var conn net.Conn
-			err := inNetns(netnsPath, func() error {
+			err := netns.Do(netnsPath, func() error {
 				var d net.Dialer
 				var err error
 				conn, err = d.DialContext(ctx, network, addr)

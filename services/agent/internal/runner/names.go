@@ -2,8 +2,11 @@ package runner
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
+	"maps"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -11,6 +14,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"zlayer.dev/services/agent/internal/atomicfile"
 	"zlayer.dev/services/agent/internal/bundle"
 )
 
@@ -23,19 +27,14 @@ type Name struct {
 	IP         string
 }
 
-// SetNames replaces the table of service names and rewrites the hosts file
-// of every container whose names changed.
-func (rn *Runner) SetNames(names []Name) {
-	byDep := map[string][]Name{}
-	for _, n := range names {
-		byDep[n.Deployment] = append(byDep[n.Deployment], n)
-	}
-	for _, ns := range byDep {
-		slices.SortFunc(ns, func(a, b Name) int { return strings.Compare(a.Name+" "+a.IP, b.Name+" "+b.IP) })
-	}
+// SetNames replaces the table of service names and the nodes' container
+// subnets, rewrites the hosts file of every container whose names changed
+// and applies the node's isolation rules for them.
+func (rn *Runner) SetNames(names []Name, subnets []netip.Prefix) error {
+	byDep := byDeployment(names)
 	rn.mu.Lock()
-	old := rn.names
-	rn.names = byDep
+	old, oldSubnets := rn.names, rn.subnets
+	rn.names, rn.subnets = byDep, subnets
 	cs := make([]*container, 0, len(rn.ctrs))
 	for id, c := range rn.ctrs {
 		if !rn.creating[id] {
@@ -55,6 +54,52 @@ func (rn *Runner) SetNames(names []Name) {
 			rn.log.Warn("rewrite hosts", zap.String("container", rec.ID()), zap.Error(err))
 		}
 	}
+	if !maps.EqualFunc(old, byDep, slices.Equal) || !slices.Equal(oldSubnets, subnets) {
+		// Kept for a restarted agent: its rules then let remote replicas
+		// in from the start, not once the scheduler has pushed again.
+		b, _ := json.Marshal(savedNames{Names: names, Subnets: subnets})
+		if err := atomicfile.Write(rn.namesFile(), b, 0o600); err != nil {
+			rn.log.Warn("save names", zap.Error(err))
+		}
+	}
+	return rn.isolate()
+}
+
+// byDeployment groups names by deployment, each group sorted.
+func byDeployment(names []Name) map[string][]Name {
+	byDep := map[string][]Name{}
+	for _, n := range names {
+		byDep[n.Deployment] = append(byDep[n.Deployment], n)
+	}
+	for _, ns := range byDep {
+		slices.SortFunc(ns, func(a, b Name) int { return strings.Compare(a.Name+" "+a.IP, b.Name+" "+b.IP) })
+	}
+	return byDep
+}
+
+// savedNames is the last table SetNames got, on disk.
+type savedNames struct {
+	Names   []Name
+	Subnets []netip.Prefix
+}
+
+func (rn *Runner) namesFile() string { return filepath.Join(rn.cfg.StateDir, "names.json") }
+
+// loadNames takes the table saved by the last agent, if there is one.
+func (rn *Runner) loadNames() {
+	b, err := os.ReadFile(rn.namesFile())
+	if err != nil {
+		return
+	}
+	var sn savedNames
+	if err := json.Unmarshal(b, &sn); err != nil {
+		rn.log.Warn("saved names unreadable; waiting for the scheduler's", zap.Error(err))
+		return
+	}
+	byDep := byDeployment(sn.Names)
+	rn.mu.Lock()
+	rn.names, rn.subnets = byDep, sn.Subnets
+	rn.mu.Unlock()
 }
 
 // hostsFile is a container's /etc/hosts: its own name, then its

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"time"
@@ -97,6 +98,9 @@ func (rn *Runner) Recover(ctx context.Context) error {
 		}
 		known[id] = true
 		known[rec.cniID()] = true // a warm slot's pin and lease are the container's
+		if ip, err := netip.ParseAddr(rec.IP); err == nil {
+			rn.place(id, ip, rec.Spec.Identity.Deployment)
+		}
 		c := &container{rec: *rec, done: make(chan struct{})}
 		switch {
 		case rec.State.Terminal():
@@ -109,6 +113,13 @@ func (rn *Runner) Recover(ctx context.Context) error {
 		rn.mu.Unlock()
 	}
 	rn.sweep(ctx, known)
+	rn.loadNames()
+	// The rules from before the restart are in force until these replace
+	// them; after a reboot the chain is empty (nothing refused) until then,
+	// so an agent that cannot apply them does not start.
+	if err := rn.isolate(); err != nil {
+		return fmt.Errorf("recover: %w", err)
+	}
 	// The pool's files describe idle slots of the last agent, all swept
 	// above (or taken by a record, which owns the slot now).
 	warmDir := filepath.Join(rn.cfg.RunDir, "warm")

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path"
@@ -62,8 +63,11 @@ type Runner struct {
 	mu        sync.Mutex
 	recovered bool // Recover has run (guarded by mu)
 	ctrs      map[string]*container
-	creating  map[string]bool   // ids whose Run is under way (guarded by mu)
-	names     map[string][]Name // service names per deployment (guarded by mu)
+	creating  map[string]bool         // ids whose Run is under way (guarded by mu)
+	names     map[string][]Name       // service names per deployment (guarded by mu)
+	subnets   []netip.Prefix          // every node's container subnet (guarded by mu)
+	addrs     map[string]netns.Member // placed containers' addresses (guarded by mu)
+	isoMu     sync.Mutex              // serialises isolate
 	subs      map[*Subscription]struct{}
 	bg        sync.WaitGroup // watchers
 	ctx       context.Context
@@ -123,6 +127,7 @@ func New(cfg Config, log *zap.Logger, img images.Images, nw *netns.Network) (*Ru
 		pool:     newPool(cfg.WarmNetns, nw, filepath.Join(cfg.RunDir, "netns"), filepath.Join(cfg.RunDir, "warm"), log),
 		ctrs:     map[string]*container{},
 		creating: map[string]bool{},
+		addrs:    map[string]netns.Member{},
 		subs:     map[*Subscription]struct{}{},
 		ctx:      ctx,
 		cancel:   cancel,
@@ -217,8 +222,16 @@ func (rn *Runner) Run(ctx context.Context, s Spec) (rec Record, err error) {
 	// runs in it. It is never given back: on failure it is released like
 	// a namespace made for the container.
 	warm, fromPool := rn.pool.take()
+	isoc := make(chan error, 1)
 	if fromPool {
 		c.rec.Netns, c.rec.CNIID, c.rec.IP = warm.Netns, warm.ID, warm.A.IP.String()
+		// The address is known: its rules go in while the rest is made.
+		if ip, ok := netip.AddrFromSlice(warm.A.IP.To4()); ok {
+			rn.place(s.ID, ip, s.Identity.Deployment)
+			go func() { isoc <- rn.isolate() }()
+		} else {
+			isoc <- fmt.Errorf("warm namespace address %s: not IPv4", warm.A.IP)
+		}
 	}
 	// Refill once this create is done: the slot taken, or, when there was
 	// none, whatever a failed fill left short (a CNI error at startup).
@@ -249,6 +262,7 @@ func (rn *Runner) Run(ctx context.Context, s Spec) (rec Record, err error) {
 	}()
 	// Cleanup must run even when the caller's ctx is what failed.
 	cctx := context.WithoutCancel(ctx)
+	undo = append(undo, func() { rn.unplace(s.ID) })
 
 	// Three things run at once from here, each needing only the id: the
 	// network (a warm namespace is ready at once; else namespace pin, then
@@ -398,6 +412,18 @@ func (rn *Runner) Run(ctx context.Context, s Spec) (rec Record, err error) {
 			return nw.err
 		}
 		c.rec.IP = nw.a.IP.String()
+		if !fromPool {
+			ip, ok := netip.AddrFromSlice(nw.a.IP.To4())
+			if !ok {
+				return fmt.Errorf("container address %s: not IPv4", nw.a.IP)
+			}
+			rn.place(s.ID, ip, s.Identity.Deployment)
+			isoc <- rn.isolate()
+		}
+		// Its deployment's rules are in before anything runs in it.
+		if err := <-isoc; err != nil {
+			return err
+		}
 		// In place: with init steps runc create has bind-mounted it already.
 		return rn.writeHosts(c.rec)
 	}
@@ -679,6 +705,12 @@ func (rn *Runner) Remove(ctx context.Context, id string, force bool) error {
 	rn.mu.Lock()
 	delete(rn.ctrs, id)
 	rn.mu.Unlock()
+	rn.unplace(id)
+	if err := rn.isolate(); err != nil {
+		// The address is refused to whoever holds it next until a later
+		// isolate succeeds (a create does one before it runs anything).
+		rn.log.Warn("rules after a removal", zap.String(obs.KeyContainer, id), zap.Error(err))
+	}
 	rn.pool.kick() // a freed address may let a short pool fill again
 	rn.stats.Forget(id)
 	rn.log.Info("container removed", zap.String(obs.KeyContainer, id))

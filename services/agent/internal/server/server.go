@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -323,7 +324,7 @@ func (s *Server) GetStats(ctx context.Context, req *agentv1.GetStatsRequest) (*a
 	return resp, nil
 }
 
-// SetNames replaces the node's table of service names.
+// SetNames replaces the node's table of service names and subnets.
 func (s *Server) SetNames(_ context.Context, req *agentv1.SetNamesRequest) (*agentv1.SetNamesResponse, error) {
 	names := make([]runner.Name, 0, len(req.GetNames()))
 	for _, n := range req.GetNames() {
@@ -332,6 +333,16 @@ func (s *Server) SetNames(_ context.Context, req *agentv1.SetNamesRequest) (*age
 		}
 		names = append(names, runner.Name{Deployment: n.GetDeployment(), Name: n.GetName(), IP: n.GetIp()})
 	}
-	s.runner.SetNames(names)
+	subnets := make([]netip.Prefix, 0, len(req.GetSubnets()))
+	for _, c := range req.GetSubnets() {
+		p, err := netip.ParsePrefix(c)
+		if err != nil || !p.Addr().Is4() {
+			return nil, fmt.Errorf("subnet %q: not an IPv4 CIDR: %w", c, errkind.Invalid)
+		}
+		subnets = append(subnets, p)
+	}
+	if err := s.runner.SetNames(names, subnets); err != nil {
+		return nil, err
+	}
 	return &agentv1.SetNamesResponse{}, nil
 }

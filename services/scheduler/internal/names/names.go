@@ -2,7 +2,8 @@
 // resolve: <service>.global for every running replica of every service of
 // the deployment, on any node. The agent writes them into its containers'
 // /etc/hosts (a name resolves on every node; the WireGuard mesh carries
-// the traffic to replicas on other nodes).
+// the traffic to replicas on other nodes), and keeps deployments apart with
+// the same table and the nodes' subnets.
 package names
 
 import (
@@ -37,11 +38,31 @@ func Table(st *fsm.State) []*agentv1.ServiceName {
 	return out
 }
 
-// Push keeps the local agent's table equal to Table(state) until ctx is done.
+// Subnets returns every node's container subnet that the state holds,
+// sorted: the agent keeps each deployment's containers apart from the
+// others' within them.
+func Subnets(st *fsm.State) []string {
+	var out []string
+	for _, n := range st.Nodes {
+		if o := n.GetOverlay(); o.GetContainerCidr() != "" {
+			out = append(out, o.GetContainerCidr())
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// request is the agent's whole table, as the one element push.Loop sends.
+func request(st *fsm.State) []*agentv1.SetNamesRequest {
+	return []*agentv1.SetNamesRequest{{Names: Table(st), Subnets: Subnets(st)}}
+}
+
+// Push keeps the local agent's table equal to Table(state) and Subnets(state)
+// until ctx is done.
 func Push(ctx context.Context, log *zap.Logger, state *fsm.FSM, agent agentv1.AgentServiceClient, resync time.Duration) error {
-	return push.Loop(ctx, log.Named("names"), state, Table,
-		func(ctx context.Context, table []*agentv1.ServiceName) error {
-			_, err := agent.SetNames(ctx, &agentv1.SetNamesRequest{Names: table})
+	return push.Loop(ctx, log.Named("names"), state, request,
+		func(ctx context.Context, table []*agentv1.SetNamesRequest) error {
+			_, err := agent.SetNames(ctx, table[0])
 			return err
 		}, resync)
 }

@@ -2480,7 +2480,10 @@ func (x *ServiceName) GetIp() string {
 type SetNamesRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// names are every name's addresses.
-	Names         []*ServiceName `protobuf:"bytes,1,rep,name=names,proto3" json:"names,omitempty"`
+	Names []*ServiceName `protobuf:"bytes,1,rep,name=names,proto3" json:"names,omitempty"`
+	// subnets are every node's container subnet (IPv4 CIDRs), this node's
+	// included or not.
+	Subnets       []string `protobuf:"bytes,2,rep,name=subnets,proto3" json:"subnets,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2518,6 +2521,13 @@ func (*SetNamesRequest) Descriptor() ([]byte, []int) {
 func (x *SetNamesRequest) GetNames() []*ServiceName {
 	if x != nil {
 		return x.Names
+	}
+	return nil
+}
+
+func (x *SetNamesRequest) GetSubnets() []string {
+	if x != nil {
+		return x.Subnets
 	}
 	return nil
 }
@@ -2722,9 +2732,10 @@ const file_zlayer_agent_v1_agent_proto_rawDesc = "" +
 	"deployment\x18\x01 \x01(\tR\n" +
 	"deployment\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x0e\n" +
-	"\x02ip\x18\x03 \x01(\tR\x02ip\"E\n" +
+	"\x02ip\x18\x03 \x01(\tR\x02ip\"_\n" +
 	"\x0fSetNamesRequest\x122\n" +
-	"\x05names\x18\x01 \x03(\v2\x1c.zlayer.agent.v1.ServiceNameR\x05names\"\x12\n" +
+	"\x05names\x18\x01 \x03(\v2\x1c.zlayer.agent.v1.ServiceNameR\x05names\x12\x18\n" +
+	"\asubnets\x18\x02 \x03(\tR\asubnets\"\x12\n" +
 	"\x10SetNamesResponse*\xb2\x01\n" +
 	"\fReplicaState\x12\x1d\n" +
 	"\x19REPLICA_STATE_UNSPECIFIED\x10\x00\x12\x1a\n" +

@@ -78,7 +78,10 @@ type AgentServiceClient interface {
 	GetStats(ctx context.Context, in *GetStatsRequest, opts ...grpc.CallOption) (*GetStatsResponse, error)
 	// SetNames replaces the table of service names (<service>.global) that
 	// the node's containers resolve through their /etc/hosts, each
-	// container seeing its own deployment's. Called by the local scheduler.
+	// container seeing its own deployment's, and the nodes' container
+	// subnets. From both the agent keeps deployments apart: a container
+	// reaches only its own deployment's containers in those subnets.
+	// Called by the local scheduler.
 	SetNames(ctx context.Context, in *SetNamesRequest, opts ...grpc.CallOption) (*SetNamesResponse, error)
 }
 
@@ -267,7 +270,10 @@ type AgentServiceServer interface {
 	GetStats(context.Context, *GetStatsRequest) (*GetStatsResponse, error)
 	// SetNames replaces the table of service names (<service>.global) that
 	// the node's containers resolve through their /etc/hosts, each
-	// container seeing its own deployment's. Called by the local scheduler.
+	// container seeing its own deployment's, and the nodes' container
+	// subnets. From both the agent keeps deployments apart: a container
+	// reaches only its own deployment's containers in those subnets.
+	// Called by the local scheduler.
 	SetNames(context.Context, *SetNamesRequest) (*SetNamesResponse, error)
 	mustEmbedUnimplementedAgentServiceServer()
 }

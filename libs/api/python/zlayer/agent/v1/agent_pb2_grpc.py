@@ -170,7 +170,10 @@ class AgentServiceServicer(object):
     def SetNames(self, request, context):
         """SetNames replaces the table of service names (<service>.global) that
         the node's containers resolve through their /etc/hosts, each
-        container seeing its own deployment's. Called by the local scheduler.
+        container seeing its own deployment's, and the nodes' container
+        subnets. From both the agent keeps deployments apart: a container
+        reaches only its own deployment's containers in those subnets.
+        Called by the local scheduler.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

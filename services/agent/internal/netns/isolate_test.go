@@ -1,0 +1,176 @@
+package netns
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestIsolation puts real namespaces on a node's bridge through CNI and
+// checks, with TCP connections, who reaches whom under the node's rules.
+// "lan" is a namespace behind a veth on the host, standing for the world
+// outside the node or, when its subnet is listed, for another node.
+func TestIsolation(t *testing.T) {
+	node := fmt.Sprintf("isotest%d", os.Getpid())
+	n, err := New(Config{Node: node, CIDR: "10.213.0.0/24", BinDir: "/usr/lib/cni", StateDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Setup(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := n.Teardown(); err != nil {
+			t.Errorf("teardown: %v", err)
+		}
+		if out, _ := exec.Command("iptables", "-w", "-S").Output(); strings.Contains(string(out), isoChain(node)) {
+			t.Errorf("teardown left rules:\n%s", out)
+		}
+	})
+
+	dir := t.TempDir()
+	ctx := context.Background()
+	ns := map[string]string{}   // name -> namespace path
+	addr := map[string]string{} // name -> IPv4 address
+	for _, name := range []string{"a1", "a2", "b1", "warm"} {
+		p := filepath.Join(dir, name)
+		if err := Create(p); err != nil {
+			t.Fatal(err)
+		}
+		a, err := n.Attach(ctx, name, p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			n.Detach(ctx, name, p) //nolint:errcheck // best effort in a test
+			Remove(p)              //nolint:errcheck // best effort in a test
+		})
+		ns[name], addr[name] = p, a.IP.String()
+	}
+	lan := fmt.Sprintf("zltlan%d", os.Getpid())
+	host := "zlt" + fmt.Sprint(os.Getpid())
+	for _, c := range [][]string{
+		{"netns", "add", lan},
+		{"link", "add", host, "type", "veth", "peer", "name", "eth0", "netns", lan},
+		{"addr", "add", "10.214.0.1/24", "dev", host},
+		{"link", "set", host, "up"},
+		{"-n", lan, "addr", "add", "10.214.0.5/24", "dev", "eth0"},
+		{"-n", lan, "link", "set", "eth0", "up"},
+		{"-n", lan, "link", "set", "lo", "up"},
+		{"-n", lan, "route", "add", "10.213.0.0/24", "via", "10.214.0.1"},
+	} {
+		if out, err := exec.Command("ip", c...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %s: %v: %s", strings.Join(c, " "), err, out)
+		}
+		if c[0] == "netns" {
+			t.Cleanup(func() { exec.Command("ip", "netns", "del", lan).Run() }) //nolint:errcheck // best effort
+		}
+	}
+	ns["lan"], addr["lan"] = "/var/run/netns/"+lan, "10.214.0.5"
+	if b, _ := os.ReadFile("/proc/sys/net/ipv4/ip_forward"); strings.TrimSpace(string(b)) != "1" {
+		t.Fatalf("ip_forward is %q after the bridge plugin ran", b)
+	}
+
+	for name, p := range ns {
+		if err := Do(p, func() error {
+			l, err := net.Listen("tcp4", ":7070")
+			if err != nil {
+				return err
+			}
+			t.Cleanup(func() { l.Close() })
+			go func() {
+				for {
+					c, err := l.Accept()
+					if err != nil {
+						return
+					}
+					c.Close()
+				}
+			}()
+			return nil
+		}); err != nil {
+			t.Fatalf("listen in %s: %v", name, err)
+		}
+	}
+	reach := func(from, to string) bool {
+		var err error
+		if derr := Do(ns[from], func() error {
+			var c net.Conn
+			c, err = net.DialTimeout("tcp4", net.JoinHostPort(addr[to], "7070"), 700*time.Millisecond)
+			if err == nil {
+				c.Close()
+			}
+			return nil
+		}); derr != nil {
+			t.Fatal(derr)
+		}
+		return err == nil
+	}
+	check := func(step string, want map[[2]string]bool) {
+		t.Helper()
+		for pair, ok := range want {
+			if got := reach(pair[0], pair[1]); got != ok {
+				out, _ := exec.Command("iptables", "-w", "-S").Output()
+				t.Fatalf("%s: %s reaches %s = %v, want %v\nrules:\n%s", step, pair[0], pair[1], got, ok, out)
+			}
+		}
+	}
+	m := func(name, dep string) Member { return Member{IP: netip.MustParseAddr(addr[name]), Deployment: dep} }
+
+	// Setup alone refuses nothing: its chain is empty until Isolate.
+	check("before Isolate", map[[2]string]bool{{"a1", "b1"}: true, {"lan", "a1"}: true, {"warm", "a2"}: true})
+
+	local := []Member{m("a1", "a"), m("a2", "a"), m("b1", "b")}
+	if err := n.Isolate(Isolation{Local: local}); err != nil {
+		t.Fatal(err)
+	}
+	check("deployments a and b", map[[2]string]bool{
+		{"a1", "a2"}: true, {"a2", "a1"}: true,
+		{"a1", "b1"}: false, {"b1", "a2"}: false,
+		{"warm", "a1"}: false, // not placed in a deployment: fails closed
+		{"lan", "a1"}:  false, // from outside the container subnets
+		{"a1", "lan"}:  true,  // the outside world, and its replies
+		{"b1", "lan"}:  true,
+	})
+
+	// The lan's subnet is now another node's, and its address a replica of a.
+	remote := netip.MustParsePrefix("10.214.0.0/24")
+	if err := n.Isolate(Isolation{Local: local, Cluster: []Member{m("lan", "a")}, Subnets: []netip.Prefix{remote}}); err != nil {
+		t.Fatal(err)
+	}
+	check("a replica of a on another node", map[[2]string]bool{
+		{"a1", "lan"}: true, {"b1", "lan"}: false, {"lan", "a1"}: true, {"a1", "b1"}: false,
+	})
+
+	// b is gone from the node: its chain is deleted; b1's address is
+	// nobody's and fails closed.
+	if err := n.Isolate(Isolation{Local: local[:2], Subnets: []netip.Prefix{remote}}); err != nil {
+		t.Fatal(err)
+	}
+	check("b gone", map[[2]string]bool{{"b1", "a1"}: false, {"a1", "a2"}: true, {"a1", "lan"}: false})
+	chains, err := n.isoChains()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{isoChain(node), depChain(isoChain(node), "a")}; fmt.Sprint(chains) != fmt.Sprint(want) {
+		t.Errorf("chains %v, want %v", chains, want)
+	}
+
+	// A restarted agent sets up again: the rules in force stay until its
+	// first Isolate replaces them.
+	n2, err := New(Config{Node: node, CIDR: "10.213.0.0/24", BinDir: "/usr/lib/cni", StateDir: n.cfg.StateDir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n2.Setup(); err != nil {
+		t.Fatal(err)
+	}
+	check("after a second Setup", map[[2]string]bool{{"b1", "a1"}: false, {"a1", "a2"}: true})
+}

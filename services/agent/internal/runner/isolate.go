@@ -1,0 +1,55 @@
+package runner
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+
+	"zlayer.dev/services/agent/internal/netns"
+)
+
+// The node's containers are kept apart by deployment (netns.Isolate). A
+// container is placed in its deployment's rules as soon as it has an
+// address and before anything runs in it: until then it reaches no
+// container subnet (the rules fail closed for addresses nobody placed).
+
+// place records that the container id has address ip in deployment dep.
+func (rn *Runner) place(id string, ip netip.Addr, dep string) {
+	rn.mu.Lock()
+	rn.addrs[id] = netns.Member{IP: ip, Deployment: dep}
+	rn.mu.Unlock()
+}
+
+// unplace forgets the container's address. Its rules stay until the next
+// isolate; the address is refused to a later holder until then, as no
+// one placed it for them.
+func (rn *Runner) unplace(id string) {
+	rn.mu.Lock()
+	delete(rn.addrs, id)
+	rn.mu.Unlock()
+}
+
+// isolate applies the rules for the node's placed containers, the
+// cluster's names table and the nodes' subnets. Calls are serialised, so
+// the last snapshot taken is the last applied.
+func (rn *Runner) isolate() error {
+	rn.isoMu.Lock()
+	defer rn.isoMu.Unlock()
+	rn.mu.Lock()
+	in := netns.Isolation{Subnets: slices.Clone(rn.subnets)}
+	for _, m := range rn.addrs {
+		in.Local = append(in.Local, m)
+	}
+	for _, ns := range rn.names {
+		for _, n := range ns {
+			if ip, err := netip.ParseAddr(n.IP); err == nil {
+				in.Cluster = append(in.Cluster, netns.Member{IP: ip, Deployment: n.Deployment})
+			}
+		}
+	}
+	rn.mu.Unlock()
+	if err := rn.net.Isolate(in); err != nil {
+		return fmt.Errorf("keep deployments apart: %w", err)
+	}
+	return nil
+}
