@@ -10,6 +10,8 @@ require (
 
 require (
 	github.com/klauspost/compress v1.20.4 // indirect
+	github.com/vishvananda/netlink v1.3.1 // indirect
+	github.com/vishvananda/netns v0.0.5 // indirect
 	golang.org/x/crypto v0.58.0 // indirect
 )
 

@@ -27,6 +27,7 @@ require (
 	github.com/prometheus/client_model v0.6.3 // indirect
 	github.com/prometheus/common v0.72.0 // indirect
 	github.com/prometheus/procfs v0.22.0 // indirect
+	github.com/vishvananda/netns v0.0.5 // indirect
 	go.opentelemetry.io/otel v1.45.0 // indirect
 	go.opentelemetry.io/otel/trace v1.45.0 // indirect
 	go.uber.org/multierr v1.10.0 // indirect
@@ -46,6 +47,9 @@ replace (
 	zlayer.dev/libs/rpc => ../../libs/rpc
 )
 
-require zlayer.dev/libs/testkit v0.0.0
+require (
+	github.com/vishvananda/netlink v1.3.1
+	zlayer.dev/libs/testkit v0.0.0
+)
 
 replace zlayer.dev/libs/testkit => ../../libs/testkit

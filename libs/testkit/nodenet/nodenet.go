@@ -1,8 +1,8 @@
 // Package nodenet removes, for tests, the host rules a node's agent leaves
 // in place on purpose when it stops (its containers would need them): the
-// isolation chains in the filter table. The names follow
+// isolation chains in the filter table and their ipsets. The names follow
 // services/agent/internal/netns: bridge "zl<hash>", chains "ZLISO-<hash>"
-// and "ZLISO-<hash>-<deployment hash>".
+// and "ZLISO-<hash>-<deployment hash>", ipsets "zl<hash>-…".
 package nodenet
 
 import (
@@ -10,10 +10,13 @@ import (
 	"fmt"
 	"os/exec"
 	"strings"
+
+	"github.com/vishvananda/netlink"
 )
 
 // RemoveIsolation deletes the FORWARD jumps for bridge and the isolation
-// chains that go with it, in the calling process's network namespace.
+// chains and ipsets that go with it, in the calling process's network
+// namespace.
 func RemoveIsolation(bridge string) error {
 	chain := "ZLISO-" + strings.TrimPrefix(bridge, "zl")
 	var errs []error
@@ -41,6 +44,17 @@ func RemoveIsolation(bridge string) error {
 	for _, c := range chains {
 		if out, err := exec.Command("iptables", "-w", "-X", c).CombinedOutput(); err != nil {
 			errs = append(errs, fmt.Errorf("delete chain %s: %v: %s", c, err, out))
+		}
+	}
+	sets, err := netlink.IpsetListAll()
+	if err != nil {
+		return errors.Join(append(errs, fmt.Errorf("list ipsets: %w", err))...)
+	}
+	for _, s := range sets {
+		if strings.HasPrefix(s.SetName, bridge+"-") {
+			if err := netlink.IpsetDestroy(s.SetName); err != nil {
+				errs = append(errs, fmt.Errorf("destroy ipset %s: %w", s.SetName, err))
+			}
 		}
 	}
 	return errors.Join(errs...)

@@ -40,9 +40,8 @@ type Network struct {
 	ipamDir  string
 	iptables string
 
-	isoMu   sync.Mutex
-	isoLast string   // the rules Isolate applied last
-	isoDeps []string // their deployment chains; nil: not yet cleaned up
+	isoMu sync.Mutex
+	iso   isoView // guarded by isoMu
 }
 
 // IfName is the container side of the veth.

@@ -2,22 +2,25 @@ package netns
 
 import (
 	"bytes"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/netip"
 	"os"
 	"os/exec"
 	"slices"
+	"strconv"
 	"strings"
+
+	"github.com/vishvananda/netlink"
 )
 
 // Deployments are kept apart on the container network (SPEC.md, network:
 // every service of a deployment reaches every other on the global overlay;
 // nothing else reaches them unless an endpoint is public, which the proxy
 // serves). Each agent enforces it for its own node in the filter table's
-// FORWARD chain, through one chain of its own (isoChain):
+// FORWARD chain, through one chain of its own (isoChain), a chain per
+// deployment that has containers on the node, and ipsets of addresses
+// (per deployment) and of subnets, which change without the rules:
 //
 //   - a container reaches the containers of its own deployment on any node,
 //     and addresses outside every node's container subnet (the internet,
@@ -53,17 +56,28 @@ type Isolation struct {
 	Subnets []netip.Prefix
 }
 
-// isoChain is the node's chain in the filter table: "ZLISO-" and the same
-// hash as the bridge name. A deployment's chain adds "-" and 8 hex digits
-// of its name's hash (26 characters, within iptables' 28).
+// Names. The node's chain in the filter table is "ZLISO-" and the hash in
+// the bridge name; a slot's chain adds "-s" and its number. The ipsets are
+// the bridge name and "-nets" (every node's container subnet, hash:net) or
+// "-s" and a slot's number (its deployment's addresses, hash:ip).
+//
+// A slot holds one deployment that has containers on the node. The rules
+// name the slots, never the deployments, so a deployment's first container
+// on the node only fills a free slot's set, through netlink, as every
+// other start does: no iptables run on the start path. The rules change
+// only when the node needs more slots than they have (minSlots, doubled).
 func isoChain(node string) string {
 	return "ZLISO-" + strings.TrimPrefix(BridgeName(node), "zl")
 }
 
-func depChain(base, deployment string) string {
-	h := sha256.Sum256([]byte(deployment))
-	return base + "-" + hex.EncodeToString(h[:4])
-}
+func slotChain(node string, i int) string { return isoChain(node) + "-s" + strconv.Itoa(i) }
+
+func netsSet(node string) string { return BridgeName(node) + "-nets" }
+
+func slotSet(node string, i int) string { return BridgeName(node) + "-s" + strconv.Itoa(i) }
+
+// minSlots is how many slots the rules have at first.
+const minSlots = 16
 
 // isoJumps are the FORWARD rules that send the bridge's traffic, both
 // ways, through the node's chain.
@@ -133,8 +147,17 @@ func (n *Network) teardownIsolation() error {
 			errs = append(errs, err)
 		}
 	}
+	sets, err := n.isoSets()
+	if err != nil {
+		errs = append(errs, err)
+	}
+	for name := range sets {
+		if err := netlink.IpsetDestroy(name); err != nil {
+			errs = append(errs, fmt.Errorf("destroy ipset %s: %w", name, err))
+		}
+	}
 	n.isoMu.Lock()
-	n.isoLast, n.isoDeps = "", nil
+	n.iso = isoView{}
 	n.isoMu.Unlock()
 	return errors.Join(errs...)
 }
@@ -156,126 +179,256 @@ func (n *Network) isoChains() ([]string, error) {
 	return chains, nil
 }
 
-// Isolate replaces the node's rules with those for in, in one
-// iptables-restore transaction: there is never a moment with half of
-// them. Rules equal to the last ones applied are not applied again.
-// Chains of deployments the node no longer has are deleted.
-func (n *Network) Isolate(in Isolation) error {
-	rules, deps := n.isolationRules(in)
-	n.isoMu.Lock()
-	defer n.isoMu.Unlock()
-	if rules == n.isoLast {
-		return nil
-	}
-	cmd := exec.Command(n.iptables+"-restore", "-w", "--noflush")
-	cmd.Stdin = strings.NewReader(rules)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		n.isoLast = ""
-		return fmt.Errorf("isolate deployments: %s-restore: %v: %s", n.iptables, err, strings.TrimSpace(string(out)))
-	}
-	n.isoLast = rules
-	if n.isoDeps != nil && slices.Equal(deps, n.isoDeps) {
-		return nil
-	}
-	// The first time, and when the node's deployments changed: chains
-	// nothing jumps to any more are deleted.
-	chains, err := n.isoChains()
+// isoView is what the node's rules and sets hold, as this Network made
+// or read them.
+type isoView struct {
+	slots int                   // slots the rules have (or will have, !ruled); 0: not read yet
+	ruled bool                  // the rules for slots are in force
+	dep   []string              // slot → deployment; "" is free
+	ips   []map[netip.Addr]bool // slot → its set's entries
+	nets  map[netip.Prefix]bool // the subnets set's entries
+}
+
+// isoSets reads the node's ipsets from the kernel.
+func (n *Network) isoSets() (map[string]*netlink.IPSetResult, error) {
+	all, err := netlink.IpsetListAll()
 	if err != nil {
-		return fmt.Errorf("isolate deployments: %w", err)
+		return nil, fmt.Errorf("list ipsets: %w", err)
 	}
-	base := isoChain(n.cfg.Node)
-	var errs []error
-	for _, c := range chains {
-		if c != base && !slices.Contains(deps, c) {
-			n.iptFilter("-F", c) //nolint:errcheck // -X says what went wrong
-			if err := n.iptFilter("-X", c); err != nil {
-				errs = append(errs, err)
-			}
+	out := map[string]*netlink.IPSetResult{}
+	for i := range all {
+		if strings.HasPrefix(all[i].SetName, BridgeName(n.cfg.Node)+"-") {
+			out[all[i].SetName] = &all[i]
 		}
 	}
-	if len(errs) > 0 {
-		return fmt.Errorf("isolate deployments: old chains: %w", errors.Join(errs...))
+	return out, nil
+}
+
+// Isolate makes the node's rules and sets say in. Addresses move in and
+// out of the slots' ipsets through netlink, without a process; the rules
+// change (one iptables-restore transaction, never half applied) only when
+// the node needs more slots. An address leaves its old set before it
+// joins its new one, so in between it is refused, never let through.
+// Addresses in the node's own subnet count only as Local says: the agent,
+// not a table that may lag, knows whose they are.
+func (n *Network) Isolate(in Isolation) error {
+	own := netip.MustParsePrefix(n.subnet.String())
+	nets := map[netip.Prefix]bool{own: true}
+	for _, p := range in.Subnets {
+		if p = p.Masked(); p.Addr().Is4() {
+			nets[p] = true
+		}
 	}
-	n.isoDeps = deps
+	want := map[string]map[netip.Addr]bool{} // deployment → addresses
+	for _, m := range in.Local {
+		if m.IP.Is4() {
+			if want[m.Deployment] == nil {
+				want[m.Deployment] = map[netip.Addr]bool{}
+			}
+			want[m.Deployment][m.IP] = true
+		}
+	}
+	for _, m := range in.Cluster {
+		if set := want[m.Deployment]; set != nil && m.IP.Is4() && !own.Contains(m.IP) {
+			set[m.IP] = true
+		}
+	}
+	n.isoMu.Lock()
+	defer n.isoMu.Unlock()
+	if err := n.isolate(nets, want, in.Local); err != nil {
+		n.iso = isoView{} // read the kernel's state again next time
+		return fmt.Errorf("isolate deployments: %w", err)
+	}
 	return nil
 }
 
-// isolationRules returns the iptables-restore input for in and the
-// deployment chains it makes, sorted.
-func (n *Network) isolationRules(in Isolation) (string, []string) {
-	base, br := isoChain(n.cfg.Node), BridgeName(n.cfg.Node)
-	subnets := []netip.Prefix{netip.MustParsePrefix(n.subnet.String())}
-	for _, s := range in.Subnets {
-		if s = s.Masked(); s.Addr().Is4() && !slices.Contains(subnets, s) {
-			subnets = append(subnets, s)
+func (n *Network) isolate(nets map[netip.Prefix]bool, want map[string]map[netip.Addr]bool, local []Member) error {
+	node := n.cfg.Node
+	v := &n.iso
+	if v.slots == 0 {
+		if err := n.readIsolation(local); err != nil {
+			return err
 		}
 	}
-	slices.SortFunc(subnets, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
+	// Slots: a deployment keeps its own; one the node no longer has frees
+	// it; a new one takes the first free slot, the rules growing when
+	// there is none.
+	slot := map[string]int{}
+	for i, d := range v.dep {
+		if d != "" && want[d] != nil {
+			slot[d] = i
+		} else {
+			v.dep[i] = ""
+		}
+	}
+	var added []string
+	for d := range want {
+		if _, ok := slot[d]; !ok {
+			added = append(added, d)
+		}
+	}
+	slices.Sort(added)
+	for _, d := range added {
+		i := slices.Index(v.dep, "")
+		if i < 0 {
+			i = len(v.dep)
+			v.dep = append(v.dep, "")
+			v.ips = append(v.ips, map[netip.Addr]bool{})
+		}
+		v.dep[i], slot[d] = d, i
+	}
+	slots := v.slots
+	for slots < len(v.dep) {
+		slots *= 2
+	}
+	for len(v.dep) < slots {
+		v.dep = append(v.dep, "")
+		v.ips = append(v.ips, map[netip.Addr]bool{})
+	}
+	// Sets first (the rules refer to them), emptied of leavers before
+	// anyone joins.
+	for i := v.slots; i < slots; i++ {
+		if err := netlink.IpsetCreate(slotSet(node, i), "hash:ip", netlink.IpsetCreateOptions{Replace: true}); err != nil {
+			return fmt.Errorf("create ipset %s: %w", slotSet(node, i), err)
+		}
+	}
+	for i, have := range v.ips {
+		for a := range have {
+			if !want[v.dep[i]][a] || v.dep[i] == "" {
+				if err := netlink.IpsetDel(slotSet(node, i), &netlink.IPSetEntry{IP: a.AsSlice()}); err != nil {
+					return fmt.Errorf("ipset %s: delete %s: %w", slotSet(node, i), a, err)
+				}
+				delete(have, a)
+			}
+		}
+	}
+	for p := range v.nets {
+		if !nets[p] {
+			if err := netlink.IpsetDel(netsSet(node), &netlink.IPSetEntry{IP: p.Addr().AsSlice(), CIDR: uint8(p.Bits())}); err != nil {
+				return fmt.Errorf("ipset %s: delete %s: %w", netsSet(node), p, err)
+			}
+			delete(v.nets, p)
+		}
+	}
+	for d, ips := range want {
+		i := slot[d]
+		for a := range ips {
+			if !v.ips[i][a] {
+				if err := netlink.IpsetAdd(slotSet(node, i), &netlink.IPSetEntry{IP: a.AsSlice(), Replace: true}); err != nil {
+					return fmt.Errorf("ipset %s: add %s: %w", slotSet(node, i), a, err)
+				}
+				v.ips[i][a] = true
+			}
+		}
+	}
+	for p := range nets {
+		if !v.nets[p] {
+			if err := netlink.IpsetAdd(netsSet(node), &netlink.IPSetEntry{IP: p.Addr().AsSlice(), CIDR: uint8(p.Bits()), Replace: true}); err != nil {
+				return fmt.Errorf("ipset %s: add %s: %w", netsSet(node), p, err)
+			}
+			v.nets[p] = true
+		}
+	}
+	if slots == v.slots && v.slots > 0 && v.ruled {
+		return nil
+	}
+	cmd := exec.Command(n.iptables+"-restore", "-w", "--noflush")
+	cmd.Stdin = strings.NewReader(n.isolationRules(slots))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("%s-restore: %v: %s", n.iptables, err, strings.TrimSpace(string(out)))
+	}
+	v.slots, v.ruled = slots, true
+	return nil
+}
 
-	local := slices.Clone(in.Local)
-	slices.SortFunc(local, func(a, b Member) int { return a.IP.Compare(b.IP) })
-	local = slices.CompactFunc(local, func(a, b Member) bool { return a.IP == b.IP })
-	members := map[string][]netip.Addr{}
-	for _, m := range append(slices.Clone(in.Cluster), local...) {
-		if m.IP.Is4() && !slices.Contains(members[m.Deployment], m.IP) {
-			members[m.Deployment] = append(members[m.Deployment], m.IP)
-		}
+// readIsolation starts the view from the kernel: the sets a previous agent
+// left, each slot given to the deployment its local addresses belong to.
+func (n *Network) readIsolation(local []Member) error {
+	node := n.cfg.Node
+	have, err := n.isoSets()
+	if err != nil {
+		return err
 	}
-	var deps []string
-	depOf := map[string]string{}
+	v := isoView{nets: map[netip.Prefix]bool{}}
+	if r, ok := have[netsSet(node)]; ok {
+		for _, e := range r.Entries {
+			if a, ok := netip.AddrFromSlice(e.IP.To4()); ok {
+				v.nets[netip.PrefixFrom(a, int(e.CIDR))] = true
+			}
+		}
+	} else if err := netlink.IpsetCreate(netsSet(node), "hash:net", netlink.IpsetCreateOptions{}); err != nil {
+		return fmt.Errorf("create ipset %s: %w", netsSet(node), err)
+	}
+	depOf := map[netip.Addr]string{}
 	for _, m := range local {
-		if _, ok := depOf[m.Deployment]; !ok {
-			depOf[m.Deployment] = depChain(base, m.Deployment)
-			deps = append(deps, depOf[m.Deployment])
-		}
+		depOf[m.IP] = m.Deployment
 	}
-	slices.Sort(deps)
+	taken := map[string]bool{}
+	for i := 0; ; i++ {
+		r, ok := have[slotSet(node, i)]
+		if !ok {
+			break
+		}
+		ips := map[netip.Addr]bool{}
+		dep := ""
+		for _, e := range r.Entries {
+			if a, ok := netip.AddrFromSlice(e.IP.To4()); ok {
+				ips[a] = true
+				if d := depOf[a]; d != "" && dep == "" && !taken[d] {
+					dep = d
+				}
+			}
+		}
+		taken[dep] = dep != ""
+		v.dep, v.ips = append(v.dep, dep), append(v.ips, ips)
+	}
+	// The rules are rewritten once (their slot count is not read back):
+	// slots the sets had, at least minSlots.
+	v.slots = minSlots
+	for v.slots < len(v.dep) {
+		v.slots *= 2
+	}
+	for i := len(v.dep); i < v.slots; i++ {
+		if err := netlink.IpsetCreate(slotSet(node, i), "hash:ip", netlink.IpsetCreateOptions{Replace: true}); err != nil {
+			return fmt.Errorf("create ipset %s: %w", slotSet(node, i), err)
+		}
+		v.dep, v.ips = append(v.dep, ""), append(v.ips, map[netip.Addr]bool{})
+	}
+	n.iso = v
+	return nil
+}
 
+// isolationRules returns the iptables-restore input for the node's chains
+// with slots slots.
+func (n *Network) isolationRules(slots int) string {
+	node := n.cfg.Node
+	base, br, nets := isoChain(node), BridgeName(node), netsSet(node)
 	var b bytes.Buffer
 	rule := func(chain string, args ...string) {
 		fmt.Fprintf(&b, "-A %s %s\n", chain, strings.Join(args, " "))
 	}
+	reject := []string{"-j", "REJECT", "--reject-with", "icmp-admin-prohibited"}
 	b.WriteString("*filter\n")
 	fmt.Fprintf(&b, ":%s - [0:0]\n", base)
-	for _, c := range deps {
-		fmt.Fprintf(&b, ":%s - [0:0]\n", c)
+	for i := range slots {
+		fmt.Fprintf(&b, ":%s - [0:0]\n", slotChain(node, i))
 	}
 	rule(base, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "RETURN")
-	// From the node's containers: each to its deployment's chain.
-	for _, m := range local {
-		if !m.IP.Is4() {
-			continue
-		}
-		src := netip.PrefixFrom(m.IP, 32).String()
-		rule(base, "-i", br, "-s", src, "-j", depOf[m.Deployment])
-		rule(base, "-i", br, "-s", src, "-j", "RETURN")
+	// From the node's containers: each to its deployment's slot.
+	for i := range slots {
+		rule(base, "-i", br, "-m", "set", "--match-set", slotSet(node, i), "src", "-j", slotChain(node, i))
+		rule(base, "-i", br, "-m", "set", "--match-set", slotSet(node, i), "src", "-j", "RETURN")
 	}
 	// From the bridge, not a container the agent has placed.
-	for _, s := range subnets {
-		rule(base, "-i", br, "-d", s.String(), "-j", "REJECT", "--reject-with", "icmp-admin-prohibited")
-	}
+	rule(base, append([]string{"-i", br, "-m", "set", "--match-set", nets, "dst"}, reject...)...)
 	rule(base, "-i", br, "-j", "RETURN")
 	// Into the node's containers from elsewhere.
-	for _, s := range subnets {
-		rule(base, "-s", s.String(), "-j", "RETURN")
-	}
+	rule(base, "-m", "set", "--match-set", nets, "src", "-j", "RETURN")
 	rule(base, "-j", "DROP")
-
-	depNames := make([]string, 0, len(depOf))
-	for d := range depOf {
-		depNames = append(depNames, d)
-	}
-	slices.Sort(depNames)
-	for _, d := range depNames {
-		ips := members[d]
-		slices.SortFunc(ips, netip.Addr.Compare)
-		for _, ip := range ips {
-			rule(depOf[d], "-d", netip.PrefixFrom(ip, 32).String(), "-j", "RETURN")
-		}
-		for _, s := range subnets {
-			rule(depOf[d], "-d", s.String(), "-j", "REJECT", "--reject-with", "icmp-admin-prohibited")
-		}
+	for i := range slots {
+		rule(slotChain(node, i), "-m", "set", "--match-set", slotSet(node, i), "dst", "-j", "RETURN")
+		rule(slotChain(node, i), append([]string{"-m", "set", "--match-set", nets, "dst"}, reject...)...)
 	}
 	b.WriteString("COMMIT\n")
-	return b.String(), deps
+	return b.String()
 }

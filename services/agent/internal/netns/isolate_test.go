@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -32,6 +33,9 @@ func TestIsolation(t *testing.T) {
 		}
 		if out, _ := exec.Command("iptables", "-w", "-S").Output(); strings.Contains(string(out), isoChain(node)) {
 			t.Errorf("teardown left rules:\n%s", out)
+		}
+		if sets, err := n.isoSets(); err != nil || len(sets) > 0 {
+			t.Errorf("teardown left ipsets: %v %v", sets, err)
 		}
 	})
 
@@ -159,8 +163,55 @@ func TestIsolation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := []string{isoChain(node), depChain(isoChain(node), "a")}; fmt.Sprint(chains) != fmt.Sprint(want) {
-		t.Errorf("chains %v, want %v", chains, want)
+	if len(chains) != 1+minSlots {
+		t.Errorf("chains %v, want the node's and %d slots'", chains, minSlots)
+	}
+	sets, err := n.isoSets()
+	if err != nil || len(sets) != 1+minSlots {
+		t.Fatalf("ipsets %v (%v), want the subnets' and %d slots'", sets, err, minSlots)
+	}
+	for name, r := range sets {
+		for _, e := range r.Entries {
+			if e.IP.String() == addr["b1"] {
+				t.Errorf("b1's address is still in %s", name)
+			}
+		}
+	}
+
+	// b1's address is given to a container of a: only sets change.
+	rules, _ := exec.Command("iptables", "-w", "-S").Output()
+	local = append(local[:2], m("b1", "a"))
+	if err := n.Isolate(Isolation{Local: local, Subnets: []netip.Prefix{remote}}); err != nil {
+		t.Fatal(err)
+	}
+	check("b1's address in a", map[[2]string]bool{{"b1", "a1"}: true, {"a2", "b1"}: true, {"b1", "lan"}: false})
+	// A deployment new on the node takes a free slot.
+	if err := n.Isolate(Isolation{Local: append(local[:2:2], m("b1", "c")), Subnets: []netip.Prefix{remote}}); err != nil {
+		t.Fatal(err)
+	}
+	check("b1's address in c", map[[2]string]bool{{"b1", "a1"}: false, {"a2", "b1"}: false, {"a1", "a2"}: true})
+	if now, _ := exec.Command("iptables", "-w", "-S").Output(); string(now) != string(rules) {
+		t.Errorf("rules changed when containers came and went:\n%s\nwas\n%s", now, rules)
+	}
+	local[2] = m("b1", "a")
+	if err := n.Isolate(Isolation{Local: local, Subnets: []netip.Prefix{remote}}); err != nil {
+		t.Fatal(err)
+	}
+
+	// More deployments than slots: the rules grow, and still hold.
+	many := slices.Clone(local)
+	for i := range minSlots {
+		many = append(many, Member{IP: netip.AddrFrom4([4]byte{10, 213, 0, byte(100 + i)}), Deployment: fmt.Sprintf("d%d", i)})
+	}
+	if err := n.Isolate(Isolation{Local: many, Subnets: []netip.Prefix{remote}}); err != nil {
+		t.Fatal(err)
+	}
+	if chains, _ := n.isoChains(); len(chains) != 1+2*minSlots {
+		t.Errorf("%d chains for %d deployments, want %d", len(chains), minSlots+1, 1+2*minSlots)
+	}
+	check("many deployments", map[[2]string]bool{{"b1", "a1"}: true, {"a1", "a2"}: true, {"warm", "a1"}: false})
+	if err := n.Isolate(Isolation{Local: local, Subnets: []netip.Prefix{remote}}); err != nil {
+		t.Fatal(err)
 	}
 
 	// A restarted agent sets up again: the rules in force stay until its
@@ -172,5 +223,10 @@ func TestIsolation(t *testing.T) {
 	if err := n2.Setup(); err != nil {
 		t.Fatal(err)
 	}
-	check("after a second Setup", map[[2]string]bool{{"b1", "a1"}: false, {"a1", "a2"}: true})
+	check("after a second Setup", map[[2]string]bool{{"warm", "a1"}: false, {"b1", "a1"}: true})
+	// Its first Isolate starts from what is in the kernel.
+	if err := n2.Isolate(Isolation{Local: local[:2], Subnets: []netip.Prefix{remote}}); err != nil {
+		t.Fatal(err)
+	}
+	check("the second Network's first Isolate", map[[2]string]bool{{"b1", "a1"}: false, {"a1", "a2"}: true, {"lan", "a2"}: true})
 }
