@@ -501,11 +501,11 @@ func checkApart(t *testing.T, first, joiner *node) {
 		t.Fatalf("app/web should have a replica on %s and on %s: %+v", joiner.name, first.name, app)
 	}
 	for _, to := range []*replicaJSON{onJoiner, onFirst} {
-		if out, code := fetch(from, *to); code == 0 {
-			t.Errorf("%s (on %s) reached app/web/%d on %s:\n%s", from, joiner.name, to.Index, to.Node, out)
+		if out, code := fetch(from, *to); code == 0 || !strings.Contains(out, "can't connect") {
+			t.Errorf("%s (on %s) fetching from app/web/%d on %s: exit %d, want a refused connection\n%s", from, joiner.name, to.Index, to.Node, code, out)
 		}
 	}
-	if out, code := fetch(fmt.Sprintf("app/web/%d", onFirst.Index), db[0]); code == 0 {
-		t.Errorf("app/web/%d (on %s) reached %s on %s:\n%s", onFirst.Index, first.name, from, joiner.name, out)
+	if out, code := fetch(fmt.Sprintf("app/web/%d", onFirst.Index), db[0]); code == 0 || !strings.Contains(out, "can't connect") {
+		t.Errorf("app/web/%d (on %s) fetching from %s on %s: exit %d, want a refused connection\n%s", onFirst.Index, first.name, from, joiner.name, code, out)
 	}
 }

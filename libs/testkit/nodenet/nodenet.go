@@ -2,7 +2,7 @@
 // in place on purpose when it stops (its containers would need them): the
 // isolation chains in the filter table and their ipsets. The names follow
 // services/agent/internal/netns: bridge "zl<hash>", chains "ZLISO-<hash>"
-// and "ZLISO-<hash>-<deployment hash>", ipsets "zl<hash>-…".
+// and "ZLISO-<hash>-s<slot>", ipsets "zl<hash>-…".
 package nodenet
 
 import (

@@ -2,13 +2,17 @@ package bundle
 
 import specs "github.com/opencontainers/runtime-spec/specs-go"
 
-// DefaultCapabilities is the capability set every container gets (the
-// same set Docker and containerd grant): enough to run as root inside the
-// container, bind low ports and change owners, nothing that administers
-// the host.
+// DefaultCapabilities is the capability set every container gets: enough
+// to run as root inside the container, bind low ports and change owners,
+// nothing that administers the host. It is the set Docker and containerd
+// grant less CAP_NET_RAW: with raw and packet sockets a container could
+// send from another container's address, or answer ARP for it, on the
+// node's bridge and get past the rules that keep deployments apart (they
+// trust source addresses). ping still works, through ICMP datagram
+// sockets (netns.Create opens them to every group).
 var DefaultCapabilities = []string{
 	"CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD",
-	"CAP_NET_RAW", "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP",
+	"CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP",
 	"CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
 }
 

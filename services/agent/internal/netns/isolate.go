@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // Deployments are kept apart on the container network (SPEC.md, network:
@@ -197,8 +198,15 @@ func (n *Network) isoSets() (map[string]*netlink.IPSetResult, error) {
 	}
 	out := map[string]*netlink.IPSetResult{}
 	for i := range all {
-		if strings.HasPrefix(all[i].SetName, BridgeName(n.cfg.Node)+"-") {
-			out[all[i].SetName] = &all[i]
+		name := all[i].SetName
+		if !strings.HasPrefix(name, BridgeName(n.cfg.Node)+"-") {
+			continue
+		}
+		// A large set comes in several messages, one result each.
+		if r := out[name]; r != nil {
+			r.Entries = append(r.Entries, all[i].Entries...)
+		} else {
+			out[name] = &all[i]
 		}
 	}
 	return out, nil
@@ -221,7 +229,8 @@ func (n *Network) Isolate(in Isolation) error {
 	}
 	want := map[string]map[netip.Addr]bool{} // deployment → addresses
 	for _, m := range in.Local {
-		if m.IP.Is4() {
+		// A container without a deployment is in no slot: it fails closed.
+		if m.IP.Is4() && m.Deployment != "" {
 			if want[m.Deployment] == nil {
 				want[m.Deployment] = map[netip.Addr]bool{}
 			}
@@ -229,7 +238,7 @@ func (n *Network) Isolate(in Isolation) error {
 		}
 	}
 	for _, m := range in.Cluster {
-		if set := want[m.Deployment]; set != nil && m.IP.Is4() && !own.Contains(m.IP) {
+		if set := want[m.Deployment]; set != nil && m.Deployment != "" && m.IP.Is4() && !own.Contains(m.IP) {
 			set[m.IP] = true
 		}
 	}
@@ -395,6 +404,55 @@ func (n *Network) readIsolation(local []Member) error {
 		v.dep, v.ips = append(v.dep, ""), append(v.ips, map[netip.Addr]bool{})
 	}
 	n.iso = v
+	return nil
+}
+
+// Verify puts back what someone else took away, such as a firewall's
+// reload flushing FORWARD or the node's chain: the jumps and the chain are
+// made again and the next Isolate rewrites the rules. (The ipsets cannot
+// be destroyed while the rules refer to them.) It reports whether anything
+// was missing.
+func (n *Network) Verify() (bool, error) {
+	n.isoMu.Lock()
+	defer n.isoMu.Unlock()
+	if !n.iso.ruled {
+		return false, nil
+	}
+	intact := true
+	for _, j := range n.isoJumps() {
+		if n.iptFilter(append([]string{"-C"}, j...)...) != nil {
+			intact = false
+		}
+	}
+	out, err := exec.Command(n.iptables, "-w", "-t", "filter", "-S", isoChain(n.cfg.Node)).Output()
+	if err != nil || strings.Count(string(out), "\n-A ") != 5+2*n.iso.slots {
+		intact = false
+	}
+	if intact {
+		return false, nil
+	}
+	n.iso.ruled = false
+	if err := n.setupIsolation(); err != nil {
+		return true, fmt.Errorf("verify isolation: %w", err)
+	}
+	return true, nil
+}
+
+// Forget deletes the connections tracked from or to ip, so that replies
+// of a removed container's connections are not let through to whoever
+// gets its address next (the rules let established connections pass).
+func (n *Network) Forget(ip netip.Addr) error {
+	var filters []netlink.CustomConntrackFilter
+	for _, t := range []netlink.ConntrackFilterType{netlink.ConntrackOrigSrcIP, netlink.ConntrackOrigDstIP} {
+		f := &netlink.ConntrackFilter{}
+		if err := f.AddIP(t, ip.AsSlice()); err != nil {
+			return fmt.Errorf("forget %s: %w", ip, err)
+		}
+		filters = append(filters, f)
+	}
+	if _, err := netlink.ConntrackDeleteFilters(netlink.ConntrackTable, unix.AF_INET, filters...); err != nil {
+		return fmt.Errorf("forget %s: conntrack: %w", ip, err)
+	}
 	return nil
 }
 

@@ -12,6 +12,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // TestIsolation puts real namespaces on a node's bridge through CNI and
@@ -78,6 +81,23 @@ func TestIsolation(t *testing.T) {
 		}
 	}
 	ns["lan"], addr["lan"] = "/var/run/netns/"+lan, "10.214.0.5"
+	// No IPv6 on the containers' side: a link-local address would get
+	// around the (IPv4) rules.
+	if err := Do(ns["a1"], func() error {
+		ifc, err := net.InterfaceByName(IfName)
+		if err != nil {
+			return err
+		}
+		as, err := ifc.Addrs()
+		for _, a := range as {
+			if p, perr := netip.ParsePrefix(a.String()); perr == nil && p.Addr().Is6() {
+				return fmt.Errorf("%s has IPv6 address %s", IfName, a)
+			}
+		}
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
 	if b, _ := os.ReadFile("/proc/sys/net/ipv4/ip_forward"); strings.TrimSpace(string(b)) != "1" {
 		t.Fatalf("ip_forward is %q after the bridge plugin ran", b)
 	}
@@ -198,6 +218,39 @@ func TestIsolation(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// Forget drops what conntrack knows of an address.
+	tracked := func(ip string) int {
+		flows, err := netlink.ConntrackTableList(netlink.ConntrackTable, unix.AF_INET)
+		if err != nil {
+			t.Fatal(err)
+		}
+		k := 0
+		for _, f := range flows {
+			if f.Forward.SrcIP.String() == ip || f.Forward.DstIP.String() == ip {
+				k++
+			}
+		}
+		return k
+	}
+	var held net.Conn
+	if err := Do(ns["a1"], func() error {
+		var err error
+		held, err = net.DialTimeout("tcp4", net.JoinHostPort(addr["a2"], "7070"), time.Second)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	if tracked(addr["a1"]) == 0 {
+		t.Fatalf("no connection of %s tracked", addr["a1"])
+	}
+	if err := n.Forget(netip.MustParseAddr(addr["a1"])); err != nil {
+		t.Fatal(err)
+	}
+	if k := tracked(addr["a1"]); k != 0 {
+		t.Errorf("%d connections of %s still tracked after Forget", k, addr["a1"])
+	}
+
 	// More deployments than slots: the rules grow, and still hold.
 	many := slices.Clone(local)
 	for i := range minSlots {
@@ -213,6 +266,25 @@ func TestIsolation(t *testing.T) {
 	if err := n.Isolate(Isolation{Local: local, Subnets: []netip.Prefix{remote}}); err != nil {
 		t.Fatal(err)
 	}
+
+	// Someone else flushes the chain and the jumps: Verify notices and
+	// the next Isolate puts the rules back.
+	if missing, err := n.Verify(); err != nil || missing {
+		t.Fatalf("Verify of intact rules: %v, %v", missing, err)
+	}
+	for _, args := range [][]string{{"-F", isoChain(node)}, {"-D", "FORWARD", "-i", BridgeName(node), "-j", isoChain(node)}} {
+		if out, err := exec.Command("iptables", append([]string{"-w"}, args...)...).CombinedOutput(); err != nil {
+			t.Fatalf("iptables %v: %v: %s", args, err, out)
+		}
+	}
+	check("rules flushed by someone else", map[[2]string]bool{{"warm", "a1"}: true})
+	if missing, err := n.Verify(); err != nil || !missing {
+		t.Fatalf("Verify of flushed rules: %v, %v", missing, err)
+	}
+	if err := n.Isolate(Isolation{Local: local, Subnets: []netip.Prefix{remote}}); err != nil {
+		t.Fatal(err)
+	}
+	check("rules put back", map[[2]string]bool{{"warm", "a1"}: false, {"b1", "a1"}: true, {"lan", "a1"}: true})
 
 	// A restarted agent sets up again: the rules in force stay until its
 	// first Isolate replaces them.

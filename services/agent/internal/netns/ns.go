@@ -43,6 +43,10 @@ func Create(path string) (err error) {
 			errc <- err
 			return
 		}
+		if err := netSysctls(); err != nil {
+			errc <- err
+			return
+		}
 		tid := unix.Gettid()
 		src := fmt.Sprintf("/proc/%d/task/%d/ns/net", os.Getpid(), tid)
 		if err := unix.Mount(src, path, "none", unix.MS_BIND, ""); err != nil {
@@ -65,6 +69,28 @@ func Remove(path string) error {
 	}
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("remove netns %s: %w", path, err)
+	}
+	return nil
+}
+
+// nsSysctls are set in every new namespace, before any interface but lo
+// exists. Interfaces made later get no IPv6 at all (lo keeps ::1): the
+// isolation rules are IPv4 (isolate.go), and a link-local IPv6 address on
+// the bridge would reach other deployments' containers around them.
+// Containers do not get CAP_NET_RAW (bundle.DefaultCapabilities), so ping
+// uses ICMP datagram sockets, which ping_group_range opens to every group.
+var nsSysctls = [][2]string{
+	{"/proc/sys/net/ipv6/conf/default/disable_ipv6", "1"},
+	{"/proc/sys/net/ipv4/ping_group_range", "0 2147483647"},
+}
+
+// netSysctls sets nsSysctls in the calling thread's network namespace.
+// A kernel without IPv6 has no file for it, and nothing to turn off.
+func netSysctls() error {
+	for _, kv := range nsSysctls {
+		if err := os.WriteFile(kv[0], []byte(kv[1]), 0o644); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("sysctl %s: %w", kv[0], err)
+		}
 	}
 	return nil
 }

@@ -5,6 +5,8 @@ import (
 	"net/netip"
 	"slices"
 
+	"go.uber.org/zap"
+
 	"zlayer.dev/services/agent/internal/netns"
 )
 
@@ -27,6 +29,26 @@ func (rn *Runner) unplace(id string) {
 	rn.mu.Lock()
 	delete(rn.addrs, id)
 	rn.mu.Unlock()
+}
+
+// unplaceNow takes the container out of its deployment's rules at once
+// and forgets the connections its address had, so that whoever gets the
+// address next inherits neither. A failure is logged: the address is then
+// still its old deployment's until a later isolate succeeds (every create
+// does one before it runs anything).
+func (rn *Runner) unplaceNow(id string, log *zap.Logger) {
+	rn.mu.Lock()
+	m, placed := rn.addrs[id]
+	rn.mu.Unlock()
+	rn.unplace(id)
+	if err := rn.isolate(); err != nil {
+		log.Warn("rules without the container", zap.Error(err))
+	}
+	if placed {
+		if err := rn.net.Forget(m.IP); err != nil {
+			log.Warn("forget the container's connections", zap.String("ip", m.IP.String()), zap.Error(err))
+		}
+	}
 }
 
 // isolate applies the rules for the node's placed containers, the

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -35,6 +36,10 @@ func (rn *Runner) SetNames(names []Name, subnets []netip.Prefix) error {
 	rn.mu.Lock()
 	old, oldSubnets := rn.names, rn.subnets
 	rn.names, rn.subnets = byDep, subnets
+	verify := time.Since(rn.verified) >= verifyEvery
+	if verify {
+		rn.verified = time.Now()
+	}
 	cs := make([]*container, 0, len(rn.ctrs))
 	for id, c := range rn.ctrs {
 		if !rn.creating[id] {
@@ -42,6 +47,16 @@ func (rn *Runner) SetNames(names []Name, subnets []netip.Prefix) error {
 		}
 	}
 	rn.mu.Unlock()
+	if verify {
+		if missing, err := rn.net.Verify(); err != nil {
+			rn.log.Error("isolation rules", zap.Error(err))
+		} else if missing {
+			rn.log.Warn("isolation rules were removed by someone else; putting them back")
+		}
+	}
+	// The rules first: a name must not resolve to an address its
+	// containers are not yet let through to.
+	ierr := rn.isolate()
 	for _, c := range cs {
 		c.mu.Lock()
 		rec := c.rec
@@ -62,8 +77,12 @@ func (rn *Runner) SetNames(names []Name, subnets []netip.Prefix) error {
 			rn.log.Warn("save names", zap.Error(err))
 		}
 	}
-	return rn.isolate()
+	return ierr
 }
+
+// verifyEvery is how often SetNames (pushed every few seconds) checks that
+// the isolation rules are still in place.
+const verifyEvery = 10 * time.Second
 
 // byDeployment groups names by deployment, each group sorted.
 func byDeployment(names []Name) map[string][]Name {

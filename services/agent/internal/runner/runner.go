@@ -68,6 +68,7 @@ type Runner struct {
 	subnets   []netip.Prefix          // every node's container subnet (guarded by mu)
 	addrs     map[string]netns.Member // placed containers' addresses (guarded by mu)
 	isoMu     sync.Mutex              // serialises isolate
+	verified  time.Time               // last isolation check (guarded by mu)
 	subs      map[*Subscription]struct{}
 	bg        sync.WaitGroup // watchers
 	ctx       context.Context
@@ -262,7 +263,6 @@ func (rn *Runner) Run(ctx context.Context, s Spec) (rec Record, err error) {
 	}()
 	// Cleanup must run even when the caller's ctx is what failed.
 	cctx := context.WithoutCancel(ctx)
-	undo = append(undo, func() { rn.unplace(s.ID) })
 
 	// Three things run at once from here, each needing only the id: the
 	// network (a warm namespace is ready at once; else namespace pin, then
@@ -296,6 +296,8 @@ func (rn *Runner) Run(ctx context.Context, s Spec) (rec Record, err error) {
 			log.Warn("remove netns", zap.Error(err))
 		}
 	})
+	// Before the address goes back (undone just before the network).
+	undo = append(undo, func() { rn.unplaceNow(s.ID, log) })
 	dir := rn.dir(s.ID)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return rec, fmt.Errorf("container %s: %w", s.ID, err)
@@ -699,18 +701,14 @@ func (rn *Runner) Remove(ctx context.Context, id string, force bool) error {
 	c.mu.Lock()
 	rec := c.rec
 	c.mu.Unlock()
+	// Out of its deployment's rules before its address is given back.
+	rn.unplaceNow(id, rn.log.With(zap.String(obs.KeyContainer, id)))
 	if err := rn.teardown(ctx, rec); err != nil {
 		return err
 	}
 	rn.mu.Lock()
 	delete(rn.ctrs, id)
 	rn.mu.Unlock()
-	rn.unplace(id)
-	if err := rn.isolate(); err != nil {
-		// The address is refused to whoever holds it next until a later
-		// isolate succeeds (a create does one before it runs anything).
-		rn.log.Warn("rules after a removal", zap.String(obs.KeyContainer, id), zap.Error(err))
-	}
 	rn.pool.kick() // a freed address may let a short pool fill again
 	rn.stats.Forget(id)
 	rn.log.Info("container removed", zap.String(obs.KeyContainer, id))
