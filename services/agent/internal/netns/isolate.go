@@ -100,6 +100,17 @@ const bridgeNF = "/proc/sys/net/bridge/bridge-nf-call-iptables"
 // iptables pass on.
 func (n *Network) setupIsolation() error {
 	b, err := os.ReadFile(bridgeNF)
+	if errors.Is(err, os.ErrNotExist) {
+		// A kernel with br_netfilter as a module (Debian's) has it
+		// unloaded until something needs it.
+		if mp, lerr := exec.LookPath("modprobe"); lerr == nil {
+			if out, merr := exec.Command(mp, "br_netfilter").CombinedOutput(); merr != nil {
+				err = fmt.Errorf("%w; modprobe br_netfilter: %v: %s", err, merr, strings.TrimSpace(string(out)))
+			} else {
+				b, err = os.ReadFile(bridgeNF)
+			}
+		}
+	}
 	switch {
 	case err != nil:
 		return fmt.Errorf("containers on one node cannot be kept apart: %s: %v (load the br_netfilter module)", bridgeNF, err)
