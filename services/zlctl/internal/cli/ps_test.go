@@ -17,6 +17,7 @@ import (
 
 	agentv1 "zlayer.dev/libs/api/zlayer/agent/v1"
 	"zlayer.dev/libs/rpc"
+	"zlayer.dev/libs/testkit/nodenet"
 	"zlayer.dev/libs/testkit/fixtures"
 	"zlayer.dev/libs/testkit/registry"
 )
@@ -87,14 +88,17 @@ func startAgentDaemon(t *testing.T) *agentNode {
 		if err := cmd.Wait(); err != nil {
 			t.Errorf("zlayer-agent: %v\n%s", err, logs.String())
 		}
-		// The node's NAT rule, bridge and cgroup parent outlive agents by
-		// design; the test removes them.
+		// The node's NAT rule, isolation rules, bridge and cgroup parent
+		// outlive agents by design; the test removes them.
 		exec.Command("iptables", "-w", "-t", "nat", "-D", "POSTROUTING", "-s", n.cidr, "!", "-d", n.cidr,
 			"-m", "comment", "--comment", "zlayer "+n.node, "-j", "MASQUERADE").Run()
 		if brs, _ := filepath.Glob("/sys/class/net/zl*/brif"); len(brs) > 0 {
 			for _, b := range brs {
 				br := filepath.Base(filepath.Dir(b))
 				if ents, _ := os.ReadDir(b); len(ents) == 0 && bridgeOwner(br, n.node) {
+					if err := nodenet.RemoveIsolation(br); err != nil {
+						t.Errorf("cleanup: %v", err)
+					}
 					exec.Command("ip", "link", "del", br).Run()
 				}
 			}
