@@ -17,8 +17,8 @@ import (
 
 	agentv1 "zlayer.dev/libs/api/zlayer/agent/v1"
 	"zlayer.dev/libs/rpc"
-	"zlayer.dev/libs/testkit/nodenet"
 	"zlayer.dev/libs/testkit/fixtures"
+	"zlayer.dev/libs/testkit/nodenet"
 	"zlayer.dev/libs/testkit/registry"
 )
 
