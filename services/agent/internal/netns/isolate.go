@@ -30,9 +30,10 @@ import (
 //     namespace, a container whose rules are not in yet) reaches no
 //     container subnet at all: the rules fail closed;
 //   - traffic into the node's containers from off the bridge must come
-//     from a container subnet: another node's container (checked by its
-//     own agent, as the sender's) or another node's overlay device (its
-//     proxy); the overlay admits from a peer only that peer's subnet;
+//     through the node's overlay device from a container subnet: another
+//     node's container (checked by its own agent, as the sender's) or
+//     another node's overlay device (its proxy); WireGuard admits from a
+//     peer only that peer's subnet;
 //   - replies of allowed connections pass (conntrack).
 //
 // The node's own processes (its proxy, its health checks) reach the
@@ -55,6 +56,14 @@ type Isolation struct {
 	Cluster []Member
 	// Subnets are every node's container subnet; the node's own is added.
 	Subnets []netip.Prefix
+	// OverlayDevice is the node's WireGuard device, the only way in for
+	// other nodes' traffic to the node's containers. "": there is none.
+	OverlayDevice string
+}
+
+// ValidIfName reports whether s can name a network interface.
+func ValidIfName(s string) bool {
+	return s != "" && len(s) < 16 && s != "." && s != ".." && !strings.ContainsAny(s, "/: \t\n")
 }
 
 // Names. The node's chain in the filter table is "ZLISO-" and the hash in
@@ -195,7 +204,8 @@ func (n *Network) isoChains() ([]string, error) {
 // or read them.
 type isoView struct {
 	slots int                   // slots the rules have (or will have, !ruled); 0: not read yet
-	ruled bool                  // the rules for slots are in force
+	dev   string                // the overlay device the rules let in
+	ruled bool                  // the rules for slots and dev are in force
 	dep   []string              // slot → deployment; "" is free
 	ips   []map[netip.Addr]bool // slot → its set's entries
 	nets  map[netip.Prefix]bool // the subnets set's entries
@@ -255,14 +265,17 @@ func (n *Network) Isolate(in Isolation) error {
 	}
 	n.isoMu.Lock()
 	defer n.isoMu.Unlock()
-	if err := n.isolate(nets, want, in.Local); err != nil {
+	if in.OverlayDevice != "" && !ValidIfName(in.OverlayDevice) {
+		return fmt.Errorf("isolate deployments: overlay device %q: not an interface name", in.OverlayDevice)
+	}
+	if err := n.isolate(nets, want, in.Local, in.OverlayDevice); err != nil {
 		n.iso = isoView{} // read the kernel's state again next time
 		return fmt.Errorf("isolate deployments: %w", err)
 	}
 	return nil
 }
 
-func (n *Network) isolate(nets map[netip.Prefix]bool, want map[string]map[netip.Addr]bool, local []Member) error {
+func (n *Network) isolate(nets map[netip.Prefix]bool, want map[string]map[netip.Addr]bool, local []Member, dev string) error {
 	node := n.cfg.Node
 	v := &n.iso
 	if v.slots == 0 {
@@ -349,15 +362,15 @@ func (n *Network) isolate(nets map[netip.Prefix]bool, want map[string]map[netip.
 			v.nets[p] = true
 		}
 	}
-	if slots == v.slots && v.slots > 0 && v.ruled {
+	if slots == v.slots && dev == v.dev && v.ruled {
 		return nil
 	}
 	cmd := exec.Command(n.iptables+"-restore", "-w", "--noflush")
-	cmd.Stdin = strings.NewReader(n.isolationRules(slots))
+	cmd.Stdin = strings.NewReader(n.isolationRules(slots, dev))
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("%s-restore: %v: %s", n.iptables, err, strings.TrimSpace(string(out)))
 	}
-	v.slots, v.ruled = slots, true
+	v.slots, v.dev, v.ruled = slots, dev, true
 	return nil
 }
 
@@ -436,7 +449,9 @@ func (n *Network) Verify() (bool, error) {
 		}
 	}
 	out, err := exec.Command(n.iptables, "-w", "-t", "filter", "-S", isoChain(n.cfg.Node)).Output()
-	if err != nil || strings.Count(string(out), "\n-A ") != 5+2*n.iso.slots {
+	base := isoChain(n.cfg.Node)
+	want := strings.Count(n.isolationRules(n.iso.slots, n.iso.dev), "-A "+base+" ")
+	if err != nil || strings.Count(string(out), "-A "+base+" ") != want {
 		intact = false
 	}
 	if intact {
@@ -468,8 +483,8 @@ func (n *Network) Forget(ip netip.Addr) error {
 }
 
 // isolationRules returns the iptables-restore input for the node's chains
-// with slots slots.
-func (n *Network) isolationRules(slots int) string {
+// with slots slots, letting other nodes in through dev.
+func (n *Network) isolationRules(slots int, dev string) string {
 	node := n.cfg.Node
 	base, br, nets := isoChain(node), BridgeName(node), netsSet(node)
 	var b bytes.Buffer
@@ -491,8 +506,11 @@ func (n *Network) isolationRules(slots int) string {
 	// From the bridge, not a container the agent has placed.
 	rule(base, append([]string{"-i", br, "-m", "set", "--match-set", nets, "dst"}, reject...)...)
 	rule(base, "-i", br, "-j", "RETURN")
-	// Into the node's containers from elsewhere.
-	rule(base, "-m", "set", "--match-set", nets, "src", "-j", "RETURN")
+	// Into the node's containers from elsewhere: other nodes, through the
+	// overlay.
+	if dev != "" {
+		rule(base, "-i", dev, "-m", "set", "--match-set", nets, "src", "-j", "RETURN")
+	}
 	rule(base, "-j", "DROP")
 	for i := range slots {
 		rule(slotChain(node, i), "-m", "set", "--match-set", slotSet(node, i), "dst", "-j", "RETURN")

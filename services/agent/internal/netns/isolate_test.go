@@ -166,16 +166,25 @@ func TestIsolation(t *testing.T) {
 
 	// The lan's subnet is now another node's, and its address a replica of a.
 	remote := netip.MustParsePrefix("10.214.0.0/24")
-	if err := n.Isolate(Isolation{Local: local, Cluster: []Member{m("lan", "a")}, Subnets: []netip.Prefix{remote}}); err != nil {
+	if err := n.Isolate(Isolation{Local: local, Cluster: []Member{m("lan", "a")}, Subnets: []netip.Prefix{remote}, OverlayDevice: host}); err != nil {
 		t.Fatal(err)
 	}
 	check("a replica of a on another node", map[[2]string]bool{
 		{"a1", "lan"}: true, {"b1", "lan"}: false, {"lan", "a1"}: true, {"a1", "b1"}: false,
 	})
+	// Other nodes come in through the overlay device only: from any other
+	// interface a source in a container subnet is spoofed.
+	if err := n.Isolate(Isolation{Local: local, Cluster: []Member{m("lan", "a")}, Subnets: []netip.Prefix{remote}, OverlayDevice: "zl-nowg0"}); err != nil {
+		t.Fatal(err)
+	}
+	check("another node, not through the overlay device", map[[2]string]bool{{"lan", "a1"}: false, {"a1", "lan"}: true, {"a1", "a2"}: true})
+	if err := n.Isolate(Isolation{Local: local, Cluster: []Member{m("lan", "a")}, Subnets: []netip.Prefix{remote}, OverlayDevice: host}); err != nil {
+		t.Fatal(err)
+	}
 
 	// b is gone from the node: its chain is deleted; b1's address is
 	// nobody's and fails closed.
-	if err := n.Isolate(Isolation{Local: local[:2], Subnets: []netip.Prefix{remote}}); err != nil {
+	if err := n.Isolate(Isolation{Local: local[:2], Subnets: []netip.Prefix{remote}, OverlayDevice: host}); err != nil {
 		t.Fatal(err)
 	}
 	check("b gone", map[[2]string]bool{{"b1", "a1"}: false, {"a1", "a2"}: true, {"a1", "lan"}: false})
@@ -201,12 +210,12 @@ func TestIsolation(t *testing.T) {
 	// b1's address is given to a container of a: only sets change.
 	rules, _ := exec.Command("iptables", "-w", "-S").Output()
 	local = append(local[:2], m("b1", "a"))
-	if err := n.Isolate(Isolation{Local: local, Subnets: []netip.Prefix{remote}}); err != nil {
+	if err := n.Isolate(Isolation{Local: local, Subnets: []netip.Prefix{remote}, OverlayDevice: host}); err != nil {
 		t.Fatal(err)
 	}
 	check("b1's address in a", map[[2]string]bool{{"b1", "a1"}: true, {"a2", "b1"}: true, {"b1", "lan"}: false})
 	// A deployment new on the node takes a free slot.
-	if err := n.Isolate(Isolation{Local: append(local[:2:2], m("b1", "c")), Subnets: []netip.Prefix{remote}}); err != nil {
+	if err := n.Isolate(Isolation{Local: append(local[:2:2], m("b1", "c")), Subnets: []netip.Prefix{remote}, OverlayDevice: host}); err != nil {
 		t.Fatal(err)
 	}
 	check("b1's address in c", map[[2]string]bool{{"b1", "a1"}: false, {"a2", "b1"}: false, {"a1", "a2"}: true})
@@ -214,7 +223,7 @@ func TestIsolation(t *testing.T) {
 		t.Errorf("rules changed when containers came and went:\n%s\nwas\n%s", now, rules)
 	}
 	local[2] = m("b1", "a")
-	if err := n.Isolate(Isolation{Local: local, Subnets: []netip.Prefix{remote}}); err != nil {
+	if err := n.Isolate(Isolation{Local: local, Subnets: []netip.Prefix{remote}, OverlayDevice: host}); err != nil {
 		t.Fatal(err)
 	}
 
@@ -256,14 +265,14 @@ func TestIsolation(t *testing.T) {
 	for i := range minSlots {
 		many = append(many, Member{IP: netip.AddrFrom4([4]byte{10, 213, 0, byte(100 + i)}), Deployment: fmt.Sprintf("d%d", i)})
 	}
-	if err := n.Isolate(Isolation{Local: many, Subnets: []netip.Prefix{remote}}); err != nil {
+	if err := n.Isolate(Isolation{Local: many, Subnets: []netip.Prefix{remote}, OverlayDevice: host}); err != nil {
 		t.Fatal(err)
 	}
 	if chains, _ := n.isoChains(); len(chains) != 1+2*minSlots {
 		t.Errorf("%d chains for %d deployments, want %d", len(chains), minSlots+1, 1+2*minSlots)
 	}
 	check("many deployments", map[[2]string]bool{{"b1", "a1"}: true, {"a1", "a2"}: true, {"warm", "a1"}: false})
-	if err := n.Isolate(Isolation{Local: local, Subnets: []netip.Prefix{remote}}); err != nil {
+	if err := n.Isolate(Isolation{Local: local, Subnets: []netip.Prefix{remote}, OverlayDevice: host}); err != nil {
 		t.Fatal(err)
 	}
 
@@ -281,7 +290,7 @@ func TestIsolation(t *testing.T) {
 	if missing, err := n.Verify(); err != nil || !missing {
 		t.Fatalf("Verify of flushed rules: %v, %v", missing, err)
 	}
-	if err := n.Isolate(Isolation{Local: local, Subnets: []netip.Prefix{remote}}); err != nil {
+	if err := n.Isolate(Isolation{Local: local, Subnets: []netip.Prefix{remote}, OverlayDevice: host}); err != nil {
 		t.Fatal(err)
 	}
 	check("rules put back", map[[2]string]bool{{"warm", "a1"}: false, {"b1", "a1"}: true, {"lan", "a1"}: true})
@@ -297,7 +306,7 @@ func TestIsolation(t *testing.T) {
 	}
 	check("after a second Setup", map[[2]string]bool{{"warm", "a1"}: false, {"b1", "a1"}: true})
 	// Its first Isolate starts from what is in the kernel.
-	if err := n2.Isolate(Isolation{Local: local[:2], Subnets: []netip.Prefix{remote}}); err != nil {
+	if err := n2.Isolate(Isolation{Local: local[:2], Subnets: []netip.Prefix{remote}, OverlayDevice: host}); err != nil {
 		t.Fatal(err)
 	}
 	check("the second Network's first Isolate", map[[2]string]bool{{"b1", "a1"}: false, {"a1", "a2"}: true, {"lan", "a2"}: true})

@@ -58,7 +58,7 @@ func (rn *Runner) isolate() error {
 	rn.isoMu.Lock()
 	defer rn.isoMu.Unlock()
 	rn.mu.Lock()
-	in := netns.Isolation{Subnets: slices.Clone(rn.subnets)}
+	in := netns.Isolation{Subnets: slices.Clone(rn.subnets), OverlayDevice: rn.overlayDevice}
 	for _, m := range rn.addrs {
 		in.Local = append(in.Local, m)
 	}

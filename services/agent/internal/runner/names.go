@@ -28,14 +28,14 @@ type Name struct {
 	IP         string
 }
 
-// SetNames replaces the table of service names and the nodes' container
-// subnets, rewrites the hosts file of every container whose names changed
+// SetNames replaces the table of service names, the nodes' container
+// subnets and the name of the node's overlay device, rewrites the hosts file of every container whose names changed
 // and applies the node's isolation rules for them.
-func (rn *Runner) SetNames(names []Name, subnets []netip.Prefix) error {
+func (rn *Runner) SetNames(names []Name, subnets []netip.Prefix, overlayDevice string) error {
 	byDep := byDeployment(names)
 	rn.mu.Lock()
-	old, oldSubnets := rn.names, rn.subnets
-	rn.names, rn.subnets = byDep, subnets
+	old, oldSubnets, oldDevice := rn.names, rn.subnets, rn.overlayDevice
+	rn.names, rn.subnets, rn.overlayDevice = byDep, subnets, overlayDevice
 	verify := time.Since(rn.verified) >= verifyEvery
 	if verify {
 		rn.verified = time.Now()
@@ -69,10 +69,10 @@ func (rn *Runner) SetNames(names []Name, subnets []netip.Prefix) error {
 			rn.log.Warn("rewrite hosts", zap.String("container", rec.ID()), zap.Error(err))
 		}
 	}
-	if !maps.EqualFunc(old, byDep, slices.Equal) || !slices.Equal(oldSubnets, subnets) {
+	if !maps.EqualFunc(old, byDep, slices.Equal) || !slices.Equal(oldSubnets, subnets) || oldDevice != overlayDevice {
 		// Kept for a restarted agent: its rules then let remote replicas
 		// in from the start, not once the scheduler has pushed again.
-		b, _ := json.Marshal(savedNames{Names: names, Subnets: subnets})
+		b, _ := json.Marshal(savedNames{Names: names, Subnets: subnets, OverlayDevice: overlayDevice})
 		if err := atomicfile.Write(rn.namesFile(), b, 0o600); err != nil {
 			rn.log.Warn("save names", zap.Error(err))
 		}
@@ -98,8 +98,9 @@ func byDeployment(names []Name) map[string][]Name {
 
 // savedNames is the last table SetNames got, on disk.
 type savedNames struct {
-	Names   []Name
-	Subnets []netip.Prefix
+	Names         []Name
+	Subnets       []netip.Prefix
+	OverlayDevice string
 }
 
 func (rn *Runner) namesFile() string { return filepath.Join(rn.cfg.StateDir, "names.json") }
@@ -117,7 +118,7 @@ func (rn *Runner) loadNames() {
 	}
 	byDep := byDeployment(sn.Names)
 	rn.mu.Lock()
-	rn.names, rn.subnets = byDep, sn.Subnets
+	rn.names, rn.subnets, rn.overlayDevice = byDep, sn.Subnets, sn.OverlayDevice
 	rn.mu.Unlock()
 }
 

@@ -60,19 +60,20 @@ type Runner struct {
 	stats  *stats.Tracker
 	pool   *pool
 
-	mu        sync.Mutex
-	recovered bool // Recover has run (guarded by mu)
-	ctrs      map[string]*container
-	creating  map[string]bool         // ids whose Run is under way (guarded by mu)
-	names     map[string][]Name       // service names per deployment (guarded by mu)
-	subnets   []netip.Prefix          // every node's container subnet (guarded by mu)
-	addrs     map[string]netns.Member // placed containers' addresses (guarded by mu)
-	isoMu     sync.Mutex              // serialises isolate
-	verified  time.Time               // last isolation check (guarded by mu)
-	subs      map[*Subscription]struct{}
-	bg        sync.WaitGroup // watchers
-	ctx       context.Context
-	cancel    context.CancelFunc
+	mu            sync.Mutex
+	recovered     bool // Recover has run (guarded by mu)
+	ctrs          map[string]*container
+	creating      map[string]bool         // ids whose Run is under way (guarded by mu)
+	names         map[string][]Name       // service names per deployment (guarded by mu)
+	subnets       []netip.Prefix          // every node's container subnet (guarded by mu)
+	overlayDevice string                  // the node's WireGuard device (guarded by mu)
+	addrs         map[string]netns.Member // placed containers' addresses (guarded by mu)
+	isoMu         sync.Mutex              // serialises isolate
+	verified      time.Time               // last isolation check (guarded by mu)
+	subs          map[*Subscription]struct{}
+	bg            sync.WaitGroup // watchers
+	ctx           context.Context
+	cancel        context.CancelFunc
 }
 
 // container is one container's record and its lock. rec is changed only

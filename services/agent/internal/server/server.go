@@ -23,6 +23,7 @@ import (
 	typesv1 "zlayer.dev/libs/api/zlayer/types/v1"
 	"zlayer.dev/libs/errkind"
 	"zlayer.dev/services/agent/internal/logs"
+	"zlayer.dev/services/agent/internal/netns"
 	"zlayer.dev/services/agent/internal/runner"
 )
 
@@ -341,7 +342,11 @@ func (s *Server) SetNames(_ context.Context, req *agentv1.SetNamesRequest) (*age
 		}
 		subnets = append(subnets, p)
 	}
-	if err := s.runner.SetNames(names, subnets); err != nil {
+	dev := req.GetOverlayDevice()
+	if dev != "" && !netns.ValidIfName(dev) {
+		return nil, fmt.Errorf("overlay device %q: not a network interface name: %w", dev, errkind.Invalid)
+	}
+	if err := s.runner.SetNames(names, subnets, dev); err != nil {
 		return nil, err
 	}
 	return &agentv1.SetNamesResponse{}, nil

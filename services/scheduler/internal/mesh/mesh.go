@@ -58,6 +58,7 @@ type Mesh struct {
 	cfg  Config
 	log  *zap.Logger
 	live atomic.Pointer[map[string]bool] // nodes with a fresh handshake
+	dev  atomic.Pointer[string]          // the overlay's device, once known
 }
 
 // New returns the node's mesh keeper.
@@ -65,6 +66,15 @@ func New(cfg Config) *Mesh {
 	m := &Mesh{cfg: cfg, log: cfg.Log.Named("mesh")}
 	m.live.Store(&map[string]bool{})
 	return m
+}
+
+// Device is the name of the node's WireGuard device, as the overlay last
+// said, or "" before it has.
+func (m *Mesh) Device() string {
+	if d := m.dev.Load(); d != nil {
+		return *d
+	}
+	return ""
 }
 
 // Live reports whether node's device made a session with this node's
@@ -160,6 +170,7 @@ func (m *Mesh) register(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("ask the overlay for its key: %w", err)
 	}
+	m.dev.Store(&id.Device)
 	info, err := cfg.Agent.GetInfo(ctx, &agentv1.GetInfoRequest{})
 	if err != nil {
 		return fmt.Errorf("ask the agent for the container subnet: %w", err)

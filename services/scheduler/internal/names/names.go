@@ -52,14 +52,14 @@ func Subnets(st *fsm.State) []string {
 	return out
 }
 
-// request is the agent's whole table, as the one element push.Loop sends.
-func request(st *fsm.State) []*agentv1.SetNamesRequest {
-	return []*agentv1.SetNamesRequest{{Names: Table(st), Subnets: Subnets(st)}}
-}
-
-// Push keeps the local agent's table equal to Table(state) and Subnets(state)
-// until ctx is done.
-func Push(ctx context.Context, log *zap.Logger, state *fsm.FSM, agent agentv1.AgentServiceClient, resync time.Duration) error {
+// Push keeps the local agent's table equal to Table(state), Subnets(state)
+// and device() (the overlay's WireGuard device, "" until known) until ctx
+// is done.
+func Push(ctx context.Context, log *zap.Logger, state *fsm.FSM, agent agentv1.AgentServiceClient, device func() string, resync time.Duration) error {
+	// The whole request is the one element push.Loop compares and sends.
+	request := func(st *fsm.State) []*agentv1.SetNamesRequest {
+		return []*agentv1.SetNamesRequest{{Names: Table(st), Subnets: Subnets(st), OverlayDevice: device()}}
+	}
 	return push.Loop(ctx, log.Named("names"), state, request,
 		func(ctx context.Context, table []*agentv1.SetNamesRequest) error {
 			_, err := agent.SetNames(ctx, table[0])

@@ -2483,7 +2483,11 @@ type SetNamesRequest struct {
 	Names []*ServiceName `protobuf:"bytes,1,rep,name=names,proto3" json:"names,omitempty"`
 	// subnets are every node's container subnet (IPv4 CIDRs), this node's
 	// included or not.
-	Subnets       []string `protobuf:"bytes,2,rep,name=subnets,proto3" json:"subnets,omitempty"`
+	Subnets []string `protobuf:"bytes,2,rep,name=subnets,proto3" json:"subnets,omitempty"`
+	// overlay_device is the node's WireGuard device (the overlay's): traffic
+	// into the node's containers from other nodes is let in only through it.
+	// Empty: the node is in no mesh, and nothing from off the node gets in.
+	OverlayDevice string `protobuf:"bytes,3,opt,name=overlay_device,json=overlayDevice,proto3" json:"overlay_device,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2530,6 +2534,13 @@ func (x *SetNamesRequest) GetSubnets() []string {
 		return x.Subnets
 	}
 	return nil
+}
+
+func (x *SetNamesRequest) GetOverlayDevice() string {
+	if x != nil {
+		return x.OverlayDevice
+	}
+	return ""
 }
 
 // SetNamesResponse is empty.
@@ -2732,10 +2743,11 @@ const file_zlayer_agent_v1_agent_proto_rawDesc = "" +
 	"deployment\x18\x01 \x01(\tR\n" +
 	"deployment\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x0e\n" +
-	"\x02ip\x18\x03 \x01(\tR\x02ip\"_\n" +
+	"\x02ip\x18\x03 \x01(\tR\x02ip\"\x86\x01\n" +
 	"\x0fSetNamesRequest\x122\n" +
 	"\x05names\x18\x01 \x03(\v2\x1c.zlayer.agent.v1.ServiceNameR\x05names\x12\x18\n" +
-	"\asubnets\x18\x02 \x03(\tR\asubnets\"\x12\n" +
+	"\asubnets\x18\x02 \x03(\tR\asubnets\x12%\n" +
+	"\x0eoverlay_device\x18\x03 \x01(\tR\roverlayDevice\"\x12\n" +
 	"\x10SetNamesResponse*\xb2\x01\n" +
 	"\fReplicaState\x12\x1d\n" +
 	"\x19REPLICA_STATE_UNSPECIFIED\x10\x00\x12\x1a\n" +
