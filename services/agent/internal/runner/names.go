@@ -34,6 +34,11 @@ type Name struct {
 func (rn *Runner) SetNames(names []Name, subnets []netip.Prefix, overlayDevice string) error {
 	byDep := byDeployment(names)
 	rn.mu.Lock()
+	if overlayDevice == "" {
+		// Not known to a scheduler that has just started: the device is
+		// still there, and other nodes' traffic still comes through it.
+		overlayDevice = rn.overlayDevice
+	}
 	old, oldSubnets, oldDevice := rn.names, rn.subnets, rn.overlayDevice
 	rn.names, rn.subnets, rn.overlayDevice = byDep, subnets, overlayDevice
 	verify := time.Since(rn.verified) >= verifyEvery

@@ -2486,7 +2486,8 @@ type SetNamesRequest struct {
 	Subnets []string `protobuf:"bytes,2,rep,name=subnets,proto3" json:"subnets,omitempty"`
 	// overlay_device is the node's WireGuard device (the overlay's): traffic
 	// into the node's containers from other nodes is let in only through it.
-	// Empty: the node is in no mesh, and nothing from off the node gets in.
+	// Empty: not known (a scheduler that has just started); the agent keeps
+	// the last one it got, or, with none, lets nothing in from off the node.
 	OverlayDevice string `protobuf:"bytes,3,opt,name=overlay_device,json=overlayDevice,proto3" json:"overlay_device,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
