@@ -344,13 +344,20 @@ deployment: pinned
 services:
   db:
     image:
-      name: %s/demo-http:latest
+      name: %[1]s/demo-http:latest
     network:
       join:
         mode: token
     scale:
       mode: manual
       replicas: 0
+  solo:
+    image:
+      name: %[1]s/demo-http:latest
+    network:
+      overlays:
+        global: {enabled: false}
+    scale: {mode: fixed, replicas: 2}
 `, regAddr)
 	if err := os.WriteFile(file, []byte(text), 0o644); err != nil {
 		t.Fatal(err)
@@ -379,9 +386,9 @@ services:
 	if out, code := first.zlctl(t, "scale", "pinned/db", "2"); code != 0 {
 		t.Fatalf("scale pinned/db 2: exit %d\n%s", code, out)
 	}
-	eventually(t, 60*time.Second, "both db replicas running", func() bool { return len(first.running(t, "pinned")) == 2 })
+	eventually(t, 60*time.Second, "both db replicas running, and solo's", func() bool { return len(first.running(t, "pinned")) == 4 })
 	for _, r := range first.running(t, "pinned") {
-		if r.Node != joiner.name {
+		if r.Service == "db" && r.Node != joiner.name {
 			t.Errorf("replica %d of pinned/db runs on %s, want the joined node %s", r.Index, r.Node, joiner.name)
 		}
 	}
@@ -469,19 +476,28 @@ func checkMesh(t *testing.T, first *node, spread func(*node) map[string]int) {
 	}
 }
 
-// checkApart: deployments are kept apart. The two replicas of pinned/db
-// (both on joiner) reach each other, but neither reaches a replica of app,
-// on their node or on another, and app's replica on the first node does
-// not reach them.
+// checkApart: deployments, and services off the global overlay, are kept
+// apart. The two replicas of pinned/db (both on joiner) reach each other,
+// but neither reaches a replica of app, on their node or on another, and
+// app's replica on the first node does not reach them; pinned/solo's two
+// replicas reach each other and nothing else of pinned.
 func checkApart(t *testing.T, first, joiner *node) {
 	t.Helper()
 	fetch := func(from string, to replicaJSON) (string, int) {
 		// (busybox-static's wget -T crashes; timeout bounds a dropped try.)
 		return first.zlctl(t, "exec", from, "--", "/bin/busybox", "timeout", "5", "/bin/busybox", "wget", "-q", "-O-", "http://"+to.IP+"/")
 	}
-	db := first.running(t, "pinned")
-	if len(db) != 2 {
-		t.Fatalf("pinned/db: %d replicas running, want 2", len(db))
+	var db, solo []replicaJSON
+	for _, r := range first.running(t, "pinned") {
+		switch r.Service {
+		case "db":
+			db = append(db, r)
+		case "solo":
+			solo = append(solo, r)
+		}
+	}
+	if len(db) != 2 || len(solo) != 2 {
+		t.Fatalf("pinned: %d db and %d solo replicas running, want 2 and 2", len(db), len(solo))
 	}
 	from := fmt.Sprintf("pinned/db/%d", db[0].Index)
 	if out, code := fetch(from, db[1]); code != 0 || !strings.Contains(out, "ZLayer demo") {
@@ -507,5 +523,17 @@ func checkApart(t *testing.T, first, joiner *node) {
 	}
 	if out, code := fetch(fmt.Sprintf("app/web/%d", onFirst.Index), db[0]); code == 0 || !strings.Contains(out, "can't connect") {
 		t.Errorf("app/web/%d (on %s) fetching from %s on %s: exit %d, want a refused connection\n%s", onFirst.Index, first.name, from, joiner.name, code, out)
+	}
+	// solo is off the global overlay: its replicas reach each other (its
+	// service overlay) and nothing else of pinned, nor pinned them.
+	soloFrom := fmt.Sprintf("pinned/solo/%d", solo[0].Index)
+	if out, code := fetch(soloFrom, solo[1]); code != 0 || !strings.Contains(out, "ZLayer demo") {
+		t.Errorf("%s fetching from pinned/solo/%d (same service): exit %d\n%s", soloFrom, solo[1].Index, code, out)
+	}
+	if out, code := fetch(soloFrom, db[0]); code == 0 || !strings.Contains(out, "can't connect") {
+		t.Errorf("%s fetching from %s (global overlay, solo off it): exit %d, want a refused connection\n%s", soloFrom, from, code, out)
+	}
+	if out, code := fetch(from, solo[0]); code == 0 || !strings.Contains(out, "can't connect") {
+		t.Errorf("%s fetching from %s (solo off the global overlay): exit %d, want a refused connection\n%s", from, soloFrom, code, out)
 	}
 }

@@ -15,18 +15,21 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Deployments are kept apart on the container network (SPEC.md, network:
-// every service of a deployment reaches every other on the global overlay;
-// nothing else reaches them unless an endpoint is public, which the proxy
-// serves). Each agent enforces it for its own node in the filter table's
-// FORWARD chain, through one chain of its own (isoChain), a chain per
-// deployment that has containers on the node, and ipsets of addresses
-// (per deployment) and of subnets, which change without the rules:
+// Containers are kept apart by overlay (SPEC.md, network): every service
+// of a deployment reaches every other on the deployment's global overlay,
+// unless it is off it (global.enabled: false); a service's replicas reach
+// each other on its service overlay, unless that is off; nothing else
+// reaches them unless an endpoint is public, which the proxy serves. Each
+// agent enforces it for its own node in the filter table's FORWARD chain,
+// through one chain of its own (isoChain) and ipsets of addresses (one per
+// overlay with containers on the node) and of subnets, which change
+// without the rules:
 //
-//   - a container reaches the containers of its own deployment on any node,
-//     and addresses outside every node's container subnet (the internet,
-//     the LAN); other addresses in the container subnets are refused;
-//   - a sender on the bridge the agent has not put in a deployment (a warm
+//   - a container reaches the containers it shares an overlay with, on any
+//     node, and addresses outside every node's container subnet (the
+//     internet, the LAN); other addresses in the container subnets are
+//     refused;
+//   - a sender on the bridge the agent has not put on an overlay (a warm
 //     namespace, a container whose rules are not in yet) reaches no
 //     container subnet at all: the rules fail closed;
 //   - traffic into the node's containers from off the bridge must come
@@ -41,10 +44,12 @@ import (
 // containers on one bridge passes FORWARD through br_netfilter, which
 // Setup turns on.
 
-// Member is a container's address and the deployment it belongs to.
+// Member is a container's address and the overlays it is on (such as
+// "global/app" and "service/app/web"): containers reach each other when
+// they share one.
 type Member struct {
-	IP         netip.Addr
-	Deployment string
+	IP     netip.Addr
+	Groups []string
 }
 
 // Isolation is what the node's rules are made from.
@@ -67,20 +72,18 @@ func ValidIfName(s string) bool {
 }
 
 // Names. The node's chain in the filter table is "ZLISO-" and the hash in
-// the bridge name; a slot's chain adds "-s" and its number. The ipsets are
-// the bridge name and "-nets" (every node's container subnet, hash:net) or
-// "-s" and a slot's number (its deployment's addresses, hash:ip).
+// the bridge name. The ipsets are the bridge name and "-nets" (every node's
+// container subnet, hash:net) or "-s" and a slot's number (hash:ip).
 //
-// A slot holds one deployment that has containers on the node. The rules
-// name the slots, never the deployments, so a deployment's first container
-// on the node only fills a free slot's set, through netlink, as every
-// other start does: no iptables run on the start path. The rules change
-// only when the node needs more slots than they have (minSlots, doubled).
+// A slot holds one overlay that has containers on the node: the addresses
+// of its containers on any node. The rules name the slots, never the
+// overlays, so an overlay's first container on the node only fills a free
+// slot's set, through netlink, as every other start does: no iptables run
+// on the start path. The rules change only when the node needs more slots
+// than they have (minSlots, doubled).
 func isoChain(node string) string {
 	return "ZLISO-" + strings.TrimPrefix(BridgeName(node), "zl")
 }
-
-func slotChain(node string, i int) string { return isoChain(node) + "-s" + strconv.Itoa(i) }
 
 func netsSet(node string) string { return BridgeName(node) + "-nets" }
 
@@ -206,7 +209,7 @@ type isoView struct {
 	slots int                   // slots the rules have (or will have, !ruled); 0: not read yet
 	dev   string                // the overlay device the rules let in
 	ruled bool                  // the rules for slots and dev are in force
-	dep   []string              // slot → deployment; "" is free
+	group []string              // slot → overlay; "" is free
 	ips   []map[netip.Addr]bool // slot → its set's entries
 	nets  map[netip.Prefix]bool // the subnets set's entries
 }
@@ -248,19 +251,23 @@ func (n *Network) Isolate(in Isolation) error {
 			nets[p] = true
 		}
 	}
-	want := map[string]map[netip.Addr]bool{} // deployment → addresses
+	want := map[string]map[netip.Addr]bool{} // overlay → addresses
 	for _, m := range in.Local {
-		// A container without a deployment is in no slot: it fails closed.
-		if m.IP.Is4() && m.Deployment != "" {
-			if want[m.Deployment] == nil {
-				want[m.Deployment] = map[netip.Addr]bool{}
+		// A container on no overlay is in no slot: it fails closed.
+		for _, g := range m.Groups {
+			if m.IP.Is4() && g != "" {
+				if want[g] == nil {
+					want[g] = map[netip.Addr]bool{}
+				}
+				want[g][m.IP] = true
 			}
-			want[m.Deployment][m.IP] = true
 		}
 	}
 	for _, m := range in.Cluster {
-		if set := want[m.Deployment]; set != nil && m.Deployment != "" && m.IP.Is4() && !own.Contains(m.IP) {
-			set[m.IP] = true
+		for _, g := range m.Groups {
+			if set := want[g]; set != nil && g != "" && m.IP.Is4() && !own.Contains(m.IP) {
+				set[m.IP] = true
+			}
 		}
 	}
 	n.isoMu.Lock()
@@ -283,15 +290,15 @@ func (n *Network) isolate(nets map[netip.Prefix]bool, want map[string]map[netip.
 			return err
 		}
 	}
-	// Slots: a deployment keeps its own; one the node no longer has frees
+	// Slots: an overlay keeps its own; one the node no longer has frees
 	// it; a new one takes the first free slot, the rules growing when
 	// there is none.
 	slot := map[string]int{}
-	for i, d := range v.dep {
+	for i, d := range v.group {
 		if d != "" && want[d] != nil {
 			slot[d] = i
 		} else {
-			v.dep[i] = ""
+			v.group[i] = ""
 		}
 	}
 	var added []string
@@ -302,20 +309,20 @@ func (n *Network) isolate(nets map[netip.Prefix]bool, want map[string]map[netip.
 	}
 	slices.Sort(added)
 	for _, d := range added {
-		i := slices.Index(v.dep, "")
+		i := slices.Index(v.group, "")
 		if i < 0 {
-			i = len(v.dep)
-			v.dep = append(v.dep, "")
+			i = len(v.group)
+			v.group = append(v.group, "")
 			v.ips = append(v.ips, map[netip.Addr]bool{})
 		}
-		v.dep[i], slot[d] = d, i
+		v.group[i], slot[d] = d, i
 	}
 	slots := v.slots
-	for slots < len(v.dep) {
+	for slots < len(v.group) {
 		slots *= 2
 	}
-	for len(v.dep) < slots {
-		v.dep = append(v.dep, "")
+	for len(v.group) < slots {
+		v.group = append(v.group, "")
 		v.ips = append(v.ips, map[netip.Addr]bool{})
 	}
 	// Sets first (the rules refer to them), emptied of leavers before
@@ -327,7 +334,7 @@ func (n *Network) isolate(nets map[netip.Prefix]bool, want map[string]map[netip.
 	}
 	for i, have := range v.ips {
 		for a := range have {
-			if !want[v.dep[i]][a] || v.dep[i] == "" {
+			if !want[v.group[i]][a] || v.group[i] == "" {
 				if err := netlink.IpsetDel(slotSet(node, i), &netlink.IPSetEntry{IP: a.AsSlice()}); err != nil {
 					return fmt.Errorf("ipset %s: delete %s: %w", slotSet(node, i), a, err)
 				}
@@ -371,11 +378,24 @@ func (n *Network) isolate(nets map[netip.Prefix]bool, want map[string]map[netip.
 		return fmt.Errorf("%s-restore: %v: %s", n.iptables, err, strings.TrimSpace(string(out)))
 	}
 	v.slots, v.dev, v.ruled = slots, dev, true
+	// Chains of an older agent's rules, which nothing refers to now.
+	chains, err := n.isoChains()
+	if err != nil {
+		return err
+	}
+	for _, c := range chains {
+		if c != isoChain(node) {
+			n.iptFilter("-F", c) //nolint:errcheck // -X says what went wrong
+			if err := n.iptFilter("-X", c); err != nil {
+				return err
+			}
+		}
+	}
 	return nil
 }
 
 // readIsolation starts the view from the kernel: the sets a previous agent
-// left, each slot given to the deployment its local addresses belong to.
+// left, each slot given to an overlay all its local addresses are on.
 func (n *Network) readIsolation(local []Member) error {
 	node := n.cfg.Node
 	have, err := n.isoSets()
@@ -392,9 +412,9 @@ func (n *Network) readIsolation(local []Member) error {
 	} else if err := netlink.IpsetCreate(netsSet(node), "hash:net", netlink.IpsetCreateOptions{}); err != nil {
 		return fmt.Errorf("create ipset %s: %w", netsSet(node), err)
 	}
-	depOf := map[netip.Addr]string{}
+	groupsOf := map[netip.Addr][]string{}
 	for _, m := range local {
-		depOf[m.IP] = m.Deployment
+		groupsOf[m.IP] = m.Groups
 	}
 	taken := map[string]bool{}
 	for i := 0; ; i++ {
@@ -403,29 +423,45 @@ func (n *Network) readIsolation(local []Member) error {
 			break
 		}
 		ips := map[netip.Addr]bool{}
-		dep := ""
+		// The overlay every local address in the set is on; with none, the
+		// slot is free and its entries go.
+		var common []string
+		first := true
 		for _, e := range r.Entries {
-			if a, ok := netip.AddrFromSlice(e.IP.To4()); ok {
-				ips[a] = true
-				if d := depOf[a]; d != "" && dep == "" && !taken[d] {
-					dep = d
+			a, ok := netip.AddrFromSlice(e.IP.To4())
+			if !ok {
+				continue
+			}
+			ips[a] = true
+			if gs, local := groupsOf[a]; local {
+				if first {
+					common, first = slices.Clone(gs), false
+				} else {
+					common = slices.DeleteFunc(common, func(g string) bool { return !slices.Contains(gs, g) })
 				}
 			}
 		}
+		dep := ""
+		for _, g := range common {
+			if !taken[g] {
+				dep = g
+				break
+			}
+		}
 		taken[dep] = dep != ""
-		v.dep, v.ips = append(v.dep, dep), append(v.ips, ips)
+		v.group, v.ips = append(v.group, dep), append(v.ips, ips)
 	}
 	// The rules are rewritten once (their slot count is not read back):
 	// slots the sets had, at least minSlots.
 	v.slots = minSlots
-	for v.slots < len(v.dep) {
+	for v.slots < len(v.group) {
 		v.slots *= 2
 	}
-	for i := len(v.dep); i < v.slots; i++ {
+	for i := len(v.group); i < v.slots; i++ {
 		if err := netlink.IpsetCreate(slotSet(node, i), "hash:ip", netlink.IpsetCreateOptions{Replace: true}); err != nil {
 			return fmt.Errorf("create ipset %s: %w", slotSet(node, i), err)
 		}
-		v.dep, v.ips = append(v.dep, ""), append(v.ips, map[netip.Addr]bool{})
+		v.group, v.ips = append(v.group, ""), append(v.ips, map[netip.Addr]bool{})
 	}
 	n.iso = v
 	return nil
@@ -494,16 +530,13 @@ func (n *Network) isolationRules(slots int, dev string) string {
 	reject := []string{"-j", "REJECT", "--reject-with", "icmp-admin-prohibited"}
 	b.WriteString("*filter\n")
 	fmt.Fprintf(&b, ":%s - [0:0]\n", base)
-	for i := range slots {
-		fmt.Fprintf(&b, ":%s - [0:0]\n", slotChain(node, i))
-	}
 	rule(base, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "RETURN")
-	// From the node's containers: each to its deployment's slot.
+	// From the node's containers: to a container on an overlay they share.
 	for i := range slots {
-		rule(base, "-i", br, "-m", "set", "--match-set", slotSet(node, i), "src", "-j", slotChain(node, i))
-		rule(base, "-i", br, "-m", "set", "--match-set", slotSet(node, i), "src", "-j", "RETURN")
+		set := slotSet(node, i)
+		rule(base, "-i", br, "-m", "set", "--match-set", set, "src", "-m", "set", "--match-set", set, "dst", "-j", "RETURN")
 	}
-	// From the bridge, not a container the agent has placed.
+	// To no other container; to the world outside the subnets.
 	rule(base, append([]string{"-i", br, "-m", "set", "--match-set", nets, "dst"}, reject...)...)
 	rule(base, "-i", br, "-j", "RETURN")
 	// Into the node's containers from elsewhere: other nodes, through the
@@ -512,10 +545,6 @@ func (n *Network) isolationRules(slots int, dev string) string {
 		rule(base, "-i", dev, "-m", "set", "--match-set", nets, "src", "-j", "RETURN")
 	}
 	rule(base, "-j", "DROP")
-	for i := range slots {
-		rule(slotChain(node, i), "-m", "set", "--match-set", slotSet(node, i), "dst", "-j", "RETURN")
-		rule(slotChain(node, i), append([]string{"-m", "set", "--match-set", nets, "dst"}, reject...)...)
-	}
 	b.WriteString("COMMIT\n")
 	return b.String()
 }

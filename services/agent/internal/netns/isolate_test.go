@@ -146,7 +146,9 @@ func TestIsolation(t *testing.T) {
 			}
 		}
 	}
-	m := func(name, dep string) Member { return Member{IP: netip.MustParseAddr(addr[name]), Deployment: dep} }
+	m := func(name string, groups ...string) Member {
+		return Member{IP: netip.MustParseAddr(addr[name]), Groups: groups}
+	}
 
 	// Setup alone refuses nothing: its chain is empty until Isolate.
 	check("before Isolate", map[[2]string]bool{{"a1", "b1"}: true, {"lan", "a1"}: true, {"warm", "a2"}: true})
@@ -192,8 +194,8 @@ func TestIsolation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(chains) != 1+minSlots {
-		t.Errorf("chains %v, want the node's and %d slots'", chains, minSlots)
+	if len(chains) != 1 {
+		t.Errorf("chains %v, want the node's only", chains)
 	}
 	sets, err := n.isoSets()
 	if err != nil || len(sets) != 1+minSlots {
@@ -222,6 +224,13 @@ func TestIsolation(t *testing.T) {
 	if now, _ := exec.Command("iptables", "-w", "-S").Output(); string(now) != string(rules) {
 		t.Errorf("rules changed when containers came and went:\n%s\nwas\n%s", now, rules)
 	}
+	// Two overlays: b1 (only on "s") and a2 (on "a" and "s") share "s".
+	if err := n.Isolate(Isolation{Local: []Member{m("a1", "a"), m("a2", "a", "s"), m("b1", "s")}, Subnets: []netip.Prefix{remote}, OverlayDevice: host}); err != nil {
+		t.Fatal(err)
+	}
+	check("overlays a and s", map[[2]string]bool{
+		{"b1", "a2"}: true, {"a2", "b1"}: true, {"a1", "a2"}: true, {"b1", "a1"}: false, {"a1", "b1"}: false,
+	})
 	local[2] = m("b1", "a")
 	if err := n.Isolate(Isolation{Local: local, Subnets: []netip.Prefix{remote}, OverlayDevice: host}); err != nil {
 		t.Fatal(err)
@@ -263,13 +272,13 @@ func TestIsolation(t *testing.T) {
 	// More deployments than slots: the rules grow, and still hold.
 	many := slices.Clone(local)
 	for i := range minSlots {
-		many = append(many, Member{IP: netip.AddrFrom4([4]byte{10, 213, 0, byte(100 + i)}), Deployment: fmt.Sprintf("d%d", i)})
+		many = append(many, Member{IP: netip.AddrFrom4([4]byte{10, 213, 0, byte(100 + i)}), Groups: []string{fmt.Sprintf("d%d", i)}})
 	}
 	if err := n.Isolate(Isolation{Local: many, Subnets: []netip.Prefix{remote}, OverlayDevice: host}); err != nil {
 		t.Fatal(err)
 	}
-	if chains, _ := n.isoChains(); len(chains) != 1+2*minSlots {
-		t.Errorf("%d chains for %d deployments, want %d", len(chains), minSlots+1, 1+2*minSlots)
+	if sets, _ := n.isoSets(); len(sets) != 1+2*minSlots {
+		t.Errorf("%d ipsets for %d overlays, want %d", len(sets), minSlots+1, 1+2*minSlots)
 	}
 	check("many deployments", map[[2]string]bool{{"b1", "a1"}: true, {"a1", "a2"}: true, {"warm", "a1"}: false})
 	if err := n.Isolate(Isolation{Local: local, Subnets: []netip.Prefix{remote}, OverlayDevice: host}); err != nil {

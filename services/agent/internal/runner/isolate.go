@@ -10,15 +10,16 @@ import (
 	"zlayer.dev/services/agent/internal/netns"
 )
 
-// The node's containers are kept apart by deployment (netns.Isolate). A
+// The node's containers are kept apart by overlay (netns.Isolate). A
 // container is placed in its deployment's rules as soon as it has an
 // address and before anything runs in it: until then it reaches no
 // container subnet (the rules fail closed for addresses nobody placed).
 
-// place records that the container id has address ip in deployment dep.
-func (rn *Runner) place(id string, ip netip.Addr, dep string) {
+// place records that the container id has address ip on the overlays
+// groups.
+func (rn *Runner) place(id string, ip netip.Addr, groups []string) {
 	rn.mu.Lock()
-	rn.addrs[id] = netns.Member{IP: ip, Deployment: dep}
+	rn.addrs[id] = netns.Member{IP: ip, Groups: groups}
 	rn.mu.Unlock()
 }
 
@@ -52,7 +53,7 @@ func (rn *Runner) unplaceNow(id string, log *zap.Logger) {
 }
 
 // isolate applies the rules for the node's placed containers, the
-// cluster's names table and the nodes' subnets. Calls are serialised, so
+// cluster's members and the nodes' subnets. Calls are serialised, so
 // the last snapshot taken is the last applied.
 func (rn *Runner) isolate() error {
 	rn.isoMu.Lock()
@@ -62,13 +63,7 @@ func (rn *Runner) isolate() error {
 	for _, m := range rn.addrs {
 		in.Local = append(in.Local, m)
 	}
-	for _, ns := range rn.names {
-		for _, n := range ns {
-			if ip, err := netip.ParseAddr(n.IP); err == nil {
-				in.Cluster = append(in.Cluster, netns.Member{IP: ip, Deployment: n.Deployment})
-			}
-		}
-	}
+	in.Cluster = slices.Clone(rn.members)
 	rn.mu.Unlock()
 	if err := rn.net.Isolate(in); err != nil {
 		return fmt.Errorf("keep deployments apart: %w", err)

@@ -17,6 +17,7 @@ import (
 
 	"zlayer.dev/services/agent/internal/atomicfile"
 	"zlayer.dev/services/agent/internal/bundle"
+	"zlayer.dev/services/agent/internal/netns"
 )
 
 // Name is one service name a deployment's containers resolve, such as
@@ -28,10 +29,11 @@ type Name struct {
 	IP         string
 }
 
-// SetNames replaces the table of service names, the nodes' container
-// subnets and the name of the node's overlay device, rewrites the hosts file of every container whose names changed
+// SetNames replaces the table of service names, the cluster's members and
+// their overlays, the nodes' container subnets and the name of the node's
+// overlay device, rewrites the hosts file of every container whose names changed
 // and applies the node's isolation rules for them.
-func (rn *Runner) SetNames(names []Name, subnets []netip.Prefix, overlayDevice string) error {
+func (rn *Runner) SetNames(names []Name, members []netns.Member, subnets []netip.Prefix, overlayDevice string) error {
 	byDep := byDeployment(names)
 	rn.mu.Lock()
 	if overlayDevice == "" {
@@ -39,8 +41,8 @@ func (rn *Runner) SetNames(names []Name, subnets []netip.Prefix, overlayDevice s
 		// still there, and other nodes' traffic still comes through it.
 		overlayDevice = rn.overlayDevice
 	}
-	old, oldSubnets, oldDevice := rn.names, rn.subnets, rn.overlayDevice
-	rn.names, rn.subnets, rn.overlayDevice = byDep, subnets, overlayDevice
+	old, oldMembers, oldSubnets, oldDevice := rn.names, rn.members, rn.subnets, rn.overlayDevice
+	rn.names, rn.members, rn.subnets, rn.overlayDevice = byDep, members, subnets, overlayDevice
 	verify := time.Since(rn.verified) >= verifyEvery
 	if verify {
 		rn.verified = time.Now()
@@ -74,10 +76,13 @@ func (rn *Runner) SetNames(names []Name, subnets []netip.Prefix, overlayDevice s
 			rn.log.Warn("rewrite hosts", zap.String("container", rec.ID()), zap.Error(err))
 		}
 	}
-	if !maps.EqualFunc(old, byDep, slices.Equal) || !slices.Equal(oldSubnets, subnets) || oldDevice != overlayDevice {
+	sameMembers := slices.EqualFunc(oldMembers, members, func(a, b netns.Member) bool {
+		return a.IP == b.IP && slices.Equal(a.Groups, b.Groups)
+	})
+	if !maps.EqualFunc(old, byDep, slices.Equal) || !sameMembers || !slices.Equal(oldSubnets, subnets) || oldDevice != overlayDevice {
 		// Kept for a restarted agent: its rules then let remote replicas
 		// in from the start, not once the scheduler has pushed again.
-		b, _ := json.Marshal(savedNames{Names: names, Subnets: subnets, OverlayDevice: overlayDevice})
+		b, _ := json.Marshal(savedNames{Names: names, Members: members, Subnets: subnets, OverlayDevice: overlayDevice})
 		if err := atomicfile.Write(rn.namesFile(), b, 0o600); err != nil {
 			rn.log.Warn("save names", zap.Error(err))
 		}
@@ -104,6 +109,7 @@ func byDeployment(names []Name) map[string][]Name {
 // savedNames is the last table SetNames got, on disk.
 type savedNames struct {
 	Names         []Name
+	Members       []netns.Member
 	Subnets       []netip.Prefix
 	OverlayDevice string
 }
@@ -123,7 +129,7 @@ func (rn *Runner) loadNames() {
 	}
 	byDep := byDeployment(sn.Names)
 	rn.mu.Lock()
-	rn.names, rn.subnets, rn.overlayDevice = byDep, sn.Subnets, sn.OverlayDevice
+	rn.names, rn.members, rn.subnets, rn.overlayDevice = byDep, sn.Members, sn.Subnets, sn.OverlayDevice
 	rn.mu.Unlock()
 }
 

@@ -99,7 +99,7 @@ func (rn *Runner) Recover(ctx context.Context) error {
 		known[id] = true
 		known[rec.cniID()] = true // a warm slot's pin and lease are the container's
 		if ip, err := netip.ParseAddr(rec.IP); err == nil {
-			rn.place(id, ip, rec.Spec.Identity.Deployment)
+			rn.place(id, ip, rec.Spec.OverlayGroups())
 		}
 		c := &container{rec: *rec, done: make(chan struct{})}
 		switch {

@@ -67,6 +67,7 @@ type Runner struct {
 	names         map[string][]Name       // service names per deployment (guarded by mu)
 	subnets       []netip.Prefix          // every node's container subnet (guarded by mu)
 	overlayDevice string                  // the node's WireGuard device (guarded by mu)
+	members       []netns.Member          // the cluster\'s running replicas (guarded by mu)
 	addrs         map[string]netns.Member // placed containers' addresses (guarded by mu)
 	isoMu         sync.Mutex              // serialises isolate
 	verified      time.Time               // last isolation check (guarded by mu)
@@ -229,7 +230,7 @@ func (rn *Runner) Run(ctx context.Context, s Spec) (rec Record, err error) {
 		c.rec.Netns, c.rec.CNIID, c.rec.IP = warm.Netns, warm.ID, warm.A.IP.String()
 		// The address is known: its rules go in while the rest is made.
 		if ip, ok := netip.AddrFromSlice(warm.A.IP.To4()); ok {
-			rn.place(s.ID, ip, s.Identity.Deployment)
+			rn.place(s.ID, ip, s.OverlayGroups())
 			go func() { isoc <- rn.isolate() }()
 		} else {
 			isoc <- fmt.Errorf("warm namespace address %s: not IPv4", warm.A.IP)
@@ -420,7 +421,7 @@ func (rn *Runner) Run(ctx context.Context, s Spec) (rec Record, err error) {
 			if !ok {
 				return fmt.Errorf("container address %s: not IPv4", nw.a.IP)
 			}
-			rn.place(s.ID, ip, s.Identity.Deployment)
+			rn.place(s.ID, ip, s.OverlayGroups())
 			isoc <- rn.isolate()
 		}
 		// Its deployment's rules are in before anything runs in it.

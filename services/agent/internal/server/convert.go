@@ -3,6 +3,7 @@ package server
 import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
+	"slices"
 
 	agentv1 "zlayer.dev/libs/api/zlayer/agent/v1"
 	"zlayer.dev/services/agent/internal/images"
@@ -24,6 +25,7 @@ func SpecFromProto(p *agentv1.ReplicaSpec) runner.Spec {
 		Env:    p.GetEnv(),
 		CPU:    p.GetResources().GetCpu(),
 		Memory: p.GetResources().GetMemoryBytes(),
+		Groups: slices.Clone(p.GetOverlayGroups()),
 	}
 	if p.GetCommand() != nil {
 		s.Command = append([]string{}, p.GetCommand().GetValues()...)
@@ -51,9 +53,10 @@ func SpecToProto(s runner.Spec) *agentv1.ReplicaSpec {
 		Identity: &agentv1.ReplicaIdentity{
 			Deployment: s.Identity.Deployment, Service: s.Identity.Service, Index: int32(s.Identity.Index),
 		},
-		Image:      s.Image,
-		PullPolicy: policyToProto(s.Pull),
-		Env:        s.Env,
+		Image:         s.Image,
+		PullPolicy:    policyToProto(s.Pull),
+		Env:           s.Env,
+		OverlayGroups: s.Groups,
 	}
 	if s.CPU != 0 || s.Memory != 0 {
 		p.Resources = &agentv1.Resources{Cpu: s.CPU, MemoryBytes: s.Memory}

@@ -342,11 +342,19 @@ func (s *Server) SetNames(_ context.Context, req *agentv1.SetNamesRequest) (*age
 		}
 		subnets = append(subnets, p)
 	}
+	members := make([]netns.Member, 0, len(req.GetMembers()))
+	for _, m := range req.GetMembers() {
+		ip, err := netip.ParseAddr(m.GetIp())
+		if err != nil {
+			return nil, fmt.Errorf("member address %q: %w", m.GetIp(), errkind.Invalid)
+		}
+		members = append(members, netns.Member{IP: ip, Groups: m.GetOverlayGroups()})
+	}
 	dev := req.GetOverlayDevice()
 	if dev != "" && !netns.ValidIfName(dev) {
 		return nil, fmt.Errorf("overlay device %q: not a network interface name: %w", dev, errkind.Invalid)
 	}
-	if err := s.runner.SetNames(names, subnets, dev); err != nil {
+	if err := s.runner.SetNames(names, members, subnets, dev); err != nil {
 		return nil, err
 	}
 	return &agentv1.SetNamesResponse{}, nil

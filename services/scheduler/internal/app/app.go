@@ -185,7 +185,7 @@ func start(ctx context.Context, env daemon.Env, srv *grpc.Server, o options) (fu
 			return routes.Push(ctx, env.Log, state, specs, proxyv1.NewProxyServiceClient(proxyConn), reachable, 5*time.Second)
 		})
 		g.Go(func() error {
-			return names.Push(ctx, env.Log, state, agentv1.NewAgentServiceClient(agentConn), overlayMesh.Device, 5*time.Second)
+			return names.Push(ctx, env.Log, state, specs, agentv1.NewAgentServiceClient(agentConn), overlayMesh.Device, 5*time.Second)
 		})
 		g.Go(func() error { return overlayMesh.Run(ctx) })
 		g.Go(func() error { return node.Run(ctx) })

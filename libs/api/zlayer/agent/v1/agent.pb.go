@@ -557,7 +557,11 @@ type ReplicaSpec struct {
 	Endpoints []*Endpoint `protobuf:"bytes,9,rep,name=endpoints,proto3" json:"endpoints,omitempty"`
 	// init_steps run in order after the container is created and before its
 	// process starts (SPEC.md init.steps).
-	InitSteps     []*InitStep `protobuf:"bytes,10,rep,name=init_steps,json=initSteps,proto3" json:"init_steps,omitempty"`
+	InitSteps []*InitStep `protobuf:"bytes,10,rep,name=init_steps,json=initSteps,proto3" json:"init_steps,omitempty"`
+	// overlay_groups are the overlays the replica is on (SPEC.md network),
+	// e.g. "global/app" and "service/app/web": it reaches the containers it
+	// shares one with and no other. Empty: "global/<deployment>".
+	OverlayGroups []string `protobuf:"bytes,11,rep,name=overlay_groups,json=overlayGroups,proto3" json:"overlay_groups,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -658,6 +662,13 @@ func (x *ReplicaSpec) GetEndpoints() []*Endpoint {
 func (x *ReplicaSpec) GetInitSteps() []*InitStep {
 	if x != nil {
 		return x.InitSteps
+	}
+	return nil
+}
+
+func (x *ReplicaSpec) GetOverlayGroups() []string {
+	if x != nil {
+		return x.OverlayGroups
 	}
 	return nil
 }
@@ -2476,6 +2487,61 @@ func (x *ServiceName) GetIp() string {
 	return ""
 }
 
+// OverlayMember is one container's address and overlays.
+type OverlayMember struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// ip is the container's address.
+	Ip string `protobuf:"bytes,1,opt,name=ip,proto3" json:"ip,omitempty"`
+	// overlay_groups are as in ReplicaSpec.
+	OverlayGroups []string `protobuf:"bytes,2,rep,name=overlay_groups,json=overlayGroups,proto3" json:"overlay_groups,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OverlayMember) Reset() {
+	*x = OverlayMember{}
+	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OverlayMember) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OverlayMember) ProtoMessage() {}
+
+func (x *OverlayMember) ProtoReflect() protoreflect.Message {
+	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OverlayMember.ProtoReflect.Descriptor instead.
+func (*OverlayMember) Descriptor() ([]byte, []int) {
+	return file_zlayer_agent_v1_agent_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *OverlayMember) GetIp() string {
+	if x != nil {
+		return x.Ip
+	}
+	return ""
+}
+
+func (x *OverlayMember) GetOverlayGroups() []string {
+	if x != nil {
+		return x.OverlayGroups
+	}
+	return nil
+}
+
 // SetNamesRequest is the whole table.
 type SetNamesRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2484,6 +2550,9 @@ type SetNamesRequest struct {
 	// subnets are every node's container subnet (IPv4 CIDRs), this node's
 	// included or not.
 	Subnets []string `protobuf:"bytes,2,rep,name=subnets,proto3" json:"subnets,omitempty"`
+	// members are the running replicas of every node with the overlays each
+	// is on; only those sharing one reach each other.
+	Members []*OverlayMember `protobuf:"bytes,4,rep,name=members,proto3" json:"members,omitempty"`
 	// overlay_device is the node's WireGuard device (the overlay's): traffic
 	// into the node's containers from other nodes is let in only through it.
 	// Empty: not known (a scheduler that has just started); the agent keeps
@@ -2495,7 +2564,7 @@ type SetNamesRequest struct {
 
 func (x *SetNamesRequest) Reset() {
 	*x = SetNamesRequest{}
-	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[34]
+	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2507,7 +2576,7 @@ func (x *SetNamesRequest) String() string {
 func (*SetNamesRequest) ProtoMessage() {}
 
 func (x *SetNamesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[34]
+	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2520,7 +2589,7 @@ func (x *SetNamesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetNamesRequest.ProtoReflect.Descriptor instead.
 func (*SetNamesRequest) Descriptor() ([]byte, []int) {
-	return file_zlayer_agent_v1_agent_proto_rawDescGZIP(), []int{34}
+	return file_zlayer_agent_v1_agent_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *SetNamesRequest) GetNames() []*ServiceName {
@@ -2533,6 +2602,13 @@ func (x *SetNamesRequest) GetNames() []*ServiceName {
 func (x *SetNamesRequest) GetSubnets() []string {
 	if x != nil {
 		return x.Subnets
+	}
+	return nil
+}
+
+func (x *SetNamesRequest) GetMembers() []*OverlayMember {
+	if x != nil {
+		return x.Members
 	}
 	return nil
 }
@@ -2553,7 +2629,7 @@ type SetNamesResponse struct {
 
 func (x *SetNamesResponse) Reset() {
 	*x = SetNamesResponse{}
-	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[35]
+	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2565,7 +2641,7 @@ func (x *SetNamesResponse) String() string {
 func (*SetNamesResponse) ProtoMessage() {}
 
 func (x *SetNamesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[35]
+	mi := &file_zlayer_agent_v1_agent_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2578,7 +2654,7 @@ func (x *SetNamesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetNamesResponse.ProtoReflect.Descriptor instead.
 func (*SetNamesResponse) Descriptor() ([]byte, []int) {
-	return file_zlayer_agent_v1_agent_proto_rawDescGZIP(), []int{35}
+	return file_zlayer_agent_v1_agent_proto_rawDescGZIP(), []int{36}
 }
 
 var File_zlayer_agent_v1_agent_proto protoreflect.FileDescriptor
@@ -2605,7 +2681,7 @@ const file_zlayer_agent_v1_agent_proto_rawDesc = "" +
 	"\bEndpoint\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
 	"\bprotocol\x18\x02 \x01(\tR\bprotocol\x12\x12\n" +
-	"\x04port\x18\x03 \x01(\rR\x04port\"\xa9\x04\n" +
+	"\x04port\x18\x03 \x01(\rR\x04port\"\xd0\x04\n" +
 	"\vReplicaSpec\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12<\n" +
 	"\bidentity\x18\x02 \x01(\v2 .zlayer.agent.v1.ReplicaIdentityR\bidentity\x12\x14\n" +
@@ -2619,7 +2695,8 @@ const file_zlayer_agent_v1_agent_proto_rawDesc = "" +
 	"\tendpoints\x18\t \x03(\v2\x19.zlayer.agent.v1.EndpointR\tendpoints\x128\n" +
 	"\n" +
 	"init_steps\x18\n" +
-	" \x03(\v2\x19.zlayer.agent.v1.InitStepR\tinitSteps\x1a6\n" +
+	" \x03(\v2\x19.zlayer.agent.v1.InitStepR\tinitSteps\x12%\n" +
+	"\x0eoverlay_groups\x18\v \x03(\tR\roverlayGroups\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x90\x01\n" +
@@ -2744,10 +2821,14 @@ const file_zlayer_agent_v1_agent_proto_rawDesc = "" +
 	"deployment\x18\x01 \x01(\tR\n" +
 	"deployment\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x0e\n" +
-	"\x02ip\x18\x03 \x01(\tR\x02ip\"\x86\x01\n" +
+	"\x02ip\x18\x03 \x01(\tR\x02ip\"F\n" +
+	"\rOverlayMember\x12\x0e\n" +
+	"\x02ip\x18\x01 \x01(\tR\x02ip\x12%\n" +
+	"\x0eoverlay_groups\x18\x02 \x03(\tR\roverlayGroups\"\xc0\x01\n" +
 	"\x0fSetNamesRequest\x122\n" +
 	"\x05names\x18\x01 \x03(\v2\x1c.zlayer.agent.v1.ServiceNameR\x05names\x12\x18\n" +
-	"\asubnets\x18\x02 \x03(\tR\asubnets\x12%\n" +
+	"\asubnets\x18\x02 \x03(\tR\asubnets\x128\n" +
+	"\amembers\x18\x04 \x03(\v2\x1e.zlayer.agent.v1.OverlayMemberR\amembers\x12%\n" +
 	"\x0eoverlay_device\x18\x03 \x01(\tR\roverlayDevice\"\x12\n" +
 	"\x10SetNamesResponse*\xb2\x01\n" +
 	"\fReplicaState\x12\x1d\n" +
@@ -2796,7 +2877,7 @@ func file_zlayer_agent_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_zlayer_agent_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_zlayer_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
+var file_zlayer_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
 var file_zlayer_agent_v1_agent_proto_goTypes = []any{
 	(ReplicaState)(0),             // 0: zlayer.agent.v1.ReplicaState
 	(PullPolicy)(0),               // 1: zlayer.agent.v1.PullPolicy
@@ -2835,77 +2916,79 @@ var file_zlayer_agent_v1_agent_proto_goTypes = []any{
 	(*InitStep)(nil),              // 34: zlayer.agent.v1.InitStep
 	(*InitStepResult)(nil),        // 35: zlayer.agent.v1.InitStepResult
 	(*ServiceName)(nil),           // 36: zlayer.agent.v1.ServiceName
-	(*SetNamesRequest)(nil),       // 37: zlayer.agent.v1.SetNamesRequest
-	(*SetNamesResponse)(nil),      // 38: zlayer.agent.v1.SetNamesResponse
-	nil,                           // 39: zlayer.agent.v1.ReplicaSpec.EnvEntry
-	(*v1.DaemonInfo)(nil),         // 40: zlayer.types.v1.DaemonInfo
-	(*timestamppb.Timestamp)(nil), // 41: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 42: google.protobuf.Duration
+	(*OverlayMember)(nil),         // 37: zlayer.agent.v1.OverlayMember
+	(*SetNamesRequest)(nil),       // 38: zlayer.agent.v1.SetNamesRequest
+	(*SetNamesResponse)(nil),      // 39: zlayer.agent.v1.SetNamesResponse
+	nil,                           // 40: zlayer.agent.v1.ReplicaSpec.EnvEntry
+	(*v1.DaemonInfo)(nil),         // 41: zlayer.types.v1.DaemonInfo
+	(*timestamppb.Timestamp)(nil), // 42: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 43: google.protobuf.Duration
 }
 var file_zlayer_agent_v1_agent_proto_depIdxs = []int32{
-	40, // 0: zlayer.agent.v1.GetInfoResponse.info:type_name -> zlayer.types.v1.DaemonInfo
+	41, // 0: zlayer.agent.v1.GetInfoResponse.info:type_name -> zlayer.types.v1.DaemonInfo
 	5,  // 1: zlayer.agent.v1.ReplicaSpec.identity:type_name -> zlayer.agent.v1.ReplicaIdentity
 	1,  // 2: zlayer.agent.v1.ReplicaSpec.pull_policy:type_name -> zlayer.agent.v1.PullPolicy
 	6,  // 3: zlayer.agent.v1.ReplicaSpec.command:type_name -> zlayer.agent.v1.Argv
 	6,  // 4: zlayer.agent.v1.ReplicaSpec.args:type_name -> zlayer.agent.v1.Argv
-	39, // 5: zlayer.agent.v1.ReplicaSpec.env:type_name -> zlayer.agent.v1.ReplicaSpec.EnvEntry
+	40, // 5: zlayer.agent.v1.ReplicaSpec.env:type_name -> zlayer.agent.v1.ReplicaSpec.EnvEntry
 	7,  // 6: zlayer.agent.v1.ReplicaSpec.resources:type_name -> zlayer.agent.v1.Resources
 	8,  // 7: zlayer.agent.v1.ReplicaSpec.endpoints:type_name -> zlayer.agent.v1.Endpoint
 	34, // 8: zlayer.agent.v1.ReplicaSpec.init_steps:type_name -> zlayer.agent.v1.InitStep
-	41, // 9: zlayer.agent.v1.ExitStatus.exited_at:type_name -> google.protobuf.Timestamp
+	42, // 9: zlayer.agent.v1.ExitStatus.exited_at:type_name -> google.protobuf.Timestamp
 	9,  // 10: zlayer.agent.v1.Replica.spec:type_name -> zlayer.agent.v1.ReplicaSpec
 	0,  // 11: zlayer.agent.v1.Replica.state:type_name -> zlayer.agent.v1.ReplicaState
-	41, // 12: zlayer.agent.v1.Replica.created_at:type_name -> google.protobuf.Timestamp
-	41, // 13: zlayer.agent.v1.Replica.started_at:type_name -> google.protobuf.Timestamp
+	42, // 12: zlayer.agent.v1.Replica.created_at:type_name -> google.protobuf.Timestamp
+	42, // 13: zlayer.agent.v1.Replica.started_at:type_name -> google.protobuf.Timestamp
 	10, // 14: zlayer.agent.v1.Replica.exit:type_name -> zlayer.agent.v1.ExitStatus
 	35, // 15: zlayer.agent.v1.Replica.init:type_name -> zlayer.agent.v1.InitStepResult
 	9,  // 16: zlayer.agent.v1.RunReplicaRequest.spec:type_name -> zlayer.agent.v1.ReplicaSpec
 	11, // 17: zlayer.agent.v1.RunReplicaResponse.replica:type_name -> zlayer.agent.v1.Replica
-	42, // 18: zlayer.agent.v1.StopReplicaRequest.grace:type_name -> google.protobuf.Duration
+	43, // 18: zlayer.agent.v1.StopReplicaRequest.grace:type_name -> google.protobuf.Duration
 	11, // 19: zlayer.agent.v1.StopReplicaResponse.replica:type_name -> zlayer.agent.v1.Replica
 	11, // 20: zlayer.agent.v1.GetReplicaResponse.replica:type_name -> zlayer.agent.v1.Replica
 	11, // 21: zlayer.agent.v1.ListReplicasResponse.replicas:type_name -> zlayer.agent.v1.Replica
 	11, // 22: zlayer.agent.v1.WatchReplicasResponse.replica:type_name -> zlayer.agent.v1.Replica
-	41, // 23: zlayer.agent.v1.LogEntry.time:type_name -> google.protobuf.Timestamp
+	42, // 23: zlayer.agent.v1.LogEntry.time:type_name -> google.protobuf.Timestamp
 	2,  // 24: zlayer.agent.v1.LogEntry.stream:type_name -> zlayer.agent.v1.LogStream
-	41, // 25: zlayer.agent.v1.StreamLogsRequest.since:type_name -> google.protobuf.Timestamp
+	42, // 25: zlayer.agent.v1.StreamLogsRequest.since:type_name -> google.protobuf.Timestamp
 	24, // 26: zlayer.agent.v1.StreamLogsResponse.entries:type_name -> zlayer.agent.v1.LogEntry
 	27, // 27: zlayer.agent.v1.ExecStart.size:type_name -> zlayer.agent.v1.TerminalSize
 	28, // 28: zlayer.agent.v1.ExecRequest.start:type_name -> zlayer.agent.v1.ExecStart
 	27, // 29: zlayer.agent.v1.ExecRequest.resize:type_name -> zlayer.agent.v1.TerminalSize
-	41, // 30: zlayer.agent.v1.ReplicaStats.sampled_at:type_name -> google.protobuf.Timestamp
-	42, // 31: zlayer.agent.v1.ReplicaStats.cpu_usage:type_name -> google.protobuf.Duration
+	42, // 30: zlayer.agent.v1.ReplicaStats.sampled_at:type_name -> google.protobuf.Timestamp
+	43, // 31: zlayer.agent.v1.ReplicaStats.cpu_usage:type_name -> google.protobuf.Duration
 	32, // 32: zlayer.agent.v1.GetStatsResponse.stats:type_name -> zlayer.agent.v1.ReplicaStats
-	42, // 33: zlayer.agent.v1.InitStep.timeout:type_name -> google.protobuf.Duration
-	42, // 34: zlayer.agent.v1.InitStepResult.duration:type_name -> google.protobuf.Duration
+	43, // 33: zlayer.agent.v1.InitStep.timeout:type_name -> google.protobuf.Duration
+	43, // 34: zlayer.agent.v1.InitStepResult.duration:type_name -> google.protobuf.Duration
 	36, // 35: zlayer.agent.v1.SetNamesRequest.names:type_name -> zlayer.agent.v1.ServiceName
-	3,  // 36: zlayer.agent.v1.AgentService.GetInfo:input_type -> zlayer.agent.v1.GetInfoRequest
-	12, // 37: zlayer.agent.v1.AgentService.RunReplica:input_type -> zlayer.agent.v1.RunReplicaRequest
-	14, // 38: zlayer.agent.v1.AgentService.StopReplica:input_type -> zlayer.agent.v1.StopReplicaRequest
-	16, // 39: zlayer.agent.v1.AgentService.RemoveReplica:input_type -> zlayer.agent.v1.RemoveReplicaRequest
-	18, // 40: zlayer.agent.v1.AgentService.GetReplica:input_type -> zlayer.agent.v1.GetReplicaRequest
-	20, // 41: zlayer.agent.v1.AgentService.ListReplicas:input_type -> zlayer.agent.v1.ListReplicasRequest
-	22, // 42: zlayer.agent.v1.AgentService.WatchReplicas:input_type -> zlayer.agent.v1.WatchReplicasRequest
-	25, // 43: zlayer.agent.v1.AgentService.StreamLogs:input_type -> zlayer.agent.v1.StreamLogsRequest
-	29, // 44: zlayer.agent.v1.AgentService.Exec:input_type -> zlayer.agent.v1.ExecRequest
-	31, // 45: zlayer.agent.v1.AgentService.GetStats:input_type -> zlayer.agent.v1.GetStatsRequest
-	37, // 46: zlayer.agent.v1.AgentService.SetNames:input_type -> zlayer.agent.v1.SetNamesRequest
-	4,  // 47: zlayer.agent.v1.AgentService.GetInfo:output_type -> zlayer.agent.v1.GetInfoResponse
-	13, // 48: zlayer.agent.v1.AgentService.RunReplica:output_type -> zlayer.agent.v1.RunReplicaResponse
-	15, // 49: zlayer.agent.v1.AgentService.StopReplica:output_type -> zlayer.agent.v1.StopReplicaResponse
-	17, // 50: zlayer.agent.v1.AgentService.RemoveReplica:output_type -> zlayer.agent.v1.RemoveReplicaResponse
-	19, // 51: zlayer.agent.v1.AgentService.GetReplica:output_type -> zlayer.agent.v1.GetReplicaResponse
-	21, // 52: zlayer.agent.v1.AgentService.ListReplicas:output_type -> zlayer.agent.v1.ListReplicasResponse
-	23, // 53: zlayer.agent.v1.AgentService.WatchReplicas:output_type -> zlayer.agent.v1.WatchReplicasResponse
-	26, // 54: zlayer.agent.v1.AgentService.StreamLogs:output_type -> zlayer.agent.v1.StreamLogsResponse
-	30, // 55: zlayer.agent.v1.AgentService.Exec:output_type -> zlayer.agent.v1.ExecResponse
-	33, // 56: zlayer.agent.v1.AgentService.GetStats:output_type -> zlayer.agent.v1.GetStatsResponse
-	38, // 57: zlayer.agent.v1.AgentService.SetNames:output_type -> zlayer.agent.v1.SetNamesResponse
-	47, // [47:58] is the sub-list for method output_type
-	36, // [36:47] is the sub-list for method input_type
-	36, // [36:36] is the sub-list for extension type_name
-	36, // [36:36] is the sub-list for extension extendee
-	0,  // [0:36] is the sub-list for field type_name
+	37, // 36: zlayer.agent.v1.SetNamesRequest.members:type_name -> zlayer.agent.v1.OverlayMember
+	3,  // 37: zlayer.agent.v1.AgentService.GetInfo:input_type -> zlayer.agent.v1.GetInfoRequest
+	12, // 38: zlayer.agent.v1.AgentService.RunReplica:input_type -> zlayer.agent.v1.RunReplicaRequest
+	14, // 39: zlayer.agent.v1.AgentService.StopReplica:input_type -> zlayer.agent.v1.StopReplicaRequest
+	16, // 40: zlayer.agent.v1.AgentService.RemoveReplica:input_type -> zlayer.agent.v1.RemoveReplicaRequest
+	18, // 41: zlayer.agent.v1.AgentService.GetReplica:input_type -> zlayer.agent.v1.GetReplicaRequest
+	20, // 42: zlayer.agent.v1.AgentService.ListReplicas:input_type -> zlayer.agent.v1.ListReplicasRequest
+	22, // 43: zlayer.agent.v1.AgentService.WatchReplicas:input_type -> zlayer.agent.v1.WatchReplicasRequest
+	25, // 44: zlayer.agent.v1.AgentService.StreamLogs:input_type -> zlayer.agent.v1.StreamLogsRequest
+	29, // 45: zlayer.agent.v1.AgentService.Exec:input_type -> zlayer.agent.v1.ExecRequest
+	31, // 46: zlayer.agent.v1.AgentService.GetStats:input_type -> zlayer.agent.v1.GetStatsRequest
+	38, // 47: zlayer.agent.v1.AgentService.SetNames:input_type -> zlayer.agent.v1.SetNamesRequest
+	4,  // 48: zlayer.agent.v1.AgentService.GetInfo:output_type -> zlayer.agent.v1.GetInfoResponse
+	13, // 49: zlayer.agent.v1.AgentService.RunReplica:output_type -> zlayer.agent.v1.RunReplicaResponse
+	15, // 50: zlayer.agent.v1.AgentService.StopReplica:output_type -> zlayer.agent.v1.StopReplicaResponse
+	17, // 51: zlayer.agent.v1.AgentService.RemoveReplica:output_type -> zlayer.agent.v1.RemoveReplicaResponse
+	19, // 52: zlayer.agent.v1.AgentService.GetReplica:output_type -> zlayer.agent.v1.GetReplicaResponse
+	21, // 53: zlayer.agent.v1.AgentService.ListReplicas:output_type -> zlayer.agent.v1.ListReplicasResponse
+	23, // 54: zlayer.agent.v1.AgentService.WatchReplicas:output_type -> zlayer.agent.v1.WatchReplicasResponse
+	26, // 55: zlayer.agent.v1.AgentService.StreamLogs:output_type -> zlayer.agent.v1.StreamLogsResponse
+	30, // 56: zlayer.agent.v1.AgentService.Exec:output_type -> zlayer.agent.v1.ExecResponse
+	33, // 57: zlayer.agent.v1.AgentService.GetStats:output_type -> zlayer.agent.v1.GetStatsResponse
+	39, // 58: zlayer.agent.v1.AgentService.SetNames:output_type -> zlayer.agent.v1.SetNamesResponse
+	48, // [48:59] is the sub-list for method output_type
+	37, // [37:48] is the sub-list for method input_type
+	37, // [37:37] is the sub-list for extension type_name
+	37, // [37:37] is the sub-list for extension extendee
+	0,  // [0:37] is the sub-list for field type_name
 }
 
 func init() { file_zlayer_agent_v1_agent_proto_init() }
@@ -2931,7 +3014,7 @@ func file_zlayer_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_zlayer_agent_v1_agent_proto_rawDesc), len(file_zlayer_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   37,
+			NumMessages:   38,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
