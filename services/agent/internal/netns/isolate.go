@@ -148,7 +148,7 @@ func (n *Network) setupIsolation() error {
 	return nil
 }
 
-// teardownIsolation removes the jumps and the node's chains.
+// teardownIsolation removes the jumps, the node's chains and its ipsets.
 func (n *Network) teardownIsolation() error {
 	var errs []error
 	for _, j := range n.isoJumps() {
@@ -163,13 +163,8 @@ func (n *Network) teardownIsolation() error {
 	if err != nil {
 		return errors.Join(append(errs, err)...)
 	}
-	for _, c := range chains {
-		n.iptFilter("-F", c) //nolint:errcheck // -X says what went wrong
-	}
-	for _, c := range chains {
-		if err := n.iptFilter("-X", c); err != nil {
-			errs = append(errs, err)
-		}
+	if err := n.dropChains(chains); err != nil {
+		errs = append(errs, err)
 	}
 	sets, err := n.isoSets()
 	if err != nil {
@@ -183,6 +178,21 @@ func (n *Network) teardownIsolation() error {
 	n.isoMu.Lock()
 	n.iso = isoView{}
 	n.isoMu.Unlock()
+	return errors.Join(errs...)
+}
+
+// dropChains flushes and deletes chains (all flushed first: one may jump
+// to another).
+func (n *Network) dropChains(chains []string) error {
+	for _, c := range chains {
+		n.iptFilter("-F", c) //nolint:errcheck // -X says what went wrong
+	}
+	var errs []error
+	for _, c := range chains {
+		if err := n.iptFilter("-X", c); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	return errors.Join(errs...)
 }
 
@@ -383,15 +393,7 @@ func (n *Network) isolate(nets map[netip.Prefix]bool, want map[string]map[netip.
 	if err != nil {
 		return err
 	}
-	for _, c := range chains {
-		if c != isoChain(node) {
-			n.iptFilter("-F", c) //nolint:errcheck // -X says what went wrong
-			if err := n.iptFilter("-X", c); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
+	return n.dropChains(slices.DeleteFunc(chains, func(c string) bool { return c == isoChain(node) }))
 }
 
 // readIsolation starts the view from the kernel: the sets a previous agent
