@@ -11,7 +11,7 @@ import (
 )
 
 // The node's containers are kept apart by overlay (netns.Isolate). A
-// container is placed in its deployment's rules as soon as it has an
+// container is placed in its overlays' rules as soon as it has an
 // address and before anything runs in it: until then it reaches no
 // container subnet (the rules fail closed for addresses nobody placed).
 
@@ -32,7 +32,7 @@ func (rn *Runner) unplace(id string) {
 	rn.mu.Unlock()
 }
 
-// unplaceNow takes the container out of its deployment's rules at once
+// unplaceNow takes the container out of its overlays' rules at once
 // and forgets the connections its address had, so that whoever gets the
 // address next inherits neither. A failure is logged: the address is then
 // still its old deployment's until a later isolate succeeds (every create

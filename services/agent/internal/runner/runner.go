@@ -67,7 +67,7 @@ type Runner struct {
 	names         map[string][]Name       // service names per deployment (guarded by mu)
 	subnets       []netip.Prefix          // every node's container subnet (guarded by mu)
 	overlayDevice string                  // the node's WireGuard device (guarded by mu)
-	members       []netns.Member          // the cluster\'s running replicas (guarded by mu)
+	members       []netns.Member          // the cluster's running replicas (guarded by mu)
 	addrs         map[string]netns.Member // placed containers' addresses (guarded by mu)
 	isoMu         sync.Mutex              // serialises isolate
 	verified      time.Time               // last isolation check (guarded by mu)
@@ -424,7 +424,7 @@ func (rn *Runner) Run(ctx context.Context, s Spec) (rec Record, err error) {
 			rn.place(s.ID, ip, s.OverlayGroups())
 			isoc <- rn.isolate()
 		}
-		// Its deployment's rules are in before anything runs in it.
+		// Its overlays' rules are in before anything runs in it.
 		if err := <-isoc; err != nil {
 			return err
 		}
@@ -703,7 +703,7 @@ func (rn *Runner) Remove(ctx context.Context, id string, force bool) error {
 	c.mu.Lock()
 	rec := c.rec
 	c.mu.Unlock()
-	// Out of its deployment's rules before its address is given back.
+	// Out of its overlays' rules before its address is given back.
 	rn.unplaceNow(id, rn.log.With(zap.String(obs.KeyContainer, id)))
 	if err := rn.teardown(ctx, rec); err != nil {
 		return err
