@@ -357,7 +357,7 @@ services:
     network:
       overlays:
         global: {enabled: false}
-    scale: {mode: fixed, replicas: 2}
+    scale: {mode: fixed, replicas: 3}
 `, regAddr)
 	if err := os.WriteFile(file, []byte(text), 0o644); err != nil {
 		t.Fatal(err)
@@ -386,7 +386,7 @@ services:
 	if out, code := first.zlctl(t, "scale", "pinned/db", "2"); code != 0 {
 		t.Fatalf("scale pinned/db 2: exit %d\n%s", code, out)
 	}
-	eventually(t, 60*time.Second, "both db replicas running, and solo's", func() bool { return len(first.running(t, "pinned")) == 4 })
+	eventually(t, 60*time.Second, "both db replicas running, and solo's three", func() bool { return len(first.running(t, "pinned")) == 5 })
 	for _, r := range first.running(t, "pinned") {
 		if r.Service == "db" && r.Node != joiner.name {
 			t.Errorf("replica %d of pinned/db runs on %s, want the joined node %s", r.Index, r.Node, joiner.name)
@@ -496,8 +496,8 @@ func checkApart(t *testing.T, first, joiner *node) {
 			solo = append(solo, r)
 		}
 	}
-	if len(db) != 2 || len(solo) != 2 {
-		t.Fatalf("pinned: %d db and %d solo replicas running, want 2 and 2", len(db), len(solo))
+	if len(db) != 2 || len(solo) != 3 {
+		t.Fatalf("pinned: %d db and %d solo replicas running, want 2 and 3", len(db), len(solo))
 	}
 	from := fmt.Sprintf("pinned/db/%d", db[0].Index)
 	if out, code := fetch(from, db[1]); code != 0 || !strings.Contains(out, "ZLayer demo") {
@@ -525,15 +525,38 @@ func checkApart(t *testing.T, first, joiner *node) {
 		t.Errorf("app/web/%d (on %s) fetching from %s on %s: exit %d, want a refused connection\n%s", onFirst.Index, first.name, from, joiner.name, code, out)
 	}
 	// solo is off the global overlay: its replicas reach each other (its
-	// service overlay) and nothing else of pinned, nor pinned them.
-	soloFrom := fmt.Sprintf("pinned/solo/%d", solo[0].Index)
-	if out, code := fetch(soloFrom, solo[1]); code != 0 || !strings.Contains(out, "ZLayer demo") {
-		t.Errorf("%s fetching from pinned/solo/%d (same service): exit %d\n%s", soloFrom, solo[1].Index, code, out)
+	// service overlay) and nothing else of pinned, nor pinned them, on
+	// joiner's bridge too (three replicas spread over the three nodes).
+	var soloJ, soloElse *replicaJSON
+	for i := range solo {
+		if solo[i].Node == joiner.name {
+			soloJ = &solo[i]
+		} else {
+			soloElse = &solo[i]
+		}
 	}
+	if soloJ == nil || soloElse == nil {
+		t.Fatalf("pinned/solo should run on %s and elsewhere: %+v", joiner.name, solo)
+	}
+	soloFrom := fmt.Sprintf("pinned/solo/%d", soloJ.Index)
+	var last string
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("last fetch from %s: %s", soloFrom, last)
+		}
+	})
+	eventually(t, 30*time.Second, soloFrom+" fetching from pinned/solo on another node (same service)", func() bool {
+		out, code := fetch(soloFrom, *soloElse)
+		last = fmt.Sprintf("exit %d\n%s", code, out)
+		return code == 0 && strings.Contains(out, "ZLayer demo")
+	})
 	if out, code := fetch(soloFrom, db[0]); code == 0 || !strings.Contains(out, "can't connect") {
-		t.Errorf("%s fetching from %s (global overlay, solo off it): exit %d, want a refused connection\n%s", soloFrom, from, code, out)
+		t.Errorf("%s fetching from %s (global overlay, solo off it; same node): exit %d, want a refused connection\n%s", soloFrom, from, code, out)
 	}
-	if out, code := fetch(from, solo[0]); code == 0 || !strings.Contains(out, "can't connect") {
+	if out, code := first.zlctl(t, "exec", from, "--", "/bin/busybox", "cat", "/etc/hosts"); code != 0 || strings.Contains(out, "solo.global") || !strings.Contains(out, "db.global") {
+		t.Errorf("%s's /etc/hosts: exit %d, want db.global and no solo.global (off the global overlay)\n%s", from, code, out)
+	}
+	if out, code := fetch(from, *soloJ); code == 0 || !strings.Contains(out, "can't connect") {
 		t.Errorf("%s fetching from %s (solo off the global overlay): exit %d, want a refused connection\n%s", from, soloFrom, code, out)
 	}
 }

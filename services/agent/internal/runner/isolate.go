@@ -15,12 +15,32 @@ import (
 // address and before anything runs in it: until then it reaches no
 // container subnet (the rules fail closed for addresses nobody placed).
 
-// place records that the container id has address ip on the overlays
-// groups.
-func (rn *Runner) place(id string, ip netip.Addr, groups []string) {
+// placed is a container's address and the spec's word on its overlays.
+type placed struct {
+	ip netip.Addr
+	s  Spec
+}
+
+// place records that the container of spec s has address ip.
+func (rn *Runner) place(ip netip.Addr, s Spec) {
 	rn.mu.Lock()
-	rn.addrs[id] = netns.Member{IP: ip, Groups: groups}
+	rn.addrs[s.ID] = placed{ip: ip, s: s}
 	rn.mu.Unlock()
+}
+
+// groups are the overlays of a placed container: its spec's, or, for a
+// spec without them (from an older scheduler, or recorded before
+// overlays), what the scheduler's members say of its address, or its
+// deployment's global overlay.
+func (p placed) groups(members map[netip.Addr][]string) []string {
+	switch g, ok := members[p.ip]; {
+	case p.s.GroupsSet:
+		return p.s.Groups
+	case ok:
+		return g
+	default:
+		return []string{"global/" + p.s.Identity.Deployment}
+	}
 }
 
 // unplace forgets the container's address. Its rules stay until the next
@@ -39,15 +59,15 @@ func (rn *Runner) unplace(id string) {
 // does one before it runs anything).
 func (rn *Runner) unplaceNow(id string, log *zap.Logger) {
 	rn.mu.Lock()
-	m, placed := rn.addrs[id]
+	p, ok := rn.addrs[id]
 	rn.mu.Unlock()
 	rn.unplace(id)
 	if err := rn.isolate(); err != nil {
 		log.Warn("rules without the container", zap.Error(err))
 	}
-	if placed {
-		if err := rn.net.Forget(m.IP); err != nil {
-			log.Warn("forget the container's connections", zap.String("ip", m.IP.String()), zap.Error(err))
+	if ok {
+		if err := rn.net.Forget(p.ip); err != nil {
+			log.Warn("forget the container's connections", zap.String("ip", p.ip.String()), zap.Error(err))
 		}
 	}
 }
@@ -59,11 +79,14 @@ func (rn *Runner) isolate() error {
 	rn.isoMu.Lock()
 	defer rn.isoMu.Unlock()
 	rn.mu.Lock()
-	in := netns.Isolation{Subnets: slices.Clone(rn.subnets), OverlayDevice: rn.overlayDevice}
-	for _, m := range rn.addrs {
-		in.Local = append(in.Local, m)
+	in := netns.Isolation{Subnets: slices.Clone(rn.subnets), OverlayDevice: rn.overlayDevice, Cluster: slices.Clone(rn.members)}
+	byIP := map[netip.Addr][]string{}
+	for _, m := range rn.members {
+		byIP[m.IP] = m.Groups
 	}
-	in.Cluster = slices.Clone(rn.members)
+	for _, p := range rn.addrs {
+		in.Local = append(in.Local, netns.Member{IP: p.ip, Groups: p.groups(byIP)})
+	}
 	rn.mu.Unlock()
 	if err := rn.net.Isolate(in); err != nil {
 		return fmt.Errorf("keep deployments apart: %w", err)

@@ -35,6 +35,7 @@ type Name struct {
 // and applies the node's isolation rules for them.
 func (rn *Runner) SetNames(names []Name, members []netns.Member, subnets []netip.Prefix, overlayDevice string) error {
 	byDep := byDeployment(names)
+	members = membersOr(members, names)
 	rn.mu.Lock()
 	if overlayDevice == "" {
 		// Not known to a scheduler that has just started: the device is
@@ -94,6 +95,24 @@ func (rn *Runner) SetNames(names []Name, members []netns.Member, subnets []netip
 // the isolation rules are still in place.
 const verifyEvery = 10 * time.Second
 
+// membersOr returns members or, when there are none, the members names
+// imply: each name's address on its deployment's global overlay. Every
+// running replica on the global overlay has a name, so with members empty
+// the two agree; an older scheduler (or a table saved by an older agent)
+// sends names only.
+func membersOr(members []netns.Member, names []Name) []netns.Member {
+	if len(members) > 0 {
+		return members
+	}
+	var out []netns.Member
+	for _, n := range names {
+		if ip, err := netip.ParseAddr(n.IP); err == nil {
+			out = append(out, netns.Member{IP: ip, Groups: []string{"global/" + n.Deployment}})
+		}
+	}
+	return out
+}
+
 // byDeployment groups names by deployment, each group sorted.
 func byDeployment(names []Name) map[string][]Name {
 	byDep := map[string][]Name{}
@@ -129,7 +148,7 @@ func (rn *Runner) loadNames() {
 	}
 	byDep := byDeployment(sn.Names)
 	rn.mu.Lock()
-	rn.names, rn.members, rn.subnets, rn.overlayDevice = byDep, sn.Members, sn.Subnets, sn.OverlayDevice
+	rn.names, rn.members, rn.subnets, rn.overlayDevice = byDep, membersOr(sn.Members, sn.Names), sn.Subnets, sn.OverlayDevice
 	rn.mu.Unlock()
 }
 

@@ -33,16 +33,11 @@ type Spec struct {
 	Ports    []Port            `json:"ports,omitempty"`   // informational: what the container listens on
 	Init     []InitStep        `json:"init,omitempty"`    // run in order before the process starts
 	// Groups are the overlays the container is on; it reaches the
-	// containers it shares one with. Empty: its deployment's global one.
-	Groups []string `json:"groups,omitempty"`
-}
-
-// OverlayGroups returns s.Groups, or the default when there are none.
-func (s Spec) OverlayGroups() []string {
-	if len(s.Groups) > 0 {
-		return s.Groups
-	}
-	return []string{"global/" + s.Identity.Deployment}
+	// containers it shares one with. GroupsSet says they were given (even
+	// none); without them (an older scheduler, or a record from before
+	// overlays) see Runner.isolate.
+	Groups    []string `json:"groups,omitempty"`
+	GroupsSet bool     `json:"groups_set,omitempty"`
 }
 
 // Port is one endpoint port the container listens on.

@@ -99,7 +99,7 @@ func (rn *Runner) Recover(ctx context.Context) error {
 		known[id] = true
 		known[rec.cniID()] = true // a warm slot's pin and lease are the container's
 		if ip, err := netip.ParseAddr(rec.IP); err == nil {
-			rn.place(id, ip, rec.Spec.OverlayGroups())
+			rn.place(ip, rec.Spec)
 		}
 		c := &container{rec: *rec, done: make(chan struct{})}
 		switch {

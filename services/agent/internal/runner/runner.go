@@ -63,14 +63,14 @@ type Runner struct {
 	mu            sync.Mutex
 	recovered     bool // Recover has run (guarded by mu)
 	ctrs          map[string]*container
-	creating      map[string]bool         // ids whose Run is under way (guarded by mu)
-	names         map[string][]Name       // service names per deployment (guarded by mu)
-	subnets       []netip.Prefix          // every node's container subnet (guarded by mu)
-	overlayDevice string                  // the node's WireGuard device (guarded by mu)
-	members       []netns.Member          // the cluster's running replicas (guarded by mu)
-	addrs         map[string]netns.Member // placed containers' addresses (guarded by mu)
-	isoMu         sync.Mutex              // serialises isolate
-	verified      time.Time               // last isolation check (guarded by mu)
+	creating      map[string]bool   // ids whose Run is under way (guarded by mu)
+	names         map[string][]Name // service names per deployment (guarded by mu)
+	subnets       []netip.Prefix    // every node's container subnet (guarded by mu)
+	overlayDevice string            // the node's WireGuard device (guarded by mu)
+	members       []netns.Member    // the cluster's running replicas (guarded by mu)
+	addrs         map[string]placed // placed containers' addresses (guarded by mu)
+	isoMu         sync.Mutex        // serialises isolate
+	verified      time.Time         // last isolation check (guarded by mu)
 	subs          map[*Subscription]struct{}
 	bg            sync.WaitGroup // watchers
 	ctx           context.Context
@@ -130,7 +130,7 @@ func New(cfg Config, log *zap.Logger, img images.Images, nw *netns.Network) (*Ru
 		pool:     newPool(cfg.WarmNetns, nw, filepath.Join(cfg.RunDir, "netns"), filepath.Join(cfg.RunDir, "warm"), log),
 		ctrs:     map[string]*container{},
 		creating: map[string]bool{},
-		addrs:    map[string]netns.Member{},
+		addrs:    map[string]placed{},
 		subs:     map[*Subscription]struct{}{},
 		ctx:      ctx,
 		cancel:   cancel,
@@ -230,7 +230,7 @@ func (rn *Runner) Run(ctx context.Context, s Spec) (rec Record, err error) {
 		c.rec.Netns, c.rec.CNIID, c.rec.IP = warm.Netns, warm.ID, warm.A.IP.String()
 		// The address is known: its rules go in while the rest is made.
 		if ip, ok := netip.AddrFromSlice(warm.A.IP.To4()); ok {
-			rn.place(s.ID, ip, s.OverlayGroups())
+			rn.place(ip, s)
 			go func() { isoc <- rn.isolate() }()
 		} else {
 			isoc <- fmt.Errorf("warm namespace address %s: not IPv4", warm.A.IP)
@@ -421,7 +421,7 @@ func (rn *Runner) Run(ctx context.Context, s Spec) (rec Record, err error) {
 			if !ok {
 				return fmt.Errorf("container address %s: not IPv4", nw.a.IP)
 			}
-			rn.place(s.ID, ip, s.OverlayGroups())
+			rn.place(ip, s)
 			isoc <- rn.isolate()
 		}
 		// Its overlays' rules are in before anything runs in it.

@@ -20,12 +20,13 @@ func SpecFromProto(p *agentv1.ReplicaSpec) runner.Spec {
 			Service:    p.GetIdentity().GetService(),
 			Index:      int(p.GetIdentity().GetIndex()),
 		},
-		Image:  p.GetImage(),
-		Pull:   policyFromProto(p.GetPullPolicy()),
-		Env:    p.GetEnv(),
-		CPU:    p.GetResources().GetCpu(),
-		Memory: p.GetResources().GetMemoryBytes(),
-		Groups: slices.Clone(p.GetOverlayGroups()),
+		Image:     p.GetImage(),
+		Pull:      policyFromProto(p.GetPullPolicy()),
+		Env:       p.GetEnv(),
+		CPU:       p.GetResources().GetCpu(),
+		Memory:    p.GetResources().GetMemoryBytes(),
+		Groups:    slices.Clone(p.GetOverlayGroups()),
+		GroupsSet: p.GetOverlayGroupsSet(),
 	}
 	if p.GetCommand() != nil {
 		s.Command = append([]string{}, p.GetCommand().GetValues()...)
@@ -53,10 +54,11 @@ func SpecToProto(s runner.Spec) *agentv1.ReplicaSpec {
 		Identity: &agentv1.ReplicaIdentity{
 			Deployment: s.Identity.Deployment, Service: s.Identity.Service, Index: int32(s.Identity.Index),
 		},
-		Image:         s.Image,
-		PullPolicy:    policyToProto(s.Pull),
-		Env:           s.Env,
-		OverlayGroups: s.Groups,
+		Image:            s.Image,
+		PullPolicy:       policyToProto(s.Pull),
+		Env:              s.Env,
+		OverlayGroups:    s.Groups,
+		OverlayGroupsSet: s.GroupsSet,
 	}
 	if s.CPU != 0 || s.Memory != 0 {
 		p.Resources = &agentv1.Resources{Cpu: s.CPU, MemoryBytes: s.Memory}

@@ -43,13 +43,14 @@ var pullPolicies = map[spec.PullPolicy]agentv1.PullPolicy{
 func ReplicaSpec(r *schedulerv1.Replica, svc specinfo.Service) *agentv1.ReplicaSpec {
 	s := svc.Spec
 	out := &agentv1.ReplicaSpec{
-		Id:            r.Id,
-		Identity:      &agentv1.ReplicaIdentity{Deployment: r.Deployment, Service: r.Service, Index: int32(r.Index)},
-		Image:         s.Image.Name,
-		PullPolicy:    pullPolicies[s.Image.PullPolicy],
-		Env:           s.Env,
-		Resources:     &agentv1.Resources{Cpu: s.Resources.CPU, MemoryBytes: s.Resources.Memory.Bytes()},
-		OverlayGroups: specinfo.OverlayGroups(r.Deployment, r.Service, s),
+		Id:               r.Id,
+		Identity:         &agentv1.ReplicaIdentity{Deployment: r.Deployment, Service: r.Service, Index: int32(r.Index)},
+		Image:            s.Image.Name,
+		PullPolicy:       pullPolicies[s.Image.PullPolicy],
+		Env:              s.Env,
+		Resources:        &agentv1.Resources{Cpu: s.Resources.CPU, MemoryBytes: s.Resources.Memory.Bytes()},
+		OverlayGroups:    specinfo.OverlayGroups(r.Deployment, r.Service, s),
+		OverlayGroupsSet: true,
 	}
 	if s.Command != nil {
 		out.Command = &agentv1.Argv{Values: s.Command}

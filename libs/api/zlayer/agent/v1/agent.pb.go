@@ -560,10 +560,14 @@ type ReplicaSpec struct {
 	InitSteps []*InitStep `protobuf:"bytes,10,rep,name=init_steps,json=initSteps,proto3" json:"init_steps,omitempty"`
 	// overlay_groups are the overlays the replica is on (SPEC.md network),
 	// e.g. "global/app" and "service/app/web": it reaches the containers it
-	// shares one with and no other. Empty: "global/<deployment>".
+	// shares one with and no other.
 	OverlayGroups []string `protobuf:"bytes,11,rep,name=overlay_groups,json=overlayGroups,proto3" json:"overlay_groups,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// overlay_groups_set says overlay_groups is given, even empty (a service
+	// with both overlays off). Unset (an older scheduler): the agent takes
+	// the replica's overlays from SetNames' members, or "global/<deployment>".
+	OverlayGroupsSet bool `protobuf:"varint,12,opt,name=overlay_groups_set,json=overlayGroupsSet,proto3" json:"overlay_groups_set,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *ReplicaSpec) Reset() {
@@ -671,6 +675,13 @@ func (x *ReplicaSpec) GetOverlayGroups() []string {
 		return x.OverlayGroups
 	}
 	return nil
+}
+
+func (x *ReplicaSpec) GetOverlayGroupsSet() bool {
+	if x != nil {
+		return x.OverlayGroupsSet
+	}
+	return false
 }
 
 // ExitStatus is how a replica's process ended.
@@ -2681,7 +2692,7 @@ const file_zlayer_agent_v1_agent_proto_rawDesc = "" +
 	"\bEndpoint\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
 	"\bprotocol\x18\x02 \x01(\tR\bprotocol\x12\x12\n" +
-	"\x04port\x18\x03 \x01(\rR\x04port\"\xd0\x04\n" +
+	"\x04port\x18\x03 \x01(\rR\x04port\"\xfe\x04\n" +
 	"\vReplicaSpec\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12<\n" +
 	"\bidentity\x18\x02 \x01(\v2 .zlayer.agent.v1.ReplicaIdentityR\bidentity\x12\x14\n" +
@@ -2696,7 +2707,8 @@ const file_zlayer_agent_v1_agent_proto_rawDesc = "" +
 	"\n" +
 	"init_steps\x18\n" +
 	" \x03(\v2\x19.zlayer.agent.v1.InitStepR\tinitSteps\x12%\n" +
-	"\x0eoverlay_groups\x18\v \x03(\tR\roverlayGroups\x1a6\n" +
+	"\x0eoverlay_groups\x18\v \x03(\tR\roverlayGroups\x12,\n" +
+	"\x12overlay_groups_set\x18\f \x01(\bR\x10overlayGroupsSet\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x90\x01\n" +
