@@ -254,6 +254,9 @@ func (n *Network) isoSets() (map[string]*netlink.IPSetResult, error) {
 // Addresses in the node's own subnet count only as Local says: the agent,
 // not a table that may lag, knows whose they are.
 func (n *Network) Isolate(in Isolation) error {
+	if in.OverlayDevice != "" && !ValidIfName(in.OverlayDevice) {
+		return fmt.Errorf("isolate deployments: overlay device %q: not an interface name", in.OverlayDevice)
+	}
 	own := netip.MustParsePrefix(n.subnet.String())
 	nets := map[netip.Prefix]bool{own: true}
 	for _, p := range in.Subnets {
@@ -282,9 +285,6 @@ func (n *Network) Isolate(in Isolation) error {
 	}
 	n.isoMu.Lock()
 	defer n.isoMu.Unlock()
-	if in.OverlayDevice != "" && !ValidIfName(in.OverlayDevice) {
-		return fmt.Errorf("isolate deployments: overlay device %q: not an interface name", in.OverlayDevice)
-	}
 	if err := n.isolate(nets, want, in.Local, in.OverlayDevice); err != nil {
 		n.iso = isoView{} // read the kernel's state again next time
 		return fmt.Errorf("isolate deployments: %w", err)
@@ -304,49 +304,34 @@ func (n *Network) isolate(nets map[netip.Prefix]bool, want map[string]map[netip.
 	// it; a new one takes the first free slot, the rules growing when
 	// there is none.
 	slot := map[string]int{}
-	for i, d := range v.group {
-		if d != "" && want[d] != nil {
-			slot[d] = i
+	for i, g := range v.group {
+		if g != "" && want[g] != nil {
+			slot[g] = i
 		} else {
 			v.group[i] = ""
 		}
 	}
 	var added []string
-	for d := range want {
-		if _, ok := slot[d]; !ok {
-			added = append(added, d)
+	for g := range want {
+		if _, ok := slot[g]; !ok {
+			added = append(added, g)
 		}
 	}
 	slices.Sort(added)
-	for _, d := range added {
+	slots, err := v.grow(node, len(slot)+len(added))
+	if err != nil {
+		return err
+	}
+	for _, g := range added {
 		i := slices.Index(v.group, "")
-		if i < 0 {
-			i = len(v.group)
-			v.group = append(v.group, "")
-			v.ips = append(v.ips, map[netip.Addr]bool{})
-		}
-		v.group[i], slot[d] = d, i
+		v.group[i], slot[g] = g, i
 	}
-	slots := v.slots
-	for slots < len(v.group) {
-		slots *= 2
-	}
-	for len(v.group) < slots {
-		v.group = append(v.group, "")
-		v.ips = append(v.ips, map[netip.Addr]bool{})
-	}
-	// Sets first (the rules refer to them), emptied of leavers before
-	// anyone joins.
-	for i := v.slots; i < slots; i++ {
-		if err := netlink.IpsetCreate(slotSet(node, i), "hash:ip", netlink.IpsetCreateOptions{Replace: true}); err != nil {
-			return fmt.Errorf("create ipset %s: %w", slotSet(node, i), err)
-		}
-	}
+	// Sets are emptied of leavers before anyone joins.
 	for i, have := range v.ips {
 		for a := range have {
-			if !want[v.group[i]][a] || v.group[i] == "" {
-				if err := netlink.IpsetDel(slotSet(node, i), &netlink.IPSetEntry{IP: a.AsSlice()}); err != nil {
-					return fmt.Errorf("ipset %s: delete %s: %w", slotSet(node, i), a, err)
+			if !want[v.group[i]][a] {
+				if err := ipsetChange(false, slotSet(node, i), netip.PrefixFrom(a, 32)); err != nil {
+					return err
 				}
 				delete(have, a)
 			}
@@ -354,18 +339,18 @@ func (n *Network) isolate(nets map[netip.Prefix]bool, want map[string]map[netip.
 	}
 	for p := range v.nets {
 		if !nets[p] {
-			if err := netlink.IpsetDel(netsSet(node), &netlink.IPSetEntry{IP: p.Addr().AsSlice(), CIDR: uint8(p.Bits())}); err != nil {
-				return fmt.Errorf("ipset %s: delete %s: %w", netsSet(node), p, err)
+			if err := ipsetChange(false, netsSet(node), p); err != nil {
+				return err
 			}
 			delete(v.nets, p)
 		}
 	}
-	for d, ips := range want {
-		i := slot[d]
+	for g, ips := range want {
+		i := slot[g]
 		for a := range ips {
 			if !v.ips[i][a] {
-				if err := netlink.IpsetAdd(slotSet(node, i), &netlink.IPSetEntry{IP: a.AsSlice(), Replace: true}); err != nil {
-					return fmt.Errorf("ipset %s: add %s: %w", slotSet(node, i), a, err)
+				if err := ipsetChange(true, slotSet(node, i), netip.PrefixFrom(a, 32)); err != nil {
+					return err
 				}
 				v.ips[i][a] = true
 			}
@@ -373,8 +358,8 @@ func (n *Network) isolate(nets map[netip.Prefix]bool, want map[string]map[netip.
 	}
 	for p := range nets {
 		if !v.nets[p] {
-			if err := netlink.IpsetAdd(netsSet(node), &netlink.IPSetEntry{IP: p.Addr().AsSlice(), CIDR: uint8(p.Bits()), Replace: true}); err != nil {
-				return fmt.Errorf("ipset %s: add %s: %w", netsSet(node), p, err)
+			if err := ipsetChange(true, netsSet(node), p); err != nil {
+				return err
 			}
 			v.nets[p] = true
 		}
@@ -394,6 +379,41 @@ func (n *Network) isolate(nets map[netip.Prefix]bool, want map[string]map[netip.
 		return err
 	}
 	return n.dropChains(slices.DeleteFunc(chains, func(c string) bool { return c == isoChain(node) }))
+}
+
+// ipsetChange adds p to set or deletes it: an address (a /32, in a slot's
+// hash:ip set) or a subnet (in the hash:net set). Adding what is there
+// already is not an error.
+func ipsetChange(add bool, set string, p netip.Prefix) error {
+	e := &netlink.IPSetEntry{IP: p.Addr().AsSlice()}
+	if p.Bits() < 32 {
+		e.CIDR = uint8(p.Bits())
+	}
+	op, verb := netlink.IpsetDel, "delete"
+	if add {
+		op, verb, e.Replace = netlink.IpsetAdd, "add", true
+	}
+	if err := op(set, e); err != nil {
+		return fmt.Errorf("ipset %s: %s %s: %w", set, verb, p, err)
+	}
+	return nil
+}
+
+// grow makes room for need slots: the slot count the rules need (at least
+// the current one and minSlots, doubled until need fits), the view padded
+// with free slots and their sets made. It returns that count.
+func (v *isoView) grow(node string, need int) (int, error) {
+	slots := max(v.slots, minSlots)
+	for slots < need {
+		slots *= 2
+	}
+	for i := len(v.group); i < slots; i++ {
+		if err := netlink.IpsetCreate(slotSet(node, i), "hash:ip", netlink.IpsetCreateOptions{Replace: true}); err != nil {
+			return 0, fmt.Errorf("create ipset %s: %w", slotSet(node, i), err)
+		}
+		v.group, v.ips = append(v.group, ""), append(v.ips, map[netip.Addr]bool{})
+	}
+	return slots, nil
 }
 
 // readIsolation starts the view from the kernel: the sets a previous agent
@@ -443,27 +463,20 @@ func (n *Network) readIsolation(local []Member) error {
 				}
 			}
 		}
-		dep := ""
+		group := ""
 		for _, g := range common {
 			if !taken[g] {
-				dep = g
+				group = g
 				break
 			}
 		}
-		taken[dep] = dep != ""
-		v.group, v.ips = append(v.group, dep), append(v.ips, ips)
+		taken[group] = group != ""
+		v.group, v.ips = append(v.group, group), append(v.ips, ips)
 	}
 	// The rules are rewritten once (their slot count is not read back):
 	// slots the sets had, at least minSlots.
-	v.slots = minSlots
-	for v.slots < len(v.group) {
-		v.slots *= 2
-	}
-	for i := len(v.group); i < v.slots; i++ {
-		if err := netlink.IpsetCreate(slotSet(node, i), "hash:ip", netlink.IpsetCreateOptions{Replace: true}); err != nil {
-			return fmt.Errorf("create ipset %s: %w", slotSet(node, i), err)
-		}
-		v.group, v.ips = append(v.group, ""), append(v.ips, map[netip.Addr]bool{})
+	if v.slots, err = v.grow(node, len(v.group)); err != nil {
+		return err
 	}
 	n.iso = v
 	return nil
